@@ -1,0 +1,3 @@
+//! The Jobs API: wire models shared with the simulator, and the resilient client.
+
+pub mod models;

@@ -1,0 +1,6 @@
+//! jobsync keeps a CRM and a call-campaign platform's Jobs API in step: it pulls every job change
+//! into a local mirror, pushes the CRM's outbox upstream exactly once, and records a changefeed.
+
+pub mod api;
+pub mod secret;
+pub mod sim;
