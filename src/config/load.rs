@@ -1,0 +1,208 @@
+//! Builds the figment layers and turns every failure into a [`ConfigError`] that names the key,
+//! the value and where it came from.
+
+use super::types::Config;
+use super::validate::validate;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::value::{Dict, Map};
+use figment::{Figment, Metadata, Profile, Provider, Source};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Environment prefix; `JOBSYNC_CONFIG` names a file and is not a key.
+const ENV_PREFIX: &str = "JOBSYNC_";
+/// Top-level sections an environment variable may set. Anything else with the prefix (such as
+/// the `JOBSYNC_SERVICE_HOST` / `JOBSYNC_PORT` variables Kubernetes injects for a Service named
+/// `jobsync`) is not configuration and is ignored.
+const SECTIONS: [&str; 7] = [
+    "api",
+    "database",
+    "sync",
+    "push",
+    "retention",
+    "server",
+    "log",
+];
+const SHIPPED_FILES: [&str; 2] = ["config/default.toml", "/etc/jobsync/config.toml"];
+
+/// The command-line layer: flags that every command accepts.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub api_base_url: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: `{key}` = {value} (from {origin}): {reason}")]
+    Invalid {
+        key: String,
+        value: String,
+        origin: String,
+        reason: String,
+    },
+    #[error("configuration file {path} cannot be read: {reason}")]
+    File { path: String, reason: String },
+    #[error("missing configuration: {0}")]
+    Missing(String),
+}
+
+/// Loads and validates the configuration.
+pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+    let figment = layers(overrides)?;
+    let config: Config = figment.extract().map_err(|e| from_figment(&figment, e))?;
+    validate(&config).map_err(|(key, reason)| invalid(&figment, key, reason))?;
+    Ok(config)
+}
+
+fn layers(overrides: &Overrides) -> Result<Figment, ConfigError> {
+    let mut figment = Figment::from(Named::new("built-in defaults", Config::default()));
+    if let Some(shipped) = SHIPPED_FILES.iter().map(Path::new).find(|p| p.exists()) {
+        figment = figment.merge(Toml::file_exact(shipped));
+    }
+    let explicit = overrides
+        .config_file
+        .clone()
+        .or_else(|| std::env::var_os("JOBSYNC_CONFIG").map(PathBuf::from));
+    if let Some(path) = explicit {
+        if !path.is_file() {
+            return Err(ConfigError::File {
+                path: path.display().to_string(),
+                reason: "no such file; check --config / JOBSYNC_CONFIG".into(),
+            });
+        }
+        figment = figment.merge(Toml::file_exact(path));
+    }
+    let env = Env::prefixed(ENV_PREFIX)
+        .ignore(&["config"])
+        .filter(|key| {
+            let key = key.as_str().to_ascii_lowercase();
+            SECTIONS.iter().any(|s| key.starts_with(&format!("{s}__")))
+        })
+        .split("__");
+    figment = figment.merge(env);
+    Ok(figment.merge(Named::new("command-line flags", flags_dict(overrides))))
+}
+
+fn flags_dict(overrides: &Overrides) -> Dict {
+    let mut dict = Dict::new();
+    let mut put = |section: &str, key: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            let mut inner = Dict::new();
+            inner.insert(key.into(), v.clone().into());
+            dict.insert(section.into(), inner.into());
+        }
+    };
+    put("database", "url", &overrides.database_url);
+    put("api", "base_url", &overrides.api_base_url);
+    dict
+}
+
+/// A serialisable value as a provider with a name that error messages can show.
+struct Named<T> {
+    name: &'static str,
+    value: T,
+}
+
+impl<T: Serialize> Named<T> {
+    fn new(name: &'static str, value: T) -> Self {
+        Named { name, value }
+    }
+}
+
+impl<T: Serialize> Provider for Named<T> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        Serialized::defaults(&self.value).data()
+    }
+}
+
+fn invalid(figment: &Figment, key: &str, reason: String) -> ConfigError {
+    let value = figment
+        .find_value(key)
+        .ok()
+        .map(|v| shown_value(key, &v))
+        .unwrap_or_else(|| "(unset)".into());
+    let path: Vec<&str> = key.split('.').collect();
+    let source = figment
+        .find_metadata(key)
+        .map(|m| describe_source(m, &path))
+        .unwrap_or_else(|| "built-in defaults".into());
+    ConfigError::Invalid {
+        key: key.into(),
+        value,
+        origin: source,
+        reason,
+    }
+}
+
+fn from_figment(figment: &Figment, err: figment::Error) -> ConfigError {
+    let key = err.path.join(".");
+    let source = err
+        .metadata
+        .as_ref()
+        .map(|m| describe_source(m, &err.path.iter().map(String::as_str).collect::<Vec<_>>()))
+        .unwrap_or_else(|| "configuration".into());
+    let value = figment
+        .find_value(&key)
+        .ok()
+        .map(|v| shown_value(&key, &v))
+        .unwrap_or_else(|| "(unset)".into());
+    let reason = match &err.kind {
+        figment::error::Kind::UnknownField(field, _) => {
+            return ConfigError::Invalid {
+                key: if err.path.last() == Some(field) {
+                    key
+                } else if key.is_empty() {
+                    field.clone()
+                } else {
+                    format!("{key}.{field}")
+                },
+                value: "…".into(),
+                origin: source,
+                reason: "unknown key; check its spelling against the configuration reference in the README".into(),
+            };
+        }
+        kind => format!("{kind}; see the configuration reference in the README"),
+    };
+    match &err.kind {
+        figment::error::Kind::Message(msg) if key.is_empty() => {
+            ConfigError::Missing(format!("{msg} (from {source})"))
+        }
+        _ => ConfigError::Invalid {
+            key,
+            value,
+            origin: source,
+            reason,
+        },
+    }
+}
+
+/// Never shows the token; strings are quoted so an empty value is visible.
+fn shown_value(key: &str, value: &figment::value::Value) -> String {
+    if key == "api.token" {
+        return "***".into();
+    }
+    match value {
+        figment::value::Value::String(_, s) => format!("{s:?}"),
+        other => serde_json::to_string(other).unwrap_or_else(|_| format!("{other:?}")),
+    }
+}
+
+fn describe_source(metadata: &Metadata, path: &[&str]) -> String {
+    match &metadata.source {
+        Some(Source::File(file)) => format!("file {}", file.display()),
+        Some(Source::Custom(text)) => text.clone(),
+        _ if metadata.name.contains("environment") => {
+            format!(
+                "environment variable {ENV_PREFIX}{}",
+                path.join("__").to_uppercase()
+            )
+        }
+        _ => metadata.name.to_string(),
+    }
+}

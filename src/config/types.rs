@@ -1,0 +1,278 @@
+//! The typed configuration, with the built-in defaults of SPEC §2.
+
+use crate::secret::Secret;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub api: ApiConfig,
+    pub database: DatabaseConfig,
+    pub sync: SyncConfig,
+    pub push: PushConfig,
+    pub retention: RetentionConfig,
+    pub server: ServerConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    pub base_url: String,
+    #[serde(skip_serializing)]
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    pub timeout_secs: u64,
+    pub max_attempts: u32,
+    pub requests_per_second: f64,
+    pub concurrency: usize,
+    pub bulk_size: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            base_url: "http://127.0.0.1:8080".into(),
+            token: None,
+            token_file: None,
+            timeout_secs: 30,
+            max_attempts: 8,
+            requests_per_second: 10.0,
+            concurrency: 4,
+            bulk_size: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url: "sqlite://jobsync.db".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    pub schedule: String,
+    #[serde(deserialize_with = "list_or_comma_separated")]
+    pub campaigns: Vec<i64>,
+    pub overlap_secs: u64,
+    pub full_resync_after_hours: u64,
+    pub max_staleness_secs: u64,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            schedule: "0 */5 * * * *".into(),
+            campaigns: Vec::new(),
+            overlap_secs: 300,
+            full_resync_after_hours: 24,
+            max_staleness_secs: 1800,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushConfig {
+    pub max_row_attempts: u32,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            max_row_attempts: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    pub changes_days: u32,
+    pub outbox_days: u32,
+    pub runs_days: u32,
+    pub deleted_jobs_days: u32,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            changes_days: 90,
+            outbox_days: 30,
+            runs_days: 30,
+            deleted_jobs_days: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `""` disables the health/metrics server.
+    pub listen: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "0.0.0.0:9090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `None`: pretty on a terminal, JSON otherwise.
+    pub format: Option<LogFormat>,
+}
+
+/// Which backend `database.url` names. Anything but these two schemes is refused, never
+/// silently turned into a new SQLite file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err("the SQLite path is empty; write `sqlite://jobsync.db` or `sqlite:///var/lib/jobsync/jobsync.db`".into());
+            }
+            Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(DatabaseUrl::Postgres(url.to_string()))
+        } else {
+            Err("unknown scheme; use `sqlite://PATH` or `postgres://USER:PASSWORD@HOST/DB`".into())
+        }
+    }
+}
+
+/// Accepts `[28, 29]` (TOML, or `JOBSYNC_SYNC__CAMPAIGNS=[28,29]`) and `"28,29"`
+/// (`JOBSYNC_SYNC__CAMPAIGNS=28,29`, which figment reads as a string), and a lone `28`.
+fn list_or_comma_separated<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<i64>),
+        One(i64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::List(list) => Ok(list),
+        Raw::One(n) => Ok(vec![n]),
+        Raw::Text(text) => text
+            .trim_matches(|c| c == '[' || c == ']')
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<i64>().map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "`{s}` is not a campaign id; write a list such as 28,29"
+                    ))
+                })
+            })
+            .collect(),
+    }
+}
+
+impl Config {
+    /// Commands that call the API (`run`, `--once`, `check`) need a token; others do not.
+    pub fn require_token(&self, command: &str) -> Result<(), super::ConfigError> {
+        let missing = |detail: &str| {
+            Err(super::ConfigError::Missing(format!(
+                "`{command}` calls the API and needs a token: {detail}"
+            )))
+        };
+        match (&self.api.token, &self.api.token_file) {
+            (Some(_), Some(_)) => missing(
+                "both api.token and api.token_file are set; keep one (JOBSYNC_API__TOKEN or JOBSYNC_API__TOKEN_FILE)",
+            ),
+            (Some(token), None) if token.is_empty() => {
+                missing("api.token is empty; set JOBSYNC_API__TOKEN")
+            }
+            (Some(_), None) => Ok(()),
+            (None, Some(path)) => match std::fs::read_to_string(path) {
+                Ok(text) if !text.trim().is_empty() => Ok(()),
+                Ok(_) => missing(&format!("api.token_file {} is empty", path.display())),
+                Err(e) => missing(&format!(
+                    "api.token_file {} cannot be read ({e}); check the Secret is mounted there",
+                    path.display()
+                )),
+            },
+            (None, None) => missing(
+                "set JOBSYNC_API__TOKEN, or api.token_file to a file holding it (a Kubernetes Secret mount)",
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_never_shows_the_token() {
+        let mut config = Config::default();
+        config.api.token = Some(Secret::new("s3cr3t-token"));
+        assert!(!format!("{config:?}").contains("s3cr3t"));
+    }
+
+    #[test]
+    fn token_is_required_only_when_asked() {
+        let mut config = Config::default();
+        let err = config.require_token("run").unwrap_err().to_string();
+        assert!(err.contains("JOBSYNC_API__TOKEN"), "{err}");
+        config.api.token = Some(Secret::new("t"));
+        assert!(config.require_token("run").is_ok());
+        config.api.token_file = Some("/nonexistent/token".into());
+        assert!(
+            config
+                .require_token("run")
+                .unwrap_err()
+                .to_string()
+                .contains("keep one")
+        );
+        config.api.token = None;
+        let err = config.require_token("check").unwrap_err().to_string();
+        assert!(
+            err.contains("/nonexistent/token") && err.contains("cannot be read"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn database_urls_choose_the_backend() {
+        assert!(matches!(
+            DatabaseUrl::parse("sqlite://a.db"),
+            Ok(DatabaseUrl::Sqlite(_))
+        ));
+        assert!(matches!(
+            DatabaseUrl::parse("postgresql://h/db"),
+            Ok(DatabaseUrl::Postgres(_))
+        ));
+        assert!(DatabaseUrl::parse("sqlite://").is_err());
+        assert!(DatabaseUrl::parse("jobsync.db").is_err());
+    }
+}

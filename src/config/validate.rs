@@ -1,0 +1,107 @@
+//! Checks that cannot be expressed in types: ranges, URLs, the cron schedule, the listen address.
+//! Each failure names the key (the caller adds its value and source) and says what would be valid.
+
+use super::types::{Config, DatabaseUrl};
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+type Failure = (&'static str, String);
+
+pub(super) fn validate(c: &Config) -> Result<(), Failure> {
+    check_api(c)?;
+    DatabaseUrl::parse(&c.database.url).map_err(|r| ("database.url", r))?;
+    check_schedule(&c.sync.schedule)?;
+    if let Some(bad) = c.sync.campaigns.iter().find(|&&n| n <= 0) {
+        return Err((
+            "sync.campaigns",
+            format!("campaign ids are positive integers, {bad} is not"),
+        ));
+    }
+    at_least(
+        "sync.full_resync_after_hours",
+        c.sync.full_resync_after_hours,
+        1,
+    )?;
+    at_least("sync.max_staleness_secs", c.sync.max_staleness_secs, 1)?;
+    if c.sync.overlap_secs > 24 * 3600 {
+        return Err((
+            "sync.overlap_secs",
+            "must be at most 86400 (one day); the API only accepts `modified_since` within 48 hours".into(),
+        ));
+    }
+    at_least("push.max_row_attempts", c.push.max_row_attempts.into(), 1)?;
+    at_least("retention.changes_days", c.retention.changes_days.into(), 1)?;
+    at_least("retention.outbox_days", c.retention.outbox_days.into(), 1)?;
+    at_least("retention.runs_days", c.retention.runs_days.into(), 1)?;
+    at_least(
+        "retention.deleted_jobs_days",
+        c.retention.deleted_jobs_days.into(),
+        1,
+    )?;
+    if !c.server.listen.is_empty() && SocketAddr::from_str(&c.server.listen).is_err() {
+        return Err((
+            "server.listen",
+            "expected an address such as 0.0.0.0:9090, or \"\" to disable the server".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_api(c: &Config) -> Result<(), Failure> {
+    let url = reqwest::Url::parse(&c.api.base_url).map_err(|e| {
+        (
+            "api.base_url",
+            format!("not a URL ({e}); write e.g. https://api.example.com"),
+        )
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err((
+            "api.base_url",
+            "must be an http:// or https:// URL with a host".into(),
+        ));
+    }
+    at_least("api.timeout_secs", c.api.timeout_secs, 1)?;
+    at_least("api.max_attempts", c.api.max_attempts.into(), 1)?;
+    at_least("api.concurrency", c.api.concurrency as u64, 1)?;
+    if !(1..=1000).contains(&c.api.bulk_size) {
+        return Err((
+            "api.bulk_size",
+            "must be between 1 and 1000 (the API takes at most 1000 items per bulk call)".into(),
+        ));
+    }
+    let rps = c.api.requests_per_second;
+    if !(rps.is_finite() && rps > 0.0) {
+        return Err((
+            "api.requests_per_second",
+            "must be a number greater than 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The schedule as tokio-cron-scheduler will read it: croner, with a seconds field, in UTC.
+fn check_schedule(expr: &str) -> Result<(), Failure> {
+    let fields = expr.split_whitespace().count();
+    if fields < 6 {
+        return Err((
+            "sync.schedule",
+            format!(
+                "a cron expression needs 6 fields (sec min hour day month weekday), this one has {fields}; e.g. \"0 */5 * * * *\" for every 5 minutes"
+            ),
+        ));
+    }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .build()
+        .parse(expr)
+        .map(|_| ())
+        .map_err(|e| ("sync.schedule", format!("not a valid cron expression: {e}")))
+}
+
+fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), Failure> {
+    if value < min {
+        Err((key, format!("must be at least {min}")))
+    } else {
+        Ok(())
+    }
+}
