@@ -1,0 +1,24 @@
+//! Database errors, carrying what an operator needs to act.
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database.url {url} is not usable: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cannot connect to the {backend} database: {reason}")]
+    Connect {
+        backend: &'static str,
+        reason: String,
+    },
+    #[error("no database connection available: {0}; is the database up and reachable?")]
+    Pool(#[from] diesel::r2d2::PoolError),
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("database migration failed: {0}")]
+    Migration(String),
+    #[error("{0}")]
+    Locked(String),
+    #[error("database task failed: {0}")]
+    Task(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}

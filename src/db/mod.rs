@@ -1,0 +1,235 @@
+//! The database: the mirror, the outbox, the changefeed, run history and sync state, on SQLite
+//! (embedded default) or PostgreSQL, through one code path.
+//!
+//! Why not `#[derive(diesel::MultiConnection)]`: batch inserts, `ON CONFLICT` and custom column
+//! types do not compile on its generated backend. Instead [`Conn`] is a plain two-variant enum
+//! and [`with_conn!`] expands a statement once per variant, so every statement is compiled and
+//! checked against both concrete backends, and per-backend SQL stays the exception.
+//!
+//! Diesel is blocking: [`Db::run`] executes work on tokio's blocking pool, never on the async
+//! executor threads.
+
+mod error;
+pub mod lock;
+mod migrate;
+pub mod models;
+pub mod repo;
+pub mod schema;
+mod time;
+
+pub use error::DbError;
+pub use time::Ts;
+
+use crate::config::DatabaseUrl;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
+type PgPool = Pool<ConnectionManager<PgConnection>>;
+
+/// A pooled connection to whichever backend `database.url` names.
+pub enum Conn {
+    Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
+    Pg(PooledConnection<ConnectionManager<PgConnection>>),
+}
+
+/// Runs `$body` with `$c` bound to the concrete connection (`&mut SqliteConnection` or
+/// `&mut PgConnection`): one source text, compiled for each backend.
+#[macro_export]
+macro_rules! with_conn {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match $conn {
+            $crate::db::Conn::Sqlite(pooled) => {
+                let $c: &mut ::diesel::SqliteConnection = &mut *pooled;
+                $body
+            }
+            $crate::db::Conn::Pg(pooled) => {
+                let $c: &mut ::diesel::PgConnection = &mut *pooled;
+                $body
+            }
+        }
+    };
+}
+
+#[derive(Clone)]
+enum Backend {
+    Sqlite { pool: SqlitePool, path: PathBuf },
+    Pg { pool: PgPool },
+}
+
+/// The database handle: cheap to clone, shared by the engine, the server and the commands.
+#[derive(Clone)]
+pub struct Db {
+    backend: Backend,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.backend {
+            Backend::Sqlite { .. } => "Db(sqlite)",
+            Backend::Pg { .. } => "Db(postgres)",
+        })
+    }
+}
+
+impl Db {
+    /// Connects (reporting the real cause of a failure), then applies pending migrations.
+    pub fn open(url: &str) -> Result<Db, DbError> {
+        let db = Db::connect(url)?;
+        db.migrate()?;
+        Ok(db)
+    }
+
+    /// Connects without migrating.
+    pub fn connect(url: &str) -> Result<Db, DbError> {
+        let parsed = DatabaseUrl::parse(url).map_err(|reason| DbError::Url {
+            url: redact(url),
+            reason,
+        })?;
+        let backend = match parsed {
+            DatabaseUrl::Sqlite(path) => connect_sqlite(path)?,
+            DatabaseUrl::Postgres(url) => connect_pg(&url)?,
+        };
+        Ok(Db { backend })
+    }
+
+    pub fn is_sqlite(&self) -> bool {
+        matches!(self.backend, Backend::Sqlite { .. })
+    }
+
+    /// The SQLite file, for the kernel file lock that keeps a second syncer out.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => Some(path),
+            Backend::Pg { .. } => None,
+        }
+    }
+
+    /// A connection for blocking work on the current thread (tests, commands, the engine's own
+    /// blocking sections).
+    pub fn conn(&self) -> Result<Conn, DbError> {
+        Ok(match &self.backend {
+            Backend::Sqlite { pool, .. } => Conn::Sqlite(pool.get()?),
+            Backend::Pg { pool } => Conn::Pg(pool.get()?),
+        })
+    }
+
+    /// Runs blocking database work on tokio's blocking pool.
+    pub async fn run<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut Conn) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = db.conn()?;
+            work(&mut conn)
+        })
+        .await
+        .map_err(|e| DbError::Task(e.to_string()))?
+    }
+
+    /// Applies pending migrations; a no-op when there are none. Safe when several processes
+    /// start together: PostgreSQL takes an advisory lock, SQLite a kernel file lock.
+    pub fn migrate(&self) -> Result<usize, DbError> {
+        migrate::run(self)
+    }
+}
+
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        // WAL lets readers (the CRM, the health server) work while a sync writes; the busy
+        // timeout makes a writer wait for another instead of failing at once.
+        diesel::sql_query(
+            "PRAGMA busy_timeout = 15000; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        )
+        .execute(conn)
+        .map(|_| ())
+        .map_err(diesel::r2d2::Error::QueryError)
+    }
+}
+
+fn connect_sqlite(path: PathBuf) -> Result<Backend, DbError> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        return Err(DbError::Connect {
+            backend: "sqlite",
+            reason: format!(
+                "directory {} does not exist; create it or point database.url elsewhere",
+                dir.display()
+            ),
+        });
+    }
+    let url = path.to_string_lossy().to_string();
+    // Surface the real error (permissions, not a database) before the pool hides it.
+    SqliteConnection::establish(&url).map_err(|e| DbError::Connect {
+        backend: "sqlite",
+        reason: format!("{}: {e}", path.display()),
+    })?;
+    let pool = Pool::builder()
+        .max_size(4)
+        .connection_timeout(Duration::from_secs(30))
+        .connection_customizer(Box::new(SqlitePragmas))
+        .build_unchecked(ConnectionManager::new(url));
+    Ok(Backend::Sqlite { pool, path })
+}
+
+fn connect_pg(url: &str) -> Result<Backend, DbError> {
+    PgConnection::establish(url).map_err(|e| DbError::Connect {
+        backend: "postgres",
+        // libpq repeats its message once per address tried; one line says it.
+        reason: format!(
+            "{}: {}",
+            redact(url),
+            e.to_string().lines().next().unwrap_or_default().trim()
+        ),
+    })?;
+    let pool = Pool::builder()
+        .max_size(6)
+        .connection_timeout(Duration::from_secs(30))
+        .build_unchecked(ConnectionManager::new(url));
+    Ok(Backend::Pg { pool })
+}
+
+/// A database URL with its password replaced, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let creds = &url[scheme_end + 3..at];
+            match creds.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &creds[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
+    }
+
+    #[test]
+    fn refuses_unknown_schemes() {
+        let err = Db::connect("mysql://x").unwrap_err().to_string();
+        assert!(err.contains("unknown scheme"), "{err}");
+    }
+}

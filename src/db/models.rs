@@ -1,0 +1,276 @@
+//! Rows as stored, and their conversion from the API's [`Job`].
+
+use super::Ts;
+use super::schema::{job_changes, jobs, outbox, sync_runs};
+use crate::api::models::Job;
+use diesel::prelude::*;
+use serde_json::Value;
+
+/// A mirror row's content: every job field, in stored form. Two contents are equal exactly when
+/// the job did not change (JSON compared canonically, datetimes at microseconds).
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = jobs, treat_none_as_default_value = false)]
+pub struct JobContent {
+    pub id: i64,
+    pub campaign: i64,
+    pub reference: Option<String>,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub numbers: Option<String>,
+    pub address_lines: Option<String>,
+    pub postal_code: Option<String>,
+    pub city: Option<String>,
+    pub country: Option<String>,
+    pub appointment: Option<Ts>,
+    pub data: Option<String>,
+    pub label: Option<String>,
+    pub url: Option<String>,
+    pub value: Option<f64>,
+    pub state: i32,
+    pub created_at: Option<Ts>,
+}
+
+impl JobContent {
+    pub fn from_job(job: &Job) -> Self {
+        let json = |v: Value| canonical_json(&v);
+        JobContent {
+            id: job.id,
+            campaign: job.campaign,
+            reference: job.reference.clone(),
+            name: job.name.clone(),
+            email: job.email.clone(),
+            numbers: job.numbers.clone().map(|n| json(n.into())),
+            address_lines: job.address_lines.clone().map(|a| json(a.into())),
+            postal_code: job.postal_code.clone(),
+            city: job.city.clone(),
+            country: job.country.clone(),
+            appointment: job.appointment.map(Ts::from),
+            data: job.data.clone().map(|d| json(Value::Object(d))),
+            label: job.label.clone(),
+            url: job.url.clone(),
+            value: job.value,
+            state: job.state,
+            created_at: job.created_at.map(Ts::from),
+        }
+    }
+
+    /// The names of the fields (of [`crate::api::models::JOB_FIELDS`]) that differ.
+    pub fn changed_fields(&self, old: &JobContent) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        let mut check = |name: &'static str, differs: bool| {
+            if differs {
+                changed.push(name);
+            }
+        };
+        check("campaign", self.campaign != old.campaign);
+        check("reference", self.reference != old.reference);
+        check("name", self.name != old.name);
+        check("email", self.email != old.email);
+        check("numbers", self.numbers != old.numbers);
+        check("address_lines", self.address_lines != old.address_lines);
+        check("postal_code", self.postal_code != old.postal_code);
+        check("city", self.city != old.city);
+        check("country", self.country != old.country);
+        check("appointment", self.appointment != old.appointment);
+        check("data", self.data != old.data);
+        check("label", self.label != old.label);
+        check("url", self.url != old.url);
+        check("value", self.value != old.value);
+        check("state", self.state != old.state);
+        check("created_at", self.created_at != old.created_at);
+        changed
+    }
+}
+
+/// A mirror row with its sync metadata.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = jobs)]
+pub struct MirrorRow {
+    #[diesel(embed)]
+    pub content: JobContent,
+    pub first_seen_at: Ts,
+    pub last_seen_at: Ts,
+    pub remote_deleted_at: Option<Ts>,
+}
+
+impl MirrorRow {
+    /// Back to the API's shape (for comparing the mirror with the API, and for `status`).
+    pub fn to_job(&self) -> Job {
+        fn parse<T: serde::de::DeserializeOwned>(text: &Option<String>) -> Option<T> {
+            text.as_deref().and_then(|t| serde_json::from_str(t).ok())
+        }
+        let c = &self.content;
+        Job {
+            id: c.id,
+            campaign: c.campaign,
+            reference: c.reference.clone(),
+            name: c.name.clone(),
+            email: c.email.clone(),
+            numbers: parse(&c.numbers),
+            address_lines: parse(&c.address_lines),
+            postal_code: c.postal_code.clone(),
+            city: c.city.clone(),
+            country: c.country.clone(),
+            appointment: c.appointment.map(Ts::as_utc),
+            data: parse(&c.data),
+            label: c.label.clone(),
+            url: c.url.clone(),
+            value: c.value,
+            state: c.state,
+            created_at: c.created_at.map(Ts::as_utc),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = jobs, treat_none_as_default_value = false)]
+pub(crate) struct NewMirrorRow {
+    #[diesel(embed)]
+    pub content: JobContent,
+    pub first_seen_at: Ts,
+    pub last_seen_at: Ts,
+    pub remote_deleted_at: Option<Ts>,
+}
+
+/// JSON text with object keys sorted and integral numbers written as integers, so that key
+/// order and number formatting (`1` vs `1.0`) never count as a change.
+pub fn canonical_json(value: &Value) -> String {
+    fn normalise(v: &Value) -> Value {
+        match v {
+            Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                Value::Object(
+                    entries
+                        .into_iter()
+                        .map(|(k, v)| (k.clone(), normalise(v)))
+                        .collect(),
+                )
+            }
+            Value::Array(items) => Value::Array(items.iter().map(normalise).collect()),
+            Value::Number(n) => match n.as_f64() {
+                Some(f) if n.is_f64() && f.fract() == 0.0 && f.abs() < 9.0e15 => {
+                    Value::from(f as i64)
+                }
+                _ => v.clone(),
+            },
+            other => other.clone(),
+        }
+    }
+    normalise(value).to_string()
+}
+
+/// Where a change was observed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeSource {
+    Pull,
+    Push,
+}
+
+impl ChangeSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeSource::Pull => "pull",
+            ChangeSource::Push => "push",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, serde::Serialize)]
+#[diesel(table_name = job_changes)]
+pub struct ChangeRow {
+    #[diesel(skip_insertion)]
+    pub seq: i64,
+    pub job_id: i64,
+    pub campaign: i64,
+    pub reference: Option<String>,
+    pub kind: String,
+    pub old_state: Option<i32>,
+    pub new_state: Option<i32>,
+    /// JSON array of field names.
+    pub changed_fields: String,
+    pub source: String,
+    #[serde(serialize_with = "ts_as_rfc3339")]
+    pub observed_at: Ts,
+}
+
+fn ts_as_rfc3339<S: serde::Serializer>(t: &Ts, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_str(t)
+}
+
+/// An outbox row as stored.
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable)]
+#[diesel(table_name = outbox)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub op: String,
+    pub campaign: Option<i64>,
+    pub reference: Option<String>,
+    pub job_id: Option<i64>,
+    pub payload: String,
+    pub status: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+    pub http_status: Option<i32>,
+    pub result_job_id: Option<i64>,
+    pub created_at: Ts,
+    pub updated_at: Ts,
+    pub next_attempt_at: Ts,
+    pub first_sent_at: Option<Ts>,
+}
+
+/// What a CRM (or `import`) writes: every other column has a default.
+#[derive(Debug, Clone, PartialEq, Insertable, serde::Deserialize)]
+#[diesel(table_name = outbox)]
+pub struct NewOutboxRow {
+    pub op: String,
+    pub campaign: Option<i64>,
+    pub reference: Option<String>,
+    pub job_id: Option<i64>,
+    pub payload: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Queryable, Selectable, serde::Serialize)]
+#[diesel(table_name = sync_runs)]
+pub struct RunRow {
+    pub id: i64,
+    #[diesel(column_name = trigger_)]
+    pub trigger: String,
+    pub mode: String,
+    #[serde(serialize_with = "ts_as_rfc3339")]
+    pub started_at: Ts,
+    #[serde(serialize_with = "opt_ts_as_rfc3339")]
+    pub finished_at: Option<Ts>,
+    pub status: String,
+    pub jobs_pulled: i64,
+    pub jobs_changed: i64,
+    pub pushed_ok: i64,
+    pub pushed_failed: i64,
+    pub api_calls: i64,
+    pub error: Option<String>,
+}
+
+fn opt_ts_as_rfc3339<S: serde::Serializer>(t: &Option<Ts>, s: S) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.collect_str(t),
+        None => s.serialize_none(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn canonical_json_ignores_key_order_and_number_formatting() {
+        assert_eq!(
+            canonical_json(&json!({"b": 1.0, "a": [2.0, {"d": 1, "c": 0.5}]})),
+            canonical_json(&json!({"a": [2, {"c": 0.5, "d": 1}], "b": 1}))
+        );
+        assert_ne!(
+            canonical_json(&json!({"a": 1})),
+            canonical_json(&json!({"a": 1.5}))
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! The changefeed: appended by one writer at a time, read in `seq` order.
+
+use super::ROWS_PER_STATEMENT;
+use crate::db::models::ChangeRow;
+use crate::db::schema::job_changes;
+use crate::db::{Conn, DbError, Ts};
+use crate::with_conn;
+use diesel::prelude::*;
+
+/// PostgreSQL hands out sequence numbers before commit; two transactions appending at once could
+/// commit out of `seq` order and a reader polling `seq > last` would skip a row. This
+/// transaction-scoped advisory lock makes appends one writer at a time. (SQLite writers are
+/// serialised by the database itself.)
+const PG_CHANGES_LOCK: i64 = 0x6a6f_6273_796e_6302;
+
+/// Appends changes; call inside the transaction that changed the mirror.
+pub fn append(conn: &mut Conn, changes: &[ChangeRow]) -> Result<(), DbError> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    if let Conn::Pg(c) = conn {
+        diesel::sql_query(format!("SELECT pg_advisory_xact_lock({PG_CHANGES_LOCK})"))
+            .execute(&mut **c)?;
+    }
+    with_conn!(conn, |c| {
+        for chunk in changes.chunks(ROWS_PER_STATEMENT) {
+            diesel::insert_into(job_changes::table)
+                .values(chunk)
+                .execute(c)?;
+        }
+        Ok(())
+    })
+}
+
+/// Rows with `seq > since`, oldest first.
+pub fn since(conn: &mut Conn, since: i64, limit: i64) -> Result<Vec<ChangeRow>, DbError> {
+    with_conn!(conn, |c| Ok(job_changes::table
+        .filter(job_changes::seq.gt(since))
+        .order(job_changes::seq.asc())
+        .limit(limit)
+        .select(ChangeRow::as_select())
+        .load(c)?))
+}
+
+/// Builds a change row (the `seq` is assigned by the database).
+#[allow(clippy::too_many_arguments)]
+pub fn row(
+    job_id: i64,
+    campaign: i64,
+    reference: Option<String>,
+    kind: &str,
+    old_state: Option<i32>,
+    new_state: Option<i32>,
+    fields: &[&str],
+    source: &str,
+    observed_at: Ts,
+) -> ChangeRow {
+    ChangeRow {
+        seq: 0,
+        job_id,
+        campaign,
+        reference,
+        kind: kind.into(),
+        old_state,
+        new_state,
+        changed_fields: serde_json::to_string(fields).unwrap_or_else(|_| "[]".into()),
+        source: source.into(),
+        observed_at,
+    }
+}

@@ -1,0 +1,286 @@
+//! The mirror: batch upserts that write only what really changed and record each change in the
+//! changefeed, in the same transaction.
+
+use super::{IDS_PER_STATEMENT, ROWS_PER_STATEMENT, changes, transaction};
+use crate::api::models::{JOB_FIELDS, Job};
+use crate::db::models::{ChangeRow, ChangeSource, JobContent, MirrorRow, NewMirrorRow};
+use crate::db::schema::jobs;
+use crate::db::{Conn, DbError, Ts};
+use crate::with_conn;
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+use std::collections::HashMap;
+
+/// What one upsert did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpsertStats {
+    pub received: usize,
+    /// Rows written to `jobs` (new, changed, or seen again after deletion).
+    pub written: usize,
+    /// Rows appended to `job_changes`.
+    pub changes: usize,
+    pub unchanged: usize,
+}
+
+impl std::ops::AddAssign for UpsertStats {
+    fn add_assign(&mut self, o: Self) {
+        self.received += o.received;
+        self.written += o.written;
+        self.changes += o.changes;
+        self.unchanged += o.unchanged;
+    }
+}
+
+/// Stores jobs as the API returned them. A job whose content is unchanged writes nothing unless
+/// `touch` is set (a complete listing contains it: `last_seen_at` moves so delete detection
+/// knows it is still there). Runs in one transaction.
+pub fn upsert(
+    conn: &mut Conn,
+    batch: &[Job],
+    source: ChangeSource,
+    now: Ts,
+    touch: bool,
+) -> Result<UpsertStats, DbError> {
+    // The last answer for an id wins when a batch holds it twice.
+    let mut latest: HashMap<i64, usize> = HashMap::with_capacity(batch.len());
+    for (i, job) in batch.iter().enumerate() {
+        latest.insert(job.id, i);
+    }
+    let incoming: Vec<JobContent> = batch
+        .iter()
+        .enumerate()
+        .filter(|(i, job)| latest[&job.id] == *i)
+        .map(|(_, job)| JobContent::from_job(&job.clone().truncated_to_micros()))
+        .collect();
+    transaction(conn, |conn| {
+        let existing = load_by_id(conn, incoming.iter().map(|c| c.id))?;
+        let count = incoming.len();
+        let plan = plan_writes(incoming, &existing, source, now, touch);
+        write_rows(conn, &plan.rows)?;
+        touch_rows(conn, &plan.touched, now)?;
+        changes::append(conn, &plan.changes)?;
+        Ok(UpsertStats {
+            received: batch.len(),
+            written: plan.rows.len(),
+            changes: plan.changes.len(),
+            unchanged: count - plan.rows.len(),
+        })
+    })
+}
+
+struct Plan {
+    rows: Vec<NewMirrorRow>,
+    changes: Vec<ChangeRow>,
+    touched: Vec<i64>,
+}
+
+fn plan_writes(
+    incoming: Vec<JobContent>,
+    existing: &HashMap<i64, MirrorRow>,
+    source: ChangeSource,
+    now: Ts,
+    touch: bool,
+) -> Plan {
+    let mut plan = Plan {
+        rows: Vec::new(),
+        changes: Vec::new(),
+        touched: Vec::new(),
+    };
+    for content in incoming {
+        let change = |kind, old_state, fields: &[&str]| {
+            changes::row(
+                content.id,
+                content.campaign,
+                content.reference.clone(),
+                kind,
+                old_state,
+                Some(content.state),
+                fields,
+                source.as_str(),
+                now,
+            )
+        };
+        let (first_seen_at, change) = match existing.get(&content.id) {
+            None => (now, change("created", None, &JOB_FIELDS)),
+            Some(old) if old.remote_deleted_at.is_some() => {
+                (old.first_seen_at, change("created", None, &JOB_FIELDS))
+            }
+            Some(old) => {
+                let fields = content.changed_fields(&old.content);
+                if fields.is_empty() {
+                    if touch {
+                        plan.touched.push(content.id);
+                    }
+                    continue;
+                }
+                let change = change("updated", Some(old.content.state), &fields);
+                (old.first_seen_at, change)
+            }
+        };
+        plan.rows.push(NewMirrorRow {
+            content,
+            first_seen_at,
+            last_seen_at: now,
+            remote_deleted_at: None,
+        });
+        plan.changes.push(change);
+    }
+    plan
+}
+
+fn write_rows(conn: &mut Conn, rows: &[NewMirrorRow]) -> Result<(), DbError> {
+    with_conn!(conn, |c| {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            diesel::insert_into(jobs::table)
+                .values(chunk)
+                .on_conflict(jobs::id)
+                .do_update()
+                .set((
+                    (
+                        jobs::campaign.eq(excluded(jobs::campaign)),
+                        jobs::reference.eq(excluded(jobs::reference)),
+                        jobs::name.eq(excluded(jobs::name)),
+                        jobs::email.eq(excluded(jobs::email)),
+                        jobs::numbers.eq(excluded(jobs::numbers)),
+                        jobs::address_lines.eq(excluded(jobs::address_lines)),
+                        jobs::postal_code.eq(excluded(jobs::postal_code)),
+                        jobs::city.eq(excluded(jobs::city)),
+                        jobs::country.eq(excluded(jobs::country)),
+                        jobs::appointment.eq(excluded(jobs::appointment)),
+                    ),
+                    (
+                        jobs::data.eq(excluded(jobs::data)),
+                        jobs::label.eq(excluded(jobs::label)),
+                        jobs::url.eq(excluded(jobs::url)),
+                        jobs::value.eq(excluded(jobs::value)),
+                        jobs::state.eq(excluded(jobs::state)),
+                        jobs::created_at.eq(excluded(jobs::created_at)),
+                        jobs::first_seen_at.eq(excluded(jobs::first_seen_at)),
+                        jobs::last_seen_at.eq(excluded(jobs::last_seen_at)),
+                        jobs::remote_deleted_at.eq(excluded(jobs::remote_deleted_at)),
+                    ),
+                ))
+                .execute(c)?;
+        }
+        Ok(())
+    })
+}
+
+fn touch_rows(conn: &mut Conn, ids: &[i64], now: Ts) -> Result<(), DbError> {
+    with_conn!(conn, |c| {
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            diesel::update(jobs::table.filter(jobs::id.eq_any(chunk)))
+                .set(jobs::last_seen_at.eq(now))
+                .execute(c)?;
+        }
+        Ok(())
+    })
+}
+
+/// Mirror rows by id.
+pub fn load_by_id(
+    conn: &mut Conn,
+    ids: impl IntoIterator<Item = i64>,
+) -> Result<HashMap<i64, MirrorRow>, DbError> {
+    let ids: Vec<i64> = ids.into_iter().collect();
+    let mut found = HashMap::with_capacity(ids.len());
+    with_conn!(conn, |c| {
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let rows: Vec<MirrorRow> = jobs::table
+                .filter(jobs::id.eq_any(chunk))
+                .select(MirrorRow::as_select())
+                .load(c)?;
+            found.extend(rows.into_iter().map(|r| (r.content.id, r)));
+        }
+        Ok(found)
+    })
+}
+
+pub fn get(conn: &mut Conn, id: i64) -> Result<Option<MirrorRow>, DbError> {
+    Ok(load_by_id(conn, [id])?.remove(&id))
+}
+
+/// The live (not deleted) job with this reference in this campaign.
+pub fn find_by_reference(
+    conn: &mut Conn,
+    campaign: i64,
+    reference: &str,
+) -> Result<Option<MirrorRow>, DbError> {
+    with_conn!(conn, |c| Ok(jobs::table
+        .filter(jobs::campaign.eq(campaign))
+        .filter(jobs::reference.eq(reference))
+        .filter(jobs::remote_deleted_at.is_null())
+        .order(jobs::id.desc())
+        .select(MirrorRow::as_select())
+        .first(c)
+        .optional()?))
+}
+
+/// Every mirror row, in id order (tests and comparisons).
+pub fn all(conn: &mut Conn) -> Result<Vec<MirrorRow>, DbError> {
+    with_conn!(conn, |c| Ok(jobs::table
+        .order(jobs::id.asc())
+        .select(MirrorRow::as_select())
+        .load(c)?))
+}
+
+/// After a complete, error-free listing of `campaign` that started at `listing_started`: every
+/// live row of the campaign the listing did not contain (its `last_seen_at` is older) gets
+/// `remote_deleted_at` and a `deleted` change. Returns how many.
+pub fn mark_missing_deleted(
+    conn: &mut Conn,
+    campaign: i64,
+    listing_started: Ts,
+    now: Ts,
+) -> Result<usize, DbError> {
+    transaction(conn, |conn| {
+        let gone: Vec<(i64, Option<String>, i32)> = with_conn!(conn, |c| jobs::table
+            .filter(jobs::campaign.eq(campaign))
+            .filter(jobs::remote_deleted_at.is_null())
+            .filter(jobs::last_seen_at.lt(listing_started))
+            .select((jobs::id, jobs::reference, jobs::state))
+            .load(c)?);
+        let ids: Vec<i64> = gone.iter().map(|g| g.0).collect();
+        with_conn!(conn, |c| {
+            for chunk in ids.chunks(IDS_PER_STATEMENT) {
+                diesel::update(jobs::table.filter(jobs::id.eq_any(chunk)))
+                    .set(jobs::remote_deleted_at.eq(now))
+                    .execute(c)?;
+            }
+            Ok::<_, DbError>(())
+        })?;
+        let rows: Vec<ChangeRow> = gone
+            .into_iter()
+            .map(|(id, reference, state)| {
+                changes::row(
+                    id,
+                    campaign,
+                    reference,
+                    "deleted",
+                    Some(state),
+                    None,
+                    &[],
+                    ChangeSource::Pull.as_str(),
+                    now,
+                )
+            })
+            .collect();
+        changes::append(conn, &rows)?;
+        Ok(rows.len())
+    })
+}
+
+/// Counts: live rows, rows marked deleted.
+pub fn counts(conn: &mut Conn) -> Result<(i64, i64), DbError> {
+    with_conn!(conn, |c| {
+        let live = jobs::table
+            .filter(jobs::remote_deleted_at.is_null())
+            .count()
+            .get_result(c)?;
+        let deleted = jobs::table
+            .filter(jobs::remote_deleted_at.is_not_null())
+            .count()
+            .get_result(c)?;
+        Ok((live, deleted))
+    })
+}

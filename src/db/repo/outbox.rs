@@ -1,0 +1,143 @@
+//! The outbox: rows the CRM (or `import`) appends and the push drains.
+
+use super::{IDS_PER_STATEMENT, ROWS_PER_STATEMENT, transaction};
+use crate::db::models::{NewOutboxRow, OutboxRow};
+use crate::db::schema::outbox;
+use crate::db::{Conn, DbError, Ts};
+use crate::with_conn;
+use diesel::prelude::*;
+
+pub const PENDING: &str = "pending";
+pub const IN_FLIGHT: &str = "in_flight";
+pub const DONE: &str = "done";
+pub const FAILED: &str = "failed";
+pub const SUPERSEDED: &str = "superseded";
+pub const STATUSES: [&str; 5] = [PENDING, IN_FLIGHT, DONE, FAILED, SUPERSEDED];
+
+/// Appends rows in one transaction, in order; all or nothing.
+pub fn insert(conn: &mut Conn, rows: &[NewOutboxRow]) -> Result<usize, DbError> {
+    transaction(conn, |conn| {
+        with_conn!(conn, |c| {
+            let mut n = 0;
+            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                n += diesel::insert_into(outbox::table)
+                    .values(chunk)
+                    .execute(c)?;
+            }
+            Ok(n)
+        })
+    })
+}
+
+/// Rows, newest first, optionally of one status.
+pub fn list(conn: &mut Conn, status: Option<&str>, limit: i64) -> Result<Vec<OutboxRow>, DbError> {
+    with_conn!(conn, |c| {
+        let mut query = outbox::table
+            .select(OutboxRow::as_select())
+            .order(outbox::id.desc())
+            .limit(limit)
+            .into_boxed();
+        if let Some(status) = status {
+            query = query.filter(outbox::status.eq(status.to_string()));
+        }
+        Ok(query.load(c)?)
+    })
+}
+
+/// Pending rows whose time has come, plus rows left `in_flight` (by a crash or a timeout), in
+/// id order: the push's work list.
+pub fn due(conn: &mut Conn, now: Ts, limit: i64) -> Result<Vec<OutboxRow>, DbError> {
+    with_conn!(conn, |c| Ok(outbox::table
+        .filter(
+            outbox::status
+                .eq(PENDING)
+                .and(outbox::next_attempt_at.le(now))
+                .or(outbox::status.eq(IN_FLIGHT)),
+        )
+        .order(outbox::id.asc())
+        .limit(limit)
+        .select(OutboxRow::as_select())
+        .load(c)?))
+}
+
+/// Row counts by status (every status present, zero when none).
+pub fn counts(conn: &mut Conn) -> Result<Vec<(String, i64)>, DbError> {
+    let found: Vec<(String, i64)> = with_conn!(conn, |c| outbox::table
+        .group_by(outbox::status)
+        .select((outbox::status, diesel::dsl::count_star()))
+        .load(c)?);
+    let mut all: Vec<(String, i64)> = STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
+    for (status, n) in found {
+        match all.iter_mut().find(|(s, _)| *s == status) {
+            Some(slot) => slot.1 = n,
+            None => all.push((status, n)),
+        }
+    }
+    Ok(all)
+}
+
+/// When the oldest pending row was written.
+pub fn oldest_pending(conn: &mut Conn) -> Result<Option<Ts>, DbError> {
+    with_conn!(conn, |c| Ok(outbox::table
+        .filter(outbox::status.eq_any([PENDING, IN_FLIGHT]))
+        .select(diesel::dsl::min(outbox::created_at))
+        .first::<Option<Ts>>(c)?))
+}
+
+/// The outcome of handling one row.
+#[derive(Debug, Clone, Default, AsChangeset)]
+#[diesel(table_name = outbox)]
+pub struct RowUpdate {
+    pub status: Option<String>,
+    pub attempts: Option<i32>,
+    pub last_error: Option<Option<String>>,
+    pub http_status: Option<Option<i32>>,
+    pub result_job_id: Option<Option<i64>>,
+    pub next_attempt_at: Option<Ts>,
+    pub first_sent_at: Option<Option<Ts>>,
+    pub updated_at: Option<Ts>,
+}
+
+/// Applies one update to several rows.
+pub fn update(conn: &mut Conn, ids: &[i64], change: &RowUpdate) -> Result<usize, DbError> {
+    let mut change = change.clone();
+    change.updated_at.get_or_insert_with(Ts::now);
+    with_conn!(conn, |c| {
+        let mut n = 0;
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            n += diesel::update(outbox::table.filter(outbox::id.eq_any(chunk)))
+                .set(&change)
+                .execute(c)?;
+        }
+        Ok(n)
+    })
+}
+
+/// Re-queues rows: `failed` ones (the given ids, or all of them), attempts reset.
+pub fn retry(conn: &mut Conn, ids: Option<&[i64]>) -> Result<usize, DbError> {
+    let now = Ts::now();
+    let change = (
+        outbox::status.eq(PENDING),
+        outbox::attempts.eq(0),
+        outbox::next_attempt_at.eq(now),
+        outbox::updated_at.eq(now),
+    );
+    with_conn!(conn, |c| {
+        let failed = outbox::table.filter(outbox::status.eq(FAILED));
+        Ok(match ids {
+            Some(ids) => diesel::update(failed.filter(outbox::id.eq_any(ids)))
+                .set(change)
+                .execute(c)?,
+            None => diesel::update(failed).set(change).execute(c)?,
+        })
+    })
+}
+
+/// Rows by id (those that exist).
+pub fn get_many(conn: &mut Conn, ids: &[i64]) -> Result<Vec<OutboxRow>, DbError> {
+    with_conn!(conn, |c| Ok(outbox::table
+        .filter(outbox::id.eq_any(ids))
+        .order(outbox::id.asc())
+        .select(OutboxRow::as_select())
+        .load(c)?))
+}

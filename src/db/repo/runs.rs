@@ -1,0 +1,75 @@
+//! `sync_runs`: one row per cycle.
+
+use crate::db::models::RunRow;
+use crate::db::schema::sync_runs;
+use crate::db::{Conn, DbError, Ts};
+use crate::with_conn;
+use diesel::prelude::*;
+
+/// What a finished cycle reports.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunOutcome {
+    pub mode: String,
+    pub ok: bool,
+    pub jobs_pulled: i64,
+    pub jobs_changed: i64,
+    pub pushed_ok: i64,
+    pub pushed_failed: i64,
+    pub api_calls: i64,
+    pub error: Option<String>,
+}
+
+/// Records the start of a cycle (`trigger`: `schedule` or `once`); returns its id.
+pub fn start(conn: &mut Conn, trigger: &str, started_at: Ts) -> Result<i64, DbError> {
+    with_conn!(conn, |c| Ok(diesel::insert_into(sync_runs::table)
+        .values((
+            sync_runs::trigger_.eq(trigger),
+            sync_runs::started_at.eq(started_at),
+            sync_runs::status.eq("running"),
+        ))
+        .returning(sync_runs::id)
+        .get_result(c)?))
+}
+
+pub fn finish(conn: &mut Conn, id: i64, outcome: &RunOutcome) -> Result<(), DbError> {
+    let status = if outcome.ok { "ok" } else { "failed" };
+    with_conn!(conn, |c| {
+        diesel::update(sync_runs::table.find(id))
+            .set((
+                sync_runs::finished_at.eq(Ts::now()),
+                sync_runs::status.eq(status),
+                sync_runs::mode.eq(&outcome.mode),
+                sync_runs::jobs_pulled.eq(outcome.jobs_pulled),
+                sync_runs::jobs_changed.eq(outcome.jobs_changed),
+                sync_runs::pushed_ok.eq(outcome.pushed_ok),
+                sync_runs::pushed_failed.eq(outcome.pushed_failed),
+                sync_runs::api_calls.eq(outcome.api_calls),
+                sync_runs::error.eq(&outcome.error),
+            ))
+            .execute(c)?;
+        Ok(())
+    })
+}
+
+/// Runs left `running` by a process that died are marked `failed`. Call only while holding the
+/// sync lock, so that a live cycle elsewhere is never touched.
+pub fn fail_abandoned(conn: &mut Conn) -> Result<usize, DbError> {
+    with_conn!(conn, |c| Ok(diesel::update(
+        sync_runs::table.filter(sync_runs::status.eq("running"))
+    )
+    .set((
+        sync_runs::status.eq("failed"),
+        sync_runs::finished_at.eq(Ts::now()),
+        sync_runs::error.eq("abandoned: the process running it stopped before it finished"),
+    ))
+    .execute(c)?))
+}
+
+/// The most recent runs, newest first.
+pub fn recent(conn: &mut Conn, limit: i64) -> Result<Vec<RunRow>, DbError> {
+    with_conn!(conn, |c| Ok(sync_runs::table
+        .order(sync_runs::id.desc())
+        .limit(limit)
+        .select(RunRow::as_select())
+        .load(c)?))
+}

@@ -1,0 +1,90 @@
+//! Small facts kept between runs (the watermark, the last successful pull), and tracked campaigns.
+
+use crate::db::schema::{campaigns, sync_state};
+use crate::db::{Conn, DbError, Ts};
+use crate::with_conn;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::upsert::excluded;
+
+pub const WATERMARK: &str = "watermark";
+pub const LAST_PULL_OK: &str = "last_pull_ok_at";
+pub const LAST_FULL_RESYNC: &str = "last_full_resync_at";
+
+pub fn get(conn: &mut Conn, key: &str) -> Result<Option<String>, DbError> {
+    with_conn!(conn, |c| Ok(sync_state::table
+        .find(key)
+        .select(sync_state::value)
+        .first::<String>(c)
+        .optional()?))
+}
+
+pub fn set(conn: &mut Conn, key: &str, value: &str) -> Result<(), DbError> {
+    let now = Ts::now();
+    with_conn!(conn, |c| {
+        diesel::insert_into(sync_state::table)
+            .values((
+                sync_state::key.eq(key),
+                sync_state::value.eq(value),
+                sync_state::updated_at.eq(now),
+            ))
+            .on_conflict(sync_state::key)
+            .do_update()
+            .set((
+                sync_state::value.eq(excluded(sync_state::value)),
+                sync_state::updated_at.eq(excluded(sync_state::updated_at)),
+            ))
+            .execute(c)?;
+        Ok(())
+    })
+}
+
+/// A stored instant (RFC 3339).
+pub fn get_time(conn: &mut Conn, key: &str) -> Result<Option<DateTime<Utc>>, DbError> {
+    match get(conn, key)? {
+        None => Ok(None),
+        Some(text) => DateTime::parse_from_rfc3339(&text)
+            .map(|t| Some(t.with_timezone(&Utc)))
+            .map_err(|e| DbError::Corrupt(format!("sync_state `{key}` = {text:?}: {e}"))),
+    }
+}
+
+pub fn set_time(conn: &mut Conn, key: &str, value: DateTime<Utc>) -> Result<(), DbError> {
+    set(conn, key, &Ts::from(value).to_string())
+}
+
+/// Campaigns to re-list in full, with when each was last listed completely.
+pub fn tracked_campaigns(conn: &mut Conn) -> Result<Vec<(i64, Option<Ts>)>, DbError> {
+    with_conn!(conn, |c| Ok(campaigns::table
+        .order(campaigns::campaign.asc())
+        .select((campaigns::campaign, campaigns::last_full_listing_at))
+        .load(c)?))
+}
+
+/// Starts tracking campaigns (configured, or seen in an answer); known ones are left alone.
+pub fn track_campaigns(conn: &mut Conn, ids: &[i64]) -> Result<usize, DbError> {
+    let now = Ts::now();
+    let rows: Vec<_> = ids
+        .iter()
+        .map(|id| (campaigns::campaign.eq(*id), campaigns::added_at.eq(now)))
+        .collect();
+    with_conn!(conn, |c| {
+        let mut added = 0;
+        for row in rows {
+            added += diesel::insert_into(campaigns::table)
+                .values(row)
+                .on_conflict_do_nothing()
+                .execute(c)?;
+        }
+        Ok(added)
+    })
+}
+
+pub fn mark_campaign_listed(conn: &mut Conn, campaign: i64, at: Ts) -> Result<(), DbError> {
+    with_conn!(conn, |c| {
+        diesel::update(campaigns::table.find(campaign))
+            .set(campaigns::last_full_listing_at.eq(at))
+            .execute(c)?;
+        Ok(())
+    })
+}
