@@ -2,5 +2,9 @@
 //! into a local mirror, pushes the CRM's outbox upstream exactly once, and records a changefeed.
 
 pub mod api;
+pub mod cli;
+pub mod config;
+pub mod db;
 pub mod secret;
 pub mod sim;
+pub mod telemetry;

@@ -1,0 +1,117 @@
+//! The command line of SPEC §1.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "jobsync",
+    version,
+    about = "Keeps a CRM and a call-campaign platform's Jobs API in step",
+    long_about = "Keeps a CRM and a call-campaign platform's Jobs API in step: pulls every job \
+                  change into a local mirror, pushes the CRM's outbox through the bulk \
+                  endpoints, and records a changefeed. Without a command it runs the daemon."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    /// Run exactly one sync cycle (pull + push), print a summary, and exit.
+    #[arg(long)]
+    pub once: bool,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Flags every command accepts: the command-line layer of the configuration.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Configuration file (TOML), layered over config/default.toml [env: JOBSYNC_CONFIG]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Database URL: sqlite://PATH or postgres://USER:PASSWORD@HOST/DB (database.url)
+    #[arg(long, global = true, value_name = "URL")]
+    pub database_url: Option<String>,
+
+    /// Jobs API root, e.g. https://api.example.com (api.base_url)
+    #[arg(long, global = true, value_name = "URL")]
+    pub api_base_url: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The daemon: sync on the schedule, serve health and metrics, stop cleanly on SIGTERM
+    Run {
+        /// Run exactly one sync cycle, print a summary, and exit
+        #[arg(long)]
+        once: bool,
+    },
+    /// Apply pending database migrations and exit
+    Migrate,
+    /// Validate the configuration and reach the database and the API; exit 0 only if all pass
+    Check,
+    /// Append CRM changes to the outbox, validating every row first
+    Import(ImportArgs),
+    /// Inspect the outbox, or re-queue failed rows
+    #[command(subcommand)]
+    Outbox(OutboxCommand),
+    /// Print the changefeed as NDJSON, rows with seq > SINCE in seq order
+    Changes {
+        /// Print rows after this sequence number
+        #[arg(long, default_value_t = 0, value_name = "SEQ")]
+        since: i64,
+        /// Keep printing new rows as they arrive
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Last runs, watermark, outbox and mirror counts, from the database (no API call)
+    Status,
+    /// Apply the retention settings now
+    Prune,
+    /// Run a faithful local stand-in for the Jobs API
+    Simulate(crate::sim::SimulateArgs),
+    /// A one-command tour: the simulator in-process, sync cycles into a local SQLite file
+    Demo,
+}
+
+#[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// NDJSON or CSV file of outbox rows; `-` reads standard input
+    pub file: PathBuf,
+    /// The file's format (default: from the extension; ndjson for stdin)
+    #[arg(long, value_enum)]
+    pub format: Option<ImportFormat>,
+    /// Validate every row and report, but insert nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportFormat {
+    Ndjson,
+    Csv,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OutboxCommand {
+    /// List outbox rows, newest first
+    List {
+        /// Only rows with this status (pending, in_flight, done, failed, superseded)
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many rows
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Re-queue failed rows
+    Retry {
+        /// Row ids to re-queue
+        #[arg(long = "id", value_name = "N", required_unless_present = "failed")]
+        ids: Vec<i64>,
+        /// Re-queue every failed row
+        #[arg(long, conflicts_with = "ids")]
+        failed: bool,
+    },
+}

@@ -1,0 +1,122 @@
+//! The command-line face: parses arguments, loads the configuration, calls the engine, and maps
+//! every failure to a one-line message and an exit code (0 done, 1 could not complete, 2 usage,
+//! configuration or input error).
+
+mod args;
+mod status;
+
+pub use args::{Cli, Command, GlobalArgs, ImportArgs, ImportFormat, OutboxCommand};
+
+use crate::config::{self, Config, ConfigError, Overrides};
+use crate::db::{Db, DbError};
+use std::process::ExitCode;
+
+/// A failure the user sees: its message and exit code.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    pub fn failed(message: impl Into<String>) -> Self {
+        CliError {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ConfigError> for CliError {
+    fn from(e: ConfigError) -> Self {
+        CliError::usage(e.to_string())
+    }
+}
+
+impl From<DbError> for CliError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Url { .. } => CliError::usage(e.to_string()),
+            _ => CliError::failed(e.to_string()),
+        }
+    }
+}
+
+pub type CliResult = Result<(), CliError>;
+
+/// Runs the parsed command line and returns the process exit code.
+pub async fn run(cli: Cli) -> ExitCode {
+    match dispatch(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> CliResult {
+    let overrides = Overrides {
+        config_file: cli.global.config.clone(),
+        database_url: cli.global.database_url.clone(),
+        api_base_url: cli.global.api_base_url.clone(),
+    };
+    let command = cli.command.unwrap_or(Command::Run { once: cli.once });
+    if let Command::Simulate(args) = command {
+        // The simulator needs no database; it only borrows the token when one is configured.
+        let token = config::load(&overrides)
+            .ok()
+            .and_then(|c| c.api.token.map(|t| t.expose().to_string()));
+        return crate::sim::run_cli(args, token)
+            .await
+            .map_err(|e| CliError::failed(format!("{e:#}")));
+    }
+    let config = config::load(&overrides)?;
+    crate::telemetry::init_logging(&config.log);
+    match command {
+        Command::Migrate => migrate(&config).await,
+        Command::Status => status::print(&open_db(&config).await?).await,
+        Command::Run { once } => not_implemented(if once { "--once" } else { "run" }),
+        Command::Check => not_implemented("check"),
+        Command::Import(_) => not_implemented("import"),
+        Command::Outbox(_) => not_implemented("outbox"),
+        Command::Changes { .. } => not_implemented("changes"),
+        Command::Prune => not_implemented("prune"),
+        Command::Demo => not_implemented("demo"),
+        Command::Simulate(_) => unreachable!("handled above"),
+    }
+}
+
+fn not_implemented(what: &str) -> CliResult {
+    Err(CliError::usage(format!(
+        "`{what}` is not implemented yet in this build of jobsync"
+    )))
+}
+
+/// Connects and migrates (every command that touches the database migrates first).
+pub async fn open_db(config: &Config) -> Result<Db, CliError> {
+    let url = config.database.url.clone();
+    tokio::task::spawn_blocking(move || Db::open(&url))
+        .await
+        .map_err(|e| CliError::failed(format!("database task failed: {e}")))?
+        .map_err(CliError::from)
+}
+
+async fn migrate(config: &Config) -> CliResult {
+    let url = config.database.url.clone();
+    let applied = tokio::task::spawn_blocking(move || Db::connect(&url)?.migrate())
+        .await
+        .map_err(|e| CliError::failed(format!("database task failed: {e}")))??;
+    println!(
+        "migrations: {applied} applied, database {} is up to date",
+        crate::db::redact(&config.database.url)
+    );
+    Ok(())
+}
