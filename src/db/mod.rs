@@ -82,7 +82,9 @@ impl Db {
         Ok(db)
     }
 
-    /// Connects without migrating.
+    /// Connects without migrating. Pools open connections on demand only (`min_idle(0)`): r2d2's
+    /// default fills the pool from background threads, and a process exiting while one of them is
+    /// inside libpq's TLS/SCRAM handshake crashes in OpenSSL's exit-time cleanup.
     pub fn connect(url: &str) -> Result<Db, DbError> {
         let parsed = DatabaseUrl::parse(url).map_err(|reason| DbError::Url {
             url: redact(url),
@@ -175,6 +177,7 @@ fn connect_sqlite(path: PathBuf) -> Result<Backend, DbError> {
     })?;
     let pool = Pool::builder()
         .max_size(4)
+        .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(30))
         .connection_customizer(Box::new(SqlitePragmas))
         .build_unchecked(ConnectionManager::new(url));
@@ -193,6 +196,7 @@ fn connect_pg(url: &str) -> Result<Backend, DbError> {
     })?;
     let pool = Pool::builder()
         .max_size(6)
+        .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(30))
         .build_unchecked(ConnectionManager::new(url));
     Ok(Backend::Pg { pool })
