@@ -1,3 +1,21 @@
-//! The Jobs API: wire models shared with the simulator, and the resilient client.
+//! The Jobs API: wire models shared with the simulator, and the resilient client (retry policy,
+//! rate limit, streaming listings, bulk helpers). It knows no database and no configuration file:
+//! callers hand it a typed [`ClientOptions`].
 
+mod bulk;
+mod client;
+mod error;
+mod limit;
+mod listing;
 pub mod models;
+mod retry;
+mod split;
+mod stats;
+mod token;
+
+pub use bulk::ItemOutcome;
+pub use client::{ApiClient, ClientOptions, ListQuery};
+pub use error::ApiError;
+pub use listing::Listing;
+pub use stats::ApiStats;
+pub use token::TokenSource;

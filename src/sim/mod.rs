@@ -1,8 +1,190 @@
-//! A faithful local stand-in for the Jobs API (SPEC §6). (Placeholder until the simulator lands.)
+//! A faithful local stand-in for the Jobs API (SPEC §6): the eight documented endpoints under
+//! `/j/` with bearer-token auth, control routes under `/_sim/` for tests, a dialer that moves
+//! jobs through their states, injectable faults, and a clock that can be shifted.
+//!
+//! Everything lives in memory. `spawn` serves in a background task; `run_cli` is the
+//! `jobsync simulate` command.
 
-#[derive(clap::Args, Debug, Clone)]
-pub struct SimulateArgs {}
+mod body;
+mod cli;
+mod clock;
+mod control;
+mod dialer;
+mod faults;
+mod phone;
+mod routes;
+mod seed;
+mod server;
+mod state;
+mod validate;
 
-pub async fn run_cli(_args: SimulateArgs, _token: Option<String>) -> anyhow::Result<()> {
-    anyhow::bail!("`simulate` is not implemented yet in this build of jobsync")
+pub use cli::{SimulateArgs, run_cli};
+pub use faults::Faults;
+
+use clock::SimClock;
+use faults::{FaultSettings, RequestLog};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use state::Store;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How the simulator starts; everything but the token and campaigns can be changed later through
+/// the control routes.
+#[derive(Clone)]
+pub struct SimConfig {
+    pub token: String,
+    /// The campaigns that exist: a create into any other is refused.
+    pub campaigns: Vec<i64>,
+    pub jobs_per_campaign: usize,
+    pub seed: u64,
+    /// The dialer's period (0 = no dialer).
+    pub dial_interval_ms: u64,
+    pub faults: Faults,
+    pub latency_ms: u64,
+    pub clock_offset_hours: f64,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            token: "dev-token".into(),
+            campaigns: vec![28, 29],
+            jobs_per_campaign: 0,
+            seed: 1,
+            dial_interval_ms: 0,
+            faults: Faults::default(),
+            latency_ms: 0,
+            clock_offset_hours: 0.0,
+        }
+    }
+}
+
+impl fmt::Debug for SimConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimConfig")
+            .field("token", &"***")
+            .field("campaigns", &self.campaigns)
+            .field("jobs_per_campaign", &self.jobs_per_campaign)
+            .field("seed", &self.seed)
+            .field("dial_interval_ms", &self.dial_interval_ms)
+            .field("faults", &self.faults)
+            .field("latency_ms", &self.latency_ms)
+            .field("clock_offset_hours", &self.clock_offset_hours)
+            .finish()
+    }
+}
+
+/// The state every route shares.
+struct Sim {
+    token: String,
+    store: Mutex<Store>,
+    clock: SimClock,
+    faults: Mutex<FaultSettings>,
+    /// One generator for faults, the dialer and edits, seeded from `SimConfig::seed`.
+    rng: Mutex<StdRng>,
+    log: Mutex<RequestLog>,
+}
+
+impl Sim {
+    fn new(cfg: &SimConfig) -> Self {
+        let clock = SimClock::new(cfg.clock_offset_hours);
+        let mut store = Store::new(&cfg.campaigns);
+        seed::seed_jobs(
+            &mut store,
+            &cfg.campaigns,
+            cfg.jobs_per_campaign,
+            cfg.seed,
+            clock.now(),
+        );
+        Sim {
+            token: cfg.token.clone(),
+            store: Mutex::new(store),
+            clock,
+            faults: Mutex::new(FaultSettings {
+                faults: cfg.faults,
+                latency_ms: cfg.latency_ms,
+            }),
+            rng: Mutex::new(StdRng::seed_from_u64(cfg.seed ^ 0x5eed_fa17)),
+            log: Mutex::new(RequestLog::default()),
+        }
+    }
+
+    fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    fn rng(&self) -> MutexGuard<'_, StdRng> {
+        lock(&self.rng)
+    }
+}
+
+/// A poisoned lock only means a handler panicked mid-change; the simulator keeps serving.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A running simulator. Dropping the handle (or calling `shutdown`) stops it.
+pub struct SimHandle {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl SimHandle {
+    /// `http://ADDR`, the base URL a client should be given.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting, closes open connections and the dialer, and waits until they are gone.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Binds `listen` (port 0 picks a free port), seeds the jobs and serves in a background task.
+pub async fn spawn(listen: SocketAddr, cfg: SimConfig) -> std::io::Result<SimHandle> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    let sim = Arc::new(Sim::new(&cfg));
+    tracing::info!(
+        %addr,
+        campaigns = ?cfg.campaigns,
+        jobs = sim.store().len(),
+        dial_interval_ms = cfg.dial_interval_ms,
+        "simulator started"
+    );
+    let dialer = dialer::start(sim.clone(), cfg.dial_interval_ms);
+    let router = server::router(sim);
+    let (stop, stopped) = oneshot::channel();
+    let task = tokio::spawn(async move {
+        server::serve(listener, router, stopped).await;
+        if let Some(dialer) = dialer {
+            dialer.abort();
+        }
+    });
+    Ok(SimHandle {
+        addr,
+        stop: Some(stop),
+        task: Some(task),
+    })
 }

@@ -1,0 +1,17 @@
+//! The simulator as a stand-alone process (`jobsync simulate` is not wired into the CLI yet), so
+//! that a client under measurement does not share its memory:
+//! `cargo run --example sim_server -- --listen 127.0.0.1:0 --jobs-per-campaign 1000`.
+
+use clap::Parser;
+use jobsync::sim::SimulateArgs;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(flatten)]
+    args: SimulateArgs,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    jobsync::sim::run_cli(Cli::parse().args, None).await
+}

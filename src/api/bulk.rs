@@ -1,0 +1,354 @@
+//! The bulk endpoints: inputs of any length are cut into calls of at most `bulk_size` items, sent
+//! `concurrency` at a time, and answered with one [`ItemOutcome`] per input, in input order.
+//!
+//! Rules (SPEC §4 Push):
+//! - a whole request answered 400/413/422 is split in halves until the bad items are isolated; a
+//!   single item answered so is `Rejected`;
+//! - a create whose request may have reached the server (timeout, broken connection, undecodable
+//!   answer) is never re-sent: every item of that call is `Unknown`;
+//! - patches and unqueues are idempotent: every retryable error is retried, then `Retryable`;
+//! - an answer with a different number of items than sent is never guessed at.
+
+use super::client::{ApiClient, Endpoint, retry_create, to_body};
+use super::error::ApiError;
+use super::models::{BulkItemResult, Job, JobFields, JobId};
+use futures_util::future::{BoxFuture, join, join_all};
+use reqwest::Method;
+use serde::Serialize;
+use serde_json::Value;
+
+/// What happened to one item of a bulk call.
+// Most outcomes are `Ok`, so boxing the job would cost an allocation per item and save nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemOutcome {
+    /// Applied; `job` is the server's version (datetimes truncated to microseconds).
+    Ok { status: u16, job: Job },
+    /// The API refused this item (a 4xx for it); sending it again will not help. `message` names
+    /// the endpoint, the status and the API's reason.
+    Rejected { status: u16, message: String },
+    /// Not applied, or harmless to send again: send it in a later cycle. `error.is_auth()` means
+    /// the token was refused and the run should stop.
+    Retryable { error: ApiError },
+    /// A create that may or may not have been applied: look the job up by reference before
+    /// sending it again.
+    Unknown { error: ApiError },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BulkOp {
+    Create,
+    Patch,
+    Unqueue,
+}
+
+impl BulkOp {
+    fn endpoint(self) -> Endpoint {
+        let (label, path) = match self {
+            BulkOp::Create => ("POST /j/jobs/bulk/create", "/j/jobs/bulk/create"),
+            BulkOp::Patch => ("POST /j/jobs/bulk/patch", "/j/jobs/bulk/patch"),
+            BulkOp::Unqueue => ("POST /j/jobs/bulk/unqueue", "/j/jobs/bulk/unqueue"),
+        };
+        Endpoint::new(label, Method::POST, path.into())
+    }
+
+    fn should_retry(self) -> fn(&ApiError) -> bool {
+        match self {
+            BulkOp::Create => retry_create,
+            BulkOp::Patch | BulkOp::Unqueue => ApiError::is_retryable,
+        }
+    }
+
+    /// The outcome of every item of a call that failed as a whole (after retries).
+    fn whole_call_failed(self, error: ApiError) -> ItemOutcome {
+        if self == BulkOp::Create && !error.surely_not_applied() {
+            ItemOutcome::Unknown { error }
+        } else {
+            ItemOutcome::Retryable { error }
+        }
+    }
+}
+
+impl ApiClient {
+    pub async fn bulk_create(&self, items: Vec<JobFields>) -> Vec<ItemOutcome> {
+        self.run_bulk(BulkOp::Create, &items).await
+    }
+
+    /// Each item carries the job's `id` and the fields to change.
+    pub async fn bulk_patch(&self, items: Vec<JobFields>) -> Vec<ItemOutcome> {
+        self.run_bulk(BulkOp::Patch, &items).await
+    }
+
+    pub async fn bulk_unqueue(&self, ids: Vec<i64>) -> Vec<ItemOutcome> {
+        let items: Vec<JobId> = ids.into_iter().map(|id| JobId { id }).collect();
+        self.run_bulk(BulkOp::Unqueue, &items).await
+    }
+
+    async fn run_bulk<T: Serialize + Sync>(&self, op: BulkOp, items: &[T]) -> Vec<ItemOutcome> {
+        let calls = items
+            .chunks(self.inner.bulk_size)
+            .map(|chunk| self.run_chunk(op, chunk));
+        join_all(calls).await.into_iter().flatten().collect()
+    }
+
+    /// Sends one chunk, halving it on a whole-request 400/413/422.
+    fn run_chunk<'a, T: Serialize + Sync>(
+        &'a self,
+        op: BulkOp,
+        items: &'a [T],
+    ) -> BoxFuture<'a, Vec<ItemOutcome>> {
+        Box::pin(async move {
+            match self.bulk_call(op, items).await {
+                Ok(answers) => align(op, items.len(), answers),
+                Err(error) if is_splittable(&error) && items.len() > 1 => {
+                    let (left, right) = items.split_at(items.len() / 2);
+                    tracing::info!(
+                        endpoint = op.endpoint().label,
+                        items = items.len(),
+                        status = error.status(),
+                        "bulk request refused as a whole, splitting it to isolate the bad item"
+                    );
+                    let (mut left, right) =
+                        join(self.run_chunk(op, left), self.run_chunk(op, right)).await;
+                    left.extend(right);
+                    left
+                }
+                Err(error) if is_splittable(&error) => vec![ItemOutcome::Rejected {
+                    status: error.status().unwrap_or_default(),
+                    message: error.to_string(),
+                }],
+                Err(error) => vec![op.whole_call_failed(error); items.len()],
+            }
+        })
+    }
+
+    /// One bulk request (with retries), holding one of the `concurrency` slots.
+    async fn bulk_call<T: Serialize + Sync>(
+        &self,
+        op: BulkOp,
+        items: &[T],
+    ) -> Result<(Endpoint, Vec<Value>), ApiError> {
+        let ep = op.endpoint();
+        let body = to_body(&ep, items)?;
+        let _slot = self
+            .inner
+            .bulk_slots
+            .acquire()
+            .await
+            .map_err(|_| ApiError::Config("the client is shutting down".into()))?;
+        let answers = self
+            .call_json::<Vec<Value>>(&ep, Some(body), op.should_retry(), "the bulk answer array")
+            .await?;
+        Ok((ep, answers))
+    }
+}
+
+fn is_splittable(error: &ApiError) -> bool {
+    matches!(
+        error,
+        ApiError::Http {
+            status: 400 | 413 | 422,
+            ..
+        }
+    )
+}
+
+/// Pairs each input with its answer, in order; an answer of the wrong length fails every item.
+fn align(op: BulkOp, sent: usize, (ep, answers): (Endpoint, Vec<Value>)) -> Vec<ItemOutcome> {
+    if answers.len() != sent {
+        let error = ApiError::InvalidAnswer {
+            endpoint: ep.name.clone(),
+            detail: format!(
+                "sent {sent} item(s) but the answer has {}; results cannot be matched to items",
+                answers.len()
+            ),
+        };
+        return vec![op.whole_call_failed(error); sent];
+    }
+    answers
+        .into_iter()
+        .enumerate()
+        .map(|(index, answer)| item_outcome(op, &ep, index, answer))
+        .collect()
+}
+
+fn item_outcome(op: BulkOp, ep: &Endpoint, index: usize, answer: Value) -> ItemOutcome {
+    let result: BulkItemResult = match serde_path_to_error::deserialize(answer) {
+        Ok(result) => result,
+        Err(e) => {
+            let detail = format!("item {index} of the answer: {}", describe_path(&e));
+            return op.whole_call_failed(ApiError::Decode {
+                endpoint: ep.name.clone(),
+                detail,
+            });
+        }
+    };
+    let status = result.status_code;
+    let message = result.message.unwrap_or_else(|| "no message".into());
+    match (status, result.data) {
+        (200..=299, Some(job)) => ItemOutcome::Ok {
+            status,
+            job: job.truncated_to_micros(),
+        },
+        (200..=299, None) => op.whole_call_failed(ApiError::InvalidAnswer {
+            endpoint: ep.name.clone(),
+            detail: format!("item {index} was answered {status} without the job"),
+        }),
+        (429 | 500..=599, _) => ItemOutcome::Retryable {
+            error: ApiError::Http {
+                endpoint: ep.name.clone(),
+                status,
+                message: format!("item {index}: {message}"),
+                retry_after: None,
+            },
+        },
+        _ => ItemOutcome::Rejected {
+            status,
+            message: format!("{} refused the item with HTTP {status}: {message}", ep.name),
+        },
+    }
+}
+
+fn describe_path(err: &serde_path_to_error::Error<serde_json::Error>) -> String {
+    let path = err.path().to_string();
+    format!("field `{path}`: {}", err.inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(id: i64) -> Value {
+        json!({"id": id, "campaign": 28, "state": 0, "created_at": "2024-05-01T10:00:00.123456789Z"})
+    }
+
+    fn answers(values: Vec<Value>) -> (Endpoint, Vec<Value>) {
+        (BulkOp::Create.endpoint(), values)
+    }
+
+    #[test]
+    fn pairs_each_item_with_its_answer() {
+        let outcomes = align(
+            BulkOp::Create,
+            4,
+            answers(vec![
+                json!({"data": job(1), "status_code": 201}),
+                json!({"data": null, "status_code": 400, "message": "duplicate reference"}),
+                json!({"data": null, "status_code": 503}),
+                json!({"data": job(4), "status_code": 201}),
+            ]),
+        );
+        assert_eq!(outcomes.len(), 4);
+        let ItemOutcome::Ok { status: 201, job } = &outcomes[0] else {
+            panic!("{:?}", outcomes[0])
+        };
+        assert_eq!(job.id, 1);
+        assert_eq!(
+            job.created_at.unwrap().timestamp_subsec_nanos(),
+            123_456_000,
+            "truncated to microseconds"
+        );
+        let ItemOutcome::Rejected {
+            status: 400,
+            message,
+        } = &outcomes[1]
+        else {
+            panic!("{:?}", outcomes[1])
+        };
+        assert!(message.contains("POST /j/jobs/bulk/create"), "{message}");
+        assert!(
+            message.contains("400") && message.contains("duplicate reference"),
+            "{message}"
+        );
+        assert!(
+            matches!(&outcomes[2], ItemOutcome::Retryable { error } if error.status() == Some(503))
+        );
+        assert!(matches!(&outcomes[3], ItemOutcome::Ok { job, .. } if job.id == 4));
+    }
+
+    #[test]
+    fn never_guesses_when_the_answer_has_the_wrong_length() {
+        let short = vec![json!({"data": job(1), "status_code": 201})];
+        let outcomes = align(BulkOp::Create, 2, answers(short.clone()));
+        assert_eq!(outcomes.len(), 2);
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, ItemOutcome::Unknown { .. }))
+        );
+        let outcomes = align(BulkOp::Patch, 2, answers(short));
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, ItemOutcome::Retryable { .. }))
+        );
+        let long = vec![json!({"data": job(1), "status_code": 200}); 3];
+        let outcomes = align(BulkOp::Unqueue, 2, answers(long));
+        assert_eq!(outcomes.len(), 2);
+        let ItemOutcome::Retryable { error } = &outcomes[0] else {
+            panic!()
+        };
+        assert!(
+            error
+                .to_string()
+                .contains("sent 2 item(s) but the answer has 3"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_bad_answer_item_is_unknown_for_a_create() {
+        let outcomes = align(
+            BulkOp::Create,
+            2,
+            answers(vec![
+                json!({"data": {"id": "x"}, "status_code": 201}),
+                json!({"data": null, "status_code": 201}),
+            ]),
+        );
+        let ItemOutcome::Unknown { error } = &outcomes[0] else {
+            panic!("{outcomes:?}")
+        };
+        assert!(error.to_string().contains("data.id"), "{error}");
+        assert!(matches!(&outcomes[1], ItemOutcome::Unknown { .. }));
+    }
+
+    #[test]
+    fn whole_call_failures_follow_the_unknown_rule() {
+        let timeout = ApiError::Timeout {
+            endpoint: "e".into(),
+            timeout: std::time::Duration::from_secs(1),
+        };
+        let server = ApiError::Http {
+            endpoint: "e".into(),
+            status: 502,
+            message: "m".into(),
+            retry_after: None,
+        };
+        let connect = ApiError::Connect {
+            endpoint: "e".into(),
+            message: "refused".into(),
+        };
+        assert!(matches!(
+            BulkOp::Create.whole_call_failed(timeout.clone()),
+            ItemOutcome::Unknown { .. }
+        ));
+        assert!(matches!(
+            BulkOp::Create.whole_call_failed(server.clone()),
+            ItemOutcome::Retryable { .. }
+        ));
+        assert!(matches!(
+            BulkOp::Create.whole_call_failed(connect.clone()),
+            ItemOutcome::Retryable { .. }
+        ));
+        assert!(matches!(
+            BulkOp::Patch.whole_call_failed(timeout.clone()),
+            ItemOutcome::Retryable { .. }
+        ));
+        assert!(!(BulkOp::Create.should_retry())(&timeout));
+        assert!((BulkOp::Create.should_retry())(&server));
+        assert!((BulkOp::Create.should_retry())(&connect));
+        assert!((BulkOp::Unqueue.should_retry())(&timeout));
+    }
+}

@@ -1,0 +1,516 @@
+//! The Jobs API client: one place where requests are built, authenticated, rate-limited, retried,
+//! counted and traced. The bulk helpers live in `bulk.rs`, the streaming listing in `listing.rs`.
+
+use super::error::{ApiError, body_message, looks_like_html};
+use super::limit::RateLimiter;
+use super::listing::Listing;
+use super::models::{Job, JobFields};
+use super::retry::{RetryPolicy, parse_retry_after};
+use super::stats::ApiStats;
+use super::token::{TokenProvider, TokenSource};
+use bytes::Bytes;
+use chrono::{DateTime, SecondsFormat, Utc};
+use reqwest::header::{CONTENT_TYPE, DATE, RETRY_AFTER};
+use reqwest::{Method, Response, Url};
+use serde::de::DeserializeOwned;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+
+/// Everything the client needs, as typed values (the caller maps `api.*` settings onto it).
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub base_url: Url,
+    pub token: TokenSource,
+    /// Per request; for a listing, the wait for the answer to start and the longest pause between
+    /// two pieces of its body.
+    pub timeout: Duration,
+    pub max_attempts: u32,
+    pub requests_per_second: f64,
+    /// Bulk requests in flight at once.
+    pub concurrency: usize,
+    /// Items per bulk call (the API takes at most 1000).
+    pub bulk_size: usize,
+    pub retry_after_cap: Duration,
+    pub min_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl ClientOptions {
+    /// The options with SPEC §2's defaults.
+    pub fn new(base_url: Url, token: TokenSource) -> Self {
+        ClientOptions {
+            base_url,
+            token,
+            timeout: Duration::from_secs(30),
+            max_attempts: 8,
+            requests_per_second: 10.0,
+            concurrency: 4,
+            bulk_size: 1000,
+            retry_after_cap: Duration::from_secs(60),
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ApiError> {
+        let bad = |what: String| Err(ApiError::Config(what));
+        if !matches!(self.base_url.scheme(), "http" | "https") {
+            return bad(format!(
+                "`api.base_url` {} must start with http:// or https://",
+                self.base_url
+            ));
+        }
+        if self.max_attempts == 0 {
+            return bad("`api.max_attempts` must be at least 1".into());
+        }
+        if self.requests_per_second.is_nan() || self.requests_per_second <= 0.0 {
+            return bad(format!(
+                "`api.requests_per_second` must be positive, not {}",
+                self.requests_per_second
+            ));
+        }
+        if self.concurrency == 0 {
+            return bad("`api.concurrency` must be at least 1".into());
+        }
+        if !(1..=1000).contains(&self.bulk_size) {
+            return bad(format!(
+                "`api.bulk_size` must be between 1 and 1000 (the API's maximum), not {}",
+                self.bulk_size
+            ));
+        }
+        if self.timeout.is_zero() {
+            return bad("`api.timeout_secs` must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// What a listing asks for; at least one of the two must be set (the API's rule).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ListQuery {
+    pub campaign: Option<i64>,
+    pub modified_since: Option<DateTime<Utc>>,
+}
+
+/// The Jobs API client. Cheap to clone: clones share the connection pool, rate limit, bulk slots
+/// and statistics.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    pub(super) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(super) struct Inner {
+    http: reqwest::Client,
+    base_url: Url,
+    timeout: Duration,
+    token: TokenProvider,
+    limiter: RateLimiter,
+    pub(super) bulk_slots: Semaphore,
+    pub(super) bulk_size: usize,
+    pub(super) policy: RetryPolicy,
+    pub(super) stats: ApiStats,
+}
+
+/// One API route: `label` is the low-cardinality name used in statistics, `name` the concrete
+/// method and path used in logs and errors.
+#[derive(Debug, Clone)]
+pub(super) struct Endpoint {
+    pub(super) label: &'static str,
+    pub(super) name: String,
+    method: Method,
+    path: String,
+}
+
+impl Endpoint {
+    pub(super) fn new(label: &'static str, method: Method, path: String) -> Self {
+        Endpoint {
+            label,
+            name: format!("{method} {path}"),
+            method,
+            path,
+        }
+    }
+}
+
+impl ApiClient {
+    pub fn new(opts: ClientOptions) -> Result<Self, ApiError> {
+        opts.validate()?;
+        warn_if_unencrypted(&opts.base_url);
+        let token = TokenProvider::new(opts.token.clone())?;
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("jobsync/", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(opts.timeout)
+            .read_timeout(opts.timeout)
+            .build()
+            .map_err(|e| ApiError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let policy = RetryPolicy::new(
+            opts.max_attempts,
+            opts.min_backoff,
+            opts.max_backoff,
+            opts.retry_after_cap,
+        );
+        Ok(ApiClient {
+            inner: Arc::new(Inner {
+                http,
+                base_url: opts.base_url,
+                timeout: opts.timeout,
+                token,
+                limiter: RateLimiter::new(opts.requests_per_second),
+                bulk_slots: Semaphore::new(opts.concurrency),
+                bulk_size: opts.bulk_size,
+                policy,
+                stats: ApiStats::default(),
+            }),
+        })
+    }
+
+    pub fn stats(&self) -> &ApiStats {
+        &self.inner.stats
+    }
+
+    /// Starts a listing: the request is retried until the answer starts; the jobs are then decoded
+    /// as they arrive with [`Listing::next_batch`].
+    pub async fn list_jobs(&self, q: ListQuery) -> Result<Listing, ApiError> {
+        let ep = Endpoint::new("GET /j/jobs", Method::GET, "/j/jobs".into());
+        let mut query = Vec::new();
+        if let Some(campaign) = q.campaign {
+            query.push(("campaign", campaign.to_string()));
+        }
+        if let Some(since) = q.modified_since {
+            query.push(("modified_since", format_datetime(since)));
+        }
+        let response = self
+            .inner
+            .policy
+            .run(&ep.name, &self.inner.stats, ApiError::is_retryable, |n| {
+                self.send_once(&ep, &query, None, n, false)
+            })
+            .await?;
+        if let Some(kind) = content_type(&response).filter(|t| t.contains("html")) {
+            return Err(ApiError::InvalidAnswer {
+                endpoint: ep.name,
+                detail: format!(
+                    "got an HTML page ({kind}) instead of a JSON array of jobs (is \
+                     `api.base_url` the Jobs API, not a proxy or login page?)"
+                ),
+            });
+        }
+        let server_date = response
+            .headers()
+            .get(DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
+            .map(|d| d.with_timezone(&Utc));
+        Ok(Listing::new(ep.name, server_date, response))
+    }
+
+    pub async fn get_job(&self, id: i64) -> Result<Job, ApiError> {
+        let ep = Endpoint::new("GET /j/jobs/:id", Method::GET, format!("/j/jobs/{id}"));
+        self.call_json::<Job>(&ep, None, ApiError::is_retryable, "the job")
+            .await
+            .map(Job::truncated_to_micros)
+    }
+
+    /// Creates one job. Re-sent only when the API surely did not apply it (connect error, 429,
+    /// 5xx); on a timeout or broken connection the error is returned at once, and the caller must
+    /// treat the outcome as unknown (`ApiError::surely_not_applied` is false).
+    pub async fn create_job(&self, fields: &JobFields) -> Result<Job, ApiError> {
+        let ep = Endpoint::new("POST /j/jobs", Method::POST, "/j/jobs".into());
+        let body = to_body(&ep, fields)?;
+        self.call_json::<Job>(&ep, Some(body), retry_create, "the created job")
+            .await
+            .map(Job::truncated_to_micros)
+    }
+
+    pub async fn unqueue_job(&self, id: i64) -> Result<Job, ApiError> {
+        let ep = Endpoint::new(
+            "POST /j/jobs/:id/unqueue",
+            Method::POST,
+            format!("/j/jobs/{id}/unqueue"),
+        );
+        self.call_json::<Job>(&ep, None, ApiError::is_retryable, "the unqueued job")
+            .await
+            .map(Job::truncated_to_micros)
+    }
+
+    /// One cheap authenticated call, for `jobsync check`: the jobs modified in the last minute.
+    pub async fn check(&self) -> Result<(), ApiError> {
+        let since = Utc::now() - chrono::Duration::minutes(1);
+        let mut listing = self
+            .list_jobs(ListQuery {
+                campaign: None,
+                modified_since: Some(since),
+            })
+            .await?;
+        while listing.next_batch(1000).await?.is_some() {}
+        Ok(())
+    }
+
+    /// A request whose whole answer is one JSON document, retried per `should_retry`.
+    pub(super) async fn call_json<T: DeserializeOwned>(
+        &self,
+        ep: &Endpoint,
+        body: Option<Bytes>,
+        should_retry: fn(&ApiError) -> bool,
+        what: &str,
+    ) -> Result<T, ApiError> {
+        self.inner
+            .policy
+            .run(&ep.name, &self.inner.stats, should_retry, |n| {
+                let body = body.clone();
+                async move {
+                    let response = self.send_once(ep, &[], body, n, true).await?;
+                    let bytes = response
+                        .bytes()
+                        .await
+                        .map_err(|e| ApiError::from_reqwest(&ep.name, &e, self.inner.timeout))?;
+                    decode_json(&ep.name, &bytes, what)
+                }
+            })
+            .await
+    }
+
+    /// One attempt: waits for the rate limit, sends, counts and traces it, and turns an error
+    /// status into an [`ApiError`]. With `whole_timeout` the timeout covers the body too; without
+    /// (a streamed listing), only the wait for the answer to start.
+    async fn send_once(
+        &self,
+        ep: &Endpoint,
+        query: &[(&str, String)],
+        body: Option<Bytes>,
+        attempt: u32,
+        whole_timeout: bool,
+    ) -> Result<Response, ApiError> {
+        let inner = &self.inner;
+        inner.limiter.acquire().await;
+        let token = inner.token.current()?;
+        let mut request = inner
+            .http
+            .request(ep.method.clone(), self.url(&ep.path))
+            .bearer_auth(token.expose())
+            .query(query);
+        if let Some(body) = body {
+            request = request.header(CONTENT_TYPE, "application/json").body(body);
+        }
+        if whole_timeout {
+            request = request.timeout(inner.timeout);
+        }
+        let started = Instant::now();
+        let sent = tokio::time::timeout(inner.timeout, request.send()).await;
+        let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let failure = match sent {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(e)) => Err(ApiError::from_reqwest(&ep.name, &e, inner.timeout)),
+            Err(_) => Err(ApiError::Timeout {
+                endpoint: ep.name.clone(),
+                timeout: inner.timeout,
+            }),
+        };
+        let response = match failure {
+            Ok(response) => response,
+            Err(e) => {
+                inner.stats.record_request(ep.label, None);
+                tracing::debug!(endpoint = %ep.name, status = "error", attempt, elapsed_ms, error = %e, "API request");
+                return Err(e);
+            }
+        };
+        let status = response.status().as_u16();
+        inner.stats.record_request(ep.label, Some(status));
+        tracing::debug!(endpoint = %ep.name, status, attempt, elapsed_ms, "API request");
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(error_answer(&ep.name, response).await)
+        }
+    }
+
+    fn url(&self, path: &str) -> Url {
+        let mut url = self.inner.base_url.clone();
+        let joined = format!("{}{path}", url.path().trim_end_matches('/'));
+        url.set_path(&joined);
+        url
+    }
+}
+
+/// A create is re-sent only when the API surely did not apply it.
+pub(super) fn retry_create(err: &ApiError) -> bool {
+    err.is_retryable() && err.surely_not_applied()
+}
+
+pub(super) fn to_body<T: serde::Serialize + ?Sized>(
+    ep: &Endpoint,
+    value: &T,
+) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::InvalidAnswer {
+            endpoint: ep.name.clone(),
+            detail: format!("the request body could not be encoded: {e}"),
+        })
+}
+
+/// Decodes a whole JSON answer, naming the field at fault.
+pub(super) fn decode_json<T: DeserializeOwned>(
+    endpoint: &str,
+    body: &[u8],
+    what: &str,
+) -> Result<T, ApiError> {
+    if looks_like_html(body) {
+        return Err(ApiError::InvalidAnswer {
+            endpoint: endpoint.to_owned(),
+            detail: format!("got an HTML page instead of {what} as JSON"),
+        });
+    }
+    let decode_error = |detail: String| ApiError::Decode {
+        endpoint: endpoint.to_owned(),
+        detail,
+    };
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| decode_error(describe_decode_error(&e, what)))?;
+    de.end()
+        .map_err(|e| decode_error(format!("{what}: unexpected data after the JSON value: {e}")))?;
+    Ok(value)
+}
+
+/// "item 3 of the array, field `numbers[0]`: invalid type: integer `6`, expected a string".
+pub(super) fn describe_decode_error(
+    err: &serde_path_to_error::Error<serde_json::Error>,
+    what: &str,
+) -> String {
+    let path = err.path().to_string();
+    if path == "." || path.is_empty() {
+        format!("{what}: {}", err.inner())
+    } else {
+        format!("{what}, field `{path}`: {}", err.inner())
+    }
+}
+
+async fn error_answer(endpoint: &str, response: Response) -> ApiError {
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, Utc::now()));
+    let body = response.bytes().await.unwrap_or_default();
+    let message = body_message(&body);
+    let endpoint = endpoint.to_owned();
+    match status {
+        401 | 403 => ApiError::Auth {
+            endpoint,
+            status,
+            message,
+        },
+        _ => ApiError::Http {
+            endpoint,
+            status,
+            message,
+            retry_after,
+        },
+    }
+}
+
+fn content_type(response: &Response) -> Option<String> {
+    let value = response.headers().get(CONTENT_TYPE)?.to_str().ok()?;
+    Some(value.to_ascii_lowercase())
+}
+
+/// RFC 3339 in UTC with microseconds and `Z`, the precision the mirror keeps.
+pub(super) fn format_datetime(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn warn_if_unencrypted(base_url: &Url) {
+    if base_url.scheme() != "http" {
+        return;
+    }
+    let host = base_url.host_str().unwrap_or_default();
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if !loopback {
+        tracing::warn!(
+            base_url = %base_url,
+            "api.base_url uses http:// to a remote host: the API token travels unencrypted; use https://"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    fn options(base: &str) -> ClientOptions {
+        ClientOptions::new(base.parse().unwrap(), TokenSource::Static(Secret::new("t")))
+    }
+
+    #[test]
+    fn formats_modified_since_with_microseconds_and_z() {
+        let t = DateTime::parse_from_rfc3339("2024-05-01T10:00:00.123456789+02:00")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(format_datetime(t), "2024-05-01T08:00:00.123456Z");
+    }
+
+    #[test]
+    fn joins_paths_under_the_base_url() {
+        let client = ApiClient::new(options("http://127.0.0.1:1/")).unwrap();
+        assert_eq!(client.url("/j/jobs").as_str(), "http://127.0.0.1:1/j/jobs");
+        let client = ApiClient::new(options("http://127.0.0.1:1/api/")).unwrap();
+        assert_eq!(
+            client.url("/j/jobs/3").as_str(),
+            "http://127.0.0.1:1/api/j/jobs/3"
+        );
+    }
+
+    #[test]
+    fn refuses_bad_options() {
+        let mut o = options("http://127.0.0.1:1");
+        o.bulk_size = 1001;
+        assert!(
+            ApiClient::new(o)
+                .unwrap_err()
+                .to_string()
+                .contains("api.bulk_size")
+        );
+        let mut o = options("http://127.0.0.1:1");
+        o.requests_per_second = 0.0;
+        assert!(ApiClient::new(o).is_err());
+        let o = options("ftp://127.0.0.1:1");
+        assert!(
+            ApiClient::new(o)
+                .unwrap_err()
+                .to_string()
+                .contains("api.base_url")
+        );
+    }
+
+    #[test]
+    fn names_the_field_of_a_decode_error() {
+        let err = decode_json::<Job>(
+            "GET /j/jobs/1",
+            br#"{"id": 1, "campaign": 2, "state": "x"}"#,
+            "the job",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("GET /j/jobs/1") && text.contains("field `state`"),
+            "{text}"
+        );
+        let err = decode_json::<Job>("GET /j/jobs/1", b"<html>", "the job").unwrap_err();
+        assert!(matches!(err, ApiError::InvalidAnswer { .. }), "{err}");
+        let err = decode_json::<Job>(
+            "GET /j/jobs/1",
+            br#"{"id":1,"campaign":2,"state":0} x"#,
+            "the job",
+        )
+        .unwrap_err();
+        assert!(matches!(err, ApiError::Decode { .. }), "{err}");
+    }
+}

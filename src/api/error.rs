@@ -1,0 +1,223 @@
+//! What can go wrong talking to the Jobs API, classified for the retry policy and worded for an
+//! operator. No variant ever carries the token: requests are described by method and path only.
+
+use std::error::Error as _;
+use std::time::Duration;
+
+/// One failed exchange with the Jobs API. `endpoint` is the method and path, e.g.
+/// `POST /j/jobs/bulk/create` or `GET /j/jobs/42`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    #[error("{endpoint} answered HTTP {status}: {message}")]
+    Http {
+        endpoint: String,
+        status: u16,
+        message: String,
+        /// The server's `Retry-After`, when it sent one (429 and 503 usually do).
+        retry_after: Option<Duration>,
+    },
+    #[error(
+        "{endpoint} refused the API token (HTTP {status}: {message}); check `api.token` / \
+         `api.token_file` (a token that is wrong, expired or lacks access to this account)"
+    )]
+    Auth {
+        endpoint: String,
+        status: u16,
+        message: String,
+    },
+    #[error(
+        "could not connect to the Jobs API for {endpoint}: {message}; nothing was sent — check \
+         `api.base_url` and that the API is reachable"
+    )]
+    Connect { endpoint: String, message: String },
+    #[error(
+        "the connection broke during {endpoint}: {message}; the API may or may not have applied \
+         the request"
+    )]
+    Network { endpoint: String, message: String },
+    #[error(
+        "{endpoint} did not answer within {}s; the API may or may not have applied the request \
+         (raise `api.timeout_secs` if the API is slow)", .timeout.as_secs_f64()
+    )]
+    Timeout { endpoint: String, timeout: Duration },
+    #[error("could not decode the answer of {endpoint}: {detail}")]
+    Decode { endpoint: String, detail: String },
+    #[error("{endpoint} gave an answer jobsync cannot use: {detail}")]
+    InvalidAnswer { endpoint: String, detail: String },
+    #[error("the API token could not be read: {0}")]
+    Token(String),
+    #[error("invalid API client settings: {0}")]
+    Config(String),
+}
+
+impl ApiError {
+    /// Whether the same request may succeed if sent again later: network errors, timeouts, 5xx and
+    /// 429. Auth, other 4xx, and answers that cannot be decoded are not.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ApiError::Http { status, .. } => *status == 429 || *status >= 500,
+            ApiError::Connect { .. } | ApiError::Network { .. } | ApiError::Timeout { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the server certainly did not apply the request, so that even a non-idempotent
+    /// request (a create) may be sent again: a failed connect, 429, or a 5xx answer.
+    pub fn surely_not_applied(&self) -> bool {
+        match self {
+            ApiError::Http { status, .. } => *status == 429 || *status >= 500,
+            ApiError::Connect { .. } | ApiError::Auth { .. } | ApiError::Token(_) => true,
+            ApiError::Config(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Whether the token was refused: a run should stop rather than keep trying.
+    pub fn is_auth(&self) -> bool {
+        matches!(self, ApiError::Auth { .. } | ApiError::Token(_))
+    }
+
+    /// The HTTP status of an answer that was an error, if there was an answer.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ApiError::Http { status, .. } | ApiError::Auth { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The `Retry-After` the server asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::Http { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Classifies a transport error from reqwest.
+    pub(crate) fn from_reqwest(endpoint: &str, err: &reqwest::Error, timeout: Duration) -> Self {
+        let endpoint = endpoint.to_owned();
+        if err.is_connect() {
+            ApiError::Connect {
+                endpoint,
+                message: error_chain(err),
+            }
+        } else if err.is_timeout() {
+            ApiError::Timeout { endpoint, timeout }
+        } else {
+            ApiError::Network {
+                endpoint,
+                message: error_chain(err),
+            }
+        }
+    }
+}
+
+/// The error and its causes in one line ("error sending request: connection closed before message
+/// completed"). reqwest's own message names the URL, never a header, so no token can appear.
+fn error_chain(err: &reqwest::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A short human message from an error answer's body: the API's `message` (or `error`) when the
+/// body is JSON, "an HTML page" for a proxy's error page, else the start of the text.
+pub(crate) fn body_message(body: &[u8]) -> String {
+    const MAX: usize = 300;
+    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+        for key in ["message", "error", "detail"] {
+            if let Some(text) = value.get(key).and_then(|v| v.as_str()) {
+                return text.chars().take(MAX).collect();
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if looks_like_html(text.as_bytes()) {
+        return "an HTML page instead of the API's JSON (is `api.base_url` the Jobs API, not a \
+                proxy or login page?)"
+            .into();
+    }
+    if text.is_empty() {
+        return "no message".into();
+    }
+    text.chars().take(MAX).collect()
+}
+
+pub(crate) fn looks_like_html(body: &[u8]) -> bool {
+    let start = body.trim_ascii_start();
+    start.first() == Some(&b'<')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(status: u16) -> ApiError {
+        ApiError::Http {
+            endpoint: "GET /j/jobs".into(),
+            status,
+            message: "x".into(),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn classifies_retryable_errors() {
+        for status in [429, 500, 502, 503, 504] {
+            assert!(http(status).is_retryable(), "{status}");
+            assert!(http(status).surely_not_applied(), "{status}");
+        }
+        for status in [400, 404, 409, 413, 422] {
+            assert!(!http(status).is_retryable(), "{status}");
+        }
+        let e = "GET /j/jobs".to_string();
+        let timeout = ApiError::Timeout {
+            endpoint: e.clone(),
+            timeout: Duration::from_secs(30),
+        };
+        assert!(timeout.is_retryable() && !timeout.surely_not_applied());
+        let dropped = ApiError::Network {
+            endpoint: e.clone(),
+            message: "closed".into(),
+        };
+        assert!(dropped.is_retryable() && !dropped.surely_not_applied());
+        let connect = ApiError::Connect {
+            endpoint: e.clone(),
+            message: "refused".into(),
+        };
+        assert!(connect.is_retryable() && connect.surely_not_applied());
+        let auth = ApiError::Auth {
+            endpoint: e.clone(),
+            status: 403,
+            message: "forbidden".into(),
+        };
+        assert!(!auth.is_retryable() && auth.is_auth());
+        assert!(auth.to_string().contains("api.token"), "{auth}");
+        let decode = ApiError::Decode {
+            endpoint: e,
+            detail: "bad".into(),
+        };
+        assert!(!decode.is_retryable() && !decode.surely_not_applied());
+    }
+
+    #[test]
+    fn extracts_a_short_message_from_an_error_body() {
+        assert_eq!(
+            body_message(br#"{"message": "bad campaign"}"#),
+            "bad campaign"
+        );
+        assert_eq!(body_message(b"  plain text \n"), "plain text");
+        assert!(body_message(b"<!DOCTYPE html><html>").contains("HTML page"));
+        assert_eq!(body_message(b""), "no message");
+        assert_eq!(body_message(&[b'a'; 1000]).len(), 300);
+    }
+}

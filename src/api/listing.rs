@@ -1,0 +1,138 @@
+//! A listing answer decoded as it streams in: memory holds one batch of jobs and one element's
+//! bytes, whatever the size of the campaign.
+
+use super::client::describe_decode_error;
+use super::error::ApiError;
+use super::models::Job;
+use super::split::ArraySplitter;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use futures_util::stream::{BoxStream, StreamExt};
+
+pub struct Listing {
+    /// The server's clock when it answered (the `Date` header), for the pull watermark.
+    pub server_date: Option<DateTime<Utc>>,
+    endpoint: String,
+    body: BoxStream<'static, reqwest::Result<Bytes>>,
+    splitter: ArraySplitter,
+    finished: bool,
+}
+
+impl std::fmt::Debug for Listing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listing")
+            .field("endpoint", &self.endpoint)
+            .field("server_date", &self.server_date)
+            .field("jobs_so_far", &self.splitter.items())
+            .finish()
+    }
+}
+
+impl Listing {
+    pub(super) fn new(
+        endpoint: String,
+        server_date: Option<DateTime<Utc>>,
+        response: reqwest::Response,
+    ) -> Self {
+        Listing {
+            server_date,
+            endpoint,
+            body: response.bytes_stream().boxed(),
+            splitter: ArraySplitter::new(),
+            finished: false,
+        }
+    }
+
+    /// Up to `max` more jobs (at least one), or `None` once the whole array has been read. An
+    /// error (malformed JSON, a wrong type, a truncated array, a broken connection) ends the
+    /// listing: jobs handed out before it were valid, but the listing is not complete.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Option<Vec<Job>>, ApiError> {
+        if self.finished {
+            return Ok(None);
+        }
+        let max = max.max(1);
+        let mut batch = Vec::with_capacity(max.min(4096));
+        loop {
+            while batch.len() < max {
+                let index = self.splitter.items();
+                let decoded = match self.splitter.next_item() {
+                    Ok(Some(bytes)) => decode_item(bytes, index),
+                    Ok(None) => break,
+                    Err(detail) => Err(detail),
+                };
+                let job = decoded.map_err(|detail| self.fail(detail))?;
+                batch.push(job.truncated_to_micros());
+            }
+            if batch.len() >= max {
+                return Ok(Some(batch));
+            }
+            match self.body.next().await {
+                Some(Ok(chunk)) => self.splitter.push(&chunk),
+                Some(Err(e)) => return Err(self.broken(&e)),
+                None => {
+                    self.finished = true;
+                    self.splitter.finish().map_err(|detail| self.fail(detail))?;
+                    return Ok((!batch.is_empty()).then_some(batch));
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, detail: String) -> ApiError {
+        self.finished = true;
+        ApiError::Decode {
+            endpoint: self.endpoint.clone(),
+            detail,
+        }
+    }
+
+    fn broken(&mut self, err: &reqwest::Error) -> ApiError {
+        self.finished = true;
+        let jobs = self.splitter.items();
+        match ApiError::from_reqwest(&self.endpoint, err, std::time::Duration::ZERO) {
+            ApiError::Timeout { endpoint, .. } => ApiError::Network {
+                endpoint,
+                message: format!("the listing stalled after {jobs} job(s) and timed out"),
+            },
+            ApiError::Network { endpoint, message } | ApiError::Connect { endpoint, message } => {
+                ApiError::Network {
+                    endpoint,
+                    message: format!("the listing broke off after {jobs} job(s): {message}"),
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// Decodes element `index` (0-based) of the array as a job, naming the field at fault.
+fn decode_item(bytes: &[u8], index: usize) -> Result<Job, String> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut de)
+        .map_err(|e| describe_decode_error(&e, &format!("item {index} of the array")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_item_and_field_of_a_wrong_type() {
+        let err = decode_item(
+            br#"{"id": 7, "campaign": 28, "state": 0, "numbers": [612]}"#,
+            4,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("item 4") && err.contains("field `numbers[0]`"),
+            "{err}"
+        );
+        let err = decode_item(b"3", 0).unwrap_err();
+        assert!(
+            err.contains("item 0") && err.contains("invalid type"),
+            "{err}"
+        );
+        let err = decode_item(br#"{"id": 7, "state": 0}"#, 1).unwrap_err();
+        assert!(err.contains("campaign"), "{err}");
+    }
+}

@@ -1,0 +1,177 @@
+//! `jobsync simulate`: the simulator as a command, serving until SIGINT or SIGTERM.
+
+use super::faults::check_rate;
+use super::{Faults, SimConfig, spawn};
+use std::io::Write;
+use std::net::SocketAddr;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct SimulateArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Bearer token clients must send (default: the configured api.token, else `dev-token`).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// The campaigns that exist, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "28,29")]
+    pub campaigns: Vec<i64>,
+    /// Jobs seeded in each campaign at start.
+    #[arg(long, default_value_t = 0)]
+    pub jobs_per_campaign: usize,
+    /// Seed for the seeded jobs, the dialer, edits and faults.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Every this many milliseconds the dialer moves some jobs (0 = off).
+    #[arg(long, default_value_t = 0)]
+    pub dial_interval_ms: u64,
+    /// Share of API requests answered 500.
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    pub fail_rate: f64,
+    /// Share of API requests answered 429.
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    pub throttle_rate: f64,
+    /// `Retry-After` seconds sent with a 429.
+    #[arg(long, default_value_t = 1)]
+    pub retry_after_secs: u64,
+    /// Share of API requests whose connection is closed without an answer.
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    pub drop_rate: f64,
+    /// Share of API POSTs applied, then closed without an answer.
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    pub applied_drop_rate: f64,
+    /// Delay added before answering each API request.
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+    /// Shift of the simulated clock from real time, in hours (may be negative).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub clock_offset_hours: f64,
+}
+
+fn rate(raw: &str) -> Result<f64, String> {
+    let rate: f64 = raw
+        .parse()
+        .map_err(|_| format!("`{raw}` is not a number"))?;
+    check_rate("a rate", rate)?;
+    Ok(rate)
+}
+
+impl SimulateArgs {
+    pub fn into_config(self, default_token: Option<String>) -> SimConfig {
+        SimConfig {
+            token: self
+                .token
+                .or(default_token)
+                .filter(|t| !t.trim().is_empty())
+                .unwrap_or_else(|| "dev-token".into()),
+            campaigns: self.campaigns,
+            jobs_per_campaign: self.jobs_per_campaign,
+            seed: self.seed,
+            dial_interval_ms: self.dial_interval_ms,
+            faults: Faults {
+                fail_rate: self.fail_rate,
+                throttle_rate: self.throttle_rate,
+                retry_after_secs: self.retry_after_secs,
+                drop_rate: self.drop_rate,
+                applied_drop_rate: self.applied_drop_rate,
+            },
+            latency_ms: self.latency_ms,
+            clock_offset_hours: self.clock_offset_hours,
+        }
+    }
+}
+
+/// Runs the simulator until SIGINT or SIGTERM. The first line on stdout is `listening on ADDR`,
+/// so a script or test that passed port 0 learns the port.
+pub async fn run_cli(args: SimulateArgs, default_token: Option<String>) -> anyhow::Result<()> {
+    let listen = args.listen;
+    let cfg = args.into_config(default_token);
+    let handle = spawn(listen, cfg)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}; choose another --listen"))?;
+    {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on {}", handle.addr)?;
+        stdout.flush()?;
+    }
+    wait_for_stop_signal().await?;
+    tracing::info!("stop signal received");
+    handle.shutdown().await;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: SimulateArgs,
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let args = Cli::parse_from(["sim"]).args;
+        assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
+        let cfg = args.into_config(None);
+        assert_eq!(cfg.token, "dev-token");
+        assert_eq!(cfg.campaigns, [28, 29]);
+        assert_eq!(cfg.faults.retry_after_secs, 1);
+        assert_eq!(cfg.dial_interval_ms, 0);
+    }
+
+    #[test]
+    fn flags_are_read() {
+        let args = Cli::parse_from([
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--campaigns",
+            "5,6,7",
+            "--jobs-per-campaign",
+            "10",
+            "--fail-rate",
+            "0.5",
+            "--clock-offset-hours",
+            "-49.5",
+            "--drop-rate",
+            "1",
+        ])
+        .args;
+        let cfg = args.into_config(Some("from-config".into()));
+        assert_eq!(cfg.token, "from-config");
+        assert_eq!(cfg.campaigns, [5, 6, 7]);
+        assert_eq!(cfg.jobs_per_campaign, 10);
+        assert_eq!((cfg.faults.fail_rate, cfg.faults.drop_rate), (0.5, 1.0));
+        assert_eq!(cfg.clock_offset_hours, -49.5);
+        let cfg = Cli::parse_from(["sim", "--token", "t"])
+            .args
+            .into_config(Some("c".into()));
+        assert_eq!(cfg.token, "t");
+    }
+
+    #[test]
+    fn rates_outside_zero_to_one_are_refused() {
+        assert!(Cli::try_parse_from(["sim", "--fail-rate", "1.5"]).is_err());
+        assert!(Cli::try_parse_from(["sim", "--throttle-rate", "x"]).is_err());
+    }
+}

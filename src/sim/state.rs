@@ -1,0 +1,334 @@
+//! The simulator's jobs, in memory: what each endpoint reads and changes.
+//!
+//! Jobs are held behind `Arc` so that a listing can take a snapshot of a million jobs under the
+//! lock in a few milliseconds and serialise it after releasing the lock; a later change copies
+//! the one job it touches (`Arc::make_mut`).
+
+use super::validate::{CreateItem, PatchItem};
+use crate::api::models::{Job, state};
+use chrono::{DateTime, SubsecRound, Utc};
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// Why one item (or one single-job request) was not applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ItemFailure {
+    /// 400: the item is not a valid request.
+    Invalid(String),
+    /// 404: no job has this id.
+    NotFound(i64),
+}
+
+impl ItemFailure {
+    pub fn status(&self) -> u16 {
+        match self {
+            ItemFailure::Invalid(_) => 400,
+            ItemFailure::NotFound(_) => 404,
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            ItemFailure::Invalid(reason) => reason.clone(),
+            ItemFailure::NotFound(id) => format!("job {id} not found"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct StoredJob {
+    job: Arc<Job>,
+    /// Simulated time of the last change, at full precision; what `modified_since` compares.
+    modified_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Default)]
+pub struct Store {
+    jobs: BTreeMap<i64, StoredJob>,
+    next_id: i64,
+    /// `(campaign, reference)` → job id: references are unique within a campaign.
+    references: HashMap<(i64, String), i64>,
+    campaigns: BTreeSet<i64>,
+}
+
+impl Store {
+    pub fn new(campaigns: &[i64]) -> Self {
+        Store {
+            next_id: 1,
+            campaigns: campaigns.iter().copied().collect(),
+            ..Store::default()
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn get(&self, id: i64) -> Option<Arc<Job>> {
+        self.jobs.get(&id).map(|stored| stored.job.clone())
+    }
+
+    #[cfg(test)]
+    pub fn modified_at(&self, id: i64) -> Option<DateTime<Utc>> {
+        self.jobs.get(&id).map(|stored| stored.modified_at)
+    }
+
+    /// Jobs of `campaign` (if given) modified at or after `since` (if given), in id order.
+    pub fn list(&self, campaign: Option<i64>, since: Option<DateTime<Utc>>) -> Vec<Arc<Job>> {
+        self.jobs
+            .values()
+            .filter(|s| campaign.is_none_or(|c| s.job.campaign == c))
+            .filter(|s| since.is_none_or(|t| s.modified_at >= t))
+            .map(|s| s.job.clone())
+            .collect()
+    }
+
+    /// Ids of the jobs the dialer may still move (queued or calling), in id order.
+    pub fn active_ids(&self) -> Vec<i64> {
+        self.jobs
+            .values()
+            .filter(|s| !state::is_finished(s.job.state))
+            .map(|s| s.job.id)
+            .collect()
+    }
+
+    pub fn ids(&self) -> Vec<i64> {
+        self.jobs.keys().copied().collect()
+    }
+
+    pub fn create(
+        &mut self,
+        item: CreateItem,
+        now: DateTime<Utc>,
+    ) -> Result<Arc<Job>, ItemFailure> {
+        if !self.campaigns.contains(&item.campaign) {
+            return Err(ItemFailure::Invalid(format!(
+                "campaign {} does not exist",
+                item.campaign
+            )));
+        }
+        let blank = Job {
+            id: self.next_id,
+            campaign: item.campaign,
+            reference: None,
+            name: None,
+            email: None,
+            numbers: None,
+            address_lines: None,
+            postal_code: None,
+            city: None,
+            country: None,
+            appointment: None,
+            data: None,
+            label: None,
+            url: None,
+            value: None,
+            state: state::QUEUED,
+            created_at: Some(now.trunc_subsecs(3)),
+        };
+        let mut job = with_fields(&blank, &item.fields).map_err(ItemFailure::Invalid)?;
+        job.numbers.get_or_insert_with(Vec::new);
+        job.address_lines.get_or_insert_with(Vec::new);
+        self.check_reference_free(&job)?;
+        self.next_id += 1;
+        Ok(self.put(job, now))
+    }
+
+    pub fn patch(&mut self, item: PatchItem, now: DateTime<Utc>) -> Result<Arc<Job>, ItemFailure> {
+        let current = self.get(item.id).ok_or(ItemFailure::NotFound(item.id))?;
+        let job = with_fields(&current, &item.fields).map_err(ItemFailure::Invalid)?;
+        if job == *current {
+            return Ok(current);
+        }
+        self.check_reference_free(&job)?;
+        Ok(self.put(job, now))
+    }
+
+    /// A queued or calling job becomes failed (3), as the documentation's examples answer; a
+    /// finished job is returned unchanged.
+    pub fn unqueue(&mut self, id: i64, now: DateTime<Utc>) -> Result<Arc<Job>, ItemFailure> {
+        let current = self.get(id).ok_or(ItemFailure::NotFound(id))?;
+        if state::is_finished(current.state) {
+            return Ok(current);
+        }
+        Ok(self.set_state(id, state::FAILED, now).expect("job exists"))
+    }
+
+    pub fn set_state(&mut self, id: i64, new_state: i32, now: DateTime<Utc>) -> Option<Arc<Job>> {
+        let stored = self.jobs.get_mut(&id)?;
+        if stored.job.state != new_state {
+            Arc::make_mut(&mut stored.job).state = new_state;
+            stored.modified_at = now;
+        }
+        Some(stored.job.clone())
+    }
+
+    /// Stores `job` as it is (control routes and seeding): a given id replaces that job, the
+    /// campaign becomes one that exists. Refused only when its reference is taken by another job.
+    pub fn insert_raw(&mut self, job: Job, modified_at: DateTime<Utc>) -> Result<Arc<Job>, String> {
+        self.check_reference_free(&job).map_err(|f| f.message())?;
+        self.campaigns.insert(job.campaign);
+        self.next_id = self.next_id.max(job.id + 1);
+        Ok(self.put(job, modified_at))
+    }
+
+    pub fn delete(&mut self, id: i64) -> Option<Arc<Job>> {
+        let stored = self.jobs.remove(&id)?;
+        self.forget_reference(&stored.job);
+        Some(stored.job)
+    }
+
+    pub fn next_id(&self) -> i64 {
+        self.next_id
+    }
+
+    fn check_reference_free(&self, job: &Job) -> Result<(), ItemFailure> {
+        let Some(reference) = &job.reference else {
+            return Ok(());
+        };
+        match self.references.get(&(job.campaign, reference.clone())) {
+            Some(owner) if *owner != job.id => Err(ItemFailure::Invalid(format!(
+                "reference `{reference}` is already used by job {owner} in campaign {}",
+                job.campaign
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    fn forget_reference(&mut self, job: &Job) {
+        if let Some(reference) = &job.reference {
+            self.references.remove(&(job.campaign, reference.clone()));
+        }
+    }
+
+    fn put(&mut self, job: Job, modified_at: DateTime<Utc>) -> Arc<Job> {
+        if let Some(old) = self.jobs.get(&job.id).map(|s| s.job.clone()) {
+            self.forget_reference(&old);
+        }
+        if let Some(reference) = &job.reference {
+            self.references
+                .insert((job.campaign, reference.clone()), job.id);
+        }
+        let job = Arc::new(job);
+        let stored = StoredJob {
+            job: job.clone(),
+            modified_at,
+        };
+        self.jobs.insert(job.id, stored);
+        job
+    }
+}
+
+/// `job` with `fields` set (PATCH semantics: a field absent is kept, `null` clears it).
+fn with_fields(job: &Job, fields: &Map<String, Value>) -> Result<Job, String> {
+    let Value::Object(mut object) = serde_json::to_value(job).map_err(|e| e.to_string())? else {
+        unreachable!("a job serialises as an object");
+    };
+    for (key, value) in fields {
+        object.insert(key.clone(), value.clone());
+    }
+    serde_json::from_value(Value::Object(object)).map_err(|e| format!("invalid job fields: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sim::validate::{parse_create, parse_patch};
+    use chrono::Duration;
+    use serde_json::json;
+
+    fn create(store: &mut Store, item: Value, now: DateTime<Utc>) -> Result<Arc<Job>, ItemFailure> {
+        store.create(parse_create(&item).unwrap(), now)
+    }
+
+    #[test]
+    fn create_assigns_ids_defaults_and_millisecond_created_at() {
+        let mut store = Store::new(&[28]);
+        let now = Utc::now();
+        let job = create(&mut store, json!({"campaign": 28, "name": "A"}), now).unwrap();
+        assert_eq!((job.id, job.state), (1, 0));
+        assert_eq!(job.address_lines, Some(vec![]));
+        assert_eq!(job.created_at, Some(now.trunc_subsecs(3)));
+        assert_eq!(store.modified_at(1), Some(now));
+        let second = create(&mut store, json!({"campaign": 28}), now).unwrap();
+        assert_eq!(second.id, 2);
+    }
+
+    #[test]
+    fn references_are_unique_within_a_campaign_only() {
+        let mut store = Store::new(&[28, 29]);
+        let now = Utc::now();
+        create(&mut store, json!({"campaign": 28, "reference": "r1"}), now).unwrap();
+        let dup = create(&mut store, json!({"campaign": 28, "reference": "r1"}), now).unwrap_err();
+        assert_eq!(dup.status(), 400);
+        assert!(dup.message().contains("already used"), "{dup:?}");
+        create(&mut store, json!({"campaign": 29, "reference": "r1"}), now).unwrap();
+        let other = create(&mut store, json!({"campaign": 28, "reference": "r2"}), now).unwrap();
+        let clash = store.patch(
+            parse_patch(&json!({"id": other.id, "reference": "r1"})).unwrap(),
+            now,
+        );
+        assert_eq!(clash.unwrap_err().status(), 400);
+        store.delete(1).unwrap();
+        create(&mut store, json!({"campaign": 28, "reference": "r1"}), now).unwrap();
+    }
+
+    #[test]
+    fn unknown_campaign_is_refused() {
+        let mut store = Store::new(&[28]);
+        let err = create(&mut store, json!({"campaign": 30}), Utc::now()).unwrap_err();
+        assert_eq!(
+            err,
+            ItemFailure::Invalid("campaign 30 does not exist".into())
+        );
+    }
+
+    #[test]
+    fn patch_bumps_modified_at_only_when_something_changes() {
+        let mut store = Store::new(&[28]);
+        let t0 = Utc::now();
+        create(&mut store, json!({"campaign": 28, "city": "Paris"}), t0).unwrap();
+        let t1 = t0 + Duration::seconds(5);
+        store
+            .patch(parse_patch(&json!({"id": 1, "city": "Paris"})).unwrap(), t1)
+            .unwrap();
+        assert_eq!(store.modified_at(1), Some(t0));
+        let job = store
+            .patch(parse_patch(&json!({"id": 1, "city": null})).unwrap(), t1)
+            .unwrap();
+        assert_eq!((job.city.clone(), store.modified_at(1)), (None, Some(t1)));
+        let missing = store.patch(parse_patch(&json!({"id": 9, "city": "X"})).unwrap(), t1);
+        assert_eq!(missing.unwrap_err(), ItemFailure::NotFound(9));
+    }
+
+    #[test]
+    fn unqueue_fails_active_jobs_and_leaves_finished_ones() {
+        let mut store = Store::new(&[28]);
+        let t0 = Utc::now();
+        create(&mut store, json!({"campaign": 28}), t0).unwrap();
+        create(&mut store, json!({"campaign": 28}), t0).unwrap();
+        store.set_state(2, state::SUCCEEDED, t0);
+        let t1 = t0 + Duration::seconds(1);
+        assert_eq!(store.unqueue(1, t1).unwrap().state, state::FAILED);
+        assert_eq!(store.modified_at(1), Some(t1));
+        assert_eq!(store.unqueue(2, t1).unwrap().state, state::SUCCEEDED);
+        assert_eq!(store.modified_at(2), Some(t0));
+        assert_eq!(store.unqueue(3, t1).unwrap_err().status(), 404);
+    }
+
+    #[test]
+    fn list_filters_by_campaign_and_modified_at() {
+        let mut store = Store::new(&[28, 29]);
+        let t0 = Utc::now();
+        let t1 = t0 + Duration::seconds(10);
+        create(&mut store, json!({"campaign": 28}), t0).unwrap();
+        create(&mut store, json!({"campaign": 29}), t0).unwrap();
+        create(&mut store, json!({"campaign": 28}), t1).unwrap();
+        let ids = |jobs: Vec<Arc<Job>>| jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.list(Some(28), None)), [1, 3]);
+        assert_eq!(ids(store.list(None, Some(t1))), [3]);
+        assert_eq!(ids(store.list(Some(29), Some(t1))), Vec::<i64>::new());
+        assert_eq!(ids(store.list(None, Some(t0))), [1, 2, 3]);
+    }
+}

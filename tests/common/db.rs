@@ -1,0 +1,115 @@
+//! A fresh, migrated database on each backend.
+//!
+//! PostgreSQL tests need `JOBSYNC_TEST_POSTGRES_URL` (CI exports it). Without it they skip with a
+//! visible message — except under CI (`CI` set), where a missing PostgreSQL fails the test.
+
+use jobsync::api::models::Job;
+use jobsync::db::Db;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub const PG_URL_VAR: &str = "JOBSYNC_TEST_POSTGRES_URL";
+
+/// A migrated database that cleans up after itself.
+pub struct TestDb {
+    pub db: Db,
+    pub url: String,
+    cleanup: Cleanup,
+}
+
+enum Cleanup {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    PgSchema { admin_url: String, schema: String },
+}
+
+impl TestDb {
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("jobsync.db").display());
+        let db = Db::open(&url).expect("open sqlite");
+        TestDb {
+            db,
+            url,
+            cleanup: Cleanup::Dir(dir),
+        }
+    }
+
+    /// A fresh schema in the test PostgreSQL database, or `None` (skip) when none is configured.
+    pub fn postgres() -> Option<TestDb> {
+        let admin_url = postgres_url()?;
+        static N: AtomicU32 = AtomicU32::new(0);
+        let schema = format!(
+            "t_{}_{}_{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst),
+            chrono::Utc::now().timestamp_micros() % 1_000_000
+        );
+        run_sql(&admin_url, &format!("CREATE SCHEMA {schema}"));
+        let sep = if admin_url.contains('?') { '&' } else { '?' };
+        let url = format!("{admin_url}{sep}options=-csearch_path%3D{schema}");
+        let db = Db::open(&url).expect("open postgres");
+        Some(TestDb {
+            db,
+            url,
+            cleanup: Cleanup::PgSchema { admin_url, schema },
+        })
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Cleanup::PgSchema { admin_url, schema } = &self.cleanup {
+            run_sql(
+                admin_url,
+                &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
+            );
+        }
+    }
+}
+
+pub fn postgres_url() -> Option<String> {
+    match std::env::var(PG_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ if std::env::var_os("CI").is_some() => {
+            panic!("{PG_URL_VAR} is not set under CI: the PostgreSQL tests must run there")
+        }
+        _ => {
+            eprintln!("skipping PostgreSQL test: set {PG_URL_VAR}=postgres://... to run it");
+            None
+        }
+    }
+}
+
+fn run_sql(url: &str, sql: &str) {
+    use diesel::{Connection, PgConnection, RunQueryDsl};
+    let mut conn = PgConnection::establish(url).expect("connect to the test PostgreSQL");
+    diesel::sql_query(sql).execute(&mut conn).expect(sql);
+}
+
+/// Declares each listed `fn(&TestDb)` as a test on SQLite and on PostgreSQL.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $name() { super::$name(&$crate::common::TestDb::sqlite()) })*
+        }
+        mod postgres {
+            $(#[test] fn $name() {
+                if let Some(db) = $crate::common::TestDb::postgres() { super::$name(&db) }
+            })*
+        }
+    };
+}
+
+/// A plausible job as the API would return it.
+pub fn sample_job(id: i64, campaign: i64) -> Job {
+    serde_json::from_value(serde_json::json!({
+        "id": id, "campaign": campaign, "reference": format!("ref-{id}"),
+        "name": format!("Contact {id}"), "email": format!("c{id}@example.com"),
+        "numbers": ["+33612345678"], "address_lines": ["1 rue Toto"], "postal_code": "75001",
+        "city": "Paris", "country": "FR", "appointment": null,
+        "data": {"segment": "b", "score": 3}, "label": null,
+        "url": format!("https://crm.example.com/c/{id}"), "value": 12.5, "state": 0,
+        "created_at": "2026-11-20T10:00:00.123456789Z"
+    }))
+    .expect("sample job")
+}
