@@ -7,4 +7,5 @@ pub mod config;
 pub mod db;
 pub mod secret;
 pub mod sim;
+pub mod sync;
 pub mod telemetry;

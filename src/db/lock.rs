@@ -62,3 +62,60 @@ impl FileLock {
         }
     }
 }
+
+/// Arbitrary constant identifying jobsync's syncer among PostgreSQL advisory locks.
+const PG_SYNC_LOCK: i64 = 0x6a6f_6273_796e_6303;
+
+/// The right to run a cycle: one syncer per database. On SQLite a kernel file lock on `PATH.lock`;
+/// on PostgreSQL a session advisory lock held on a dedicated connection (replicas sharing the
+/// database elect the active syncer this way). Released on drop, or by the kernel / the server
+/// when the holder dies.
+pub enum SyncLock {
+    File(FileLock),
+    Pg(super::Conn),
+}
+
+impl std::fmt::Debug for SyncLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SyncLock::File(_) => "SyncLock(file)",
+            SyncLock::Pg(_) => "SyncLock(postgres advisory)",
+        })
+    }
+}
+
+impl SyncLock {
+    /// Takes the lock, or explains who holds it ([`DbError::Locked`]).
+    pub fn try_acquire(db: &super::Db) -> Result<SyncLock, DbError> {
+        use diesel::prelude::*;
+        if let Some(path) = db.sqlite_path() {
+            return FileLock::try_acquire(path).map(SyncLock::File);
+        }
+        let mut conn = db.conn()?;
+        let super::Conn::Pg(c) = &mut conn else {
+            unreachable!("a database without a SQLite path is PostgreSQL")
+        };
+        let taken = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+            "pg_try_advisory_lock({PG_SYNC_LOCK})"
+        )))
+        .get_result::<bool>(&mut **c)?;
+        if taken {
+            Ok(SyncLock::Pg(conn))
+        } else {
+            Err(DbError::Locked(
+                "another jobsync process is the active syncer for this PostgreSQL database (advisory lock held); this one waits for its turn".into(),
+            ))
+        }
+    }
+}
+
+impl Drop for SyncLock {
+    fn drop(&mut self) {
+        use diesel::prelude::*;
+        if let SyncLock::Pg(super::Conn::Pg(c)) = self {
+            // The connection goes back to the pool: the session lock must not go with it.
+            let _ = diesel::sql_query(format!("SELECT pg_advisory_unlock({PG_SYNC_LOCK})"))
+                .execute(&mut **c);
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! One sync cycle: take the sync lock, record the run, pull, push, record the outcome.
+//! The daemon's scheduler and `jobsync --once` both call [`run_cycle`].
+
+use super::{StopFlag, SyncError, pull, push};
+use crate::api::ApiClient;
+use crate::config::{PushConfig, SyncConfig};
+use crate::db::lock::SyncLock;
+use crate::db::repo::runs::{self, RunOutcome};
+use crate::db::{Db, DbError, Ts};
+use std::time::{Duration, Instant};
+
+/// What started a cycle (`sync_runs.trigger`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Schedule,
+    Once,
+}
+
+impl Trigger {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Schedule => "schedule",
+            Trigger::Once => "once",
+        }
+    }
+}
+
+/// Everything a cycle needs, built once at start.
+#[derive(Clone)]
+pub struct Engine {
+    pub db: Db,
+    pub client: ApiClient,
+    pub sync: SyncConfig,
+    pub push: PushConfig,
+    pub stop: StopFlag,
+}
+
+/// What a finished cycle did (also recorded in `sync_runs`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CycleSummary {
+    pub run_id: i64,
+    pub ok: bool,
+    pub mode: &'static str,
+    pub pull: pull::PullStats,
+    pub push: push::PushStats,
+    pub api_calls: i64,
+    pub duration: Duration,
+    pub error: Option<String>,
+    pub auth_failed: bool,
+}
+
+/// Why no cycle ran at all.
+#[derive(Debug, thiserror::Error)]
+pub enum CycleError {
+    /// Another process holds the sync lock: this cycle is skipped.
+    #[error("{0}")]
+    Busy(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Runs one cycle. A cycle that starts but fails (API down, undecodable answer) returns `Ok` with
+/// `ok: false`: the failure is recorded in `sync_runs` like any outcome.
+pub async fn run_cycle(engine: &Engine, trigger: Trigger) -> Result<CycleSummary, CycleError> {
+    let db = engine.db.clone();
+    let (lock, run_id) = tokio::task::spawn_blocking(move || {
+        let lock = match SyncLock::try_acquire(&db) {
+            Ok(lock) => lock,
+            Err(DbError::Locked(msg)) => return Ok(Err(msg)),
+            Err(e) => return Err(e),
+        };
+        let mut c = db.conn()?;
+        let abandoned = runs::fail_abandoned(&mut c)?;
+        if abandoned > 0 {
+            tracing::warn!(abandoned, "marked runs left running by a stopped process as failed");
+        }
+        Ok(Ok((lock, runs::start(&mut c, trigger.as_str(), Ts::now())?)))
+    })
+    .await
+    .map_err(|e| DbError::Task(e.to_string()))??
+    .map_err(CycleError::Busy)?;
+    let started = Instant::now();
+    let calls_before = engine.client.stats().total();
+    tracing::info!(run_id, trigger = trigger.as_str(), "cycle started");
+
+    let mut pulled = pull::PullStats::default();
+    let mut pushed = push::PushStats::default();
+    let result: Result<(), SyncError> = async {
+        pulled = pull::run(&engine.db, &engine.client, &engine.sync, &engine.stop).await?;
+        pushed = push::run(&engine.db, &engine.client, &engine.push, &engine.stop).await?;
+        Ok(())
+    }
+    .await;
+    let summary = CycleSummary {
+        run_id,
+        ok: result.is_ok(),
+        mode: if pulled.full { "full" } else { "incremental" },
+        api_calls: (engine.client.stats().total() - calls_before) as i64,
+        duration: started.elapsed(),
+        auth_failed: result.as_ref().err().is_some_and(SyncError::is_auth),
+        error: result.err().map(|e| e.to_string()),
+        pull: pulled,
+        push: pushed,
+    };
+    let outcome = RunOutcome {
+        mode: summary.mode.into(),
+        ok: summary.ok,
+        jobs_pulled: summary.pull.jobs_pulled,
+        jobs_changed: summary.pull.jobs_changed,
+        pushed_ok: summary.push.ok,
+        pushed_failed: summary.push.failed,
+        api_calls: summary.api_calls,
+        error: summary.error.clone(),
+    };
+    engine
+        .db
+        .run(move |c| {
+            runs::finish(c, run_id, &outcome)?;
+            // Released here, on a blocking thread: on PostgreSQL unlocking is a query.
+            drop(lock);
+            Ok(())
+        })
+        .await?;
+    match &summary.error {
+        None => tracing::info!(run_id, mode = summary.mode, api_calls = summary.api_calls, "cycle finished"),
+        Some(error) => tracing::error!(run_id, error = %error, "cycle failed"),
+    }
+    Ok(summary)
+}

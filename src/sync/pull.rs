@@ -1,0 +1,257 @@
+//! Pull: brings every job change of the API into the mirror.
+//!
+//! Each pull first runs the incremental listing (`modified_since` = watermark − overlap, or the
+//! widest window the API accepts when there is no usable watermark), which also discovers
+//! campaigns not tracked yet; then it lists in full every tracked campaign that needs it (never
+//! listed, listed longer ago than `sync.full_resync_after_hours`, or not covered by the
+//! incremental window). The new watermark is the server's clock at the start of the pull, saved
+//! only after every row of the pull is committed. A campaign's absent jobs are marked deleted
+//! only after a complete, error-free listing of it.
+
+use super::{StopFlag, SyncError};
+use crate::api::models::Job;
+use crate::api::{ApiClient, ApiError, ListQuery};
+use crate::config::SyncConfig;
+use crate::db::models::ChangeSource;
+use crate::db::repo::{jobs, state};
+use crate::db::{Db, Ts};
+use chrono::{DateTime, Duration, Utc};
+use std::collections::BTreeSet;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// The API accepts `modified_since` only within the past 48 hours; stay this far inside it, so
+/// clock skew between us and the server does not push a request over the edge.
+const API_WINDOW: Duration = Duration::hours(48);
+const WINDOW_MARGIN: Duration = Duration::hours(2);
+/// Without a `Date` header, the local clock minus this stands in for the server's.
+const CLOCK_SKEW_MARGIN: Duration = Duration::seconds(60);
+/// Jobs per database transaction while streaming a listing.
+pub const BATCH_SIZE: usize = 2000;
+
+/// What one pull did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullStats {
+    /// Whether any campaign was listed in full.
+    pub full: bool,
+    pub jobs_pulled: i64,
+    /// Rows appended to the changefeed (created, updated, deleted).
+    pub jobs_changed: i64,
+    pub marked_deleted: i64,
+    pub campaigns_listed: Vec<i64>,
+    /// The API refused `modified_since`, and full listings were used instead.
+    pub incremental_refused: bool,
+}
+
+/// Runs one pull.
+pub async fn run(
+    db: &Db,
+    client: &ApiClient,
+    config: &SyncConfig,
+    stop: &StopFlag,
+) -> Result<PullStats, SyncError> {
+    let configured = config.campaigns.clone();
+    let (old_watermark, tracked) = db
+        .run(move |c| {
+            state::track_campaigns(c, &configured)?;
+            Ok((
+                state::get_time(c, state::WATERMARK)?,
+                state::tracked_campaigns(c)?,
+            ))
+        })
+        .await?;
+    let mut stats = PullStats::default();
+    let now = Utc::now();
+    let overlap = Duration::seconds(config.overlap_secs as i64);
+    let usable_watermark = old_watermark.filter(|w| now - (*w - overlap) < API_WINDOW - WINDOW_MARGIN);
+    let since = match usable_watermark {
+        Some(w) => w - overlap,
+        None => now - (API_WINDOW - WINDOW_MARGIN),
+    };
+
+    let incremental = pull_incremental(db, client, since, stop, &mut stats).await?;
+    let new_watermark = incremental.server_time;
+    let discovered: Vec<i64> = incremental.campaigns.into_iter().collect();
+    let newly_tracked = discovered.clone();
+    db.run(move |c| state::track_campaigns(c, &newly_tracked))
+        .await?;
+
+    let resync_after = Duration::hours(config.full_resync_after_hours as i64);
+    let covered_by_incremental = !stats.incremental_refused;
+    let mut to_list: BTreeSet<i64> = BTreeSet::new();
+    for (campaign, last_listed) in &tracked {
+        let last = last_listed.map(Ts::as_utc);
+        let needs = match last {
+            None => true,
+            Some(at) if now - at >= resync_after => true,
+            // The incremental window must reach back to the last complete listing.
+            Some(at) => !covered_by_incremental || (usable_watermark.is_none() && at < since),
+        };
+        if needs {
+            to_list.insert(*campaign);
+        }
+    }
+    let known: BTreeSet<i64> = tracked.iter().map(|t| t.0).collect();
+    to_list.extend(discovered.into_iter().filter(|c| !known.contains(c)));
+
+    let mut first_server_time = None;
+    for campaign in to_list {
+        if stop.is_set() {
+            return Err(SyncError::Stopped);
+        }
+        let server_time = pull_campaign_listing(db, client, campaign, stop, &mut stats).await?;
+        first_server_time.get_or_insert(server_time);
+    }
+
+    // The watermark: the server's clock at the start of the pull (the incremental request is the
+    // pull's first; if the API refused it, its answer still carried the server's time).
+    let watermark = new_watermark.or(first_server_time).unwrap_or(now - CLOCK_SKEW_MARGIN);
+    db.run(move |c| {
+        state::set_time(c, state::WATERMARK, watermark)?;
+        state::set_time(c, state::LAST_PULL_OK, Utc::now())?;
+        Ok(())
+    })
+    .await?;
+    tracing::info!(
+        watermark = %Ts::from(watermark),
+        pulled = stats.jobs_pulled,
+        changed = stats.jobs_changed,
+        full = stats.full,
+        "pull finished"
+    );
+    Ok(stats)
+}
+
+struct IncrementalResult {
+    /// The server's clock when the pull started, if it told us.
+    server_time: Option<DateTime<Utc>>,
+    /// Campaigns seen in the answer that are not tracked yet.
+    campaigns: BTreeSet<i64>,
+}
+
+async fn pull_incremental(
+    db: &Db,
+    client: &ApiClient,
+    since: DateTime<Utc>,
+    stop: &StopFlag,
+    stats: &mut PullStats,
+) -> Result<IncrementalResult, SyncError> {
+    let query = ListQuery {
+        campaign: None,
+        modified_since: Some(since),
+    };
+    let started = Instant::now();
+    let listing = match client.list_jobs(query).await {
+        Ok(listing) => listing,
+        Err(ApiError::Http { status: 400, .. }) => {
+            // The API refused the window (clock skew, a watermark older than it allows): full
+            // listings below take over; this is not a failed run.
+            tracing::warn!(since = %Ts::from(since), "the API refused modified_since; falling back to full listings");
+            stats.incremental_refused = true;
+            return Ok(IncrementalResult {
+                server_time: None,
+                campaigns: BTreeSet::new(),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let server_time = start_of_pull(listing.server_date, started);
+    let seen = store_listing(db, listing, false, stop, stats).await?;
+    Ok(IncrementalResult {
+        server_time,
+        campaigns: seen,
+    })
+}
+
+/// Lists one campaign in full; after a complete listing, marks its absent jobs deleted and
+/// checkpoints the campaign (a resumed backfill does not list it again). Returns the server's
+/// time at the start of the listing.
+async fn pull_campaign_listing(
+    db: &Db,
+    client: &ApiClient,
+    campaign: i64,
+    stop: &StopFlag,
+    stats: &mut PullStats,
+) -> Result<DateTime<Utc>, SyncError> {
+    let listing_started = Ts::now();
+    let started = Instant::now();
+    let query = ListQuery {
+        campaign: Some(campaign),
+        modified_since: None,
+    };
+    let listing = client.list_jobs(query).await?;
+    let server_time =
+        start_of_pull(listing.server_date, started).unwrap_or(Utc::now() - CLOCK_SKEW_MARGIN);
+    tracing::info!(campaign, "listing campaign in full");
+    let seen = store_listing(db, listing, true, stop, stats).await?;
+    let foreign: Vec<i64> = seen.into_iter().filter(|c| *c != campaign).collect();
+    let deleted = db
+        .run(move |c| {
+            state::track_campaigns(c, &foreign)?;
+            let n = jobs::mark_missing_deleted(c, campaign, listing_started, Ts::now())?;
+            state::mark_campaign_listed(c, campaign, listing_started)?;
+            Ok(n)
+        })
+        .await?;
+    stats.full = true;
+    stats.marked_deleted += deleted as i64;
+    stats.jobs_changed += deleted as i64;
+    stats.campaigns_listed.push(campaign);
+    Ok(server_time)
+}
+
+/// The server's clock when the request left: its `Date` (whole seconds, rounded down) less the
+/// time the answer took to start, less one second for the rounding.
+fn start_of_pull(server_date: Option<DateTime<Utc>>, sent: Instant) -> Option<DateTime<Utc>> {
+    let elapsed = Duration::from_std(sent.elapsed()).unwrap_or(Duration::zero());
+    server_date.map(|d| d - elapsed - Duration::seconds(1))
+}
+
+/// Streams a listing into the mirror: one task decodes batches while this one writes the previous
+/// batch, so the network, JSON decoding and the database work at the same time, and memory holds
+/// at most a few batches. Returns the campaigns the listing contained.
+async fn store_listing(
+    db: &Db,
+    mut listing: crate::api::Listing,
+    touch: bool,
+    stop: &StopFlag,
+    stats: &mut PullStats,
+) -> Result<BTreeSet<i64>, SyncError> {
+    let (tx, mut rx) = mpsc::channel::<Result<Vec<Job>, ApiError>>(2);
+    let reader = tokio::spawn(async move {
+        loop {
+            let next = listing.next_batch(BATCH_SIZE).await;
+            let done = !matches!(next, Ok(Some(_)));
+            let item = match next {
+                Ok(Some(batch)) => Ok(batch),
+                Ok(None) => break,
+                Err(e) => Err(e),
+            };
+            if tx.send(item).await.is_err() || done {
+                break;
+            }
+        }
+    });
+    let mut campaigns = BTreeSet::new();
+    let result = async {
+        while let Some(batch) = rx.recv().await {
+            let batch = batch?;
+            if stop.is_set() {
+                return Err(SyncError::Stopped);
+            }
+            campaigns.extend(batch.iter().map(|j| j.campaign));
+            let upserted = db
+                .run(move |c| jobs::upsert(c, &batch, ChangeSource::Pull, Ts::now(), touch))
+                .await?;
+            stats.jobs_pulled += upserted.received as i64;
+            stats.jobs_changed += upserted.changes as i64;
+            if stats.jobs_pulled % 100_000 < upserted.received as i64 {
+                tracing::info!(pulled = stats.jobs_pulled, "pull progress");
+            }
+        }
+        Ok(())
+    }
+    .await;
+    reader.abort();
+    result.map(|()| campaigns)
+}
