@@ -1,12 +1,10 @@
-//! Response bodies: JSON errors in the API's `{"message": ...}` shape, and job listings streamed
-//! as a JSON array in chunks so that a million jobs never sit in memory as one document.
+//! Response bodies: JSON errors in the API's `{"message": ...}` shape, and jobs from their stored
+//! JSON, listings streamed as an array in chunks so a million jobs never form one document.
 
-use crate::api::models::Job;
 use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::convert::Infallible;
-use std::sync::Arc;
 
 /// Jobs serialised per chunk of a streamed listing (about 100 KB).
 const JOBS_PER_CHUNK: usize = 256;
@@ -24,8 +22,13 @@ pub fn bad_request(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, message)
 }
 
-/// `jobs` as a JSON array, serialised chunk by chunk while the body is sent.
-pub fn job_array(jobs: Vec<Arc<Job>>) -> Response {
+/// One job from its stored JSON.
+pub fn job(status: StatusCode, json: Bytes) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], json).into_response()
+}
+
+/// Jobs (each its stored JSON) as a JSON array, joined chunk by chunk while the body is sent.
+pub fn job_array(jobs: Vec<Bytes>) -> Response {
     let chunks = jobs.len().div_ceil(JOBS_PER_CHUNK).max(1);
     let stream = futures_util::stream::iter(
         (0..chunks).map(move |chunk| Ok::<_, Infallible>(array_chunk(&jobs, chunk, chunks))),
@@ -37,10 +40,11 @@ pub fn job_array(jobs: Vec<Arc<Job>>) -> Response {
         .into_response()
 }
 
-fn array_chunk(jobs: &[Arc<Job>], chunk: usize, chunks: usize) -> Bytes {
+fn array_chunk(jobs: &[Bytes], chunk: usize, chunks: usize) -> Bytes {
     let start = chunk * JOBS_PER_CHUNK;
     let end = (start + JOBS_PER_CHUNK).min(jobs.len());
-    let mut buf = Vec::with_capacity((end - start) * 400 + 2);
+    let size: usize = jobs[start..end].iter().map(|j| j.len() + 1).sum();
+    let mut buf = Vec::with_capacity(size + 2);
     if chunk == 0 {
         buf.push(b'[');
     }
@@ -48,7 +52,7 @@ fn array_chunk(jobs: &[Arc<Job>], chunk: usize, chunks: usize) -> Bytes {
         if start + i > 0 {
             buf.push(b',');
         }
-        serde_json::to_writer(&mut buf, &**job).expect("a job always serialises");
+        buf.extend_from_slice(job);
     }
     if chunk + 1 == chunks {
         buf.push(b']');
@@ -59,15 +63,15 @@ fn array_chunk(jobs: &[Arc<Job>], chunk: usize, chunks: usize) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::models::Job;
 
-    fn job(id: i64) -> Arc<Job> {
-        Arc::new(
-            serde_json::from_value(serde_json::json!({"id": id, "campaign": 28, "state": 0}))
-                .unwrap(),
-        )
+    fn job(id: i64) -> Bytes {
+        serde_json::to_vec(&serde_json::json!({"id": id, "campaign": 28, "state": 0}))
+            .unwrap()
+            .into()
     }
 
-    fn whole(jobs: Vec<Arc<Job>>) -> Vec<Job> {
+    fn whole(jobs: Vec<Bytes>) -> Vec<Job> {
         let chunks = jobs.len().div_ceil(JOBS_PER_CHUNK).max(1);
         let bytes: Vec<u8> = (0..chunks)
             .flat_map(|c| array_chunk(&jobs, c, chunks).to_vec())

@@ -2,7 +2,7 @@
 //! job, seed or delete jobs, move the clock, change faults, make the dialer or a person act now,
 //! and read the request log.
 
-use super::body::{bad_request, error, job_array};
+use super::body::{bad_request, error, job, job_array};
 use super::faults::FaultUpdate;
 use super::{Sim, dialer, lock};
 use crate::api::models::Job;
@@ -63,12 +63,12 @@ async fn insert_jobs(
         raw.entry("state").or_insert(json!(0));
         raw.entry("created_at")
             .or_insert_with(|| json!(now.trunc_subsecs(3)));
-        let job: Job = match serde_json::from_value(Value::Object(raw)) {
-            Ok(job) => job,
+        let parsed: Job = match serde_json::from_value(Value::Object(raw)) {
+            Ok(parsed) => parsed,
             Err(e) => return bad_request(format!("job #{index}: {e}")),
         };
-        match store.insert_raw(job, modified_at) {
-            Ok(job) => inserted.push(job),
+        match store.insert_raw(&parsed, modified_at) {
+            Ok(json) => inserted.push(json),
             Err(reason) => return bad_request(format!("job #{index}: {reason}")),
         }
     }
@@ -78,7 +78,7 @@ async fn insert_jobs(
 
 async fn delete_job(State(sim): State<Arc<Sim>>, Path(id): Path<i64>) -> Response {
     match sim.store().delete(id) {
-        Some(job) => Json(&*job).into_response(),
+        Some(json) => job(StatusCode::OK, json),
         None => error(StatusCode::NOT_FOUND, format!("job {id} not found")),
     }
 }
@@ -140,7 +140,7 @@ async fn dial_now(
     let Ok(Json(Count { n })) = body else {
         return bad_request("expected {\"n\": <count>}");
     };
-    job_array(dialer::dial(&sim, n))
+    Json(dialer::dial(&sim, n)).into_response()
 }
 
 async fn edit_now(
@@ -150,7 +150,7 @@ async fn edit_now(
     let Ok(Json(Count { n })) = body else {
         return bad_request("expected {\"n\": <count>}");
     };
-    job_array(dialer::edit(&sim, n))
+    Json(dialer::edit(&sim, n)).into_response()
 }
 
 async fn requests(State(sim): State<Arc<Sim>>) -> Response {
@@ -159,6 +159,6 @@ async fn requests(State(sim): State<Arc<Sim>>) -> Response {
 }
 
 async fn reset_log(State(sim): State<Arc<Sim>>) -> Response {
-    lock(&sim.log).clear();
-    StatusCode::NO_CONTENT.into_response()
+    let cleared = lock(&sim.log).clear();
+    Json(json!({ "cleared": cleared })).into_response()
 }

@@ -31,7 +31,7 @@ pub fn start(sim: Arc<Sim>, interval_ms: u64) -> Option<JoinHandle<()>> {
 }
 
 /// Moves up to `n` random queued or calling jobs one step; answers the jobs as they now are.
-pub fn dial(sim: &Sim, n: usize) -> Vec<Arc<Job>> {
+pub fn dial(sim: &Sim, n: usize) -> Vec<Job> {
     let mut store = sim.store();
     let chosen = choose(sim, store.active_ids(), n);
     let now = sim.clock.now();
@@ -50,16 +50,17 @@ pub fn dial(sim: &Sim, n: usize) -> Vec<Arc<Job>> {
 
 /// Changes up to `n` random jobs as a person in the platform's UI would: a new city, label,
 /// name or phone number.
-pub fn edit(sim: &Sim, n: usize) -> Vec<Arc<Job>> {
+pub fn edit(sim: &Sim, n: usize) -> Vec<Job> {
     let mut store = sim.store();
     let chosen = choose(sim, store.ids(), n);
     let now = sim.clock.now();
     chosen
         .into_iter()
         .filter_map(|id| {
-            let mut job = (*store.get(id)?).clone();
+            let mut job = store.get(id)?;
             change_something(&mut job, &mut *sim.rng());
-            store.insert_raw(job, now).ok()
+            store.insert_raw(&job, now).ok()?;
+            Some(job)
         })
         .collect()
 }

@@ -2,7 +2,7 @@
 //! is applied, added latency) and the log of every `/j/` request with what it was answered.
 
 use super::{Sim, lock};
-use axum::extract::{Request, State};
+use axum::extract::{OriginalUri, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -121,19 +121,27 @@ impl RequestLog {
         self.entries.iter().cloned().collect()
     }
 
-    pub fn clear(&mut self) {
+    /// Forgets every entry; answers how many there were.
+    pub fn clear(&mut self) -> usize {
+        let cleared = self.entries.len();
         self.entries.clear();
+        cleared
     }
 }
 
 /// Middleware of the `/j/` routes: latency, then faults, then the route itself, then logging.
 pub async fn inject(State(sim): State<Arc<Sim>>, request: Request, next: Next) -> Response {
+    // Under `nest("/j")` the request's own URI has lost its prefix; log the path as sent.
+    let uri = request
+        .extensions()
+        .get::<OriginalUri>()
+        .map_or_else(|| request.uri().clone(), |original| original.0.clone());
     let mut entry = LoggedRequest {
         seq: 0,
         at: sim.clock.now(),
         method: request.method().to_string(),
-        path: request.uri().path().to_string(),
-        query: request.uri().query().map(str::to_string),
+        path: uri.path().to_string(),
+        query: uri.query().map(str::to_string),
         status: 0,
         dropped: false,
         fault: None,

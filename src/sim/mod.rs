@@ -11,6 +11,7 @@ mod clock;
 mod control;
 mod dialer;
 mod faults;
+mod json;
 mod phone;
 mod routes;
 mod seed;

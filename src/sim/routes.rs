@@ -1,6 +1,6 @@
 //! The eight documented endpoints under `/j/`, behind bearer-token auth.
 
-use super::body::{bad_request, error, job_array};
+use super::body::{bad_request, error, job, job_array};
 use super::clock::parse_modified_since;
 use super::state::ItemFailure;
 use super::validate::{parse_create, parse_patch, parse_unqueue};
@@ -82,9 +82,9 @@ async fn list_jobs(
 }
 
 async fn get_job(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Response {
-    let found = id.parse().ok().and_then(|id| sim.store().get(id));
+    let found = id.parse().ok().and_then(|id| sim.store().get_json(id));
     match found {
-        Some(job) => Json(&*job).into_response(),
+        Some(json) => job(StatusCode::OK, json),
         None => error(StatusCode::NOT_FOUND, format!("job {id} not found")),
     }
 }
@@ -98,7 +98,7 @@ async fn create_job(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
         .map_err(ItemFailure::Invalid)
         .and_then(|item| sim.store().create(item, sim.clock.now()));
     match created {
-        Ok(job) => (StatusCode::CREATED, Json(&*job)).into_response(),
+        Ok(created) => (StatusCode::CREATED, Json(created)).into_response(),
         Err(failure) => failure_response(&failure),
     }
 }
@@ -109,7 +109,7 @@ async fn unqueue_job(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Res
     };
     let unqueued = sim.store().unqueue(id, sim.clock.now());
     match unqueued {
-        Ok(job) => Json(&*job).into_response(),
+        Ok(unqueued) => Json(unqueued).into_response(),
         Err(failure) => failure_response(&failure),
     }
 }
@@ -139,7 +139,7 @@ async fn bulk_unqueue(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
 fn bulk(
     body: &[u8],
     success: StatusCode,
-    mut apply: impl FnMut(&Value) -> Result<Arc<Job>, ItemFailure>,
+    mut apply: impl FnMut(&Value) -> Result<Job, ItemFailure>,
 ) -> Response {
     let items = match parse_json(body) {
         Ok(Value::Array(items)) => items,
@@ -156,7 +156,7 @@ fn bulk(
         .iter()
         .map(|item| match apply(item) {
             Ok(job) => BulkItemResult {
-                data: Some((*job).clone()),
+                data: Some(job),
                 status_code: success.as_u16(),
                 message: None,
             },

@@ -5,8 +5,6 @@ use super::state::Store;
 use crate::api::models::{Job, state};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use rand::Rng;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 use serde_json::{Map, Value, json};
 
 pub const FIRST_NAMES: [&str; 12] = [
@@ -37,37 +35,62 @@ pub fn seed_jobs(
     seed: u64,
     now: DateTime<Utc>,
 ) {
-    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rng = SeedRng(seed);
     for &campaign in campaigns {
         for n in 1..=per_campaign {
             let id = store.next_id();
             let (job, modified_at) = seeded_job(&mut rng, id, campaign, n, now);
             store
-                .insert_raw(job, modified_at)
+                .insert_raw(&job, modified_at)
                 .expect("seeded references are unique");
         }
     }
 }
 
+/// SplitMix64: deterministic and, unlike `StdRng`, cheap even unoptimised, which matters when a
+/// debug build seeds a million jobs.
+struct SeedRng(u64);
+
+impl SeedRng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
+    }
+}
+
 fn seeded_job(
-    rng: &mut StdRng,
+    rng: &mut SeedRng,
     id: i64,
     campaign: i64,
     n: usize,
     now: DateTime<Utc>,
 ) -> (Job, DateTime<Utc>) {
-    let first = FIRST_NAMES[rng.gen_range(0..FIRST_NAMES.len())];
-    let last = LAST_NAMES[rng.gen_range(0..LAST_NAMES.len())];
+    let first = *rng.pick(&FIRST_NAMES);
+    let last = *rng.pick(&LAST_NAMES);
     let reference = format!("seed-{campaign}-{n}");
-    let numbers = (0..rng.gen_range(1..=2))
-        .map(|_| random_number(rng))
+    let numbers = (0..1 + rng.below(2))
+        .map(|_| french_number(1 + rng.below(7), rng.below(100_000_000)))
         .collect();
-    let with_address = rng.gen_bool(0.4);
-    let (city, postal_code) = CITIES[rng.gen_range(0..CITIES.len())];
-    let age = Duration::milliseconds(rng.gen_range(0..CREATED_WITHIN.num_milliseconds()));
-    let created_at = (now - age).trunc_subsecs(3);
-    let modified_at =
-        created_at + Duration::milliseconds(rng.gen_range(0..=age.num_milliseconds()));
+    let with_address = rng.percent(40);
+    let (city, postal_code) = *rng.pick(&CITIES);
+    let age_ms = rng.below(CREATED_WITHIN.num_milliseconds() as u64) as i64;
+    let created_at = (now - Duration::milliseconds(age_ms)).trunc_subsecs(3);
+    let modified_at = created_at + Duration::milliseconds(rng.below(age_ms as u64 + 1) as i64);
     let job = Job {
         id,
         campaign,
@@ -76,7 +99,7 @@ fn seeded_job(
         email: Some(format!("{}.{}{n}@example.com", ascii(first), ascii(last))),
         numbers: Some(numbers),
         address_lines: Some(if with_address {
-            vec![format!("{} rue de la Paix", rng.gen_range(1..200))]
+            vec![format!("{} rue de la Paix", 1 + rng.below(199))]
         } else {
             vec![]
         }),
@@ -84,14 +107,12 @@ fn seeded_job(
         city: with_address.then(|| city.to_string()),
         country: with_address.then(|| "FR".to_string()),
         appointment: None,
-        data: rng.gen_bool(0.25).then(|| seeded_data(rng)),
-        label: rng
-            .gen_bool(0.25)
-            .then(|| LABELS[rng.gen_range(0..LABELS.len())].to_string()),
+        data: rng.percent(25).then(|| seeded_data(rng)),
+        label: rng.percent(25).then(|| rng.pick(&LABELS).to_string()),
         url: Some(format!("https://crm.example.com/customers/{reference}")),
         value: rng
-            .gen_bool(0.5)
-            .then(|| f64::from(rng.gen_range(100..100_000)) / 100.0),
+            .percent(50)
+            .then(|| (100 + rng.below(99_900)) as f64 / 100.0),
         state: seeded_state(rng),
         created_at: Some(created_at),
     };
@@ -99,8 +120,8 @@ fn seeded_job(
 }
 
 /// Mostly queued, as in a campaign under way; some already called.
-fn seeded_state(rng: &mut StdRng) -> i32 {
-    match rng.gen_range(0..100) {
+fn seeded_state(rng: &mut SeedRng) -> i32 {
+    match rng.below(100) {
         0..80 => state::QUEUED,
         80..85 => state::CALLING,
         85..95 => state::SUCCEEDED,
@@ -108,20 +129,20 @@ fn seeded_state(rng: &mut StdRng) -> i32 {
     }
 }
 
-fn seeded_data(rng: &mut StdRng) -> Map<String, Value> {
+fn seeded_data(rng: &mut SeedRng) -> Map<String, Value> {
     let mut data = Map::new();
     data.insert("source".into(), json!("seed"));
-    data.insert("score".into(), json!(rng.gen_range(0..100)));
+    data.insert("score".into(), json!(rng.below(100)));
     data
 }
 
-/// A French mobile or landline number in E.164.
+/// A random French number in E.164 (kind 1–5 landline, 6–7 mobile).
 pub fn random_number(rng: &mut impl Rng) -> String {
-    format!(
-        "+33{}{:08}",
-        rng.gen_range(1..=7),
-        rng.gen_range(0..100_000_000)
-    )
+    french_number(rng.gen_range(1..=7), rng.gen_range(0..100_000_000))
+}
+
+fn french_number(kind: u64, subscriber: u64) -> String {
+    format!("+33{kind}{subscriber:08}")
 }
 
 fn ascii(name: &str) -> String {
@@ -144,7 +165,12 @@ mod tests {
         let seeded = |seed| {
             let mut store = Store::new(&[28, 29]);
             seed_jobs(&mut store, &[28, 29], 50, seed, now);
-            store.list(None, None)
+            let jobs: Vec<Job> = store
+                .list(None, None)
+                .iter()
+                .map(|j| serde_json::from_slice(j).unwrap())
+                .collect();
+            jobs
         };
         let a = seeded(7);
         assert_eq!(a.len(), 100);

@@ -1,15 +1,16 @@
 //! The simulator's jobs, in memory: what each endpoint reads and changes.
 //!
-//! Jobs are held behind `Arc` so that a listing can take a snapshot of a million jobs under the
-//! lock in a few milliseconds and serialise it after releasing the lock; a later change copies
-//! the one job it touches (`Arc::make_mut`).
+//! Each job is kept as the JSON the API answers (`Bytes`, reference-counted) plus the few fields
+//! the filters need, so that a listing takes a snapshot of a million jobs under the lock in a
+//! few milliseconds and copies bytes after releasing it.
 
+use super::json::job_to_json;
 use super::validate::{CreateItem, PatchItem};
 use crate::api::models::{Job, state};
+use axum::body::Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Arc;
 
 /// Why one item (or one single-job request) was not applied.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,9 +39,13 @@ impl ItemFailure {
 
 #[derive(Debug, Clone)]
 struct StoredJob {
-    job: Arc<Job>,
+    campaign: i64,
+    state: i32,
     /// Simulated time of the last change, at full precision; what `modified_since` compares.
     modified_at: DateTime<Utc>,
+    /// The job as the API answers it, serialised once per change: a listing is then a copy of
+    /// bytes, fast even in a debug build, and lighter in memory than a `Job` per row.
+    json: Bytes,
 }
 
 #[derive(Debug, Default)]
@@ -65,8 +70,14 @@ impl Store {
         self.jobs.len()
     }
 
-    pub fn get(&self, id: i64) -> Option<Arc<Job>> {
-        self.jobs.get(&id).map(|stored| stored.job.clone())
+    pub fn get(&self, id: i64) -> Option<Job> {
+        let stored = self.jobs.get(&id)?;
+        Some(serde_json::from_slice(&stored.json).expect("a stored job decodes"))
+    }
+
+    /// The job's JSON, as the API answers it.
+    pub fn get_json(&self, id: i64) -> Option<Bytes> {
+        self.jobs.get(&id).map(|stored| stored.json.clone())
     }
 
     #[cfg(test)]
@@ -74,22 +85,23 @@ impl Store {
         self.jobs.get(&id).map(|stored| stored.modified_at)
     }
 
-    /// Jobs of `campaign` (if given) modified at or after `since` (if given), in id order.
-    pub fn list(&self, campaign: Option<i64>, since: Option<DateTime<Utc>>) -> Vec<Arc<Job>> {
+    /// Jobs (as JSON) of `campaign` (if given) modified at or after `since` (if given), in id
+    /// order.
+    pub fn list(&self, campaign: Option<i64>, since: Option<DateTime<Utc>>) -> Vec<Bytes> {
         self.jobs
             .values()
-            .filter(|s| campaign.is_none_or(|c| s.job.campaign == c))
+            .filter(|s| campaign.is_none_or(|c| s.campaign == c))
             .filter(|s| since.is_none_or(|t| s.modified_at >= t))
-            .map(|s| s.job.clone())
+            .map(|s| s.json.clone())
             .collect()
     }
 
     /// Ids of the jobs the dialer may still move (queued or calling), in id order.
     pub fn active_ids(&self) -> Vec<i64> {
         self.jobs
-            .values()
-            .filter(|s| !state::is_finished(s.job.state))
-            .map(|s| s.job.id)
+            .iter()
+            .filter(|(_, s)| !state::is_finished(s.state))
+            .map(|(id, _)| *id)
             .collect()
     }
 
@@ -97,11 +109,7 @@ impl Store {
         self.jobs.keys().copied().collect()
     }
 
-    pub fn create(
-        &mut self,
-        item: CreateItem,
-        now: DateTime<Utc>,
-    ) -> Result<Arc<Job>, ItemFailure> {
+    pub fn create(&mut self, item: CreateItem, now: DateTime<Utc>) -> Result<Job, ItemFailure> {
         if !self.campaigns.contains(&item.campaign) {
             return Err(ItemFailure::Invalid(format!(
                 "campaign {} does not exist",
@@ -132,22 +140,23 @@ impl Store {
         job.address_lines.get_or_insert_with(Vec::new);
         self.check_reference_free(&job)?;
         self.next_id += 1;
-        Ok(self.put(job, now))
+        self.put(&job, now);
+        Ok(job)
     }
 
-    pub fn patch(&mut self, item: PatchItem, now: DateTime<Utc>) -> Result<Arc<Job>, ItemFailure> {
+    pub fn patch(&mut self, item: PatchItem, now: DateTime<Utc>) -> Result<Job, ItemFailure> {
         let current = self.get(item.id).ok_or(ItemFailure::NotFound(item.id))?;
         let job = with_fields(&current, &item.fields).map_err(ItemFailure::Invalid)?;
-        if job == *current {
-            return Ok(current);
+        if job != current {
+            self.check_reference_free(&job)?;
+            self.put(&job, now);
         }
-        self.check_reference_free(&job)?;
-        Ok(self.put(job, now))
+        Ok(job)
     }
 
     /// A queued or calling job becomes failed (3), as the documentation's examples answer; a
     /// finished job is returned unchanged.
-    pub fn unqueue(&mut self, id: i64, now: DateTime<Utc>) -> Result<Arc<Job>, ItemFailure> {
+    pub fn unqueue(&mut self, id: i64, now: DateTime<Utc>) -> Result<Job, ItemFailure> {
         let current = self.get(id).ok_or(ItemFailure::NotFound(id))?;
         if state::is_finished(current.state) {
             return Ok(current);
@@ -155,28 +164,31 @@ impl Store {
         Ok(self.set_state(id, state::FAILED, now).expect("job exists"))
     }
 
-    pub fn set_state(&mut self, id: i64, new_state: i32, now: DateTime<Utc>) -> Option<Arc<Job>> {
-        let stored = self.jobs.get_mut(&id)?;
-        if stored.job.state != new_state {
-            Arc::make_mut(&mut stored.job).state = new_state;
-            stored.modified_at = now;
+    pub fn set_state(&mut self, id: i64, new_state: i32, now: DateTime<Utc>) -> Option<Job> {
+        let mut job = self.get(id)?;
+        if job.state != new_state {
+            job.state = new_state;
+            self.put(&job, now);
         }
-        Some(stored.job.clone())
+        Some(job)
     }
 
     /// Stores `job` as it is (control routes and seeding): a given id replaces that job, the
     /// campaign becomes one that exists. Refused only when its reference is taken by another job.
-    pub fn insert_raw(&mut self, job: Job, modified_at: DateTime<Utc>) -> Result<Arc<Job>, String> {
-        self.check_reference_free(&job).map_err(|f| f.message())?;
+    pub fn insert_raw(&mut self, job: &Job, modified_at: DateTime<Utc>) -> Result<Bytes, String> {
+        self.check_reference_free(job).map_err(|f| f.message())?;
         self.campaigns.insert(job.campaign);
         self.next_id = self.next_id.max(job.id + 1);
         Ok(self.put(job, modified_at))
     }
 
-    pub fn delete(&mut self, id: i64) -> Option<Arc<Job>> {
-        let stored = self.jobs.remove(&id)?;
-        self.forget_reference(&stored.job);
-        Some(stored.job)
+    /// Removes the job; answers it as it was.
+    pub fn delete(&mut self, id: i64) -> Option<Bytes> {
+        let job = self.get(id)?;
+        if let Some(reference) = job.reference {
+            self.references.remove(&(job.campaign, reference));
+        }
+        self.jobs.remove(&id).map(|stored| stored.json)
     }
 
     pub fn next_id(&self) -> i64 {
@@ -196,27 +208,28 @@ impl Store {
         }
     }
 
-    fn forget_reference(&mut self, job: &Job) {
-        if let Some(reference) = &job.reference {
-            self.references.remove(&(job.campaign, reference.clone()));
-        }
-    }
-
-    fn put(&mut self, job: Job, modified_at: DateTime<Utc>) -> Arc<Job> {
-        if let Some(old) = self.jobs.get(&job.id).map(|s| s.job.clone()) {
-            self.forget_reference(&old);
+    fn put(&mut self, job: &Job, modified_at: DateTime<Utc>) -> Bytes {
+        if let Some(old) = self.get(job.id)
+            && let Some(reference) = old.reference
+        {
+            self.references.remove(&(old.campaign, reference));
         }
         if let Some(reference) = &job.reference {
             self.references
                 .insert((job.campaign, reference.clone()), job.id);
         }
-        let job = Arc::new(job);
+        let mut json = job_to_json(job);
+        // `Bytes` keeps the whole allocation: a million jobs would each carry the slack.
+        json.shrink_to_fit();
+        let json = Bytes::from(json);
         let stored = StoredJob {
-            job: job.clone(),
+            campaign: job.campaign,
+            state: job.state,
             modified_at,
+            json: json.clone(),
         };
         self.jobs.insert(job.id, stored);
-        job
+        json
     }
 }
 
@@ -238,7 +251,7 @@ mod tests {
     use chrono::Duration;
     use serde_json::json;
 
-    fn create(store: &mut Store, item: Value, now: DateTime<Utc>) -> Result<Arc<Job>, ItemFailure> {
+    fn create(store: &mut Store, item: Value, now: DateTime<Utc>) -> Result<Job, ItemFailure> {
         store.create(parse_create(&item).unwrap(), now)
     }
 
@@ -325,7 +338,11 @@ mod tests {
         create(&mut store, json!({"campaign": 28}), t0).unwrap();
         create(&mut store, json!({"campaign": 29}), t0).unwrap();
         create(&mut store, json!({"campaign": 28}), t1).unwrap();
-        let ids = |jobs: Vec<Arc<Job>>| jobs.iter().map(|j| j.id).collect::<Vec<_>>();
+        let ids = |jobs: Vec<Bytes>| {
+            jobs.iter()
+                .map(|j| serde_json::from_slice::<Job>(j).unwrap().id)
+                .collect::<Vec<_>>()
+        };
         assert_eq!(ids(store.list(Some(28), None)), [1, 3]);
         assert_eq!(ids(store.list(None, Some(t1))), [3]);
         assert_eq!(ids(store.list(Some(29), Some(t1))), Vec::<i64>::new());
