@@ -3,6 +3,11 @@
 //! configuration or input error).
 
 mod args;
+mod check;
+mod context;
+mod import;
+mod once;
+mod outbox;
 mod status;
 
 pub use args::{Cli, Command, GlobalArgs, ImportArgs, ImportFormat, OutboxCommand};
@@ -78,23 +83,43 @@ async fn dispatch(cli: Cli) -> CliResult {
             .await
             .map_err(|e| CliError::failed(format!("{e:#}")));
     }
+    if let Command::Check = command {
+        return check::run(&overrides).await;
+    }
     let config = config::load(&overrides)?;
     crate::telemetry::init_logging(&config.log);
     match command {
         Command::Migrate => migrate(&config).await,
         Command::Status => status::print(&open_db(&config).await?).await,
-        Command::Run { once } => not_implemented(if once { "--once" } else { "run" }),
-        Command::Check => not_implemented("check"),
-        Command::Import(_) => not_implemented("import"),
-        Command::Outbox(_) => not_implemented("outbox"),
+        Command::Run { once: true } => once::run(&config).await,
+        Command::Run { once: false } => not_implemented("run"),
+        Command::Import(args) => import::run(&config, args).await,
+        Command::Outbox(cmd) => outbox::run(&config, cmd).await,
         Command::Changes { .. } => not_implemented("changes"),
         Command::Prune => not_implemented("prune"),
         Command::Demo => not_implemented("demo"),
-        Command::Simulate(_) => unreachable!("handled above"),
+        Command::Simulate(_) | Command::Check => unreachable!("handled above"),
     }
 }
 
-fn not_implemented(what: &str) -> CliResult {
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+    tracing::info!("shutdown signal received; finishing the work in flight");
+}
+
+pub(crate) fn not_implemented(what: &str) -> CliResult {
     Err(CliError::usage(format!(
         "`{what}` is not implemented yet in this build of jobsync"
     )))

@@ -133,6 +133,13 @@ impl Db {
         .map_err(|e| DbError::Task(e.to_string()))?
     }
 
+    /// One trivial query: the database answers.
+    pub fn ping(&self) -> Result<(), DbError> {
+        let mut conn = self.conn()?;
+        with_conn!(&mut conn, |c| diesel::sql_query("SELECT 1").execute(c))?;
+        Ok(())
+    }
+
     /// Applies pending migrations; a no-op when there are none. Safe when several processes
     /// start together: PostgreSQL takes an advisory lock, SQLite a kernel file lock.
     pub fn migrate(&self) -> Result<usize, DbError> {

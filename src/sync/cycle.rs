@@ -72,9 +72,15 @@ pub async fn run_cycle(engine: &Engine, trigger: Trigger) -> Result<CycleSummary
         let mut c = db.conn()?;
         let abandoned = runs::fail_abandoned(&mut c)?;
         if abandoned > 0 {
-            tracing::warn!(abandoned, "marked runs left running by a stopped process as failed");
+            tracing::warn!(
+                abandoned,
+                "marked runs left running by a stopped process as failed"
+            );
         }
-        Ok(Ok((lock, runs::start(&mut c, trigger.as_str(), Ts::now())?)))
+        Ok(Ok((
+            lock,
+            runs::start(&mut c, trigger.as_str(), Ts::now())?,
+        )))
     })
     .await
     .map_err(|e| DbError::Task(e.to_string()))??
@@ -122,7 +128,12 @@ pub async fn run_cycle(engine: &Engine, trigger: Trigger) -> Result<CycleSummary
         })
         .await?;
     match &summary.error {
-        None => tracing::info!(run_id, mode = summary.mode, api_calls = summary.api_calls, "cycle finished"),
+        None => tracing::info!(
+            run_id,
+            mode = summary.mode,
+            api_calls = summary.api_calls,
+            "cycle finished"
+        ),
         Some(error) => tracing::error!(run_id, error = %error, "cycle failed"),
     }
     Ok(summary)

@@ -63,7 +63,8 @@ pub async fn run(
     let mut stats = PullStats::default();
     let now = Utc::now();
     let overlap = Duration::seconds(config.overlap_secs as i64);
-    let usable_watermark = old_watermark.filter(|w| now - (*w - overlap) < API_WINDOW - WINDOW_MARGIN);
+    let usable_watermark =
+        old_watermark.filter(|w| now - (*w - overlap) < API_WINDOW - WINDOW_MARGIN);
     let since = match usable_watermark {
         Some(w) => w - overlap,
         None => now - (API_WINDOW - WINDOW_MARGIN),
@@ -105,7 +106,9 @@ pub async fn run(
 
     // The watermark: the server's clock at the start of the pull (the incremental request is the
     // pull's first; if the API refused it, its answer still carried the server's time).
-    let watermark = new_watermark.or(first_server_time).unwrap_or(now - CLOCK_SKEW_MARGIN);
+    let watermark = new_watermark
+        .or(first_server_time)
+        .unwrap_or(now - CLOCK_SKEW_MARGIN);
     db.run(move |c| {
         state::set_time(c, state::WATERMARK, watermark)?;
         state::set_time(c, state::LAST_PULL_OK, Utc::now())?;

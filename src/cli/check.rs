@@ -1,0 +1,55 @@
+//! `jobsync check`: configuration, database, API — one line per check with what to fix; exit 0
+//! only when all pass. For operators, init containers and CI.
+
+use super::{CliError, CliResult, context};
+use crate::config::{self, Overrides};
+use crate::db::Db;
+
+pub async fn run(overrides: &Overrides) -> CliResult {
+    let config = match config::load(overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            println!("FAIL configuration: {e}");
+            return Err(CliError::usage("configuration check failed"));
+        }
+    };
+    let mut failed = 0;
+    let client = match context::api_client(&config, "check") {
+        Ok(client) => {
+            println!("ok   configuration");
+            Some(client)
+        }
+        Err(e) => {
+            println!("FAIL configuration: {}", e.message);
+            failed += 1;
+            None
+        }
+    };
+    let url = config.database.url.clone();
+    let shown = crate::db::redact(&url);
+    let db = tokio::task::spawn_blocking(move || Db::connect(&url).and_then(|db| db.ping()))
+        .await
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    match db {
+        Ok(()) => println!("ok   database {shown}"),
+        Err(e) => {
+            println!("FAIL database: {e}");
+            failed += 1;
+        }
+    }
+    match client {
+        Some(client) => match client.check().await {
+            Ok(()) => println!("ok   api {} (token accepted)", config.api.base_url),
+            Err(e) => {
+                println!("FAIL api: {e}");
+                failed += 1;
+            }
+        },
+        None => println!("skip api: no usable token (see the configuration line above)"),
+    }
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(CliError::failed(format!("{failed} check(s) failed")))
+    }
+}

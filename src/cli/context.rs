@@ -1,0 +1,43 @@
+//! Builds the engine's parts from the configuration: the API client and the sync engine.
+
+use super::{CliError, open_db};
+use crate::api::{ApiClient, ClientOptions, TokenSource};
+use crate::config::Config;
+use crate::sync::StopFlag;
+use crate::sync::cycle::Engine;
+use std::time::Duration;
+
+/// The API client as `api.*` configures it. The configuration was validated at load.
+pub fn api_client(config: &Config, command: &str) -> Result<ApiClient, CliError> {
+    config.require_token(command)?;
+    let api = &config.api;
+    let base_url = api
+        .base_url
+        .parse()
+        .map_err(|e| CliError::usage(format!("api.base_url: {e}")))?;
+    let token = match (&api.token, &api.token_file) {
+        (Some(token), _) => TokenSource::Static(token.clone()),
+        (None, Some(path)) => TokenSource::File(path.clone()),
+        (None, None) => unreachable!("require_token checked a token is configured"),
+    };
+    let mut options = ClientOptions::new(base_url, token);
+    options.timeout = Duration::from_secs(api.timeout_secs);
+    options.max_attempts = api.max_attempts;
+    options.requests_per_second = api.requests_per_second;
+    options.concurrency = api.concurrency;
+    options.bulk_size = api.bulk_size;
+    ApiClient::new(options).map_err(|e| CliError::usage(e.to_string()))
+}
+
+/// The database (migrated) and the client, ready to run cycles.
+pub async fn engine(config: &Config, command: &str, stop: StopFlag) -> Result<Engine, CliError> {
+    let client = api_client(config, command)?;
+    let db = open_db(config).await?;
+    Ok(Engine {
+        db,
+        client,
+        sync: config.sync.clone(),
+        push: config.push.clone(),
+        stop,
+    })
+}

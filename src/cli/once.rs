@@ -1,0 +1,56 @@
+//! `jobsync --once`: exactly one cycle, a short summary, and the contract's exit code.
+
+use super::{CliError, CliResult, context};
+use crate::config::Config;
+use crate::sync::StopFlag;
+use crate::sync::cycle::{CycleError, CycleSummary, Trigger, run_cycle};
+
+pub async fn run(config: &Config) -> CliResult {
+    let stop = StopFlag::new();
+    let engine = context::engine(config, "--once", stop.clone()).await?;
+    // SIGINT/SIGTERM: stop at the next safe point and still record the run.
+    tokio::spawn(async move {
+        crate::cli::shutdown_signal().await;
+        stop.stop();
+    });
+    let summary = run_cycle(&engine, Trigger::Once)
+        .await
+        .map_err(|e| match e {
+            CycleError::Busy(msg) => CliError::failed(msg),
+            CycleError::Db(e) => CliError::from(e),
+        })?;
+    println!("{}", describe(&summary));
+    match summary.error {
+        None => Ok(()),
+        Some(error) => Err(CliError::failed(format!(
+            "run #{} failed: {error}",
+            summary.run_id
+        ))),
+    }
+}
+
+/// One human line per cycle.
+pub fn describe(s: &CycleSummary) -> String {
+    let status = if s.ok { "ok" } else { "failed" };
+    let mut line = format!(
+        "run #{} {status} ({}): pulled {} jobs, {} changes",
+        s.run_id, s.mode, s.pull.jobs_pulled, s.pull.jobs_changed
+    );
+    if s.pull.marked_deleted > 0 {
+        line += &format!(" ({} deleted upstream)", s.pull.marked_deleted);
+    }
+    if !s.pull.campaigns_listed.is_empty() {
+        let listed: Vec<String> = s.pull.campaigns_listed.iter().map(i64::to_string).collect();
+        line += &format!("; listed in full: campaigns {}", listed.join(", "));
+    }
+    line += &format!(
+        "; pushed {} ok, {} failed, {} superseded, {} waiting for retry; {} API calls in {:.1}s",
+        s.push.ok,
+        s.push.failed,
+        s.push.superseded,
+        s.push.deferred,
+        s.api_calls,
+        s.duration.as_secs_f64()
+    );
+    line
+}
