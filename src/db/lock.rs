@@ -63,8 +63,22 @@ impl FileLock {
     }
 }
 
-/// Arbitrary constant identifying jobsync's syncer among PostgreSQL advisory locks.
-const PG_SYNC_LOCK: i64 = 0x6a6f_6273_796e_6303;
+/// PostgreSQL advisory locks jobsync takes, by purpose. Each is keyed by the purpose and by
+/// `current_schema()`, so that jobsync instances kept in different schemas of one database (and
+/// parallel tests) do not block each other.
+#[derive(Debug, Clone, Copy)]
+pub enum PgLock {
+    Migration = 0x6a6f_6201,
+    Changes = 0x6a6f_6202,
+    Sync = 0x6a6f_6203,
+}
+
+impl PgLock {
+    /// The SQL call `function(key, hashtext(current_schema()))`, e.g. `pg_advisory_lock`.
+    pub fn call(self, function: &str) -> String {
+        format!("{function}({}, hashtext(current_schema()))", self as i32)
+    }
+}
 
 /// The right to run a cycle: one syncer per database. On SQLite a kernel file lock on `PATH.lock`;
 /// on PostgreSQL a session advisory lock held on a dedicated connection (replicas sharing the
@@ -95,9 +109,9 @@ impl SyncLock {
         let super::Conn::Pg(c) = &mut conn else {
             unreachable!("a database without a SQLite path is PostgreSQL")
         };
-        let taken = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-            "pg_try_advisory_lock({PG_SYNC_LOCK})"
-        )))
+        let taken = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            &PgLock::Sync.call("pg_try_advisory_lock"),
+        ))
         .get_result::<bool>(&mut **c)?;
         if taken {
             Ok(SyncLock::Pg(conn))
@@ -114,8 +128,11 @@ impl Drop for SyncLock {
         use diesel::prelude::*;
         if let SyncLock::Pg(super::Conn::Pg(c)) = self {
             // The connection goes back to the pool: the session lock must not go with it.
-            let _ = diesel::sql_query(format!("SELECT pg_advisory_unlock({PG_SYNC_LOCK})"))
-                .execute(&mut **c);
+            let _ = diesel::sql_query(format!(
+                "SELECT {}",
+                PgLock::Sync.call("pg_advisory_unlock")
+            ))
+            .execute(&mut **c);
         }
     }
 }

@@ -1,15 +1,13 @@
 //! Embedded migrations, one set per backend, applied under a lock so that processes starting
 //! together do not race.
 
-use super::{Conn, Db, DbError, lock};
+use super::lock::{self, PgLock};
+use super::{Conn, Db, DbError};
 use diesel::prelude::*;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
 const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
-
-/// Arbitrary constant identifying jobsync's migration lock among PostgreSQL advisory locks.
-const PG_MIGRATION_LOCK: i64 = 0x6a6f_6273_796e_6301;
 
 pub(super) fn run(db: &Db) -> Result<usize, DbError> {
     let _file_lock = match db.sqlite_path() {
@@ -20,11 +18,17 @@ pub(super) fn run(db: &Db) -> Result<usize, DbError> {
     match &mut conn {
         Conn::Sqlite(c) => apply(&mut **c, SQLITE),
         Conn::Pg(c) => {
-            diesel::sql_query(format!("SELECT pg_advisory_lock({PG_MIGRATION_LOCK})"))
-                .execute(&mut **c)?;
+            diesel::sql_query(format!(
+                "SELECT {}",
+                PgLock::Migration.call("pg_advisory_lock")
+            ))
+            .execute(&mut **c)?;
             let applied = apply(&mut **c, POSTGRES);
-            diesel::sql_query(format!("SELECT pg_advisory_unlock({PG_MIGRATION_LOCK})"))
-                .execute(&mut **c)?;
+            diesel::sql_query(format!(
+                "SELECT {}",
+                PgLock::Migration.call("pg_advisory_unlock")
+            ))
+            .execute(&mut **c)?;
             applied
         }
     }

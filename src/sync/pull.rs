@@ -51,11 +51,13 @@ pub async fn run(
     stop: &StopFlag,
 ) -> Result<PullStats, SyncError> {
     let configured = config.campaigns.clone();
-    let (old_watermark, tracked) = db
+    let (old_watermark, watermark_saved_at, tracked) = db
         .run(move |c| {
             state::track_campaigns(c, &configured)?;
+            let saved_at = state::get_with_saved_at(c, state::WATERMARK)?.map(|(_, at)| at);
             Ok((
                 state::get_time(c, state::WATERMARK)?,
+                saved_at,
                 state::tracked_campaigns(c)?,
             ))
         })
@@ -81,12 +83,16 @@ pub async fn run(
     let covered_by_incremental = !stats.incremental_refused;
     let mut to_list: BTreeSet<i64> = BTreeSet::new();
     for (campaign, last_listed) in &tracked {
-        let last = last_listed.map(Ts::as_utc);
-        let needs = match last {
+        let needs = match *last_listed {
             None => true,
-            Some(at) if now - at >= resync_after => true,
-            // The incremental window must reach back to the last complete listing.
-            Some(at) => !covered_by_incremental || (usable_watermark.is_none() && at < since),
+            Some(at) if now - at.as_utc() >= resync_after => true,
+            Some(_) if !covered_by_incremental => true,
+            Some(_) if usable_watermark.is_some() => false,
+            // No usable watermark: the incremental window (from `since`) does not reach back to
+            // the last good pull, so changes may have been missed. Re-list, except a campaign a
+            // pull interrupted since then completed (a checkpoint of a resumed backfill) and that
+            // the window still covers.
+            Some(at) => at.as_utc() < since || watermark_saved_at.is_some_and(|saved| at <= saved),
         };
         if needs {
             to_list.insert(*campaign);

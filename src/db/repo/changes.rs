@@ -1,6 +1,7 @@
 //! The changefeed: appended by one writer at a time, read in `seq` order.
 
 use super::ROWS_PER_STATEMENT;
+use crate::db::lock::PgLock;
 use crate::db::models::ChangeRow;
 use crate::db::schema::job_changes;
 use crate::db::{Conn, DbError, Ts};
@@ -11,7 +12,7 @@ use diesel::prelude::*;
 /// commit out of `seq` order and a reader polling `seq > last` would skip a row. This
 /// transaction-scoped advisory lock makes appends one writer at a time. (SQLite writers are
 /// serialised by the database itself.)
-const PG_CHANGES_LOCK: i64 = 0x6a6f_6273_796e_6302;
+const PG_CHANGES_LOCK: PgLock = PgLock::Changes;
 
 /// Appends changes; call inside the transaction that changed the mirror.
 pub fn append(conn: &mut Conn, changes: &[ChangeRow]) -> Result<(), DbError> {
@@ -19,8 +20,11 @@ pub fn append(conn: &mut Conn, changes: &[ChangeRow]) -> Result<(), DbError> {
         return Ok(());
     }
     if let Conn::Pg(c) = conn {
-        diesel::sql_query(format!("SELECT pg_advisory_xact_lock({PG_CHANGES_LOCK})"))
-            .execute(&mut **c)?;
+        diesel::sql_query(format!(
+            "SELECT {}",
+            PG_CHANGES_LOCK.call("pg_advisory_xact_lock")
+        ))
+        .execute(&mut **c)?;
     }
     with_conn!(conn, |c| {
         for chunk in changes.chunks(ROWS_PER_STATEMENT) {

@@ -39,6 +39,15 @@ pub fn set(conn: &mut Conn, key: &str, value: &str) -> Result<(), DbError> {
     })
 }
 
+/// A stored value and when it was saved (local clock).
+pub fn get_with_saved_at(conn: &mut Conn, key: &str) -> Result<Option<(String, Ts)>, DbError> {
+    with_conn!(conn, |c| Ok(sync_state::table
+        .find(key)
+        .select((sync_state::value, sync_state::updated_at))
+        .first::<(String, Ts)>(c)
+        .optional()?))
+}
+
 /// A stored instant (RFC 3339).
 pub fn get_time(conn: &mut Conn, key: &str) -> Result<Option<DateTime<Utc>>, DbError> {
     match get(conn, key)? {
