@@ -3,6 +3,7 @@
 //! configuration or input error).
 
 mod args;
+mod changes;
 mod check;
 mod context;
 mod import;
@@ -95,7 +96,9 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Run { once: false } => not_implemented("run"),
         Command::Import(args) => import::run(&config, args).await,
         Command::Outbox(cmd) => outbox::run(&config, cmd).await,
-        Command::Changes { .. } => not_implemented("changes"),
+        Command::Changes { since, follow } => {
+            changes::run(&open_db(&config).await?, since, follow).await
+        }
         Command::Prune => not_implemented("prune"),
         Command::Demo => not_implemented("demo"),
         Command::Simulate(_) | Command::Check => unreachable!("handled above"),
