@@ -2,7 +2,9 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod db;
+pub mod process;
 pub mod sim;
 
 pub use db::*;
+pub use process::*;
 pub use sim::*;
