@@ -106,7 +106,12 @@ impl Listing {
 }
 
 /// Decodes element `index` (0-based) of the array as a job, naming the field at fault.
+/// Plain serde first: tracking the path costs a seventh of a backfill's CPU, and is only needed
+/// to word the error of an item that does not decode.
 fn decode_item(bytes: &[u8], index: usize) -> Result<Job, String> {
+    if let Ok(job) = serde_json::from_slice(bytes) {
+        return Ok(job);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de)
         .map_err(|e| describe_decode_error(&e, &format!("item {index} of the array")))

@@ -177,7 +177,7 @@ impl ChangeSource {
 }
 
 #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable, serde::Serialize)]
-#[diesel(table_name = job_changes)]
+#[diesel(table_name = job_changes, treat_none_as_default_value = false)]
 pub struct ChangeRow {
     #[diesel(skip_insertion)]
     pub seq: i64,

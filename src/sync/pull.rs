@@ -1,18 +1,19 @@
 //! Pull: brings every job change of the API into the mirror.
 //!
-//! Each pull first runs the incremental listing (`modified_since` = watermark − overlap, or the
-//! widest window the API accepts when there is no usable watermark), which also discovers
-//! campaigns not tracked yet; then it lists in full every tracked campaign that needs it (never
-//! listed, listed longer ago than `sync.full_resync_after_hours`, or not covered by the
-//! incremental window). The new watermark is the server's clock at the start of the pull, saved
-//! only after every row of the pull is committed. A campaign's absent jobs are marked deleted
-//! only after a complete, error-free listing of it.
+//! A pull lists in full the tracked campaigns that need it (never listed, listed longer ago than
+//! `sync.full_resync_after_hours`, or not covered by the incremental window), then runs the
+//! incremental listing (`modified_since` = watermark − overlap, or the widest window the API
+//! accepts when there is no usable watermark), which also discovers campaigns not tracked yet;
+//! those are listed in full in the same pull. If the API refuses `modified_since`, every tracked
+//! campaign is listed instead. The new watermark is the server's clock when the pull's first
+//! request left, saved only after every row of the pull is committed. A campaign's absent jobs
+//! are marked deleted only after a complete, error-free listing of it; each completed listing is
+//! a checkpoint, so a killed backfill resumes where it stopped.
 
 use super::{StopFlag, SyncError};
-use crate::api::models::Job;
 use crate::api::{ApiClient, ApiError, ListQuery};
 use crate::config::SyncConfig;
-use crate::db::models::ChangeSource;
+use crate::db::models::{ChangeSource, JobContent};
 use crate::db::repo::{jobs, state};
 use crate::db::{Db, Ts};
 use chrono::{DateTime, Duration, Utc};
@@ -72,49 +73,68 @@ pub async fn run(
         None => now - (API_WINDOW - WINDOW_MARGIN),
     };
 
+    let resync_after = Duration::hours(config.full_resync_after_hours as i64);
+    let needs_listing = |last_listed: Option<Ts>, incremental_ok: bool| match last_listed {
+        None => true,
+        Some(at) if now - at.as_utc() >= resync_after => true,
+        Some(_) if !incremental_ok => true,
+        Some(_) if usable_watermark.is_some() => false,
+        // No usable watermark: the incremental window (from `since`) does not reach back to the
+        // last good pull, so changes may have been missed. Re-list, except a campaign a pull
+        // interrupted since then completed (a checkpoint of a resumed backfill) and that the
+        // window still covers.
+        Some(at) => at.as_utc() < since || watermark_saved_at.is_some_and(|saved| at <= saved),
+    };
+    // Listings of tracked campaigns go first: on a backfill, the incremental pull that follows
+    // then finds those jobs already stored and unchanged, instead of inserting them only for the
+    // listing to touch them again.
+    let mut listed = BTreeSet::new();
+    let mut pull_started: Option<DateTime<Utc>> = None;
+    let first_round: Vec<i64> = tracked
+        .iter()
+        .filter(|(_, last)| needs_listing(*last, true))
+        .map(|(campaign, _)| *campaign)
+        .collect();
+    list_campaigns(
+        db,
+        client,
+        &first_round,
+        stop,
+        &mut stats,
+        &mut listed,
+        &mut pull_started,
+    )
+    .await?;
+
     let incremental = pull_incremental(db, client, since, stop, &mut stats).await?;
-    let new_watermark = incremental.server_time;
+    pull_started = pull_started.or(incremental.server_time);
     let discovered: Vec<i64> = incremental.campaigns.into_iter().collect();
     let newly_tracked = discovered.clone();
     db.run(move |c| state::track_campaigns(c, &newly_tracked))
         .await?;
 
-    let resync_after = Duration::hours(config.full_resync_after_hours as i64);
-    let covered_by_incremental = !stats.incremental_refused;
-    let mut to_list: BTreeSet<i64> = BTreeSet::new();
-    for (campaign, last_listed) in &tracked {
-        let needs = match *last_listed {
-            None => true,
-            Some(at) if now - at.as_utc() >= resync_after => true,
-            Some(_) if !covered_by_incremental => true,
-            Some(_) if usable_watermark.is_some() => false,
-            // No usable watermark: the incremental window (from `since`) does not reach back to
-            // the last good pull, so changes may have been missed. Re-list, except a campaign a
-            // pull interrupted since then completed (a checkpoint of a resumed backfill) and that
-            // the window still covers.
-            Some(at) => at.as_utc() < since || watermark_saved_at.is_some_and(|saved| at <= saved),
-        };
-        if needs {
-            to_list.insert(*campaign);
-        }
-    }
+    let incremental_ok = !stats.incremental_refused;
     let known: BTreeSet<i64> = tracked.iter().map(|t| t.0).collect();
-    to_list.extend(discovered.into_iter().filter(|c| !known.contains(c)));
+    let second_round: Vec<i64> = tracked
+        .iter()
+        .filter(|(_, last)| needs_listing(*last, incremental_ok))
+        .map(|(campaign, _)| *campaign)
+        .chain(discovered.into_iter().filter(|c| !known.contains(c)))
+        .filter(|c| !listed.contains(c))
+        .collect();
+    list_campaigns(
+        db,
+        client,
+        &second_round,
+        stop,
+        &mut stats,
+        &mut listed,
+        &mut pull_started,
+    )
+    .await?;
 
-    let mut first_server_time = None;
-    for campaign in to_list {
-        if stop.is_set() {
-            return Err(SyncError::Stopped);
-        }
-        let server_time = pull_campaign_listing(db, client, campaign, stop, &mut stats).await?;
-        first_server_time.get_or_insert(server_time);
-    }
-
-    // The watermark: the server's clock at the start of the pull (the incremental request is the
-    // pull's first; if the API refused it, its answer still carried the server's time).
-    let watermark = new_watermark
-        .or(first_server_time)
-        .unwrap_or(now - CLOCK_SKEW_MARGIN);
+    // The watermark: the server's clock when the pull's first request left.
+    let watermark = pull_started.unwrap_or(now - CLOCK_SKEW_MARGIN);
     db.run(move |c| {
         state::set_time(c, state::WATERMARK, watermark)?;
         state::set_time(c, state::LAST_PULL_OK, Utc::now())?;
@@ -129,6 +149,28 @@ pub async fn run(
         "pull finished"
     );
     Ok(stats)
+}
+
+/// Lists campaigns in full, one after the other, remembering which were listed and the server's
+/// time at the first listing.
+async fn list_campaigns(
+    db: &Db,
+    client: &ApiClient,
+    campaigns: &[i64],
+    stop: &StopFlag,
+    stats: &mut PullStats,
+    listed: &mut BTreeSet<i64>,
+    pull_started: &mut Option<DateTime<Utc>>,
+) -> Result<(), SyncError> {
+    for &campaign in campaigns {
+        if stop.is_set() {
+            return Err(SyncError::Stopped);
+        }
+        let server_time = pull_campaign_listing(db, client, campaign, stop, stats).await?;
+        pull_started.get_or_insert(server_time);
+        listed.insert(campaign);
+    }
+    Ok(())
 }
 
 struct IncrementalResult {
@@ -226,13 +268,15 @@ async fn store_listing(
     stop: &StopFlag,
     stats: &mut PullStats,
 ) -> Result<BTreeSet<i64>, SyncError> {
-    let (tx, mut rx) = mpsc::channel::<Result<Vec<Job>, ApiError>>(2);
+    // Conversion to stored form happens here, on the decoding side, so the database thread only
+    // compares and writes.
+    let (tx, mut rx) = mpsc::channel::<Result<Vec<JobContent>, ApiError>>(2);
     let reader = tokio::spawn(async move {
         loop {
             let next = listing.next_batch(BATCH_SIZE).await;
             let done = !matches!(next, Ok(Some(_)));
             let item = match next {
-                Ok(Some(batch)) => Ok(batch),
+                Ok(Some(batch)) => Ok(batch.iter().map(JobContent::from_job).collect()),
                 Ok(None) => break,
                 Err(e) => Err(e),
             };
@@ -250,7 +294,7 @@ async fn store_listing(
             }
             campaigns.extend(batch.iter().map(|j| j.campaign));
             let upserted = db
-                .run(move |c| jobs::upsert(c, &batch, ChangeSource::Pull, Ts::now(), touch))
+                .run(move |c| jobs::upsert_contents(c, batch, ChangeSource::Pull, Ts::now(), touch))
                 .await?;
             stats.jobs_pulled += upserted.received as i64;
             stats.jobs_changed += upserted.changes as i64;

@@ -1,6 +1,7 @@
 //! The changefeed: appended by one writer at a time, read in `seq` order.
 
 use super::ROWS_PER_STATEMENT;
+use crate::api::models::JOB_FIELDS;
 use crate::db::lock::PgLock;
 use crate::db::models::ChangeRow;
 use crate::db::schema::job_changes;
@@ -46,6 +47,10 @@ pub fn since(conn: &mut Conn, since: i64, limit: i64) -> Result<Vec<ChangeRow>, 
         .load(c)?))
 }
 
+/// `changed_fields` of a `created` change: every field, computed once.
+static ALL_FIELDS: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| serde_json::to_string(&JOB_FIELDS).expect("field names serialise"));
+
 /// Builds a change row (the `seq` is assigned by the database).
 #[allow(clippy::too_many_arguments)]
 pub fn row(
@@ -67,7 +72,11 @@ pub fn row(
         kind: kind.into(),
         old_state,
         new_state,
-        changed_fields: serde_json::to_string(fields).unwrap_or_else(|_| "[]".into()),
+        changed_fields: if fields.len() == JOB_FIELDS.len() {
+            ALL_FIELDS.clone()
+        } else {
+            serde_json::to_string(fields).unwrap_or_else(|_| "[]".into())
+        },
         source: source.into(),
         observed_at,
     }

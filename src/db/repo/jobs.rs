@@ -41,34 +41,51 @@ pub fn upsert(
     now: Ts,
     touch: bool,
 ) -> Result<UpsertStats, DbError> {
+    let contents = batch.iter().map(JobContent::from_job).collect();
+    upsert_contents(conn, contents, source, now, touch)
+}
+
+/// [`upsert`] for jobs already in stored form (the pull converts them off the database thread).
+pub fn upsert_contents(
+    conn: &mut Conn,
+    batch: Vec<JobContent>,
+    source: ChangeSource,
+    now: Ts,
+    touch: bool,
+) -> Result<UpsertStats, DbError> {
+    let received = batch.len();
     // The last answer for an id wins when a batch holds it twice.
     let mut latest: HashMap<i64, usize> = HashMap::with_capacity(batch.len());
     for (i, job) in batch.iter().enumerate() {
         latest.insert(job.id, i);
     }
     let incoming: Vec<JobContent> = batch
-        .iter()
+        .into_iter()
         .enumerate()
         .filter(|(i, job)| latest[&job.id] == *i)
-        .map(|(_, job)| JobContent::from_job(&job.clone().truncated_to_micros()))
+        .map(|(_, job)| job)
         .collect();
     transaction(conn, |conn| {
-        let existing = load_by_id(conn, incoming.iter().map(|c| c.id))?;
+        let existing = load_existing(conn, &incoming)?;
         let count = incoming.len();
         let plan = plan_writes(incoming, &existing, source, now, touch);
+        insert_rows(conn, &plan.inserts)?;
         write_rows(conn, &plan.rows)?;
         touch_rows(conn, &plan.touched, now)?;
         changes::append(conn, &plan.changes)?;
         Ok(UpsertStats {
-            received: batch.len(),
-            written: plan.rows.len(),
+            received,
+            written: plan.inserts.len() + plan.rows.len(),
             changes: plan.changes.len(),
-            unchanged: count - plan.rows.len(),
+            unchanged: count - plan.inserts.len() - plan.rows.len(),
         })
     })
 }
 
 struct Plan {
+    /// Rows the mirror does not hold yet.
+    inserts: Vec<NewMirrorRow>,
+    /// Rows that replace a stored one (changed, or seen again after deletion).
     rows: Vec<NewMirrorRow>,
     changes: Vec<ChangeRow>,
     touched: Vec<i64>,
@@ -82,6 +99,7 @@ fn plan_writes(
     touch: bool,
 ) -> Plan {
     let mut plan = Plan {
+        inserts: Vec::new(),
         rows: Vec::new(),
         changes: Vec::new(),
         touched: Vec::new(),
@@ -117,17 +135,33 @@ fn plan_writes(
                 (old.first_seen_at, change)
             }
         };
-        plan.rows.push(NewMirrorRow {
+        let row = NewMirrorRow {
             content,
             first_seen_at,
             last_seen_at: now,
             remote_deleted_at: None,
-        });
+        };
+        if existing.contains_key(&row.content.id) {
+            plan.rows.push(row);
+        } else {
+            plan.inserts.push(row);
+        }
         plan.changes.push(change);
     }
     plan
 }
 
+/// Inserts new rows, many per statement.
+fn insert_rows(conn: &mut Conn, rows: &[NewMirrorRow]) -> Result<(), DbError> {
+    with_conn!(conn, |c| {
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            diesel::insert_into(jobs::table).values(chunk).execute(c)?;
+        }
+        Ok(())
+    })
+}
+
+/// Replaces stored rows, many per statement.
 fn write_rows(conn: &mut Conn, rows: &[NewMirrorRow]) -> Result<(), DbError> {
     with_conn!(conn, |c| {
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
@@ -175,6 +209,24 @@ fn touch_rows(conn: &mut Conn, ids: &[i64], now: Ts) -> Result<(), DbError> {
         }
         Ok(())
     })
+}
+
+/// The stored rows of these jobs. Ids above the mirror's highest cannot be stored yet, so a
+/// batch made only of such ids (a backfill listed in id order) needs no lookup.
+fn load_existing(
+    conn: &mut Conn,
+    incoming: &[JobContent],
+) -> Result<HashMap<i64, MirrorRow>, DbError> {
+    let Some(lowest) = incoming.iter().map(|c| c.id).min() else {
+        return Ok(HashMap::new());
+    };
+    let highest_stored: Option<i64> = with_conn!(conn, |c| jobs::table
+        .select(diesel::dsl::max(jobs::id))
+        .first(c)?);
+    if highest_stored.is_none_or(|max| lowest > max) {
+        return Ok(HashMap::new());
+    }
+    load_by_id(conn, incoming.iter().map(|c| c.id))
 }
 
 /// Mirror rows by id.

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Backfill benchmark (issue 4): jobsync mirrors CAMPAIGNS × JOBS jobs from the simulator on
+# loopback into SQLite; in the same run, sqlite3 itself loads the same jobs from a JSON file
+# (INSERT … SELECT FROM json_each(readfile(…))) into the same table. Then a no-change incremental
+# cycle on that mirror: API calls, and rows written to jobs and job_changes (counted by triggers).
+#
+#   scripts/bench-backfill.sh                 # 10 campaigns × 100,000 jobs
+#   CAMPAIGNS=2 JOBS=10000 scripts/bench-backfill.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+CAMPAIGNS=${CAMPAIGNS:-10}
+JOBS=${JOBS:-100000}
+work=$(mktemp -d /tmp/jobsync-bench.XXXXXX)
+trap 'kill "$sim_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+
+cargo build --release --quiet
+bin=target/release/jobsync
+campaign_list=$(seq -s, 1 "$CAMPAIGNS")
+
+"$bin" simulate --listen 127.0.0.1:0 --campaigns "$campaign_list" --jobs-per-campaign "$JOBS" \
+  >"$work/sim.out" 2>"$work/sim.err" &
+sim_pid=$!
+for _ in $(seq 1 600); do grep -q '^listening on' "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
+addr=$(sed -n 's/^listening on //p' "$work/sim.out")
+[[ -n "$addr" ]] || { echo "the simulator did not start"; cat "$work/sim.err"; exit 1; }
+echo "simulator on $addr: $CAMPAIGNS campaigns × $JOBS jobs"
+
+# The same jobs as one JSON file, for sqlite3.
+curl -sf "http://$addr/_sim/state" -o "$work/jobs.json"
+echo "jobs.json: $(du -h "$work/jobs.json" | cut -f1)"
+
+# sqlite3's own load, into the table jobsync's migrations create.
+"$bin" --database-url "sqlite://$work/sqlite3.db" migrate >/dev/null
+cat >"$work/load.sql" <<SQL
+PRAGMA journal_mode = WAL;
+PRAGMA synchronous = NORMAL;
+INSERT INTO jobs (id, campaign, reference, name, email, numbers, address_lines, postal_code,
+                  city, country, appointment, data, label, url, value, state, created_at,
+                  first_seen_at, last_seen_at)
+SELECT j.value->>'id', j.value->>'campaign', j.value->>'reference', j.value->>'name',
+       j.value->>'email', j.value->'numbers', j.value->'address_lines', j.value->>'postal_code',
+       j.value->>'city', j.value->>'country', j.value->>'appointment', j.value->'data',
+       j.value->>'label', j.value->>'url', j.value->>'value', j.value->>'state',
+       j.value->>'created_at', strftime('%Y-%m-%d %H:%M:%f000', 'now'),
+       strftime('%Y-%m-%d %H:%M:%f000', 'now')
+FROM json_each(readfile('$work/jobs.json')) AS j;
+SQL
+/usr/bin/time -f '%e %M' -o "$work/sqlite3.time" sqlite3 "$work/sqlite3.db" <"$work/load.sql" >/dev/null
+read -r sqlite_secs sqlite_kb <"$work/sqlite3.time"
+sqlite_rows=$(sqlite3 "$work/sqlite3.db" 'SELECT count(*) FROM jobs')
+
+# jobsync's backfill: one --once cycle on a fresh database.
+export JOBSYNC_API__BASE_URL="http://$addr" JOBSYNC_API__TOKEN=dev-token \
+  JOBSYNC_DATABASE__URL="sqlite://$work/jobsync.db" JOBSYNC_SYNC__CAMPAIGNS="$campaign_list" \
+  JOBSYNC_SERVER__LISTEN="" JOBSYNC_LOG__FORMAT=json RUST_LOG=warn
+"$bin" migrate >/dev/null
+/usr/bin/time -f '%e %M' -o "$work/jobsync.time" "$bin" --once >"$work/once1.out"
+read -r jobsync_secs jobsync_kb <"$work/jobsync.time"
+jobsync_rows=$(sqlite3 "$work/jobsync.db" 'SELECT count(*) FROM jobs')
+
+# A no-change incremental cycle: count every row written to jobs and job_changes.
+sqlite3 "$work/jobsync.db" <<'SQL'
+CREATE TABLE bench_writes (tbl TEXT);
+CREATE TRIGGER bench_jobs_ins AFTER INSERT ON jobs BEGIN INSERT INTO bench_writes VALUES ('jobs'); END;
+CREATE TRIGGER bench_jobs_upd AFTER UPDATE ON jobs BEGIN INSERT INTO bench_writes VALUES ('jobs'); END;
+CREATE TRIGGER bench_jobs_del AFTER DELETE ON jobs BEGIN INSERT INTO bench_writes VALUES ('jobs'); END;
+CREATE TRIGGER bench_changes_ins AFTER INSERT ON job_changes BEGIN INSERT INTO bench_writes VALUES ('job_changes'); END;
+SQL
+"$bin" --once >"$work/once2.out"
+writes=$(sqlite3 "$work/jobsync.db" 'SELECT count(*) FROM bench_writes')
+calls=$(sed -n 's/.* \([0-9]*\) API calls.*/\1/p' "$work/once2.out")
+
+ratio=$(awk -v a="$jobsync_secs" -v b="$sqlite_secs" 'BEGIN { printf "%.2f", a / b }')
+cat <<REPORT
+
+| backfill of $((CAMPAIGNS * JOBS)) jobs into SQLite | wall time | peak RSS | rows in jobs |
+|---|---|---|---|
+| sqlite3 (json_each of a local file) | ${sqlite_secs} s | $((sqlite_kb / 1024)) MiB | $sqlite_rows |
+| jobsync --once (simulator on loopback) | ${jobsync_secs} s | $((jobsync_kb / 1024)) MiB | $jobsync_rows |
+
+jobsync / sqlite3 time: ${ratio}× (target ≤ 0.70×); jobsync peak RSS target ≤ 64 MiB
+first cycle:  $(cat "$work/once1.out")
+no-change incremental cycle: $calls API call(s), $writes row(s) written to jobs and job_changes
+  $(cat "$work/once2.out")
+REPORT
