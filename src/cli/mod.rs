@@ -6,6 +6,7 @@ mod args;
 mod changes;
 mod check;
 mod context;
+mod demo;
 mod import;
 mod once;
 mod outbox;
@@ -74,6 +75,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         database_url: cli.global.database_url.clone(),
         api_base_url: cli.global.api_base_url.clone(),
     };
+    let cli_database_url = cli.global.database_url.is_some();
     let command = cli.command.unwrap_or(Command::Run { once: cli.once });
     if let Command::Simulate(args) = command {
         // The simulator needs no database; it only borrows the token when one is configured.
@@ -88,7 +90,13 @@ async fn dispatch(cli: Cli) -> CliResult {
         return check::run(&overrides).await;
     }
     let config = config::load(&overrides)?;
-    crate::telemetry::init_logging(&config.log);
+    // The demo is a printed tour: only warnings unless RUST_LOG asks for more.
+    let default_level = if matches!(command, Command::Demo) {
+        "warn"
+    } else {
+        "info"
+    };
+    crate::telemetry::init_logging(&config.log, default_level);
     match command {
         Command::Migrate => migrate(&config).await,
         Command::Status => status::print(&open_db(&config).await?).await,
@@ -100,7 +108,7 @@ async fn dispatch(cli: Cli) -> CliResult {
             changes::run(&open_db(&config).await?, since, follow).await
         }
         Command::Prune => not_implemented("prune"),
-        Command::Demo => not_implemented("demo"),
+        Command::Demo => demo::run(&config, cli_database_url).await,
         Command::Simulate(_) | Command::Check => unreachable!("handled above"),
     }
 }

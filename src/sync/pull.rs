@@ -16,6 +16,7 @@ use crate::config::SyncConfig;
 use crate::db::models::{ChangeSource, JobContent};
 use crate::db::repo::{jobs, state};
 use crate::db::{Db, Ts};
+use crate::telemetry::progress::Progress;
 use chrono::{DateTime, Duration, Utc};
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -207,7 +208,8 @@ async fn pull_incremental(
         Err(e) => return Err(e.into()),
     };
     let server_time = start_of_pull(listing.server_date, started);
-    let seen = store_listing(db, listing, false, stop, stats).await?;
+    let progress = Progress::new("changes since the watermark", None);
+    let seen = store_listing(db, listing, false, stop, stats, progress).await?;
     Ok(IncrementalResult {
         server_time,
         campaigns: seen,
@@ -234,7 +236,8 @@ async fn pull_campaign_listing(
     let server_time =
         start_of_pull(listing.server_date, started).unwrap_or(Utc::now() - CLOCK_SKEW_MARGIN);
     tracing::info!(campaign, "listing campaign in full");
-    let seen = store_listing(db, listing, true, stop, stats).await?;
+    let progress = Progress::new(format!("campaign {campaign}"), None);
+    let seen = store_listing(db, listing, true, stop, stats, progress).await?;
     let foreign: Vec<i64> = seen.into_iter().filter(|c| *c != campaign).collect();
     let deleted = db
         .run(move |c| {
@@ -267,6 +270,7 @@ async fn store_listing(
     touch: bool,
     stop: &StopFlag,
     stats: &mut PullStats,
+    mut progress: Progress,
 ) -> Result<BTreeSet<i64>, SyncError> {
     // Conversion to stored form happens here, on the decoding side, so the database thread only
     // compares and writes.
@@ -298,13 +302,12 @@ async fn store_listing(
                 .await?;
             stats.jobs_pulled += upserted.received as i64;
             stats.jobs_changed += upserted.changes as i64;
-            if stats.jobs_pulled % 100_000 < upserted.received as i64 {
-                tracing::info!(pulled = stats.jobs_pulled, "pull progress");
-            }
+            progress.add(upserted.received as u64);
         }
         Ok(())
     }
     .await;
     reader.abort();
+    progress.finish();
     result.map(|()| campaigns)
 }

@@ -37,6 +37,14 @@ pub fn append(conn: &mut Conn, changes: &[ChangeRow]) -> Result<(), DbError> {
     })
 }
 
+/// The highest `seq` written so far (0 when the feed is empty).
+pub fn last_seq(conn: &mut Conn) -> Result<i64, DbError> {
+    with_conn!(conn, |c| Ok(job_changes::table
+        .select(diesel::dsl::max(job_changes::seq))
+        .first::<Option<i64>>(c)?
+        .unwrap_or(0)))
+}
+
 /// Rows with `seq > since`, oldest first.
 pub fn since(conn: &mut Conn, since: i64, limit: i64) -> Result<Vec<ChangeRow>, DbError> {
     with_conn!(conn, |c| Ok(job_changes::table
