@@ -79,7 +79,7 @@ pub async fn run(config: &Config, database_url_given: bool) -> CliResult {
     for row in &new {
         println!("   {}", super::changes::to_json(row));
     }
-    let (live, deleted) = db.run(|c| jobs::counts(c)).await?;
+    let (live, deleted) = db.run(jobs::counts).await?;
     let total = last_seq(&db).await? - seq_before;
     println!(
         "\nmirror: {live} jobs ({deleted} deleted upstream); {total} changefeed rows written by this demo"
@@ -115,7 +115,7 @@ async fn cycle(engine: &Engine, title: &str) -> CliResult {
 }
 
 async fn last_seq(db: &Db) -> Result<i64, CliError> {
-    Ok(db.run(|c| changes::last_seq(c)).await?)
+    Ok(db.run(changes::last_seq).await?)
 }
 
 async fn sim_post(sim: &SimHandle, route: &str, n: usize) -> Result<usize, CliError> {
