@@ -4,8 +4,10 @@
 pub mod api;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod db;
 pub mod secret;
+pub mod server;
 pub mod sim;
 pub mod sync;
 pub mod telemetry;

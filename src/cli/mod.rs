@@ -6,6 +6,7 @@ mod args;
 mod changes;
 mod check;
 mod context;
+mod daemon;
 mod demo;
 mod import;
 mod once;
@@ -101,7 +102,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Migrate => migrate(&config).await,
         Command::Status => status::print(&open_db(&config).await?).await,
         Command::Run { once: true } => once::run(&config).await,
-        Command::Run { once: false } => not_implemented("run"),
+        Command::Run { once: false } => daemon::run(&config).await,
         Command::Import(args) => import::run(&config, args).await,
         Command::Outbox(cmd) => outbox::run(&config, cmd).await,
         Command::Changes { since, follow } => {

@@ -1,0 +1,133 @@
+//! The long-lived worker (`jobsync run`): one cycle at start, then one per tick of
+//! `sync.schedule` (tokio-cron-scheduler, UTC), never two at once; the health server alongside;
+//! a two-phase stop on SIGTERM/SIGINT — readiness turns 503 first, then the cycle in flight
+//! stops at its next safe point and is recorded, then the process exits 0.
+
+pub mod state;
+
+use crate::server::{self, ServerContext};
+use crate::sync::cycle::{CycleError, Engine, Trigger, run_cycle};
+use state::RunState;
+use std::future::Future;
+use std::sync::Arc;
+use tokio::sync::Mutex;
+use tokio_cron_scheduler::{Job, JobScheduler};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(
+        "cannot serve health and metrics on {listen}: {reason}; change server.listen, or set it to \"\" to disable the server"
+    )]
+    Listen { listen: String, reason: String },
+    #[error("the scheduler failed: {0}")]
+    Scheduler(String),
+}
+
+/// Settings the daemon needs besides the engine.
+pub struct DaemonSettings {
+    pub schedule: String,
+    pub listen: String,
+    pub max_staleness_secs: u64,
+}
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    engine: Engine,
+    settings: DaemonSettings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DaemonError> {
+    let run_state = Arc::new(RunState::default());
+    run_state.update(|s| s.started_at = Some(chrono::Utc::now()));
+    let cycle_lock = Arc::new(Mutex::new(()));
+
+    let server = if settings.listen.is_empty() {
+        None
+    } else {
+        let context = ServerContext {
+            db: engine.db.clone(),
+            run: run_state.clone(),
+            api: engine.client.clone(),
+            max_staleness_secs: settings.max_staleness_secs,
+        };
+        Some(
+            server::start(&settings.listen, context)
+                .await
+                .map_err(|reason| DaemonError::Listen {
+                    listen: settings.listen.clone(),
+                    reason,
+                })?,
+        )
+    };
+
+    let scheduler_error =
+        |e: tokio_cron_scheduler::JobSchedulerError| DaemonError::Scheduler(e.to_string());
+    let mut scheduler = JobScheduler::new().await.map_err(scheduler_error)?;
+    let (tick_engine, tick_state, tick_lock) =
+        (engine.clone(), run_state.clone(), cycle_lock.clone());
+    let job = Job::new_async(settings.schedule.as_str(), move |_id, _scheduler| {
+        let (engine, state, lock) = (tick_engine.clone(), tick_state.clone(), tick_lock.clone());
+        Box::pin(async move { tick(&engine, &state, &lock).await })
+    })
+    .map_err(scheduler_error)?;
+    scheduler.add(job).await.map_err(scheduler_error)?;
+    scheduler.start().await.map_err(scheduler_error)?;
+    run_state.update(|s| s.scheduler_running = true);
+    tracing::info!(schedule = %settings.schedule, listen = %settings.listen, "jobsync daemon started");
+
+    // The first cycle runs now rather than at the first tick, so a fresh deployment is ready soon.
+    let first = {
+        let (engine, state, lock) = (engine.clone(), run_state.clone(), cycle_lock.clone());
+        tokio::spawn(async move { tick(&engine, &state, &lock).await })
+    };
+
+    shutdown.await;
+    tracing::info!(
+        "stopping: readiness now reports 503; the cycle in flight stops at its next safe point"
+    );
+    run_state.update(|s| s.shutting_down = true);
+    engine.stop.stop();
+    if let Err(e) = scheduler.shutdown().await {
+        tracing::warn!(error = %e, "the scheduler did not stop cleanly");
+    }
+    run_state.update(|s| s.scheduler_running = false);
+    let _ = first.await;
+    // Waits for a scheduled cycle still in flight; it was told to stop.
+    let _idle = cycle_lock.lock().await;
+    if let Some(server) = server {
+        server.stop().await;
+    }
+    tracing::info!("jobsync daemon stopped");
+    Ok(())
+}
+
+/// One tick: a cycle, unless one is still running (then the tick is skipped).
+async fn tick(engine: &Engine, state: &RunState, lock: &Mutex<()>) {
+    if engine.stop.is_set() {
+        return;
+    }
+    let Ok(_running) = lock.try_lock() else {
+        tracing::info!("tick skipped: the previous cycle is still running");
+        state.update(|s| s.ticks_skipped += 1);
+        return;
+    };
+    state.update(|s| s.cycle_running = true);
+    match run_cycle(engine, Trigger::Schedule).await {
+        Ok(summary) => state.record_cycle(&summary),
+        Err(CycleError::Busy(message)) => {
+            tracing::info!(%message, "tick skipped: another process is syncing");
+            state.update(|s| {
+                s.cycle_running = false;
+                s.ticks_skipped += 1;
+            });
+        }
+        Err(CycleError::Db(e)) => {
+            tracing::error!(error = %e, "the cycle could not start");
+            state.update(|s| {
+                s.cycle_running = false;
+                s.runs_failed += 1;
+                s.last_error = Some(e.to_string());
+            });
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! What the daemon knows about its own cycles, shared with the health server.
+
+use crate::sync::cycle::CycleSummary;
+use chrono::{DateTime, Utc};
+use std::sync::Mutex;
+
+/// Counters and the latest outcome, updated after each cycle.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
+    pub started_at: Option<DateTime<Utc>>,
+    pub scheduler_running: bool,
+    pub shutting_down: bool,
+    pub cycle_running: bool,
+    pub cycles_finished: u64,
+    pub runs_ok: u64,
+    pub runs_failed: u64,
+    /// Ticks skipped because a cycle was still running, or another process held the lock.
+    pub ticks_skipped: u64,
+    pub run_seconds_sum: f64,
+    pub last_run_seconds: f64,
+    pub jobs_pulled: u64,
+    pub jobs_changed: u64,
+    pub pushed_ok: u64,
+    pub pushed_failed: u64,
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// The last cycle failed because the API refused the token.
+    pub auth_failed: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct RunState {
+    inner: Mutex<Snapshot>,
+}
+
+impl RunState {
+    pub fn snapshot(&self) -> Snapshot {
+        self.lock().clone()
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut Snapshot)) {
+        f(&mut self.lock());
+    }
+
+    pub fn record_cycle(&self, summary: &CycleSummary) {
+        self.update(|s| {
+            s.cycle_running = false;
+            s.cycles_finished += 1;
+            s.last_run_seconds = summary.duration.as_secs_f64();
+            s.run_seconds_sum += s.last_run_seconds;
+            s.jobs_pulled += summary.pull.jobs_pulled.max(0) as u64;
+            s.jobs_changed += summary.pull.jobs_changed.max(0) as u64;
+            s.pushed_ok += summary.push.ok.max(0) as u64;
+            s.pushed_failed += summary.push.failed.max(0) as u64;
+            s.auth_failed = summary.auth_failed;
+            if summary.ok {
+                s.runs_ok += 1;
+                s.last_success_at = Some(Utc::now());
+                s.last_error = None;
+            } else {
+                s.runs_failed += 1;
+                s.last_error = summary.error.clone();
+            }
+        });
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Snapshot> {
+        // A panic while holding this lock cannot leave the counters inconsistent in a way that
+        // matters more than losing health reporting; keep serving them.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

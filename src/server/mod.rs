@@ -1,0 +1,154 @@
+//! The health server (`server.listen`): `/healthz`, `/readyz`, `/metrics`, `/status`. It reads
+//! the daemon's run state and the database; it never drives the engine.
+
+mod metrics;
+
+use crate::api::ApiClient;
+use crate::daemon::state::RunState;
+use crate::db::repo::{jobs, outbox, runs, state};
+use crate::db::{Db, DbError};
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::Utc;
+use serde_json::json;
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct ServerContext {
+    pub db: Db,
+    pub run: Arc<RunState>,
+    pub api: ApiClient,
+    pub max_staleness_secs: u64,
+}
+
+/// A running server; [`ServerHandle::stop`] ends it.
+pub struct ServerHandle {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServerHandle {
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+/// Binds `listen` and serves in the background.
+pub async fn start(listen: &str, context: ServerContext) -> Result<ServerHandle, String> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| e.to_string())?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, "health server listening");
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::handler))
+        .route("/status", get(status))
+        .with_state(context);
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async {
+                let _ = stopped.await;
+            })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "the health server stopped");
+        }
+    });
+    Ok(ServerHandle { stop, task })
+}
+
+/// 200 while the process and its scheduler are alive.
+async fn healthz(State(ctx): State<ServerContext>) -> Response {
+    let s = ctx.run.snapshot();
+    if s.scheduler_running || s.shutting_down {
+        (StatusCode::OK, Json(json!({"status": "alive"}))).into_response()
+    } else {
+        unavailable("the scheduler is not running")
+    }
+}
+
+/// 200 when the database answers and the last successful pull is recent enough (or the first
+/// cycle is still running within its grace); else 503 with the reason.
+async fn readyz(State(ctx): State<ServerContext>) -> Response {
+    let s = ctx.run.snapshot();
+    if s.shutting_down {
+        return unavailable("shutting down");
+    }
+    // Reading the last pull is also the database check.
+    let last_pull = ctx.db.run(|c| state::get_time(c, state::LAST_PULL_OK));
+    let last_pull = match last_pull.await {
+        Ok(at) => at,
+        Err(e) => return unavailable(&format!("the database does not answer: {e}")),
+    };
+    if s.auth_failed {
+        let why = s.last_error.unwrap_or_default();
+        return unavailable(&format!("the API refused the token: {why}"));
+    }
+    let now = Utc::now();
+    let max = ctx.max_staleness_secs as i64;
+    match last_pull {
+        Some(at) if (now - at).num_seconds() <= max => (
+            StatusCode::OK,
+            Json(json!({"status": "ready", "last_successful_pull": at})),
+        )
+            .into_response(),
+        None if s.started_at.is_some_and(|t| (now - t).num_seconds() <= max) => (
+            StatusCode::OK,
+            Json(json!({"status": "starting", "detail": "the first cycle is running"})),
+        )
+            .into_response(),
+        Some(at) => unavailable(&format!(
+            "the last successful pull was {}s ago, more than sync.max_staleness_secs ({max}s); last error: {}",
+            (now - at).num_seconds(),
+            s.last_error.as_deref().unwrap_or("none")
+        )),
+        None => unavailable(&format!(
+            "no successful pull yet; last error: {}",
+            s.last_error.as_deref().unwrap_or("none")
+        )),
+    }
+}
+
+/// Watermark, last runs, outbox and mirror counts: no personal data, no secrets.
+async fn status(State(ctx): State<ServerContext>) -> Response {
+    let report = ctx
+        .db
+        .run(|c| {
+            let outbox: serde_json::Map<String, serde_json::Value> = outbox::counts(c)?
+                .into_iter()
+                .map(|(s, n)| (s, n.into()))
+                .collect();
+            let (live, deleted) = jobs::counts(c)?;
+            Ok::<_, DbError>(json!({
+                "watermark": state::get(c, state::WATERMARK)?,
+                "last_successful_pull": state::get(c, state::LAST_PULL_OK)?,
+                "mirror": {"jobs": live, "deleted_upstream": deleted},
+                "outbox": outbox,
+                "oldest_pending_outbox_row": outbox::oldest_pending(c)?.map(|t| t.to_string()),
+                "last_runs": runs::recent(c, 5)?,
+            }))
+        })
+        .await;
+    match report {
+        Ok(report) => (StatusCode::OK, Json(report)).into_response(),
+        Err(e) => unavailable(&format!("the database does not answer: {e}")),
+    }
+}
+
+fn unavailable(reason: &str) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONTENT_TYPE, "application/json")],
+        json!({"status": "unavailable", "reason": reason}).to_string(),
+    )
+        .into_response()
+}

@@ -1,0 +1,257 @@
+//! The daemon as operators run it: the real binary, the real simulator, SIGTERM.
+
+mod common;
+
+use common::*;
+use jobsync::db::Db;
+use jobsync::db::repo::runs;
+use jobsync::sim::SimConfig;
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+struct Daemon {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    health: Option<String>,
+    rt: tokio::runtime::Handle,
+}
+
+impl Daemon {
+    fn start(
+        rt: &tokio::runtime::Runtime,
+        base_url: &str,
+        db_path: &std::path::Path,
+        extra: &[(&str, &str)],
+    ) -> Daemon {
+        let mut child = jobsync_command(base_url, db_path)
+            .arg("run")
+            .env("JOBSYNC_SERVER__LISTEN", "127.0.0.1:0")
+            .env("JOBSYNC_SYNC__SCHEDULE", "*/1 * * * * *")
+            .env("JOBSYNC_SYNC__CAMPAIGNS", "28")
+            .envs(extra.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut daemon = Daemon {
+            child,
+            lines,
+            health: None,
+            rt: rt.handle().clone(),
+        };
+        let line = daemon.wait_for_log("health server listening");
+        let addr = serde_json::from_str::<Value>(&line).unwrap()["addr"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        daemon.health = Some(format!("http://{addr}"));
+        daemon
+    }
+
+    /// The next log line containing `needle`, within a deadline.
+    fn wait_for_log(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("no log line with {needle:?} within 30 s"),
+            }
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        let url = format!("{}{path}", self.health.as_ref().unwrap());
+        self.rt.block_on(async {
+            let response = reqwest::get(url).await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        })
+    }
+
+    /// Polls `path` until `accept` holds, within a deadline.
+    fn wait_until(&self, path: &str, accept: impl Fn(u16, &str) -> bool) -> (u16, String) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self.get(path);
+            if accept(status, &body) {
+                return (status, body);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} never satisfied the condition: {status} {body}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the daemon did not stop within 20 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+fn metric(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no series {series} in\n{body}"))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn the_daemon_syncs_on_schedule_reports_health_and_stops_cleanly_on_sigterm() {
+    let rt = runtime();
+    let sim = rt.block_on(start_sim(SimConfig {
+        campaigns: vec![28],
+        jobs_per_campaign: 300,
+        ..SimConfig::default()
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("jobsync.db");
+    let daemon = Daemon::start(&rt, &sim.base_url(), &db_path, &[]);
+
+    assert_eq!(daemon.get("/healthz").0, 200);
+    daemon.wait_until("/readyz", |status, body| {
+        status == 200 && body.contains("\"ready\"")
+    });
+    let (_, metrics) = daemon.wait_until("/metrics", |_, body| {
+        metric(body, "jobsync_runs_total{status=\"ok\"}") >= 3.0
+    });
+    assert!(
+        metric(
+            &metrics,
+            "jobsync_api_requests_total{endpoint=\"GET /j/jobs\",status=\"200\"}"
+        ) >= 3.0
+    );
+    assert_eq!(
+        metric(&metrics, "jobsync_outbox_rows{status=\"pending\"}"),
+        0.0
+    );
+    assert!(metric(&metrics, "jobsync_last_success_timestamp_seconds") > 0.0);
+    let (status, body) = daemon.get("/status");
+    assert_eq!(status, 200);
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(report["mirror"]["jobs"], 300);
+    assert!(
+        !body.contains("dev-token") && !body.contains("@example"),
+        "no secrets, no personal data"
+    );
+
+    let exit = daemon.terminate();
+    assert!(exit.success(), "exit 0 on SIGTERM: {exit:?}");
+    let db = Db::open(&format!("sqlite://{}", db_path.display())).unwrap();
+    let recent = runs::recent(&mut db.conn().unwrap(), 100).unwrap();
+    assert!(recent.len() >= 3);
+    assert!(
+        recent
+            .iter()
+            .all(|r| r.status == "ok" && r.trigger == "schedule"),
+        "{recent:?}"
+    );
+}
+
+#[test]
+fn a_refused_token_fails_readiness_without_a_retry_loop() {
+    let rt = runtime();
+    let sim = rt.block_on(start_sim(SimConfig {
+        campaigns: vec![28],
+        jobs_per_campaign: 10,
+        ..SimConfig::default()
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("jobsync.db");
+    let mut daemon = Daemon::start(
+        &rt,
+        &sim.base_url(),
+        &db_path,
+        &[("JOBSYNC_API__TOKEN", "wrong")],
+    );
+    let (status, body) = daemon.wait_until("/readyz", |status, _| status == 503);
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("refused the API token") || body.contains("token"),
+        "{body}"
+    );
+    daemon.wait_for_log("cycle failed");
+    daemon.wait_for_log("cycle failed");
+    // Each failed cycle made exactly one request: no loop of retries against a refused token.
+    let log = rt.block_on(requests(&sim.base_url()));
+    let (_, metrics) = daemon.get("/metrics");
+    let failed = metric(&metrics, "jobsync_runs_total{status=\"failed\"}");
+    assert!(failed >= 2.0);
+    assert!(
+        log.len() as f64 <= failed + 1.0,
+        "{} requests for {failed} failed cycles",
+        log.len()
+    );
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn a_second_daemon_on_the_same_sqlite_file_never_syncs_concurrently() {
+    let rt = runtime();
+    let sim = rt.block_on(start_sim(SimConfig {
+        campaigns: vec![28],
+        jobs_per_campaign: 50,
+        ..SimConfig::default()
+    }));
+    rt.block_on(set_faults(&sim, serde_json::json!({"latency_ms": 300})));
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("jobsync.db");
+    let first = Daemon::start(&rt, &sim.base_url(), &db_path, &[]);
+    let second = Daemon::start(&rt, &sim.base_url(), &db_path, &[]);
+    let (_, metrics) = second.wait_until("/metrics", |_, body| {
+        metric(body, "jobsync_ticks_skipped_total")
+            + metric(body, "jobsync_runs_total{status=\"ok\"}")
+            >= 3.0
+    });
+    let (_, first_metrics) = first.get("/metrics");
+    let skipped = metric(&metrics, "jobsync_ticks_skipped_total")
+        + metric(&first_metrics, "jobsync_ticks_skipped_total");
+    assert!(skipped >= 1.0, "one of them found the lock held");
+    assert!(first.terminate().success());
+    assert!(second.terminate().success());
+    // Runs never overlapped in time.
+    let db = Db::open(&format!("sqlite://{}", db_path.display())).unwrap();
+    let mut recent = runs::recent(&mut db.conn().unwrap(), 1000).unwrap();
+    recent.sort_by_key(|r| r.started_at);
+    for pair in recent.windows(2) {
+        assert!(
+            pair[0].finished_at.unwrap() <= pair[1].started_at,
+            "overlapping runs: {pair:?}"
+        );
+    }
+}
