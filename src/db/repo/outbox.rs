@@ -60,6 +60,57 @@ pub fn due(conn: &mut Conn, now: Ts, limit: i64) -> Result<Vec<OutboxRow>, DbErr
         .load(c)?))
 }
 
+/// Every `pending` or `in_flight` row, in id order, whether due or not: the push plans from
+/// these, and a row not yet due still holds back the later rows of its target.
+pub fn open(conn: &mut Conn) -> Result<Vec<OutboxRow>, DbError> {
+    with_conn!(conn, |c| Ok(outbox::table
+        .filter(outbox::status.eq_any([PENDING, IN_FLIGHT]))
+        .order(outbox::id.asc())
+        .select(OutboxRow::as_select())
+        .load(c)?))
+}
+
+/// Marks rows `in_flight` before their request leaves, and stamps `first_sent_at` (once) on the
+/// creates among them, so that an unknown outcome can later be looked up from that instant.
+pub fn mark_in_flight(
+    conn: &mut Conn,
+    ids: &[i64],
+    creates: &[i64],
+    now: Ts,
+) -> Result<(), DbError> {
+    transaction(conn, |conn| {
+        update(
+            conn,
+            ids,
+            &RowUpdate {
+                status: Some(IN_FLIGHT.into()),
+                updated_at: Some(now),
+                ..RowUpdate::default()
+            },
+        )?;
+        with_conn!(conn, |c| {
+            for chunk in creates.chunks(IDS_PER_STATEMENT) {
+                diesel::update(
+                    outbox::table
+                        .filter(outbox::id.eq_any(chunk))
+                        .filter(outbox::first_sent_at.is_null()),
+                )
+                .set(outbox::first_sent_at.eq(now))
+                .execute(c)?;
+            }
+            Ok::<_, DbError>(())
+        })
+    })
+}
+
+/// Applies one update per row (call inside the transaction that also updates the mirror).
+pub fn update_each(conn: &mut Conn, updates: &[(i64, RowUpdate)]) -> Result<(), DbError> {
+    for (id, change) in updates {
+        update(conn, &[*id], change)?;
+    }
+    Ok(())
+}
+
 /// Row counts by status (every status present, zero when none).
 pub fn counts(conn: &mut Conn) -> Result<Vec<(String, i64)>, DbError> {
     let found: Vec<(String, i64)> = with_conn!(conn, |c| outbox::table
