@@ -19,6 +19,7 @@ use crate::sync::SyncError;
 use futures_util::stream::{self, StreamExt};
 use rand::Rng;
 use std::time::Duration;
+use tokio::sync::Mutex;
 
 /// What a round's sending did, beyond the rows it settled.
 #[derive(Debug, Default)]
@@ -54,8 +55,11 @@ pub async fn send_round(
         }
     }
     let width = client.concurrency().max(1) * 2;
+    // One writer at a time: SQLite refuses (rather than waits for) a transaction that read
+    // before another writer committed, and the chunks' writes are short anyway.
+    let writer = Mutex::new(());
     let results: Vec<Result<Sent, SyncError>> = stream::iter(chunks)
-        .map(|(op, chunk)| send_chunk(db, client, op, chunk, limits))
+        .map(|(op, chunk)| send_chunk(db, client, &writer, op, chunk, limits))
         .buffer_unordered(width)
         .collect()
         .await;
@@ -73,6 +77,7 @@ pub async fn send_round(
 async fn send_chunk(
     db: &Db,
     client: &ApiClient,
+    writer: &Mutex<()>,
     op: Op,
     chunk: Vec<Group>,
     limits: Limits,
@@ -83,8 +88,11 @@ async fn send_chunk(
         .filter(|g| g.first_send)
         .map(|g| g.survivor.id)
         .collect();
-    db.run(move |c| outbox::mark_in_flight(c, &ids, &first_sends, Ts::now()))
-        .await?;
+    {
+        let _writing = writer.lock().await;
+        db.run(move |c| outbox::mark_in_flight(c, &ids, &first_sends, Ts::now()))
+            .await?;
+    }
     let outcomes = match op {
         Op::Create => {
             let items = chunk.iter().map(|g| g.fields.clone()).collect();
@@ -113,6 +121,7 @@ async fn send_chunk(
             &mut returned,
         );
     }
+    let _writing = writer.lock().await;
     db.run(move |c| {
         transaction(c, |c| {
             jobs::upsert(c, &returned, ChangeSource::Push, Ts::now(), false)?;
