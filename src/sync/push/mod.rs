@@ -99,6 +99,7 @@ pub async fn run_tuned(
     tuning: PushTuning,
     stop: &StopFlag,
 ) -> Result<PushStats, SyncError> {
+    let started = std::time::Instant::now();
     let mut st = RunState::default();
     let limits = send::Limits {
         max_row_attempts: config.max_row_attempts.max(1),
@@ -109,6 +110,12 @@ pub async fn run_tuned(
             return Err(SyncError::Stopped);
         }
         let mut rows = db.run(outbox::open).await?;
+        tracing::debug!(
+            round,
+            rows = rows.len(),
+            elapsed_ms = ms(started),
+            "push: open rows loaded"
+        );
         if rows.is_empty() {
             break;
         }
@@ -118,6 +125,7 @@ pub async fn run_tuned(
             rows = db.run(outbox::open).await?;
         }
         let (plan, rows) = plan_with_mirror(db, rows, &st.blocked).await?;
+        let planned_ms = ms(started);
         if plan.is_empty() {
             break;
         }
@@ -127,6 +135,7 @@ pub async fn run_tuned(
             operations = plan.groups.len(),
             failed = plan.failed.len(),
             superseded = plan.superseded.len(),
+            planned_ms,
             "push round"
         );
         let groups = plan_groups(plan, db, &mut st).await?;
@@ -146,9 +155,14 @@ pub async fn run_tuned(
         failed = st.stats.failed,
         superseded = st.stats.superseded,
         deferred = st.stats.deferred,
+        elapsed_ms = ms(started),
         "push finished"
     );
     Ok(st.stats)
+}
+
+fn ms(since: std::time::Instant) -> u64 {
+    u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Plans a round against the mirror rows its targets name. Returns the plan and the number of
@@ -161,6 +175,7 @@ async fn plan_with_mirror(
     let blocked = blocked.clone();
     Ok(db
         .run(move |c| {
+            let started = std::time::Instant::now();
             let (refs, ids) = targets_named(&rows);
             let mirror = Mirror {
                 by_ref: jobs::find_by_references(c, &refs)?,
@@ -169,7 +184,14 @@ async fn plan_with_mirror(
                     .filter(|(_, row)| row.remote_deleted_at.is_none())
                     .collect(),
             };
-            Ok((plan_round(&rows, &mirror, &blocked, Ts::now()), rows.len()))
+            let mirror_ms = ms(started);
+            let plan = plan_round(&rows, &mirror, &blocked, Ts::now());
+            tracing::debug!(
+                mirror_ms,
+                plan_ms = ms(started) - mirror_ms,
+                "push: round planned"
+            );
+            Ok((plan, rows.len()))
         })
         .await?)
 }

@@ -164,13 +164,14 @@ pub fn plan_round(
         });
     }
     for key in order {
-        let entries = &per_key[&key];
+        let mut entries = per_key.remove(&key).unwrap_or_default();
         let ready = entries
             .iter()
             .take_while(|e| is_ready(e.row, blocked, now))
             .count();
         if ready > 0 {
-            take_prefix(&entries[..ready], &key, &mut plan);
+            entries.truncate(ready);
+            take_prefix(entries, &key, &mut plan);
         }
     }
     plan
@@ -229,9 +230,9 @@ fn member(row: &OutboxRow) -> Member {
 }
 
 /// Takes the longest coalescing prefix of `entries` (all ready) into `plan`.
-fn take_prefix(entries: &[Entry], key: &Key, plan: &mut RoundPlan) {
+fn take_prefix(mut entries: Vec<Entry>, key: &Key, plan: &mut RoundPlan) {
+    let mut fields = std::mem::take(&mut entries[0].intent.fields);
     let head = &entries[0];
-    let mut fields = head.intent.fields.clone();
     let mut merged = Vec::new();
     match (head.intent.op, key) {
         (Op::Create, Key::Ref(_)) => {

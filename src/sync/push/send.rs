@@ -48,10 +48,13 @@ pub async fn send_round(
 ) -> Result<Sent, SyncError> {
     let size = client.bulk_size().max(1);
     let mut chunks: Vec<(Op, Vec<Group>)> = Vec::new();
+    let mut groups = groups;
     for op in [Op::Create, Op::Patch, Op::Unqueue] {
-        let of_op: Vec<Group> = groups.iter().filter(|g| g.op == op).cloned().collect();
-        for chunk in of_op.chunks(size) {
-            chunks.push((op, chunk.to_vec()));
+        let (of_op, rest): (Vec<Group>, Vec<Group>) = groups.into_iter().partition(|g| g.op == op);
+        groups = rest;
+        let mut of_op = of_op.into_iter().peekable();
+        while of_op.peek().is_some() {
+            chunks.push((op, of_op.by_ref().take(size).collect()));
         }
     }
     let width = client.concurrency().max(1) * 2;
@@ -88,11 +91,13 @@ async fn send_chunk(
         .filter(|g| g.first_send)
         .map(|g| g.survivor.id)
         .collect();
+    let started = std::time::Instant::now();
     {
         let _writing = writer.lock().await;
         db.run(move |c| outbox::mark_in_flight(c, &ids, &first_sends, Ts::now()))
             .await?;
     }
+    let marked = started.elapsed();
     let outcomes = match op {
         Op::Create => {
             let items = chunk.iter().map(|g| g.fields.clone()).collect();
@@ -107,6 +112,7 @@ async fn send_chunk(
             client.bulk_unqueue(items).await
         }
     };
+    let answered = started.elapsed();
     let mut sent = Sent::default();
     let mut updates = Vec::new();
     let mut returned: Vec<Job> = Vec::new();
@@ -129,6 +135,15 @@ async fn send_chunk(
         })
     })
     .await?;
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    tracing::debug!(
+        op = op.as_str(),
+        items = chunk.len(),
+        mark_ms = ms(marked),
+        answered_ms = ms(answered),
+        recorded_ms = ms(started.elapsed()),
+        "push chunk"
+    );
     Ok(sent)
 }
 
