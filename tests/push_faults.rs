@@ -20,6 +20,8 @@ on_both_backends!(
     a_create_applied_before_a_crash_is_linked_not_sent_again,
     a_create_in_flight_that_never_left_is_sent_after_a_lookup,
     a_duplicate_reference_refusal_links_the_existing_job,
+    a_refused_token_stops_the_push_and_leaves_rows_untouched,
+    a_stop_request_is_honoured_before_the_next_round,
 );
 
 /// A client that gives up quickly, so that faults reach the push rather than being absorbed by
@@ -245,5 +247,42 @@ fn a_duplicate_reference_refusal_links_the_existing_job(t: &TestDb) {
             Some("New"),
             "the remaining fields were patched"
         );
+    })
+}
+
+fn a_refused_token_stops_the_push_and_leaves_rows_untouched(t: &TestDb) {
+    block_on(async {
+        let sim = start_sim(SimConfig::default()).await;
+        let refused = ApiClient::new(options(&sim, "wrong-token")).unwrap();
+        insert(&t.db, &[create(28, "t-1", json!({"name": "T"}))]);
+        let err = jobsync::sync::push::run(
+            &t.db,
+            &refused,
+            &jobsync::config::PushConfig::default(),
+            &jobsync::sync::StopFlag::new(),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is_auth(), "{err}");
+        assert_eq!(requests(&sim.base_url()).await.len(), 1, "no retry loop");
+        let row = &all_rows(&t.db)[0];
+        assert_eq!((row.status.as_str(), row.attempts), ("pending", 0));
+        assert_eq!(push(&t.db, &client(&sim)).await.ok, 1);
+    })
+}
+
+fn a_stop_request_is_honoured_before_the_next_round(t: &TestDb) {
+    block_on(async {
+        let sim = start_sim(SimConfig::default()).await;
+        insert(&t.db, &[create(28, "s-1", json!({"name": "S"}))]);
+        let stop = jobsync::sync::StopFlag::new();
+        stop.stop();
+        let config = jobsync::config::PushConfig::default();
+        let err = jobsync::sync::push::run(&t.db, &client(&sim), &config, &stop)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, jobsync::sync::SyncError::Stopped), "{err}");
+        assert!(requests(&sim.base_url()).await.is_empty());
+        assert_eq!(all_rows(&t.db)[0].status, "pending");
     })
 }
