@@ -110,6 +110,7 @@ pub(super) struct Inner {
     limiter: RateLimiter,
     pub(super) bulk_slots: Semaphore,
     pub(super) bulk_size: usize,
+    concurrency: usize,
     pub(super) policy: RetryPolicy,
     pub(super) stats: ApiStats,
 }
@@ -161,10 +162,22 @@ impl ApiClient {
                 limiter: RateLimiter::new(opts.requests_per_second),
                 bulk_slots: Semaphore::new(opts.concurrency),
                 bulk_size: opts.bulk_size,
+                concurrency: opts.concurrency,
                 policy,
                 stats: ApiStats::default(),
             }),
         })
+    }
+
+    /// Items per bulk call: callers that pipeline their own chunks cut them to this size, so
+    /// that no call is split further.
+    pub fn bulk_size(&self) -> usize {
+        self.inner.bulk_size
+    }
+
+    /// Bulk calls in flight at once.
+    pub fn concurrency(&self) -> usize {
+        self.inner.concurrency
     }
 
     pub fn stats(&self) -> &ApiStats {

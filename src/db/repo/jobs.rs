@@ -336,3 +336,34 @@ pub fn counts(conn: &mut Conn) -> Result<(i64, i64), DbError> {
         Ok((live, deleted))
     })
 }
+
+/// Live mirror rows by (campaign, reference), for many keys at once (the push resolves a whole
+/// round's targets with a few queries rather than one per row).
+pub fn find_by_references(
+    conn: &mut Conn,
+    keys: &[(i64, String)],
+) -> Result<HashMap<(i64, String), MirrorRow>, DbError> {
+    let mut per_campaign: HashMap<i64, Vec<&str>> = HashMap::new();
+    for (campaign, reference) in keys {
+        per_campaign.entry(*campaign).or_default().push(reference);
+    }
+    let mut found = HashMap::with_capacity(keys.len());
+    for (campaign, references) in per_campaign {
+        for chunk in references.chunks(IDS_PER_STATEMENT) {
+            let rows: Vec<MirrorRow> = with_conn!(conn, |c| jobs::table
+                .filter(jobs::campaign.eq(campaign))
+                .filter(jobs::reference.eq_any(chunk))
+                .filter(jobs::remote_deleted_at.is_null())
+                .order(jobs::id.asc())
+                .select(MirrorRow::as_select())
+                .load(c)?);
+            // The newest job wins, as in `find_by_reference`.
+            for row in rows {
+                if let Some(reference) = row.content.reference.clone() {
+                    found.insert((campaign, reference), row);
+                }
+            }
+        }
+    }
+    Ok(found)
+}

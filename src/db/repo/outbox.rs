@@ -60,6 +60,114 @@ pub fn due(conn: &mut Conn, now: Ts, limit: i64) -> Result<Vec<OutboxRow>, DbErr
         .load(c)?))
 }
 
+/// Every `pending` or `in_flight` row, in id order, whether due or not: the push plans from
+/// these, and a row not yet due still holds back the later rows of its target.
+pub fn open(conn: &mut Conn) -> Result<Vec<OutboxRow>, DbError> {
+    with_conn!(conn, |c| Ok(outbox::table
+        .filter(outbox::status.eq_any([PENDING, IN_FLIGHT]))
+        .order(outbox::id.asc())
+        .select(OutboxRow::as_select())
+        .load(c)?))
+}
+
+/// Marks rows `in_flight` before their request leaves, and stamps `first_sent_at` on the creates
+/// among them that were never sent (`creates`: the planner knows their `first_sent_at` is
+/// unset), so that an unknown outcome can later be looked up from that instant. Each row is
+/// written once.
+pub fn mark_in_flight(
+    conn: &mut Conn,
+    ids: &[i64],
+    creates: &[i64],
+    now: Ts,
+) -> Result<(), DbError> {
+    let first_sends: std::collections::HashSet<i64> = creates.iter().copied().collect();
+    let others: Vec<i64> = ids
+        .iter()
+        .copied()
+        .filter(|id| !first_sends.contains(id))
+        .collect();
+    transaction(conn, |conn| {
+        update(
+            conn,
+            &others,
+            &RowUpdate {
+                status: Some(IN_FLIGHT.into()),
+                updated_at: Some(now),
+                ..RowUpdate::default()
+            },
+        )?;
+        with_conn!(conn, |c| {
+            for chunk in creates.chunks(IDS_PER_STATEMENT) {
+                diesel::update(
+                    outbox::table
+                        .filter(outbox::id.eq_any(chunk))
+                        .filter(outbox::first_sent_at.is_null()),
+                )
+                .set((
+                    outbox::status.eq(IN_FLIGHT),
+                    outbox::updated_at.eq(now),
+                    outbox::first_sent_at.eq(now),
+                ))
+                .execute(c)?;
+            }
+            Ok::<_, DbError>(())
+        })
+    })
+}
+
+/// Applies one update per row (call inside the transaction that also updates the mirror).
+///
+/// A push settles a thousand rows per bulk call, mostly with the same change but each with its
+/// own `result_job_id`: rows sharing a change are written with one statement, and their job ids
+/// with one more, rather than a statement per row.
+pub fn update_each(conn: &mut Conn, updates: &[(i64, RowUpdate)]) -> Result<(), DbError> {
+    // Rows sharing a change, each with its own `result_job_id` change (if any).
+    type Rows = Vec<(i64, Option<Option<i64>>)>;
+    let mut groups: Vec<(RowUpdate, Rows)> = Vec::new();
+    for (id, change) in updates {
+        let mut shared = change.clone();
+        let job = shared.result_job_id.take();
+        match groups.iter_mut().find(|(c, _)| *c == shared) {
+            Some((_, rows)) => rows.push((*id, job)),
+            None => groups.push((shared, vec![(*id, job)])),
+        }
+    }
+    for (mut shared, rows) in groups {
+        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        shared.updated_at.get_or_insert_with(Ts::now);
+        update(conn, &ids, &shared)?;
+        let jobs: Vec<(i64, Option<i64>)> = rows
+            .iter()
+            .filter_map(|(id, job)| job.map(|j| (*id, j)))
+            .collect();
+        set_result_job_ids(conn, &jobs)?;
+    }
+    Ok(())
+}
+
+/// Sets `result_job_id` of many rows in one statement per chunk, joined to a `VALUES` list
+/// (`UPDATE … FROM`, which SQLite ≥ 3.33 and PostgreSQL both take, and both name the list's
+/// columns `column1`, `column2`). Every value is an integer literal, so the text can carry nothing
+/// else; a `CASE id WHEN …` of a thousand branches cost SQLite several times more.
+fn set_result_job_ids(conn: &mut Conn, rows: &[(i64, Option<i64>)]) -> Result<(), DbError> {
+    use std::fmt::Write as _;
+    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+        let mut sql = String::from("UPDATE outbox SET result_job_id = v.column2 FROM (VALUES ");
+        for (i, (id, job)) in chunk.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "," };
+            match job {
+                Some(job) => write!(sql, "{sep}({id},{job})"),
+                // PostgreSQL must see a bigint in the column, not an untyped NULL.
+                None => write!(sql, "{sep}({id},CAST(NULL AS BIGINT))"),
+            }
+            .expect("writing to a String");
+        }
+        sql.push_str(") AS v WHERE outbox.id = v.column1");
+        with_conn!(conn, |c| diesel::sql_query(&sql).execute(c))?;
+    }
+    Ok(())
+}
+
 /// Row counts by status (every status present, zero when none).
 pub fn counts(conn: &mut Conn) -> Result<Vec<(String, i64)>, DbError> {
     let found: Vec<(String, i64)> = with_conn!(conn, |c| outbox::table
@@ -85,7 +193,7 @@ pub fn oldest_pending(conn: &mut Conn) -> Result<Option<Ts>, DbError> {
 }
 
 /// The outcome of handling one row.
-#[derive(Debug, Clone, Default, AsChangeset)]
+#[derive(Debug, Clone, Default, PartialEq, AsChangeset)]
 #[diesel(table_name = outbox)]
 pub struct RowUpdate {
     pub status: Option<String>,

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Push benchmark (issue 5): N creates (default 100,000) through `jobsync --once` against the
+# simulator adding LATENCY_MS (default 100) per call, with the client's rate limit raised out of
+# the way. Reports the bulk calls made (target: N / 1000) and the push's wall time against the
+# floor calls × latency ÷ concurrency (target: within 1.3×).
+#
+# Usage: scripts/bench-push.sh [N]        (build first: cargo build --release)
+# Env:   JOBSYNC_BIN (default target/release/jobsync), LATENCY_MS, CONCURRENCY (default 4),
+#        DATABASE_URL (default a fresh SQLite file in a temp dir), BENCH_LOG (keep the run's log)
+set -euo pipefail
+
+N=${1:-100000}
+LATENCY_MS=${LATENCY_MS:-100}
+CONCURRENCY=${CONCURRENCY:-4}
+BIN=${JOBSYNC_BIN:-target/release/jobsync}
+WORK=$(mktemp -d)
+DB=${DATABASE_URL:-sqlite://$WORK/bench.db}
+trap 'kill "$SIM_PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+"$BIN" simulate --listen 127.0.0.1:0 --campaigns 28 --latency-ms "$LATENCY_MS" >"$WORK/sim.out" 2>"$WORK/sim.err" &
+SIM_PID=$!
+for _ in $(seq 100); do grep -q '^listening on ' "$WORK/sim.out" 2>/dev/null && break; sleep 0.1; done
+ADDR=$(sed -n 's/^listening on //p' "$WORK/sim.out" | head -1)
+[ -n "$ADDR" ] || { echo "the simulator did not start:"; cat "$WORK/sim.err"; exit 1; }
+BASE="http://$ADDR"
+
+seq 0 $((N - 1)) | awk '{printf "{\"op\":\"create\",\"campaign\":28,\"reference\":\"bench-%d\",\"payload\":{\"name\":\"Bench %d\",\"numbers\":[\"+33612345678\"],\"value\":%d}}\n", $1, $1, $1}' >"$WORK/rows.ndjson"
+"$BIN" import "$WORK/rows.ndjson" --database-url "$DB" >"$WORK/import.out" 2>"$WORK/import.log"
+
+export JOBSYNC_API__TOKEN=dev-token JOBSYNC_API__BASE_URL="$BASE" JOBSYNC_SERVER__LISTEN="" \
+       JOBSYNC_API__REQUESTS_PER_SECOND=1000 JOBSYNC_API__CONCURRENCY="$CONCURRENCY" \
+       JOBSYNC_LOG__FORMAT=json RUST_LOG=${RUST_LOG:-info}
+START=$(date +%s.%N)
+"$BIN" --once --database-url "$DB" >"$WORK/once.out" 2>"$WORK/once.log"
+END=$(date +%s.%N)
+
+CALLS=$(curl -s "$BASE/_sim/requests" | grep -o '"path":"/j/jobs/bulk/create"' | wc -l)
+JOBS=$(curl -s "$BASE/_sim/state" | grep -o '"reference":"bench-' | wc -l)
+PUSH_MS=$(grep '"push finished"' "$WORK/once.log" | grep -o '"elapsed_ms":[0-9]*' | cut -d: -f2)
+awk -v n="$N" -v calls="$CALLS" -v jobs="$JOBS" -v lat="$LATENCY_MS" -v conc="$CONCURRENCY" \
+    -v push_ms="$PUSH_MS" -v total="$(echo "$END - $START" | bc)" 'BEGIN {
+    floor = calls * lat / 1000 / conc
+    printf "creates: %d, jobs upstream: %d, bulk create calls: %d (target %d)\n", n, jobs, calls, (n + 999) / 1000
+    printf "push wall time: %.2f s, floor %.2f s (%d calls x %d ms / %d): %.2fx (target <= 1.3x)\n", push_ms / 1000, floor, calls, lat, conc, push_ms / 1000 / floor
+    printf "whole --once (start, migrate, pull, push, record): %.2f s\n", total
+}'
+cat "$WORK/once.out"
+if [ -n "${BENCH_LOG:-}" ]; then cp "$WORK/once.log" "$BENCH_LOG"; fi

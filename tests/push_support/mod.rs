@@ -1,0 +1,159 @@
+//! Helpers shared by the push tests: outbox rows in, push runs, and what the simulator and the
+//! mirror hold afterwards.
+#![allow(dead_code)]
+
+use crate::common::*;
+use jobsync::api::ApiClient;
+use jobsync::api::models::Job;
+use jobsync::config::{PushConfig, SyncConfig};
+use jobsync::db::Db;
+use jobsync::db::models::{NewOutboxRow, OutboxRow};
+use jobsync::db::repo::{jobs, outbox};
+use jobsync::sim::SimHandle;
+use jobsync::sync::push::{self, PushStats, PushTuning};
+use jobsync::sync::{StopFlag, pull};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+/// Runs an async test body on a fresh multi-threaded runtime (the backend macro wants `fn`).
+pub fn block_on<F: Future>(body: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(body)
+}
+
+pub fn create(campaign: i64, reference: &str, payload: Value) -> NewOutboxRow {
+    row("create", Some(campaign), Some(reference), None, payload)
+}
+
+pub fn patch_ref(campaign: i64, reference: &str, payload: Value) -> NewOutboxRow {
+    row("patch", Some(campaign), Some(reference), None, payload)
+}
+
+pub fn patch_id(job_id: i64, payload: Value) -> NewOutboxRow {
+    row("patch", None, None, Some(job_id), payload)
+}
+
+pub fn unqueue_ref(campaign: i64, reference: &str) -> NewOutboxRow {
+    row(
+        "unqueue",
+        Some(campaign),
+        Some(reference),
+        None,
+        serde_json::json!({}),
+    )
+}
+
+pub fn unqueue_id(job_id: i64) -> NewOutboxRow {
+    row("unqueue", None, None, Some(job_id), serde_json::json!({}))
+}
+
+pub fn row(
+    op: &str,
+    campaign: Option<i64>,
+    reference: Option<&str>,
+    job_id: Option<i64>,
+    payload: Value,
+) -> NewOutboxRow {
+    NewOutboxRow {
+        op: op.into(),
+        campaign,
+        reference: reference.map(str::to_string),
+        job_id,
+        payload: payload.to_string(),
+    }
+}
+
+pub fn insert(db: &Db, rows: &[NewOutboxRow]) {
+    let mut c = db.conn().unwrap();
+    outbox::insert(&mut c, rows).unwrap();
+}
+
+/// Every outbox row, in id order.
+pub fn all_rows(db: &Db) -> Vec<OutboxRow> {
+    let mut c = db.conn().unwrap();
+    let mut rows = outbox::list(&mut c, None, i64::MAX).unwrap();
+    rows.reverse();
+    rows
+}
+
+pub fn by_id(db: &Db) -> HashMap<i64, OutboxRow> {
+    all_rows(db).into_iter().map(|r| (r.id, r)).collect()
+}
+
+/// One push with no wait between cycles (rows deferred in a run are still skipped in that run).
+pub async fn push(db: &Db, client: &ApiClient) -> PushStats {
+    let tuning = PushTuning {
+        backoff_base: Duration::ZERO,
+        backoff_cap: Duration::ZERO,
+    };
+    push::run_tuned(db, client, &PushConfig::default(), tuning, &StopFlag::new())
+        .await
+        .expect("push runs")
+}
+
+/// A pull of campaigns 28 and 29, so that the mirror knows the simulator's seeded jobs.
+pub async fn pull(db: &Db, client: &ApiClient) {
+    let config = SyncConfig {
+        campaigns: vec![28, 29],
+        ..SyncConfig::default()
+    };
+    pull::run(db, client, &config, &StopFlag::new())
+        .await
+        .expect("pull runs");
+}
+
+/// The simulator's jobs as the API's type.
+pub async fn sim_jobs(sim: &SimHandle) -> Vec<Job> {
+    sim_state(sim)
+        .await
+        .into_iter()
+        .map(|j| {
+            serde_json::from_value::<Job>(j)
+                .unwrap()
+                .truncated_to_micros()
+        })
+        .collect()
+}
+
+/// The simulator's jobs by (campaign, reference), with how many jobs share each key.
+pub async fn sim_by_ref(sim: &SimHandle) -> HashMap<(i64, String), Vec<Job>> {
+    let mut map: HashMap<(i64, String), Vec<Job>> = HashMap::new();
+    for job in sim_jobs(sim).await {
+        if let Some(r) = job.reference.clone() {
+            map.entry((job.campaign, r)).or_default().push(job);
+        }
+    }
+    map
+}
+
+/// Asserts that the mirror holds exactly what the simulator holds.
+pub async fn assert_mirror_equals_sim(db: &Db, sim: &SimHandle) {
+    let mut upstream = sim_jobs(sim).await;
+    upstream.sort_by_key(|j| j.id);
+    let mut c = db.conn().unwrap();
+    let mirror: Vec<Job> = jobs::all(&mut c)
+        .unwrap()
+        .iter()
+        .map(|r| r.to_job())
+        .collect();
+    assert_eq!(mirror.len(), upstream.len(), "mirror and simulator sizes");
+    for (m, u) in mirror.iter().zip(&upstream) {
+        assert_eq!(m, u, "job {} differs between mirror and simulator", u.id);
+    }
+}
+
+/// Bulk POSTs in the simulator's log, by endpoint suffix (`create`, `patch`, `unqueue`).
+pub async fn bulk_calls(sim: &SimHandle, kind: &str) -> usize {
+    let log = requests(&sim.base_url()).await;
+    matching(&log, "POST", &format!("/j/jobs/bulk/{kind}")).len()
+}
+
+pub fn count_status(rows: &[OutboxRow], status: &str) -> usize {
+    rows.iter().filter(|r| r.status == status).count()
+}
