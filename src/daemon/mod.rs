@@ -41,6 +41,20 @@ pub async fn run(
     run_state.update(|s| s.started_at = Some(chrono::Utc::now()));
     let cycle_lock = Arc::new(Mutex::new(()));
 
+    let scheduler_error =
+        |e: tokio_cron_scheduler::JobSchedulerError| DaemonError::Scheduler(e.to_string());
+    let mut scheduler = JobScheduler::new().await.map_err(scheduler_error)?;
+    let (tick_engine, tick_state, tick_lock) =
+        (engine.clone(), run_state.clone(), cycle_lock.clone());
+    let job = Job::new_async(settings.schedule.as_str(), move |_id, _scheduler| {
+        let (engine, state, lock) = (tick_engine.clone(), tick_state.clone(), tick_lock.clone());
+        Box::pin(async move { tick(&engine, &state, &lock).await })
+    })
+    .map_err(scheduler_error)?;
+    scheduler.add(job).await.map_err(scheduler_error)?;
+    scheduler.start().await.map_err(scheduler_error)?;
+    run_state.update(|s| s.scheduler_running = true);
+    // The server starts after the scheduler, so its first answer to /healthz is already true.
     let server = if settings.listen.is_empty() {
         None
     } else {
@@ -59,20 +73,6 @@ pub async fn run(
                 })?,
         )
     };
-
-    let scheduler_error =
-        |e: tokio_cron_scheduler::JobSchedulerError| DaemonError::Scheduler(e.to_string());
-    let mut scheduler = JobScheduler::new().await.map_err(scheduler_error)?;
-    let (tick_engine, tick_state, tick_lock) =
-        (engine.clone(), run_state.clone(), cycle_lock.clone());
-    let job = Job::new_async(settings.schedule.as_str(), move |_id, _scheduler| {
-        let (engine, state, lock) = (tick_engine.clone(), tick_state.clone(), tick_lock.clone());
-        Box::pin(async move { tick(&engine, &state, &lock).await })
-    })
-    .map_err(scheduler_error)?;
-    scheduler.add(job).await.map_err(scheduler_error)?;
-    scheduler.start().await.map_err(scheduler_error)?;
-    run_state.update(|s| s.scheduler_running = true);
     tracing::info!(schedule = %settings.schedule, listen = %settings.listen, "jobsync daemon started");
 
     // The first cycle runs now rather than at the first tick, so a fresh deployment is ready soon.
