@@ -107,7 +107,7 @@ pub async fn run(
     )
     .await?;
 
-    let incremental = pull_incremental(db, client, since, stop, &mut stats).await?;
+    let incremental = pull_incremental(db, client, since, &listed, stop, &mut stats).await?;
     pull_started = pull_started.or(incremental.server_time);
     let discovered: Vec<i64> = incremental.campaigns.into_iter().collect();
     let newly_tracked = discovered.clone();
@@ -174,6 +174,14 @@ async fn list_campaigns(
     Ok(())
 }
 
+/// One decoded batch of a listing.
+struct Decoded {
+    received: usize,
+    campaigns: BTreeSet<i64>,
+    /// The batch in stored form, less the jobs of skipped campaigns.
+    store: Vec<JobContent>,
+}
+
 struct IncrementalResult {
     /// The server's clock when the pull started, if it told us.
     server_time: Option<DateTime<Utc>>,
@@ -185,6 +193,7 @@ async fn pull_incremental(
     db: &Db,
     client: &ApiClient,
     since: DateTime<Utc>,
+    listed: &BTreeSet<i64>,
     stop: &StopFlag,
     stats: &mut PullStats,
 ) -> Result<IncrementalResult, SyncError> {
@@ -209,7 +218,11 @@ async fn pull_incremental(
     };
     let server_time = start_of_pull(listing.server_date, started);
     let progress = Progress::new("changes since the watermark", None);
-    let seen = store_listing(db, listing, false, stop, stats, progress).await?;
+    // Jobs of campaigns listed in full earlier in this pull are already stored as of a moment
+    // after the new watermark; a change made since comes back in the next pull (which reaches
+    // back to that watermark), so they are not written twice.
+    let skip = listed.clone();
+    let seen = store_listing(db, listing, false, skip, stop, stats, progress).await?;
     Ok(IncrementalResult {
         server_time,
         campaigns: seen,
@@ -237,7 +250,7 @@ async fn pull_campaign_listing(
         start_of_pull(listing.server_date, started).unwrap_or(Utc::now() - CLOCK_SKEW_MARGIN);
     tracing::info!(campaign, "listing campaign in full");
     let progress = Progress::new(format!("campaign {campaign}"), None);
-    let seen = store_listing(db, listing, true, stop, stats, progress).await?;
+    let seen = store_listing(db, listing, true, BTreeSet::new(), stop, stats, progress).await?;
     let foreign: Vec<i64> = seen.into_iter().filter(|c| *c != campaign).collect();
     let deleted = db
         .run(move |c| {
@@ -263,24 +276,34 @@ fn start_of_pull(server_date: Option<DateTime<Utc>>, sent: Instant) -> Option<Da
 
 /// Streams a listing into the mirror: one task decodes batches while this one writes the previous
 /// batch, so the network, JSON decoding and the database work at the same time, and memory holds
-/// at most a few batches. Returns the campaigns the listing contained.
+/// at most a few batches. Jobs of the `skip` campaigns are decoded but not stored. Returns the
+/// campaigns the listing contained.
 async fn store_listing(
     db: &Db,
     mut listing: crate::api::Listing,
     touch: bool,
+    skip: BTreeSet<i64>,
     stop: &StopFlag,
     stats: &mut PullStats,
     mut progress: Progress,
 ) -> Result<BTreeSet<i64>, SyncError> {
     // Conversion to stored form happens here, on the decoding side, so the database thread only
     // compares and writes.
-    let (tx, mut rx) = mpsc::channel::<Result<Vec<JobContent>, ApiError>>(2);
+    let (tx, mut rx) = mpsc::channel::<Result<Decoded, ApiError>>(2);
     let reader = tokio::spawn(async move {
         loop {
             let next = listing.next_batch(BATCH_SIZE).await;
             let done = !matches!(next, Ok(Some(_)));
             let item = match next {
-                Ok(Some(batch)) => Ok(batch.iter().map(JobContent::from_job).collect()),
+                Ok(Some(batch)) => Ok(Decoded {
+                    received: batch.len(),
+                    campaigns: batch.iter().map(|j| j.campaign).collect(),
+                    store: batch
+                        .iter()
+                        .filter(|j| !skip.contains(&j.campaign))
+                        .map(JobContent::from_job)
+                        .collect(),
+                }),
                 Ok(None) => break,
                 Err(e) => Err(e),
             };
@@ -296,13 +319,17 @@ async fn store_listing(
             if stop.is_set() {
                 return Err(SyncError::Stopped);
             }
-            campaigns.extend(batch.iter().map(|j| j.campaign));
+            campaigns.extend(batch.campaigns);
+            stats.jobs_pulled += batch.received as i64;
+            progress.add(batch.received as u64);
+            if batch.store.is_empty() {
+                continue;
+            }
+            let store = batch.store;
             let upserted = db
-                .run(move |c| jobs::upsert_contents(c, batch, ChangeSource::Pull, Ts::now(), touch))
+                .run(move |c| jobs::upsert_contents(c, store, ChangeSource::Pull, Ts::now(), touch))
                 .await?;
-            stats.jobs_pulled += upserted.received as i64;
             stats.jobs_changed += upserted.changes as i64;
-            progress.add(upserted.received as u64);
         }
         Ok(())
     }
