@@ -173,7 +173,9 @@ fn align(op: BulkOp, sent: usize, (ep, answers): (Endpoint, Vec<Value>)) -> Vec<
 }
 
 fn item_outcome(op: BulkOp, ep: &Endpoint, index: usize, answer: Value) -> ItemOutcome {
-    let result: BulkItemResult = match serde_path_to_error::deserialize(answer) {
+    let plain = <BulkItemResult as serde::Deserialize>::deserialize(&answer);
+    let result: BulkItemResult = match plain.or_else(|_| serde_path_to_error::deserialize(&answer))
+    {
         Ok(result) => result,
         Err(e) => {
             let detail = format!("item {index} of the answer: {}", describe_path(&e));
