@@ -74,21 +74,6 @@ fn last_seq(t: &TestDb) -> i64 {
     changes_after(t, 0).last().map_or(0, |c| c.seq)
 }
 
-async fn post(sim: &SimHandle, path: &str, body: Value) -> Value {
-    let response = reqwest::Client::new()
-        .post(format!("{}{path}", sim.base_url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{path}: {}",
-        response.status()
-    );
-    response.json().await.unwrap()
-}
-
 fn ids_of(answer: &Value) -> BTreeSet<i64> {
     answer
         .as_array()
@@ -149,8 +134,8 @@ fn one_cycle_brings_exactly_the_upstream_changes(t: &TestDb) {
         let e = engine(t, &sim, &[28, 29], 300);
         cycle(&e).await;
         let before = last_seq(t);
-        let dialed = ids_of(&post(&sim, "/_sim/dial", json!({"n": 6})).await);
-        let edited = ids_of(&post(&sim, "/_sim/edit", json!({"n": 4})).await);
+        let dialed = ids_of(&sim_post(&sim, "/_sim/dial", json!({"n": 6})).await);
+        let edited = ids_of(&sim_post(&sim, "/_sim/edit", json!({"n": 4})).await);
         let created = client(&sim)
             .create_job(&fields(json!({"campaign": 29, "reference": "new-1", "name": "New", "numbers": ["0612345678"]})))
             .await
@@ -208,7 +193,7 @@ fn a_job_modified_at_the_watermark_boundary_is_not_missed(t: &TestDb) {
         );
         // Jobs changed upstream exactly at the watermark, and just after the pull's request left
         // (after the server's snapshot, so the pull could not see them).
-        post(
+        sim_post(
             &sim,
             "/_sim/jobs",
             json!([
@@ -270,8 +255,8 @@ fn a_watermark_beyond_48_hours_falls_back_to_full_listings(t: &TestDb) {
         let sim = start_sim(seeded(vec![28], 100)).await;
         let e = engine(t, &sim, &[28], 300);
         cycle(&e).await;
-        post(&sim, "/_sim/clock", json!({"offset_hours": 49})).await;
-        post(&sim, "/_sim/dial", json!({"n": 5})).await;
+        sim_post(&sim, "/_sim/clock", json!({"offset_hours": 49})).await;
+        sim_post(&sim, "/_sim/dial", json!({"n": 5})).await;
         reset_log(&sim).await;
         let summary = cycle(&e).await;
         assert!(
@@ -357,7 +342,7 @@ fn a_complete_listing_marks_exactly_the_removed_jobs_deleted(t: &TestDb) {
                 .unwrap();
         }
         e.sync.full_resync_after_hours = 1;
-        force_full_listing(t);
+        force_full_listing(&t.db);
         let summary = cycle(&e).await;
         assert_eq!(summary.pull.marked_deleted, 3);
         let rows = jobs::all(&mut t.db.conn().unwrap()).unwrap();
@@ -389,7 +374,7 @@ fn a_failed_listing_marks_nothing_deleted_and_keeps_the_watermark(t: &TestDb) {
             .send()
             .await
             .unwrap();
-        force_full_listing(t);
+        force_full_listing(&t.db);
         set_faults(&sim, json!({"fail_rate": 1.0})).await;
         e.client = {
             let mut options = options(&sim, "dev-token");
@@ -421,17 +406,4 @@ fn a_failed_listing_marks_nothing_deleted_and_keeps_the_watermark(t: &TestDb) {
         cycle(&e).await;
         assert_eq!(jobs::counts(&mut t.db.conn().unwrap()).unwrap(), (49, 1));
     });
-}
-
-/// Makes every tracked campaign due for a full listing, as if the last one were long ago.
-fn force_full_listing(t: &TestDb) {
-    let long_ago = jobsync::db::Ts::from(Utc::now() - Duration::hours(30));
-    let mut c = t.db.conn().unwrap();
-    for (campaign, _) in state::tracked_campaigns(&mut c).unwrap() {
-        state::mark_campaign_listed(&mut c, campaign, long_ago).unwrap();
-    }
-}
-
-async fn reset_log(sim: &SimHandle) {
-    post(sim, "/_sim/reset-log", json!({})).await;
 }

@@ -73,7 +73,7 @@ async fn a_killed_backfill_resumes_from_its_checkpoints() {
     drop(c);
 
     set_faults(&sim, json!({"latency_ms": 0})).await;
-    post_reset_log(&sim).await;
+    reset_log(&sim).await;
     let base = sim.base_url();
     let path = db_path.clone();
     let out = tokio::task::spawn_blocking(move || {
@@ -122,12 +122,4 @@ async fn a_killed_backfill_resumes_from_its_checkpoints() {
         .map(|r| (r.content.id, r.to_job()))
         .collect();
     assert_eq!(mirror, upstream);
-}
-
-async fn post_reset_log(sim: &jobsync::sim::SimHandle) {
-    reqwest::Client::new()
-        .post(format!("{}/_sim/reset-log", sim.base_url()))
-        .send()
-        .await
-        .unwrap();
 }

@@ -13,7 +13,6 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use axum::routing::get;
-use chrono::{Duration, Utc};
 use common::*;
 use jobsync::db::Db;
 use jobsync::db::repo::{jobs, runs, state};
@@ -93,14 +92,6 @@ async fn start_proxy(upstream: String) -> (String, Arc<Mutex<Corruption>>) {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     (format!("http://{addr}"), mode)
-}
-
-fn force_full_listing(db: &Db) {
-    let mut c = db.conn().unwrap();
-    let long_ago = jobsync::db::Ts::from(Utc::now() - Duration::hours(30));
-    for (campaign, _) in state::tracked_campaigns(&mut c).unwrap() {
-        state::mark_campaign_listed(&mut c, campaign, long_ago).unwrap();
-    }
 }
 
 async fn once_async(base_url: String, db_path: &Path) -> std::process::Output {

@@ -113,3 +113,13 @@ pub fn sample_job(id: i64, campaign: i64) -> Job {
     }))
     .expect("sample job")
 }
+
+/// Makes every tracked campaign due for a full listing, as if the last one were long ago.
+pub fn force_full_listing(db: &Db) {
+    use jobsync::db::repo::state;
+    let long_ago = jobsync::db::Ts::from(chrono::Utc::now() - chrono::Duration::hours(30));
+    let mut c = db.conn().unwrap();
+    for (campaign, _) in state::tracked_campaigns(&mut c).unwrap() {
+        state::mark_campaign_listed(&mut c, campaign, long_ago).unwrap();
+    }
+}

@@ -89,3 +89,24 @@ pub async fn sim_state(sim: &SimHandle) -> Vec<Value> {
 pub fn fields(value: Value) -> serde_json::Map<String, Value> {
     value.as_object().unwrap().clone()
 }
+
+/// POSTs a JSON body to a simulator route and returns its JSON answer.
+pub async fn sim_post(sim: &SimHandle, path: &str, body: Value) -> Value {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", sim.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{path}: {}",
+        response.status()
+    );
+    response.json().await.unwrap()
+}
+
+/// Empties the simulator's request log.
+pub async fn reset_log(sim: &SimHandle) {
+    sim_post(sim, "/_sim/reset-log", json!({})).await;
+}
