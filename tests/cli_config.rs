@@ -198,9 +198,65 @@ fn migrate_works_against_postgres_from_the_command_line() {
 }
 
 #[test]
-fn unbuilt_commands_exit_2_with_a_clear_message() {
+fn prune_applies_the_retention_settings_and_keeps_failed_rows() {
+    use jobsync::db::Db;
+    use jobsync::db::models::NewOutboxRow;
+    use jobsync::db::repo::{outbox, runs};
     let dir = tempfile::tempdir().unwrap();
-    let out = jobsync(dir.path(), &["prune"], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not implemented yet"));
+    let path = dir.path().join("j.db");
+    let url = format!("sqlite://{}", path.display());
+    let db = Db::open(&url).unwrap();
+    let mut c = db.conn().unwrap();
+    let row = |reference: &str| NewOutboxRow {
+        op: "create".into(),
+        campaign: Some(28),
+        reference: Some(reference.into()),
+        job_id: None,
+        payload: "{}".into(),
+    };
+    outbox::insert(&mut c, &[row("a"), row("b"), row("c")]).unwrap();
+    let ids: Vec<i64> = outbox::list(&mut c, None, 10)
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    let long_ago = jobsync::db::Ts::from(chrono::Utc::now() - chrono::Duration::days(40));
+    let settle = |status: &str| outbox::RowUpdate {
+        status: Some(status.into()),
+        updated_at: Some(long_ago),
+        ..Default::default()
+    };
+    outbox::update(&mut c, &ids[0..1], &settle(outbox::DONE)).unwrap();
+    outbox::update(&mut c, &ids[1..2], &settle(outbox::FAILED)).unwrap();
+    let old_run = runs::start(&mut c, "once", long_ago).unwrap();
+    runs::finish(
+        &mut c,
+        old_run,
+        &runs::RunOutcome {
+            ok: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    drop(c);
+    let out = jobsync(dir.path(), &["--database-url", &url, "prune"], &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("1 done/superseded outbox rows, 1 runs"),
+        "{stdout}"
+    );
+    let mut c = db.conn().unwrap();
+    let left: Vec<String> = outbox::list(&mut c, None, 10)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.status)
+        .collect();
+    assert_eq!(left, ["failed", "pending"], "failed rows are kept (newest first)");
+    assert!(runs::recent(&mut c, 10).unwrap().is_empty());
 }

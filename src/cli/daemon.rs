@@ -9,6 +9,7 @@ pub async fn run(config: &Config) -> CliResult {
     let engine = context::engine(config, "run", StopFlag::new()).await?;
     let settings = DaemonSettings {
         schedule: config.sync.schedule.clone(),
+        retention: config.retention.clone(),
         listen: config.server.listen.clone(),
         max_staleness_secs: config.sync.max_staleness_secs,
     };

@@ -11,6 +11,7 @@ mod demo;
 mod import;
 mod once;
 mod outbox;
+mod prune;
 mod status;
 
 pub use args::{Cli, Command, GlobalArgs, ImportArgs, ImportFormat, OutboxCommand};
@@ -108,7 +109,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Changes { since, follow } => {
             changes::run(&open_db(&config).await?, since, follow).await
         }
-        Command::Prune => not_implemented("prune"),
+        Command::Prune => prune::run(&config).await,
         Command::Demo => demo::run(&config, cli_database_url).await,
         Command::Simulate(_) | Command::Check => unreachable!("handled above"),
     }
@@ -129,12 +130,6 @@ pub async fn shutdown_signal() {
         _ = terminate => {}
     }
     tracing::info!("shutdown signal received; finishing the work in flight");
-}
-
-pub(crate) fn not_implemented(what: &str) -> CliResult {
-    Err(CliError::usage(format!(
-        "`{what}` is not implemented yet in this build of jobsync"
-    )))
 }
 
 /// Connects and migrates (every command that touches the database migrates first).

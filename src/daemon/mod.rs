@@ -5,6 +5,8 @@
 
 pub mod state;
 
+use crate::config::RetentionConfig;
+use crate::db::repo::{retention, state as sync_state};
 use crate::server::{self, ServerContext};
 use crate::sync::cycle::{CycleError, Engine, Trigger, run_cycle};
 use state::RunState;
@@ -27,6 +29,7 @@ pub enum DaemonError {
 /// Settings the daemon needs besides the engine.
 pub struct DaemonSettings {
     pub schedule: String,
+    pub retention: RetentionConfig,
     pub listen: String,
     pub max_staleness_secs: u64,
 }
@@ -46,9 +49,14 @@ pub async fn run(
     let mut scheduler = JobScheduler::new().await.map_err(scheduler_error)?;
     let (tick_engine, tick_state, tick_lock) =
         (engine.clone(), run_state.clone(), cycle_lock.clone());
+    let keep = settings.retention.clone();
     let job = Job::new_async(settings.schedule.as_str(), move |_id, _scheduler| {
         let (engine, state, lock) = (tick_engine.clone(), tick_state.clone(), tick_lock.clone());
-        Box::pin(async move { tick(&engine, &state, &lock).await })
+        let keep = keep.clone();
+        Box::pin(async move {
+            tick(&engine, &state, &lock).await;
+            prune_daily(&engine, &keep).await;
+        })
     })
     .map_err(scheduler_error)?;
     scheduler.add(job).await.map_err(scheduler_error)?;
@@ -99,6 +107,37 @@ pub async fn run(
     }
     tracing::info!("jobsync daemon stopped");
     Ok(())
+}
+
+/// Applies the retention settings when the last prune is a day old (or never happened).
+async fn prune_daily(engine: &Engine, keep: &RetentionConfig) {
+    const LAST_PRUNE: &str = "last_prune_at";
+    let keep = keep.clone();
+    let pruned = engine
+        .db
+        .run(move |c| {
+            let last = sync_state::get_time(c, LAST_PRUNE)?;
+            if last.is_some_and(|at| chrono::Utc::now() - at < chrono::Duration::days(1)) {
+                return Ok(None);
+            }
+            let pruned = retention::prune(c, &keep)?;
+            sync_state::set_time(c, LAST_PRUNE, chrono::Utc::now())?;
+            Ok(Some(pruned))
+        })
+        .await;
+    match pruned {
+        Ok(Some(p)) => tracing::info!(
+            changes = p.changes,
+            outbox = p.outbox,
+            runs = p.runs,
+            deleted_jobs = p.deleted_jobs,
+            "daily prune"
+        ),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "daily prune failed; it is tried again at the next tick")
+        }
+    }
 }
 
 /// One tick: a cycle, unless one is still running (then the tick is skipped).

@@ -1,0 +1,46 @@
+//! Retention (SPEC §2 `retention.*`): old changefeed rows, settled outbox rows, run history and
+//! mirror rows deleted upstream long ago. `failed` outbox rows are kept until someone acts.
+
+use super::outbox::{DONE, SUPERSEDED};
+use crate::config::RetentionConfig;
+use crate::db::schema::{job_changes, jobs, outbox, sync_runs};
+use crate::db::{Conn, DbError, Ts};
+use crate::with_conn;
+use chrono::{Duration, Utc};
+use diesel::prelude::*;
+
+/// Rows removed by one prune.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub changes: usize,
+    pub outbox: usize,
+    pub runs: usize,
+    pub deleted_jobs: usize,
+}
+
+/// Deletes what the retention settings no longer keep.
+pub fn prune(conn: &mut Conn, keep: &RetentionConfig) -> Result<Pruned, DbError> {
+    let before = |days: u32| Ts::from(Utc::now() - Duration::days(days.into()));
+    let (changes_cut, outbox_cut) = (before(keep.changes_days), before(keep.outbox_days));
+    let (runs_cut, jobs_cut) = (before(keep.runs_days), before(keep.deleted_jobs_days));
+    with_conn!(conn, |c| Ok(Pruned {
+        changes: diesel::delete(
+            job_changes::table.filter(job_changes::observed_at.lt(changes_cut))
+        )
+        .execute(c)?,
+        outbox: diesel::delete(
+            outbox::table
+                .filter(outbox::status.eq_any([DONE, SUPERSEDED]))
+                .filter(outbox::updated_at.lt(outbox_cut)),
+        )
+        .execute(c)?,
+        runs: diesel::delete(
+            sync_runs::table
+                .filter(sync_runs::status.ne("running"))
+                .filter(sync_runs::started_at.lt(runs_cut)),
+        )
+        .execute(c)?,
+        deleted_jobs: diesel::delete(jobs::table.filter(jobs::remote_deleted_at.lt(jobs_cut)))
+            .execute(c)?,
+    }))
+}
