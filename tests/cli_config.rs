@@ -257,6 +257,10 @@ fn prune_applies_the_retention_settings_and_keeps_failed_rows() {
         .into_iter()
         .map(|r| r.status)
         .collect();
-    assert_eq!(left, ["failed", "pending"], "failed rows are kept (newest first)");
+    assert_eq!(
+        left,
+        ["failed", "pending"],
+        "failed rows are kept (newest first)"
+    );
     assert!(runs::recent(&mut c, 10).unwrap().is_empty());
 }

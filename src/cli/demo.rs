@@ -6,11 +6,13 @@ use super::{CliError, CliResult, once};
 use crate::api::{ApiClient, ClientOptions, TokenSource};
 use crate::config::{Config, PushConfig, SyncConfig};
 use crate::db::Db;
-use crate::db::repo::{changes, jobs};
+use crate::db::models::NewOutboxRow;
+use crate::db::repo::{changes, jobs, outbox};
 use crate::secret::Secret;
 use crate::sim::{SimConfig, SimHandle};
 use crate::sync::StopFlag;
 use crate::sync::cycle::{Engine, Trigger, run_cycle};
+use serde_json::json;
 
 const DEMO_DB: &str = "sqlite://jobsync-demo.db";
 const CAMPAIGNS: [i64; 2] = [28, 29];
@@ -65,12 +67,30 @@ pub async fn run(config: &Config, database_url_given: bool) -> CliResult {
     println!(
         "\n3. the simulated dialer called jobs and an agent edited some: {dialled} jobs changed upstream"
     );
+    let rows = crm_changes();
+    let written = rows.len();
+    db.run(move |c| outbox::insert(c, &rows)).await?;
+    println!(
+        "   meanwhile the CRM wrote {written} outbox rows: two new contacts, a label for one of them, an edit, a cancellation"
+    );
     let seq_mid = last_seq(&db).await?;
     cycle(
         &engine,
-        "4. second cycle (incremental: only what changed since the watermark)",
+        "4. second cycle (incremental pull, then the push of the outbox)",
     )
     .await?;
+    let pushed = db.run(|c| outbox::list(c, None, 10)).await?;
+    println!("\n   the outbox after the push (`jobsync outbox list`):");
+    for row in pushed.iter().rev() {
+        println!(
+            "   #{} {:7} {:10} job {:>5}  {}",
+            row.id,
+            row.op,
+            row.status,
+            row.result_job_id.map_or("-".into(), |id| id.to_string()),
+            row.last_error.as_deref().unwrap_or("")
+        );
+    }
 
     let new = db.run(move |c| changes::since(c, seq_mid, 5)).await?;
     println!(
@@ -112,6 +132,37 @@ async fn cycle(engine: &Engine, title: &str) -> CliResult {
         None => Ok(()),
         Some(e) => Err(CliError::failed(e)),
     }
+}
+
+/// What a CRM writes: only `op`, `campaign`, `reference`, `job_id` and `payload`.
+fn crm_changes() -> Vec<NewOutboxRow> {
+    let row =
+        |op: &str, reference: Option<&str>, job_id: Option<i64>, payload: serde_json::Value| {
+            NewOutboxRow {
+                op: op.into(),
+                campaign: reference.map(|_| 28),
+                reference: reference.map(str::to_string),
+                job_id,
+                payload: payload.to_string(),
+            }
+        };
+    vec![
+        row(
+            "create",
+            Some("crm-1001"),
+            None,
+            json!({"name": "Ada Lovelace", "numbers": ["0612345678"], "city": "Paris"}),
+        ),
+        row(
+            "create",
+            Some("crm-1002"),
+            None,
+            json!({"name": "Alan Turing", "numbers": ["0698765432"]}),
+        ),
+        row("patch", Some("crm-1001"), None, json!({"label": "vip"})),
+        row("patch", None, Some(3), json!({"city": "Lyon"})),
+        row("unqueue", None, Some(4), json!({})),
+    ]
 }
 
 async fn last_seq(db: &Db) -> Result<i64, CliError> {
