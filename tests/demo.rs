@@ -20,7 +20,10 @@ fn demo_runs_a_backfill_then_an_incremental_cycle_and_prints_the_changefeed() {
     assert!(stdout.contains("ok (full)"), "{stdout}");
     assert!(stdout.contains("ok (incremental)"), "{stdout}");
     assert!(stdout.contains("\"kind\":\"updated\""), "{stdout}");
-    assert!(stdout.contains("pushed 4 ok, 0 failed, 1 superseded"), "{stdout}");
+    assert!(
+        stdout.contains("pushed 4 ok, 0 failed, 1 superseded"),
+        "{stdout}"
+    );
     assert!(stdout.contains("merged into outbox row 1"), "{stdout}");
     assert!(dir.path().join("jobsync-demo.db").exists());
     // A second tour starts from an empty mirror again.
