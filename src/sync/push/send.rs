@@ -11,7 +11,7 @@ use super::validate::Op;
 use super::{PushStats, PushTuning};
 use crate::api::models::{Job, JobFields};
 use crate::api::{ApiClient, ApiError, ItemOutcome};
-use crate::db::models::ChangeSource;
+use crate::db::models::{ChangeSource, JobContent};
 use crate::db::repo::outbox::{self, DONE, FAILED, PENDING, RowUpdate, SUPERSEDED};
 use crate::db::repo::{jobs, transaction};
 use crate::db::{Db, Ts};
@@ -127,10 +127,12 @@ async fn send_chunk(
             &mut returned,
         );
     }
+    // Converted before taking the writer lock, so the lock covers only the writes.
+    let returned: Vec<JobContent> = returned.iter().map(JobContent::from_job).collect();
     let _writing = writer.lock().await;
     db.run(move |c| {
         transaction(c, |c| {
-            jobs::upsert(c, &returned, ChangeSource::Push, Ts::now(), false)?;
+            jobs::upsert_contents(c, returned, ChangeSource::Push, Ts::now(), false)?;
             outbox::update_each(c, &updates)
         })
     })
