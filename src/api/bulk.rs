@@ -15,7 +15,7 @@ use super::models::{BulkItemResult, Job, JobFields, JobId};
 use futures_util::future::{BoxFuture, join, join_all};
 use reqwest::Method;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// What happened to one item of a bulk call.
 // Most outcomes are `Ok`, so boxing the job would cost an allocation per item and save nothing.
@@ -127,7 +127,7 @@ impl ApiClient {
         &self,
         op: BulkOp,
         items: &[T],
-    ) -> Result<(Endpoint, Vec<Value>), ApiError> {
+    ) -> Result<(Endpoint, Vec<Box<RawValue>>), ApiError> {
         let ep = op.endpoint();
         let body = to_body(&ep, items)?;
         let _slot = self
@@ -137,7 +137,12 @@ impl ApiClient {
             .await
             .map_err(|_| ApiError::Config("the client is shutting down".into()))?;
         let answers = self
-            .call_json::<Vec<Value>>(&ep, Some(body), op.should_retry(), "the bulk answer array")
+            .call_json::<Vec<Box<RawValue>>>(
+                &ep,
+                Some(body),
+                op.should_retry(),
+                "the bulk answer array",
+            )
             .await?;
         Ok((ep, answers))
     }
@@ -154,7 +159,14 @@ fn is_splittable(error: &ApiError) -> bool {
 }
 
 /// Pairs each input with its answer, in order; an answer of the wrong length fails every item.
-fn align(op: BulkOp, sent: usize, (ep, answers): (Endpoint, Vec<Value>)) -> Vec<ItemOutcome> {
+/// The answer's items are kept as raw JSON text (one scan of the array) and each is decoded
+/// straight into its typed result: going through a `Value` tree first cost a fifth of a large
+/// push's CPU.
+fn align(
+    op: BulkOp,
+    sent: usize,
+    (ep, answers): (Endpoint, Vec<Box<RawValue>>),
+) -> Vec<ItemOutcome> {
     if answers.len() != sent {
         let error = ApiError::InvalidAnswer {
             endpoint: ep.name.clone(),
@@ -168,14 +180,17 @@ fn align(op: BulkOp, sent: usize, (ep, answers): (Endpoint, Vec<Value>)) -> Vec<
     answers
         .into_iter()
         .enumerate()
-        .map(|(index, answer)| item_outcome(op, &ep, index, answer))
+        .map(|(index, answer)| item_outcome(op, &ep, index, &answer))
         .collect()
 }
 
-fn item_outcome(op: BulkOp, ep: &Endpoint, index: usize, answer: Value) -> ItemOutcome {
-    let plain = <BulkItemResult as serde::Deserialize>::deserialize(&answer);
-    let result: BulkItemResult = match plain.or_else(|_| serde_path_to_error::deserialize(&answer))
-    {
+fn item_outcome(op: BulkOp, ep: &Endpoint, index: usize, answer: &RawValue) -> ItemOutcome {
+    let text = answer.get();
+    let plain = serde_json::from_str::<BulkItemResult>(text);
+    let result: BulkItemResult = match plain.or_else(|_| {
+        // Decoded again only to name the field at fault.
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
+    }) {
         Ok(result) => result,
         Err(e) => {
             let detail = format!("item {index} of the answer: {}", describe_path(&e));
@@ -219,14 +234,18 @@ fn describe_path(err: &serde_path_to_error::Error<serde_json::Error>) -> String 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     fn job(id: i64) -> Value {
         json!({"id": id, "campaign": 28, "state": 0, "created_at": "2024-05-01T10:00:00.123456789Z"})
     }
 
-    fn answers(values: Vec<Value>) -> (Endpoint, Vec<Value>) {
-        (BulkOp::Create.endpoint(), values)
+    fn answers(values: Vec<Value>) -> (Endpoint, Vec<Box<RawValue>>) {
+        let raw = values
+            .iter()
+            .map(|v| RawValue::from_string(v.to_string()).unwrap())
+            .collect();
+        (BulkOp::Create.endpoint(), raw)
     }
 
     #[test]
