@@ -2,20 +2,20 @@
 //!
 //! Every row is checked first with the push's own validation; a file with any bad line inserts
 //! nothing (every bad line is reported with its line number, exit 2). A good file goes in as one
-//! transaction, so a CRM never sees half an import pushed.
+//! transaction, so a CRM never sees half an import pushed. Checking shows a progress bar on a
+//! terminal, and progress log lines otherwise.
 
 use super::{CliError, CliResult, ImportArgs, ImportFormat, open_db};
 use crate::config::Config;
 use crate::db::models::NewOutboxRow;
 use crate::db::repo::outbox;
 use crate::sync::push::{RowInput, validate};
+use crate::telemetry::progress::Progress;
 use serde::Deserialize;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
-/// Rows between two progress lines.
-const PROGRESS_EVERY: usize = 10_000;
 /// Bad lines printed in full; the rest are counted.
 const MAX_REPORTED: usize = 1000;
 
@@ -76,10 +76,6 @@ impl Parsed {
         match checked {
             Ok(row) => self.rows.push(row),
             Err(reason) => self.bad.push((line, reason)),
-        }
-        let seen = self.rows.len() + self.bad.len();
-        if seen.is_multiple_of(PROGRESS_EVERY) {
-            tracing::info!(rows = seen, bad = self.bad.len(), "import: rows checked");
         }
     }
 }
@@ -159,6 +155,7 @@ fn format_of(args: &ImportArgs) -> Result<ImportFormat, CliError> {
 
 fn parse_ndjson(input: Box<dyn Read + Send>) -> Result<Parsed, CliError> {
     let mut parsed = Parsed::default();
+    let mut progress = Progress::new("import: rows checked", None);
     for (index, line) in BufReader::new(input).lines().enumerate() {
         let number = index as u64 + 1;
         let line = line.map_err(|e| CliError::usage(format!("line {number}: cannot read: {e}")))?;
@@ -168,7 +165,9 @@ fn parse_ndjson(input: Box<dyn Read + Send>) -> Result<Parsed, CliError> {
         let decoded =
             serde_json::from_str::<Line>(&line).map_err(|e| format!("not a valid row: {e}"));
         parsed.push(number, decoded);
+        progress.add(1);
     }
+    progress.finish();
     Ok(parsed)
 }
 
@@ -189,6 +188,7 @@ fn parse_csv(input: Box<dyn Read + Send>) -> Result<Parsed, CliError> {
         return Err(CliError::usage("the CSV header has no `op` column"));
     }
     let mut parsed = Parsed::default();
+    let mut progress = Progress::new("import: rows checked", None);
     for record in reader.records() {
         let (number, decoded) = match record {
             Ok(record) => {
@@ -201,7 +201,9 @@ fn parse_csv(input: Box<dyn Read + Send>) -> Result<Parsed, CliError> {
             }
         };
         parsed.push(number, decoded);
+        progress.add(1);
     }
+    progress.finish();
     Ok(parsed)
 }
 
