@@ -1,6 +1,5 @@
 //! The changefeed: appended by one writer at a time, read in `seq` order.
 
-use super::ROWS_PER_STATEMENT;
 use crate::api::models::JOB_FIELDS;
 use crate::db::lock::PgLock;
 use crate::db::models::ChangeRow;
@@ -27,14 +26,7 @@ pub fn append(conn: &mut Conn, changes: &[ChangeRow]) -> Result<(), DbError> {
         ))
         .execute(&mut **c)?;
     }
-    with_conn!(conn, |c| {
-        for chunk in changes.chunks(ROWS_PER_STATEMENT) {
-            diesel::insert_into(job_changes::table)
-                .values(chunk)
-                .execute(c)?;
-        }
-        Ok(())
-    })
+    super::insert_in_fixed_batches!(conn, job_changes::table, changes)
 }
 
 /// The highest `seq` written so far (0 when the feed is empty).

@@ -151,14 +151,9 @@ fn plan_writes(
     plan
 }
 
-/// Inserts new rows, many per statement.
+/// Inserts new rows, many per (cached) statement.
 fn insert_rows(conn: &mut Conn, rows: &[NewMirrorRow]) -> Result<(), DbError> {
-    with_conn!(conn, |c| {
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            diesel::insert_into(jobs::table).values(chunk).execute(c)?;
-        }
-        Ok(())
-    })
+    super::insert_in_fixed_batches!(conn, jobs::table, rows)
 }
 
 /// Replaces stored rows, many per statement.
