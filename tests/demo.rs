@@ -34,3 +34,27 @@ fn demo_runs_a_backfill_then_an_incremental_cycle_and_prints_the_changefeed() {
         .unwrap();
     assert!(String::from_utf8_lossy(&again.stdout).contains("run #1 ok (full)"));
 }
+
+#[test]
+fn a_reader_that_closes_the_pipe_early_ends_the_command_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_jobsync"))
+        .current_dir(dir.path())
+        .arg("demo")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("jobsync demo"), "{first}");
+    // The reader is gone (as with `| head -1`); the command must not panic writing to it.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}
