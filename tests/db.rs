@@ -275,3 +275,41 @@ fn timestamps_keep_microseconds(t: &TestDb) {
         assert_eq!(text, "2026-01-02 03:04:05.000000");
     }
 }
+
+/// Processes starting together migrate one fresh database at once; every one of them opens it,
+/// and the schema is complete exactly once.
+fn open_concurrently(url: &str) {
+    const STARTS: usize = 6;
+    let all_ready = std::sync::Arc::new(std::sync::Barrier::new(STARTS));
+    let opened: Vec<_> = (0..STARTS)
+        .map(|_| {
+            let (url, all_ready) = (url.to_string(), all_ready.clone());
+            std::thread::spawn(move || {
+                all_ready.wait();
+                jobsync::db::Db::open(&url).map(|_| ())
+            })
+        })
+        .collect();
+    for handle in opened {
+        handle
+            .join()
+            .unwrap()
+            .expect("every concurrent start opens the database");
+    }
+    let db = jobsync::db::Db::open(url).unwrap();
+    assert_eq!(db.migrate().unwrap(), 0);
+    assert!(jobs::all(&mut db.conn().unwrap()).unwrap().is_empty());
+}
+
+#[test]
+fn concurrent_starts_migrate_a_fresh_sqlite_file_once() {
+    let dir = tempfile::tempdir().unwrap();
+    open_concurrently(&format!("sqlite://{}", dir.path().join("j.db").display()));
+}
+
+#[test]
+fn concurrent_starts_migrate_a_fresh_postgres_schema_once() {
+    if let Some((url, _schema)) = common::fresh_postgres_schema() {
+        open_concurrently(&url);
+    }
+}

@@ -18,7 +18,7 @@ pub struct TestDb {
 
 enum Cleanup {
     Dir(#[allow(dead_code)] tempfile::TempDir),
-    PgSchema { admin_url: String, schema: String },
+    PgSchema(#[allow(dead_code)] PgSchema),
 }
 
 impl TestDb {
@@ -35,34 +35,44 @@ impl TestDb {
 
     /// A fresh schema in the test PostgreSQL database, or `None` (skip) when none is configured.
     pub fn postgres() -> Option<TestDb> {
-        let admin_url = postgres_url()?;
-        static N: AtomicU32 = AtomicU32::new(0);
-        let schema = format!(
-            "t_{}_{}_{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst),
-            chrono::Utc::now().timestamp_micros() % 1_000_000
-        );
-        run_sql(&admin_url, &format!("CREATE SCHEMA {schema}"));
-        let sep = if admin_url.contains('?') { '&' } else { '?' };
-        let url = format!("{admin_url}{sep}options=-csearch_path%3D{schema}");
+        let (url, schema) = fresh_postgres_schema()?;
         let db = Db::open(&url).expect("open postgres");
         Some(TestDb {
             db,
             url,
-            cleanup: Cleanup::PgSchema { admin_url, schema },
+            cleanup: Cleanup::PgSchema(schema),
         })
     }
 }
 
-impl Drop for TestDb {
+/// An empty, unmigrated schema (dropped with the guard) and a URL whose search path selects it.
+pub fn fresh_postgres_schema() -> Option<(String, PgSchema)> {
+    let admin_url = postgres_url()?;
+    static N: AtomicU32 = AtomicU32::new(0);
+    let schema = format!(
+        "t_{}_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst),
+        chrono::Utc::now().timestamp_micros() % 1_000_000
+    );
+    run_sql(&admin_url, &format!("CREATE SCHEMA {schema}"));
+    let sep = if admin_url.contains('?') { '&' } else { '?' };
+    let url = format!("{admin_url}{sep}options=-csearch_path%3D{schema}");
+    Some((url, PgSchema { admin_url, schema }))
+}
+
+/// Drops its schema when dropped.
+pub struct PgSchema {
+    admin_url: String,
+    schema: String,
+}
+
+impl Drop for PgSchema {
     fn drop(&mut self) {
-        if let Cleanup::PgSchema { admin_url, schema } = &self.cleanup {
-            run_sql(
-                admin_url,
-                &format!("DROP SCHEMA IF EXISTS {schema} CASCADE"),
-            );
-        }
+        run_sql(
+            &self.admin_url,
+            &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema),
+        );
     }
 }
 
