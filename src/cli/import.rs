@@ -64,14 +64,7 @@ impl Parsed {
     fn push(&mut self, line: u64, parsed: Result<Line, String>) {
         let checked = parsed.and_then(|l| {
             let row = l.into_row();
-            validate(RowInput {
-                op: &row.op,
-                campaign: row.campaign,
-                reference: row.reference.as_deref(),
-                job_id: row.job_id,
-                payload: &row.payload,
-            })
-            .map(|_| row)
+            validate(RowInput::from(&row)).map(|_| row)
         });
         match checked {
             Ok(row) => self.rows.push(row),

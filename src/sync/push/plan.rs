@@ -101,13 +101,7 @@ struct Entry<'a> {
 
 /// The validated intent of a stored row.
 pub fn intent_of(row: &OutboxRow) -> Result<Intent, String> {
-    validate(RowInput {
-        op: &row.op,
-        campaign: row.campaign,
-        reference: row.reference.as_deref(),
-        job_id: row.job_id,
-        payload: &row.payload,
-    })
+    validate(RowInput::from(row))
 }
 
 /// The (campaign, reference) keys and ids the rows name, for loading the mirror.

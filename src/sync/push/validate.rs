@@ -2,6 +2,7 @@
 //! `jobsync import` share this one check, so a file that imports cleanly never fails here.
 
 use crate::api::models::{JobFields, check_writable_fields};
+use crate::db::models::{NewOutboxRow, OutboxRow};
 use serde_json::Value;
 
 /// The operation a row asks for.
@@ -45,6 +46,30 @@ pub struct RowInput<'a> {
     pub reference: Option<&'a str>,
     pub job_id: Option<i64>,
     pub payload: &'a str,
+}
+
+impl<'a> From<&'a OutboxRow> for RowInput<'a> {
+    fn from(row: &'a OutboxRow) -> Self {
+        RowInput {
+            op: &row.op,
+            campaign: row.campaign,
+            reference: row.reference.as_deref(),
+            job_id: row.job_id,
+            payload: &row.payload,
+        }
+    }
+}
+
+impl<'a> From<&'a NewOutboxRow> for RowInput<'a> {
+    fn from(row: &'a NewOutboxRow) -> Self {
+        RowInput {
+            op: &row.op,
+            campaign: row.campaign,
+            reference: row.reference.as_deref(),
+            job_id: row.job_id,
+            payload: &row.payload,
+        }
+    }
 }
 
 /// Checks one row; the error is the reason stored in `last_error` (or printed by `import`).
