@@ -1,32 +1,29 @@
 //! `jobsync status`: what the database knows, without calling the API.
 
 use super::{CliError, CliResult};
-use crate::db::repo::{jobs, outbox, runs, state};
+use crate::db::repo::report;
 use crate::db::{Db, DbError};
 
 pub async fn print(db: &Db) -> CliResult {
     let report = db
         .run(|conn| {
-            let watermark = state::get(conn, state::WATERMARK)?;
-            let last_pull_ok = state::get(conn, state::LAST_PULL_OK)?;
-            let (live, deleted) = jobs::counts(conn)?;
-            let counts = outbox::counts(conn)?;
-            let oldest = outbox::oldest_pending(conn)?;
-            let recent = runs::recent(conn, 5)?;
+            let r = report::read(conn, 5)?;
             let mut out = String::new();
-            out += &format!("watermark:        {}\n", watermark.as_deref().unwrap_or("none yet"));
-            out += &format!("last good pull:   {}\n", last_pull_ok.as_deref().unwrap_or("never"));
+            out += &format!("watermark:        {}\n", r.watermark.as_deref().unwrap_or("none yet"));
+            let last_pull = r.last_successful_pull.as_deref().unwrap_or("never");
+            out += &format!("last good pull:   {last_pull}\n");
+            let (live, deleted) = (r.mirror.jobs, r.mirror.deleted_upstream);
             out += &format!("mirror:           {live} jobs, {deleted} marked deleted upstream\n");
-            let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            let counts: Vec<String> = r.outbox.iter().map(|(s, n)| format!("{s} {n}")).collect();
             out += &format!("outbox:           {}\n", counts.join(", "));
-            if let Some(oldest) = oldest {
+            if let Some(oldest) = &r.oldest_pending_outbox_row {
                 out += &format!("oldest pending:   {oldest}\n");
             }
             out += "last runs:\n";
-            if recent.is_empty() {
+            if r.last_runs.is_empty() {
                 out += "  none yet\n";
             }
-            for r in recent {
+            for r in r.last_runs {
                 out += &format!(
                     "  #{} {} {} {} started {} pulled {} changed {} pushed {} ok / {} failed, {} api calls{}\n",
                     r.id,

@@ -5,8 +5,8 @@ mod metrics;
 
 use crate::api::ApiClient;
 use crate::daemon::state::RunState;
-use crate::db::repo::{jobs, outbox, runs, state};
-use crate::db::{Db, DbError};
+use crate::db::repo::{report, state};
+use crate::db::Db;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -120,24 +120,7 @@ async fn readyz(State(ctx): State<ServerContext>) -> Response {
 
 /// Watermark, last runs, outbox and mirror counts: no personal data, no secrets.
 async fn status(State(ctx): State<ServerContext>) -> Response {
-    let report = ctx
-        .db
-        .run(|c| {
-            let outbox: serde_json::Map<String, serde_json::Value> = outbox::counts(c)?
-                .into_iter()
-                .map(|(s, n)| (s, n.into()))
-                .collect();
-            let (live, deleted) = jobs::counts(c)?;
-            Ok::<_, DbError>(json!({
-                "watermark": state::get(c, state::WATERMARK)?,
-                "last_successful_pull": state::get(c, state::LAST_PULL_OK)?,
-                "mirror": {"jobs": live, "deleted_upstream": deleted},
-                "outbox": outbox,
-                "oldest_pending_outbox_row": outbox::oldest_pending(c)?.map(|t| t.to_string()),
-                "last_runs": runs::recent(c, 5)?,
-            }))
-        })
-        .await;
+    let report = ctx.db.run(|c| report::read(c, 5)).await;
     match report {
         Ok(report) => (StatusCode::OK, Json(report)).into_response(),
         Err(e) => unavailable(&format!("the database does not answer: {e}")),
