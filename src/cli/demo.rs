@@ -2,9 +2,8 @@
 //! SQLite file (`jobsync-demo.db`, or `--database-url`), lets the simulated dialer call some
 //! jobs, syncs again, and prints what happened — mirror, changefeed, runs.
 
-use super::{CliError, CliResult, once};
-use crate::api::{ApiClient, ClientOptions, TokenSource};
-use crate::config::{Config, PushConfig, SyncConfig};
+use super::{CliError, CliResult, context, once};
+use crate::config::Config;
 use crate::db::Db;
 use crate::db::models::NewOutboxRow;
 use crate::db::repo::{changes, jobs, outbox};
@@ -43,19 +42,15 @@ pub async fn run(config: &Config, database_url_given: bool) -> CliResult {
         sim.base_url()
     );
 
-    let db = tokio::task::spawn_blocking(move || Db::open(&url))
-        .await
-        .map_err(|e| CliError::failed(e.to_string()))??;
-    let engine = Engine {
-        db: db.clone(),
-        client: demo_client(&sim)?,
-        sync: SyncConfig {
-            campaigns: CAMPAIGNS.to_vec(),
-            ..config.sync.clone()
-        },
-        push: PushConfig::default(),
-        stop: StopFlag::new(),
-    };
+    // The tour is an ordinary configuration pointed at the in-process simulator.
+    let mut demo = config.clone();
+    demo.database.url = url;
+    demo.api.base_url = sim.base_url();
+    demo.api.token = Some(Secret::new(SimConfig::default().token));
+    demo.api.token_file = None;
+    demo.sync.campaigns = CAMPAIGNS.to_vec();
+    let engine = context::engine(&demo, "demo", StopFlag::new()).await?;
+    let db = engine.db.clone();
     let seq_before = last_seq(&db).await?;
     cycle(
         &engine,
@@ -110,16 +105,6 @@ pub async fn run(config: &Config, database_url_given: bool) -> CliResult {
     );
     sim.shutdown().await;
     Ok(())
-}
-
-fn demo_client(sim: &SimHandle) -> Result<ApiClient, CliError> {
-    let url = sim
-        .base_url()
-        .parse()
-        .map_err(|e| CliError::failed(format!("{e}")))?;
-    let mut options = ClientOptions::new(url, TokenSource::Static(Secret::new("dev-token")));
-    options.requests_per_second = 100.0;
-    ApiClient::new(options).map_err(|e| CliError::failed(e.to_string()))
 }
 
 async fn cycle(engine: &Engine, title: &str) -> CliResult {

@@ -5,8 +5,8 @@ mod metrics;
 
 use crate::api::ApiClient;
 use crate::daemon::state::RunState;
-use crate::db::repo::{report, state};
 use crate::db::Db;
+use crate::db::repo::{report, state};
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
