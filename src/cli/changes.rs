@@ -22,9 +22,7 @@ pub async fn run(db: &Db, since: i64, follow: bool) -> CliResult {
         if let Some(row) = page.last() {
             last = row.seq;
         }
-        if !print_page(&page)? {
-            return Ok(());
-        }
+        print_page(&page)?;
         if page.len() as i64 == PAGE {
             continue;
         }
@@ -38,28 +36,16 @@ pub async fn run(db: &Db, since: i64, follow: bool) -> CliResult {
     }
 }
 
-/// Prints rows; `false` when the reader went away (a closed pipe ends the command quietly).
-fn print_page(rows: &[ChangeRow]) -> Result<bool, CliError> {
+/// Prints rows. A reader that goes away (`| head`) ends the process through SIGPIPE, as for
+/// every command (see `main`).
+fn print_page(rows: &[ChangeRow]) -> Result<(), CliError> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    let failed = |e: std::io::Error| CliError::failed(format!("cannot write to stdout: {e}"));
     for row in rows {
-        let line = to_json(row);
-        if let Err(e) = writeln!(out, "{line}") {
-            return broken_pipe_or(e);
-        }
+        writeln!(out, "{}", to_json(row)).map_err(failed)?;
     }
-    match out.flush() {
-        Ok(()) => Ok(true),
-        Err(e) => broken_pipe_or(e),
-    }
-}
-
-fn broken_pipe_or(e: std::io::Error) -> Result<bool, CliError> {
-    if e.kind() == std::io::ErrorKind::BrokenPipe {
-        Ok(false)
-    } else {
-        Err(CliError::failed(format!("cannot write to stdout: {e}")))
-    }
+    out.flush().map_err(failed)
 }
 
 /// One changefeed row as NDJSON, keys in the table's column order, `changed_fields` as a JSON
