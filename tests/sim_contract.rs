@@ -1,6 +1,8 @@
 //! The simulator against `jobs-api.md` and SPEC §6: each documented example as printed (typos
 //! fixed), the rules the documentation states, and the control routes tests rely on.
 
+mod common;
+
 use chrono::{DateTime, Duration, SecondsFormat, Utc};
 use jobsync::sim::{self, Faults, SimConfig, SimHandle};
 use reqwest::{Client, StatusCode};
@@ -54,19 +56,7 @@ impl Api {
     }
 
     async fn control(&self, path: &str, body: Value) -> Value {
-        let response = self
-            .http
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(
-            response.status().is_success(),
-            "{path}: {}",
-            response.status()
-        );
-        response.json().await.unwrap()
+        common::sim_post(&self.sim, path, body).await
     }
 
     async fn state(&self) -> Vec<Value> {
