@@ -56,10 +56,10 @@ pub async fn run(
     let (old_watermark, watermark_saved_at, tracked) = db
         .run(move |c| {
             state::track_campaigns(c, &configured)?;
-            let saved_at = state::get_with_saved_at(c, state::WATERMARK)?.map(|(_, at)| at);
+            let watermark = state::get_time_with_saved_at(c, state::WATERMARK)?;
             Ok((
-                state::get_time(c, state::WATERMARK)?,
-                saved_at,
+                watermark.map(|(at, _)| at),
+                watermark.map(|(_, saved_at)| saved_at),
                 state::tracked_campaigns(c)?,
             ))
         })

@@ -39,23 +39,31 @@ pub fn set(conn: &mut Conn, key: &str, value: &str) -> Result<(), DbError> {
     })
 }
 
-/// A stored value and when it was saved (local clock).
-pub fn get_with_saved_at(conn: &mut Conn, key: &str) -> Result<Option<(String, Ts)>, DbError> {
-    with_conn!(conn, |c| Ok(sync_state::table
-        .find(key)
-        .select((sync_state::value, sync_state::updated_at))
-        .first::<(String, Ts)>(c)
-        .optional()?))
-}
-
 /// A stored instant (RFC 3339).
 pub fn get_time(conn: &mut Conn, key: &str) -> Result<Option<DateTime<Utc>>, DbError> {
-    match get(conn, key)? {
-        None => Ok(None),
-        Some(text) => DateTime::parse_from_rfc3339(&text)
-            .map(|t| Some(t.with_timezone(&Utc)))
-            .map_err(|e| DbError::Corrupt(format!("sync_state `{key}` = {text:?}: {e}"))),
-    }
+    get(conn, key)?
+        .map(|text| parse_time(key, &text))
+        .transpose()
+}
+
+/// A stored instant and when it was saved (local clock), in one read.
+pub fn get_time_with_saved_at(
+    conn: &mut Conn,
+    key: &str,
+) -> Result<Option<(DateTime<Utc>, Ts)>, DbError> {
+    let row: Option<(String, Ts)> = with_conn!(conn, |c| sync_state::table
+        .find(key)
+        .select((sync_state::value, sync_state::updated_at))
+        .first(c)
+        .optional())?;
+    row.map(|(text, saved_at)| Ok((parse_time(key, &text)?, saved_at)))
+        .transpose()
+}
+
+fn parse_time(key: &str, text: &str) -> Result<DateTime<Utc>, DbError> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| DbError::Corrupt(format!("sync_state `{key}` = {text:?}: {e}")))
 }
 
 pub fn set_time(conn: &mut Conn, key: &str, value: DateTime<Utc>) -> Result<(), DbError> {
