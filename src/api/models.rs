@@ -88,23 +88,6 @@ pub const JOB_FIELDS: [&str; 16] = [
     "created_at",
 ];
 
-/// Fields a create or patch may carry (`campaign` only on create).
-pub const WRITABLE_FIELDS: [&str; 13] = [
-    "reference",
-    "name",
-    "email",
-    "numbers",
-    "address_lines",
-    "postal_code",
-    "city",
-    "country",
-    "appointment",
-    "data",
-    "label",
-    "url",
-    "value",
-];
-
 /// One item of a bulk create (`campaign` and the writable fields) or a bulk patch (`id` and the
 /// writable fields). Kept as a JSON object so that PATCH semantics survive: a field absent is left
 /// alone, a field set to `null` is cleared.

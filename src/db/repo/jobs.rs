@@ -247,22 +247,6 @@ pub fn get(conn: &mut Conn, id: i64) -> Result<Option<MirrorRow>, DbError> {
     Ok(load_by_id(conn, [id])?.remove(&id))
 }
 
-/// The live (not deleted) job with this reference in this campaign.
-pub fn find_by_reference(
-    conn: &mut Conn,
-    campaign: i64,
-    reference: &str,
-) -> Result<Option<MirrorRow>, DbError> {
-    with_conn!(conn, |c| Ok(jobs::table
-        .filter(jobs::campaign.eq(campaign))
-        .filter(jobs::reference.eq(reference))
-        .filter(jobs::remote_deleted_at.is_null())
-        .order(jobs::id.desc())
-        .select(MirrorRow::as_select())
-        .first(c)
-        .optional()?))
-}
-
 /// Every mirror row, in id order (tests and comparisons).
 pub fn all(conn: &mut Conn) -> Result<Vec<MirrorRow>, DbError> {
     with_conn!(conn, |c| Ok(jobs::table
@@ -352,7 +336,7 @@ pub fn find_by_references(
                 .order(jobs::id.asc())
                 .select(MirrorRow::as_select())
                 .load(c)?);
-            // The newest job wins, as in `find_by_reference`.
+            // The newest live job wins when a reference was used twice.
             for row in rows {
                 if let Some(reference) = row.content.reference.clone() {
                     found.insert((campaign, reference), row);

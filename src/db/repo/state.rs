@@ -9,7 +9,6 @@ use diesel::upsert::excluded;
 
 pub const WATERMARK: &str = "watermark";
 pub const LAST_PULL_OK: &str = "last_pull_ok_at";
-pub const LAST_FULL_RESYNC: &str = "last_full_resync_at";
 
 pub fn get(conn: &mut Conn, key: &str) -> Result<Option<String>, DbError> {
     with_conn!(conn, |c| Ok(sync_state::table
