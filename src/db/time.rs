@@ -81,10 +81,39 @@ impl ToSql<Timestamp, Sqlite> for Ts {
 }
 
 impl FromSql<Timestamp, Sqlite> for Ts {
-    fn from_sql(value: SqliteValue<'_, '_, '_>) -> deserialize::Result<Self> {
+    /// The contract's form is parsed with chrono's items built once; anything else (a CRM that
+    /// wrote another form SQLite understands) goes through Diesel's parser, which tries eighteen
+    /// format strings in turn and parsed each one again for every value: a sixth of the time
+    /// the push spent loading a large outbox.
+    fn from_sql(mut value: SqliteValue<'_, '_, '_>) -> deserialize::Result<Self> {
+        if let Some(naive) = parse_sqlite_text(value.read_text()) {
+            return Ok(Ts::from(naive.and_utc()));
+        }
         let naive = <NaiveDateTime as FromSql<Timestamp, Sqlite>>::from_sql(value)?;
         Ok(Ts::from(naive.and_utc()))
     }
+}
+
+/// `YYYY-MM-DD HH:MM:SS[.fraction]`, the form jobsync writes and the schema defaults produce.
+fn parse_sqlite_text(text: &str) -> Option<NaiveDateTime> {
+    use chrono::format::{Fixed, Item, Numeric, Pad, Parsed};
+    const ITEMS: &[Item<'static>] = &[
+        Item::Numeric(Numeric::Year, Pad::Zero),
+        Item::Literal("-"),
+        Item::Numeric(Numeric::Month, Pad::Zero),
+        Item::Literal("-"),
+        Item::Numeric(Numeric::Day, Pad::Zero),
+        Item::Literal(" "),
+        Item::Numeric(Numeric::Hour, Pad::Zero),
+        Item::Literal(":"),
+        Item::Numeric(Numeric::Minute, Pad::Zero),
+        Item::Literal(":"),
+        Item::Numeric(Numeric::Second, Pad::Zero),
+        Item::Fixed(Fixed::Nanosecond),
+    ];
+    let mut parsed = Parsed::new();
+    chrono::format::parse(&mut parsed, text, ITEMS.iter()).ok()?;
+    parsed.to_naive_datetime_with_offset(0).ok()
 }
 
 impl ToSql<Timestamp, Pg> for Ts {
@@ -105,6 +134,31 @@ impl FromSql<Timestamp, Pg> for Ts {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+
+    #[test]
+    fn sqlite_text_is_read_back_in_every_form_sqlite_may_hold() {
+        let exact =
+            Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap() + chrono::Duration::microseconds(7);
+        let text = Ts::from(exact).sqlite_text();
+        assert_eq!(
+            parse_sqlite_text(&text).map(|n| n.and_utc()),
+            Some(exact),
+            "{text}"
+        );
+        let whole = Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap();
+        assert_eq!(
+            parse_sqlite_text("2026-01-02 03:04:05").map(|n| n.and_utc()),
+            Some(whole)
+        );
+        assert_eq!(
+            parse_sqlite_text("2026-01-02 03:04:05.5").map(|n| n.and_utc()),
+            Some(whole + chrono::Duration::milliseconds(500))
+        );
+        // Other forms are left to Diesel's parser.
+        assert_eq!(parse_sqlite_text("2026-01-02T03:04:05Z"), None);
+        assert_eq!(parse_sqlite_text("2026-01-02 03:04:05+02:00"), None);
+        assert_eq!(parse_sqlite_text("2026-13-02 03:04:05"), None);
+    }
 
     #[test]
     fn sqlite_text_has_six_fractional_digits() {
