@@ -62,12 +62,16 @@ pub fn due(conn: &mut Conn, now: Ts, limit: i64) -> Result<Vec<OutboxRow>, DbErr
 
 /// Every `pending` or `in_flight` row, in id order, whether due or not: the push plans from
 /// these, and a row not yet due still holds back the later rows of its target.
+///
+/// Sorted here rather than by the database: the rows come through the status index, and an
+/// `ORDER BY id` made SQLite copy every row, payload and all, into a temporary sort tree.
 pub fn open(conn: &mut Conn) -> Result<Vec<OutboxRow>, DbError> {
-    with_conn!(conn, |c| Ok(outbox::table
+    let mut rows: Vec<OutboxRow> = with_conn!(conn, |c| outbox::table
         .filter(outbox::status.eq_any([PENDING, IN_FLIGHT]))
-        .order(outbox::id.asc())
         .select(OutboxRow::as_select())
-        .load(c)?))
+        .load(c)?);
+    rows.sort_unstable_by_key(|row| row.id);
+    Ok(rows)
 }
 
 /// Marks rows `in_flight` before their request leaves, and stamps `first_sent_at` on the creates
