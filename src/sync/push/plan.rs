@@ -97,6 +97,8 @@ struct Entry<'a> {
     intent: Intent,
     /// A create whose job the mirror already has: sent as a patch.
     existing: Option<&'a MirrorRow>,
+    /// The next entry of the same target.
+    next: Option<usize>,
 }
 
 /// The validated intent of a stored row.
@@ -119,6 +121,10 @@ pub fn targets_named(rows: &[OutboxRow]) -> (Vec<RefKey>, Vec<i64>) {
 }
 
 /// Plans one round. `blocked` rows are left alone in this run and hold back their target.
+///
+/// A large outbox (a CRM's backfill) holds one row per target, a hundred thousand of them: the
+/// rows of a target are chained through one vector rather than kept in a vector per target, and
+/// each key is built once and moved, not cloned.
 pub fn plan_round(
     rows: &[OutboxRow],
     mirror: &Mirror,
@@ -126,59 +132,83 @@ pub fn plan_round(
     now: Ts,
 ) -> RoundPlan {
     let mut plan = RoundPlan::default();
-    let mut order: Vec<Key> = Vec::new();
-    let mut per_key: HashMap<Key, Vec<Entry>> = HashMap::new();
-    let mut creates_waiting: HashSet<RefKey> = HashSet::new();
+    let mut entries: Vec<Entry> = Vec::with_capacity(rows.len());
+    // Per target: its first and last entry, in the order targets first appear.
+    let mut chains: Vec<(usize, usize)> = Vec::new();
+    let mut chain_of: HashMap<Key, usize> = HashMap::with_capacity(rows.len());
     for row in rows {
-        let intent = match intent_of(row) {
+        let mut intent = match intent_of(row) {
             Ok(intent) => intent,
             Err(reason) => {
                 plan.failed.push((row.id, reason));
                 continue;
             }
         };
-        let (key, existing) = match key_of(&intent, mirror, &creates_waiting) {
+        let target = std::mem::replace(&mut intent.target, Target::Id(0));
+        // A reference the mirror does not know is valid only behind a pending create of it,
+        // which gave it a chain.
+        let (key, existing) = match key_of(target, intent.op, mirror, |k| chain_of.contains_key(k))
+        {
             Ok(found) => found,
             Err(reason) => {
                 plan.failed.push((row.id, reason));
                 continue;
             }
         };
-        if let Key::Ref(k) = &key {
-            creates_waiting.insert(k.clone());
-        }
-        let entries = per_key.entry(key.clone()).or_default();
-        if entries.is_empty() {
-            order.push(key);
-        }
+        let index = entries.len();
         entries.push(Entry {
             row,
             intent,
             existing: if row.op == "create" { existing } else { None },
+            next: None,
         });
+        match chain_of.get(&key) {
+            Some(&chain) => {
+                let last = &mut chains[chain].1;
+                entries[*last].next = Some(index);
+                *last = index;
+            }
+            None => {
+                chain_of.insert(key, chains.len());
+                chains.push((index, index));
+            }
+        }
     }
-    for key in order {
-        let mut entries = per_key.remove(&key).unwrap_or_default();
-        let ready = entries
-            .iter()
-            .take_while(|e| is_ready(e.row, blocked, now))
-            .count();
-        if ready > 0 {
-            entries.truncate(ready);
-            take_prefix(entries, &key, &mut plan);
+    let mut keys: Vec<Option<Key>> = vec![None; chains.len()];
+    for (key, chain) in chain_of {
+        keys[chain] = Some(key);
+    }
+    let mut entries: Vec<Option<Entry>> = entries.into_iter().map(Some).collect();
+    for ((first, _), key) in chains.into_iter().zip(keys) {
+        let Some(key) = key else { continue };
+        let mut ready = Vec::new();
+        let mut next = Some(first);
+        while let Some(index) = next {
+            let Some(entry) = entries[index].take() else {
+                break;
+            };
+            if !is_ready(entry.row, blocked, now) {
+                break;
+            }
+            next = entry.next;
+            ready.push(entry);
+        }
+        if !ready.is_empty() {
+            take_prefix(ready, &key, &mut plan);
         }
     }
     plan
 }
 
 fn key_of<'m>(
-    intent: &Intent,
+    target: Target,
+    op: Op,
     mirror: &'m Mirror,
-    creates_waiting: &HashSet<RefKey>,
+    pending_create: impl Fn(&Key) -> bool,
 ) -> Result<(Key, Option<&'m MirrorRow>), String> {
-    match &intent.target {
-        Target::Id(id) => match mirror.by_id.get(id) {
-            Some(job) => Ok((Key::Id(*id), Some(job))),
+    match target {
+        Target::Id(id) => match mirror.by_id.get(&id) {
+            Some(job) => Ok((Key::Id(id), Some(job))),
             None => Err(format!(
                 "job {id} is unknown: the mirror has no live job with this id (never pulled, or \
                  deleted upstream)"
@@ -188,12 +218,17 @@ fn key_of<'m>(
             campaign,
             reference,
         } => {
-            let k = (*campaign, reference.clone());
+            let k = (campaign, reference);
             if let Some(job) = mirror.by_ref.get(&k) {
-                Ok((Key::Id(job.content.id), Some(job)))
-            } else if intent.op == Op::Create || creates_waiting.contains(&k) {
-                Ok((Key::Ref(k), None))
+                return Ok((Key::Id(job.content.id), Some(job)));
+            }
+            let key = Key::Ref(k);
+            if op == Op::Create || pending_create(&key) {
+                Ok((key, None))
             } else {
+                let Key::Ref((campaign, reference)) = key else {
+                    unreachable!("built just above")
+                };
                 Err(format!(
                     "no job with reference `{reference}` in campaign {campaign}: neither the \
                      mirror nor an earlier pending create knows it"
