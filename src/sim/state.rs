@@ -116,26 +116,15 @@ impl Store {
                 item.campaign
             )));
         }
-        let blank = Job {
-            id: self.next_id,
-            campaign: item.campaign,
-            reference: None,
-            name: None,
-            email: None,
-            numbers: None,
-            address_lines: None,
-            postal_code: None,
-            city: None,
-            country: None,
-            appointment: None,
-            data: None,
-            label: None,
-            url: None,
-            value: None,
-            state: state::QUEUED,
-            created_at: Some(now.trunc_subsecs(3)),
-        };
-        let mut job = with_fields(&blank, &item.fields).map_err(ItemFailure::Invalid)?;
+        // The item's fields (all writable, `parse_create` saw to it) over the defaults of a new
+        // job: decoded straight from the item, without a blank job serialised to merge them into.
+        let mut fields = item.fields;
+        fields.insert("id".into(), self.next_id.into());
+        fields.insert("campaign".into(), item.campaign.into());
+        fields.insert("state".into(), state::QUEUED.into());
+        let mut job: Job = serde_json::from_value(Value::Object(fields))
+            .map_err(|e| ItemFailure::Invalid(format!("invalid job fields: {e}")))?;
+        job.created_at = Some(now.trunc_subsecs(3));
         job.numbers.get_or_insert_with(Vec::new);
         job.address_lines.get_or_insert_with(Vec::new);
         self.check_reference_free(&job)?;
