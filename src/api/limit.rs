@@ -35,7 +35,11 @@ impl RateLimiter {
             *next = slot + self.interval;
             slot
         };
-        tokio::time::sleep_until(slot).await;
+        // The timer has a resolution of a millisecond: even a deadline already passed would
+        // wait for its next tick, a millisecond added to every request in a busy push.
+        if slot > Instant::now() {
+            tokio::time::sleep_until(slot).await;
+        }
     }
 }
 
