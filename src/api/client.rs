@@ -270,17 +270,28 @@ impl ApiClient {
         should_retry: fn(&ApiError) -> bool,
         what: &str,
     ) -> Result<T, ApiError> {
+        let bytes = self.call_bytes(ep, body, should_retry).await?;
+        decode_json(&ep.name, &bytes, what)
+    }
+
+    /// A request and its whole answer, retried per `should_retry`; the caller decodes it (an
+    /// answer that does not decode is never retried, so decoding need not happen in here).
+    pub(super) async fn call_bytes(
+        &self,
+        ep: &Endpoint,
+        body: Option<Bytes>,
+        should_retry: fn(&ApiError) -> bool,
+    ) -> Result<Bytes, ApiError> {
         self.inner
             .policy
             .run(&ep.name, &self.inner.stats, should_retry, |n| {
                 let body = body.clone();
                 async move {
                     let response = self.send_once(ep, &[], body, n, true).await?;
-                    let bytes = response
+                    response
                         .bytes()
                         .await
-                        .map_err(|e| ApiError::from_reqwest(&ep.name, &e, self.inner.timeout))?;
-                    decode_json(&ep.name, &bytes, what)
+                        .map_err(|e| ApiError::from_reqwest(&ep.name, &e, self.inner.timeout))
                 }
             })
             .await
