@@ -3,8 +3,9 @@
 //! Every chunk of `api.bulk_size` operations is a small pipeline: mark its rows `in_flight` (and
 //! stamp `first_sent_at` on first-time creates) before the request leaves, send it, then record
 //! each item's outcome together with the job the API returned, in one transaction. Chunks run
-//! concurrently, twice the client's `api.concurrency` at a time, so that one chunk's database
-//! work overlaps the others' requests (the client's own limit still bounds calls in flight).
+//! concurrently, twice the client's `api.concurrency` at a time and each in its own task, so that
+//! one chunk's database and encoding work overlaps the others' requests (the client's own limit
+//! still bounds calls in flight).
 
 use super::plan::Group;
 use super::validate::Op;
@@ -16,10 +17,12 @@ use crate::db::repo::outbox::{self, DONE, FAILED, PENDING, RowUpdate, SUPERSEDED
 use crate::db::repo::{jobs, transaction};
 use crate::db::{Db, Ts};
 use crate::sync::SyncError;
-use futures_util::stream::{self, StreamExt};
 use rand::Rng;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// What a round's sending did, beyond the rows it settled.
 #[derive(Debug, Default)]
@@ -60,12 +63,29 @@ pub async fn send_round(
     let width = client.concurrency().max(1) * 2;
     // One writer at a time: SQLite refuses (rather than waits for) a transaction that read
     // before another writer committed, and the chunks' writes are short anyway.
-    let writer = Mutex::new(());
-    let results: Vec<Result<Sent, SyncError>> = stream::iter(chunks)
-        .map(|(op, chunk)| send_chunk(db, client, &writer, op, chunk, limits))
-        .buffer_unordered(width)
-        .collect()
-        .await;
+    let writer = Arc::new(Mutex::new(()));
+    // Each chunk is its own task: encoding a thousand items and decoding their answers is CPU
+    // work, and in one task it delayed the next request whenever a slot came free. Dropping
+    // the set (a stopped run) aborts the chunks, as dropping their futures did.
+    let mut tasks = JoinSet::new();
+    let mut chunks = chunks.into_iter();
+    let mut results: Vec<Result<Sent, SyncError>> = Vec::new();
+    loop {
+        while tasks.len() < width {
+            let Some((op, chunk)) = chunks.next() else {
+                break;
+            };
+            let (db, client, writer) = (db.clone(), client.clone(), writer.clone());
+            tasks.spawn(
+                async move { send_chunk(&db, &client, &writer, op, chunk, limits).await }
+                    .in_current_span(),
+            );
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        results.push(joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())));
+    }
     let mut total = Sent::default();
     for result in results {
         let sent = result?;
