@@ -21,8 +21,8 @@ use crate::config::PushConfig;
 use crate::db::models::OutboxRow;
 use crate::db::repo::outbox::{self, DONE, FAILED, RowUpdate, SUPERSEDED};
 use crate::db::repo::{jobs, transaction};
-use crate::db::{Db, Ts};
-use plan::{Mirror, RoundPlan, plan_round, targets_named};
+use crate::db::{Db, DbError, Ts};
+use plan::{Mirror, RoundPlan, plan_validated, targets_named, validate_all};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -176,19 +176,27 @@ async fn plan_with_mirror(
     Ok(db
         .run(move |c| {
             let started = std::time::Instant::now();
-            let (refs, ids) = targets_named(&rows);
-            let mirror = Mirror {
-                by_ref: jobs::find_by_references(c, &refs)?,
-                by_id: jobs::load_by_id(c, ids)?
-                    .into_iter()
-                    .filter(|(_, row)| row.remote_deleted_at.is_none())
-                    .collect(),
-            };
-            let mirror_ms = ms(started);
-            let plan = plan_round(&rows, &mirror, &blocked, Ts::now());
+            // The payloads are checked while the mirror is read.
+            let (mirror, intents) = std::thread::scope(|scope| {
+                let validating = scope.spawn(|| validate_all(&rows));
+                let (refs, ids) = targets_named(&rows);
+                let mirror = Mirror {
+                    by_ref: jobs::find_by_references(c, &refs)?,
+                    by_id: jobs::load_by_id(c, ids)?
+                        .into_iter()
+                        .filter(|(_, row)| row.remote_deleted_at.is_none())
+                        .collect(),
+                };
+                let intents = validating
+                    .join()
+                    .unwrap_or_else(|p| std::panic::resume_unwind(p));
+                Ok::<_, DbError>((mirror, intents))
+            })?;
+            let checked_ms = ms(started);
+            let plan = plan_validated(&rows, intents, &mirror, &blocked, Ts::now());
             tracing::debug!(
-                mirror_ms,
-                plan_ms = ms(started) - mirror_ms,
+                checked_ms,
+                plan_ms = ms(started) - checked_ms,
                 "push: round planned"
             );
             Ok((plan, rows.len()))
