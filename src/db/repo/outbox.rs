@@ -1,7 +1,7 @@
 //! The outbox: rows the CRM (or `import`) appends and the push drains.
 
 use super::{IDS_PER_STATEMENT, ROWS_PER_STATEMENT, transaction};
-use crate::db::models::{NewOutboxRow, OutboxRow};
+use crate::db::models::{NewOutboxRow, OpenRow, OutboxRow};
 use crate::db::schema::outbox;
 use crate::db::{Conn, DbError, Ts};
 use crate::with_conn;
@@ -65,10 +65,10 @@ pub fn due(conn: &mut Conn, now: Ts, limit: i64) -> Result<Vec<OutboxRow>, DbErr
 ///
 /// Sorted here rather than by the database: the rows come through the status index, and an
 /// `ORDER BY id` made SQLite copy every row, payload and all, into a temporary sort tree.
-pub fn open(conn: &mut Conn) -> Result<Vec<OutboxRow>, DbError> {
-    let mut rows: Vec<OutboxRow> = with_conn!(conn, |c| outbox::table
+pub fn open(conn: &mut Conn) -> Result<Vec<OpenRow>, DbError> {
+    let mut rows: Vec<OpenRow> = with_conn!(conn, |c| outbox::table
         .filter(outbox::status.eq_any([PENDING, IN_FLIGHT]))
-        .select(OutboxRow::as_select())
+        .select(OpenRow::as_select())
         .load(c)?);
     rows.sort_unstable_by_key(|row| row.id);
     Ok(rows)

@@ -18,7 +18,7 @@ pub use validate::{Intent, Op, RowInput, Target, validate};
 use super::{StopFlag, SyncError};
 use crate::api::ApiClient;
 use crate::config::PushConfig;
-use crate::db::models::OutboxRow;
+use crate::db::models::OpenRow;
 use crate::db::repo::outbox::{self, DONE, FAILED, RowUpdate, SUPERSEDED};
 use crate::db::repo::{jobs, transaction};
 use crate::db::{Db, DbError, Ts};
@@ -169,7 +169,7 @@ fn ms(since: std::time::Instant) -> u64 {
 /// open rows considered.
 async fn plan_with_mirror(
     db: &Db,
-    rows: Vec<OutboxRow>,
+    rows: Vec<OpenRow>,
     blocked: &HashSet<i64>,
 ) -> Result<(RoundPlan, usize), SyncError> {
     let blocked = blocked.clone();

@@ -16,7 +16,7 @@
 use super::validate::{Intent, Op, RowInput, Target, validate};
 use crate::api::models::JobFields;
 use crate::db::Ts;
-use crate::db::models::{MirrorRow, OutboxRow, canonical_json};
+use crate::db::models::{MirrorRow, OpenRow, canonical_json};
 use crate::db::repo::outbox::{IN_FLIGHT, PENDING};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -93,7 +93,7 @@ enum Key {
 }
 
 struct Entry<'a> {
-    row: &'a OutboxRow,
+    row: &'a OpenRow,
     intent: Intent,
     /// A create whose job the mirror already has: sent as a patch.
     existing: Option<&'a MirrorRow>,
@@ -102,12 +102,12 @@ struct Entry<'a> {
 }
 
 /// The validated intent of a stored row.
-pub fn intent_of(row: &OutboxRow) -> Result<Intent, String> {
+pub fn intent_of(row: &OpenRow) -> Result<Intent, String> {
     validate(RowInput::from(row))
 }
 
 /// The (campaign, reference) keys and ids the rows name, for loading the mirror.
-pub fn targets_named(rows: &[OutboxRow]) -> (Vec<RefKey>, Vec<i64>) {
+pub fn targets_named(rows: &[OpenRow]) -> (Vec<RefKey>, Vec<i64>) {
     let mut refs = Vec::new();
     let mut ids = Vec::new();
     for row in rows {
@@ -122,12 +122,7 @@ pub fn targets_named(rows: &[OutboxRow]) -> (Vec<RefKey>, Vec<i64>) {
 
 /// [`plan_validated`], validating the rows first.
 #[cfg(test)]
-pub fn plan_round(
-    rows: &[OutboxRow],
-    mirror: &Mirror,
-    blocked: &HashSet<i64>,
-    now: Ts,
-) -> RoundPlan {
+pub fn plan_round(rows: &[OpenRow], mirror: &Mirror, blocked: &HashSet<i64>, now: Ts) -> RoundPlan {
     plan_validated(rows, validate_all(rows), mirror, blocked, now)
 }
 
@@ -136,7 +131,7 @@ const ROWS_PER_THREAD: usize = 8192;
 
 /// Every row's intent, in row order. Parsing the payloads is most of a large round's planning
 /// and each row stands alone, so a large outbox is split across the machine's cores.
-pub fn validate_all(rows: &[OutboxRow]) -> Vec<Result<Intent, String>> {
+pub fn validate_all(rows: &[OpenRow]) -> Vec<Result<Intent, String>> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = cores.min(rows.len() / ROWS_PER_THREAD).max(1);
     if threads == 1 {
@@ -161,7 +156,7 @@ pub fn validate_all(rows: &[OutboxRow]) -> Vec<Result<Intent, String>> {
 /// rows of a target are chained through one vector rather than kept in a vector per target, and
 /// each key is built once and moved, not cloned.
 pub fn plan_validated(
-    rows: &[OutboxRow],
+    rows: &[OpenRow],
     intents: Vec<Result<Intent, String>>,
     mirror: &Mirror,
     blocked: &HashSet<i64>,
@@ -274,7 +269,7 @@ fn key_of(
     }
 }
 
-fn is_ready(row: &OutboxRow, blocked: &HashSet<i64>, now: Ts) -> bool {
+fn is_ready(row: &OpenRow, blocked: &HashSet<i64>, now: Ts) -> bool {
     if blocked.contains(&row.id) {
         return false;
     }
@@ -287,7 +282,7 @@ fn is_ready(row: &OutboxRow, blocked: &HashSet<i64>, now: Ts) -> bool {
     }
 }
 
-fn member(row: &OutboxRow) -> Member {
+fn member(row: &OpenRow) -> Member {
     Member {
         id: row.id,
         attempts: row.attempts,
@@ -444,9 +439,8 @@ mod tests {
         r: Option<&str>,
         job: Option<i64>,
         p: Value,
-    ) -> OutboxRow {
-        let now = ts();
-        OutboxRow {
+    ) -> OpenRow {
+        OpenRow {
             id,
             op: op.into(),
             campaign: c,
@@ -456,11 +450,7 @@ mod tests {
             status: PENDING.into(),
             attempts: 0,
             last_error: None,
-            http_status: None,
-            result_job_id: None,
-            created_at: now,
-            updated_at: now,
-            next_attempt_at: now,
+            next_attempt_at: ts(),
             first_sent_at: None,
         }
     }
@@ -489,7 +479,7 @@ mod tests {
         }
     }
 
-    fn plan(rows: &[OutboxRow], m: &Mirror) -> RoundPlan {
+    fn plan(rows: &[OpenRow], m: &Mirror) -> RoundPlan {
         plan_round(
             rows,
             m,

@@ -12,7 +12,7 @@ use super::plan::{RefKey, intent_of};
 use super::validate::Target;
 use crate::api::models::Job;
 use crate::api::{ApiClient, ApiError, ListQuery};
-use crate::db::models::{ChangeSource, OutboxRow};
+use crate::db::models::{ChangeSource, OpenRow};
 use crate::db::repo::outbox::{self, FAILED, IN_FLIGHT, PENDING, RowUpdate};
 use crate::db::repo::{jobs, transaction};
 use crate::db::{Db, Ts};
@@ -27,7 +27,7 @@ const API_WINDOW: Duration = Duration::hours(46);
 
 /// One create to resolve.
 struct Pending<'a> {
-    row: &'a OutboxRow,
+    row: &'a OpenRow,
     key: RefKey,
 }
 
@@ -35,7 +35,7 @@ struct Pending<'a> {
 pub async fn resolve_in_flight_creates(
     db: &Db,
     client: &ApiClient,
-    rows: &[OutboxRow],
+    rows: &[OpenRow],
     st: &mut RunState,
     max_row_attempts: u32,
 ) -> Result<bool, SyncError> {

@@ -2,7 +2,7 @@
 //! `jobsync import` share this one check, so a file that imports cleanly never fails here.
 
 use crate::api::models::{JobFields, check_writable_fields};
-use crate::db::models::{NewOutboxRow, OutboxRow};
+use crate::db::models::{NewOutboxRow, OpenRow};
 use serde_json::Value;
 
 /// The operation a row asks for.
@@ -48,8 +48,8 @@ pub struct RowInput<'a> {
     pub payload: &'a str,
 }
 
-impl<'a> From<&'a OutboxRow> for RowInput<'a> {
-    fn from(row: &'a OutboxRow) -> Self {
+impl<'a> From<&'a OpenRow> for RowInput<'a> {
+    fn from(row: &'a OpenRow) -> Self {
         RowInput {
             op: &row.op,
             campaign: row.campaign,
