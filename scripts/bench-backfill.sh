@@ -11,7 +11,11 @@ cd "$(dirname "$0")/.."
 CAMPAIGNS=${CAMPAIGNS:-10}
 JOBS=${JOBS:-100000}
 work=$(mktemp -d /tmp/jobsync-bench.XXXXXX)
-trap 'kill "$sim_pid" 2>/dev/null || true; rm -rf "$work"' EXIT
+cleanup() { kill "$sim_pid" 2>/dev/null || true; rm -rf "$work"; }
+# The simulator must not outlive the script: also on Ctrl-C, a kill, or a closed pipe (`| head`).
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+trap 'exit 141' PIPE
 
 cargo build --release --quiet
 bin=target/release/jobsync

@@ -15,7 +15,11 @@ CONCURRENCY=${CONCURRENCY:-4}
 BIN=${JOBSYNC_BIN:-target/release/jobsync}
 WORK=$(mktemp -d)
 DB=${DATABASE_URL:-sqlite://$WORK/bench.db}
-trap 'kill "$SIM_PID" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+cleanup() { kill "$SIM_PID" 2>/dev/null || true; rm -rf "$WORK"; }
+# The simulator must not outlive the script: also on Ctrl-C, a kill, or a closed pipe (`| head`).
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+trap 'exit 141' PIPE
 
 "$BIN" simulate --listen 127.0.0.1:0 --campaigns 28 --latency-ms "$LATENCY_MS" >"$WORK/sim.out" 2>"$WORK/sim.err" &
 SIM_PID=$!
