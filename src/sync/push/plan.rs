@@ -634,4 +634,30 @@ mod tests {
         let p = plan_round(&rows[3..], &mirror(vec![]), &blocked, Ts::now());
         assert!(p.groups.is_empty(), "row 5 waits behind row 4");
     }
+
+    #[test]
+    fn parallel_validation_keeps_every_row_in_its_place() {
+        // Large enough to be split across threads on any machine with two cores or more.
+        let n = 3 * ROWS_PER_THREAD as i64;
+        let rows: Vec<OpenRow> = (1..=n)
+            .map(|id| match id % 1000 {
+                0 => row(id, "create", Some(28), None, None, json!({})),
+                1 => row(id, "patch", None, None, Some(id), json!({"state": 2})),
+                _ => row(
+                    id,
+                    "create",
+                    Some(28),
+                    Some(&format!("r{id}")),
+                    None,
+                    json!({"name": id.to_string()}),
+                ),
+            })
+            .collect();
+        let one_by_one: Vec<_> = rows.iter().map(intent_of).collect();
+        let parallel = validate_all(&rows);
+        assert_eq!(parallel.len(), rows.len());
+        assert!(parallel == one_by_one, "same intents, in row order");
+        let bad = (1..=n).filter(|id| id % 1000 <= 1).count();
+        assert_eq!(parallel.iter().filter(|i| i.is_err()).count(), bad);
+    }
 }
