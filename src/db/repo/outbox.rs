@@ -122,8 +122,10 @@ pub fn mark_in_flight(
 /// Applies one update per row (call inside the transaction that also updates the mirror).
 ///
 /// A push settles a thousand rows per bulk call, mostly with the same change but each with its
-/// own `result_job_id`: rows sharing a change are written with one statement, and their job ids
-/// with one more, rather than a statement per row.
+/// own `result_job_id`: rows sharing a change are written together, their job ids set in the
+/// same statement by a `CASE` over their ids, so that each row is rewritten once. (Setting the
+/// job ids in a second statement rewrote every row twice: on PostgreSQL, two row versions and
+/// two index entries per row.)
 pub fn update_each(conn: &mut Conn, updates: &[(i64, RowUpdate)]) -> Result<(), DbError> {
     // Rows sharing a change, each with its own `result_job_id` change (if any).
     type Rows = Vec<(i64, Option<Option<i64>>)>;
@@ -137,39 +139,50 @@ pub fn update_each(conn: &mut Conn, updates: &[(i64, RowUpdate)]) -> Result<(), 
         }
     }
     for (mut shared, rows) in groups {
-        let ids: Vec<i64> = rows.iter().map(|r| r.0).collect();
         shared.updated_at.get_or_insert_with(Ts::now);
-        update(conn, &ids, &shared)?;
-        let jobs: Vec<(i64, Option<i64>)> = rows
-            .iter()
-            .filter_map(|(id, job)| job.map(|j| (*id, j)))
-            .collect();
-        set_result_job_ids(conn, &jobs)?;
+        for chunk in rows.chunks(CASE_ROWS) {
+            update_with_job_ids(conn, chunk, &shared)?;
+        }
     }
     Ok(())
 }
 
-/// Sets `result_job_id` of many rows in one statement per chunk, joined to a `VALUES` list
-/// (`UPDATE … FROM`, which SQLite ≥ 3.33 and PostgreSQL both take, and both name the list's
-/// columns `column1`, `column2`). Every value is an integer literal, so the text can carry nothing
-/// else; a `CASE id WHEN …` of a thousand branches cost SQLite several times more.
-fn set_result_job_ids(conn: &mut Conn, rows: &[(i64, Option<i64>)]) -> Result<(), DbError> {
+/// Rows per statement of [`update_each`]: a `CASE` is a list the database walks for every row,
+/// cheap at this length (at a thousand branches it cost SQLite several times the update).
+const CASE_ROWS: usize = 100;
+
+/// Applies `change` to `rows`, and to each its own `result_job_id` change, in one statement.
+fn update_with_job_ids(
+    conn: &mut Conn,
+    rows: &[(i64, Option<Option<i64>>)],
+    change: &RowUpdate,
+) -> Result<(), DbError> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::{BigInt, Nullable};
     use std::fmt::Write as _;
-    for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-        let mut sql = String::from("UPDATE outbox SET result_job_id = v.column2 FROM (VALUES ");
-        for (i, (id, job)) in chunk.iter().enumerate() {
-            let sep = if i == 0 { "" } else { "," };
-            match job {
-                Some(job) => write!(sql, "{sep}({id},{job})"),
-                // PostgreSQL must see a bigint in the column, not an untyped NULL.
-                None => write!(sql, "{sep}({id},CAST(NULL AS BIGINT))"),
-            }
-            .expect("writing to a String");
+    let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
+    // Every value is an integer literal, so the text can carry nothing else.
+    let mut case = String::from("CASE outbox.id");
+    for (id, job) in rows {
+        match job {
+            Some(Some(job)) => write!(case, " WHEN {id} THEN {job}"),
+            Some(None) => write!(case, " WHEN {id} THEN NULL"),
+            None => Ok(()),
         }
-        sql.push_str(") AS v WHERE outbox.id = v.column1");
-        with_conn!(conn, |c| diesel::sql_query(&sql).execute(c))?;
+        .expect("writing to a String");
     }
-    Ok(())
+    case.push_str(" ELSE outbox.result_job_id END");
+    let sets_job_ids = rows.iter().any(|(_, job)| job.is_some());
+    with_conn!(conn, |c| {
+        let target = outbox::table.filter(outbox::id.eq_any(&ids));
+        if sets_job_ids {
+            let job_ids = outbox::result_job_id.eq(sql::<Nullable<BigInt>>(&case));
+            diesel::update(target).set((change, job_ids)).execute(c)?;
+        } else {
+            diesel::update(target).set(change).execute(c)?;
+        }
+        Ok::<_, DbError>(())
+    })
 }
 
 /// Row counts by status (every status present, zero when none).
