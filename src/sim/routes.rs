@@ -2,10 +2,10 @@
 
 use super::body::{bad_request, error, job, job_array};
 use super::clock::parse_modified_since;
-use super::state::ItemFailure;
+use super::state::{ItemFailure, Store};
 use super::validate::{parse_create, parse_patch, parse_unqueue};
 use super::{Sim, faults};
-use crate::api::models::BulkItemResult;
+use crate::api::models::{BulkItemResult, Job};
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -14,6 +14,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -117,33 +118,32 @@ async fn unqueue_job(State(sim): State<Arc<Sim>>, Path(id): Path<String>) -> Res
 async fn bulk_create(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
     bulk(&body, StatusCode::CREATED, |item| {
         let item = parse_create(item).map_err(ItemFailure::Invalid)?;
-        let mut store = sim.store();
-        let job = store.create(item, sim.clock.now())?;
-        Ok(stored_json(&store, job.id))
+        stored(&sim, |store, now| store.create(item, now))
     })
 }
 
 async fn bulk_patch(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
     bulk(&body, StatusCode::OK, |item| {
         let item = parse_patch(item).map_err(ItemFailure::Invalid)?;
-        let mut store = sim.store();
-        let job = store.patch(item, sim.clock.now())?;
-        Ok(stored_json(&store, job.id))
+        stored(&sim, |store, now| store.patch(item, now))
     })
 }
 
 async fn bulk_unqueue(State(sim): State<Arc<Sim>>, body: Bytes) -> Response {
     bulk(&body, StatusCode::OK, |item| {
         let id = parse_unqueue(item).map_err(ItemFailure::Invalid)?;
-        let mut store = sim.store();
-        let job = store.unqueue(id, sim.clock.now())?;
-        Ok(stored_json(&store, job.id))
+        stored(&sim, |store, now| store.unqueue(id, now))
     })
 }
 
-/// The JSON the store keeps for a job it has just written or read.
-fn stored_json(store: &super::state::Store, id: i64) -> Bytes {
-    store.get_json(id).expect("the job was just stored")
+/// Applies one item to the store and answers the JSON the store now keeps for its job.
+fn stored(
+    sim: &Sim,
+    apply: impl FnOnce(&mut Store, DateTime<Utc>) -> Result<Job, ItemFailure>,
+) -> Result<Bytes, ItemFailure> {
+    let mut store = sim.store();
+    let job = apply(&mut store, sim.clock.now())?;
+    Ok(store.get_json(job.id).expect("the job was just stored"))
 }
 
 /// Runs `apply` on each item of a bulk body, in order, and answers one result per item. A job's
