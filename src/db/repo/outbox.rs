@@ -159,30 +159,39 @@ fn update_with_job_ids(
 ) -> Result<(), DbError> {
     use diesel::dsl::sql;
     use diesel::sql_types::{BigInt, Nullable};
-    use std::fmt::Write as _;
     let ids: Vec<i64> = rows.iter().map(|(id, _)| *id).collect();
-    // Every value is an integer literal, so the text can carry nothing else.
+    let case = job_ids_case(rows);
+    with_conn!(conn, |c| {
+        let target = outbox::table.filter(outbox::id.eq_any(&ids));
+        match &case {
+            Some(case) => {
+                let job_ids = outbox::result_job_id.eq(sql::<Nullable<BigInt>>(case));
+                diesel::update(target).set((change, job_ids)).execute(c)?
+            }
+            None => diesel::update(target).set(change).execute(c)?,
+        };
+        Ok::<_, DbError>(())
+    })
+}
+
+/// `CASE outbox.id WHEN … THEN … ELSE outbox.result_job_id END` over the rows whose
+/// `result_job_id` changes, or `None` when none does. Every value is an integer literal, so the
+/// text can carry nothing else.
+fn job_ids_case(rows: &[(i64, Option<Option<i64>>)]) -> Option<String> {
+    use std::fmt::Write as _;
     let mut case = String::from("CASE outbox.id");
+    let mut any = false;
     for (id, job) in rows {
+        let Some(job) = job else { continue };
+        any = true;
         match job {
-            Some(Some(job)) => write!(case, " WHEN {id} THEN {job}"),
-            Some(None) => write!(case, " WHEN {id} THEN NULL"),
-            None => Ok(()),
+            Some(job) => write!(case, " WHEN {id} THEN {job}"),
+            None => write!(case, " WHEN {id} THEN NULL"),
         }
         .expect("writing to a String");
     }
     case.push_str(" ELSE outbox.result_job_id END");
-    let sets_job_ids = rows.iter().any(|(_, job)| job.is_some());
-    with_conn!(conn, |c| {
-        let target = outbox::table.filter(outbox::id.eq_any(&ids));
-        if sets_job_ids {
-            let job_ids = outbox::result_job_id.eq(sql::<Nullable<BigInt>>(&case));
-            diesel::update(target).set((change, job_ids)).execute(c)?;
-        } else {
-            diesel::update(target).set(change).execute(c)?;
-        }
-        Ok::<_, DbError>(())
-    })
+    any.then_some(case)
 }
 
 /// Row counts by status (every status present, zero when none).
