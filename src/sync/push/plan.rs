@@ -163,7 +163,8 @@ pub fn plan_validated(
     now: Ts,
 ) -> RoundPlan {
     let mut plan = RoundPlan::default();
-    let mut entries: Vec<Entry> = Vec::with_capacity(rows.len());
+    // Taken out target by target once every row is chained.
+    let mut entries: Vec<Option<Entry>> = Vec::with_capacity(rows.len());
     // Per target: its first and last entry, in the order targets first appear.
     let mut chains: Vec<(usize, usize)> = Vec::new();
     let mut chain_of: HashMap<Key, usize> = HashMap::with_capacity(rows.len());
@@ -187,16 +188,18 @@ pub fn plan_validated(
             }
         };
         let index = entries.len();
-        entries.push(Entry {
+        entries.push(Some(Entry {
             row,
             intent,
             existing: if row.op == "create" { existing } else { None },
             next: None,
-        });
+        }));
         match chain_of.get(&key) {
             Some(&chain) => {
                 let last = &mut chains[chain].1;
-                entries[*last].next = Some(index);
+                if let Some(entry) = &mut entries[*last] {
+                    entry.next = Some(index);
+                }
                 *last = index;
             }
             None => {
@@ -209,7 +212,6 @@ pub fn plan_validated(
     for (key, chain) in chain_of {
         keys[chain] = Some(key);
     }
-    let mut entries: Vec<Option<Entry>> = entries.into_iter().map(Some).collect();
     for ((first, _), key) in chains.into_iter().zip(keys) {
         let Some(key) = key else { continue };
         let mut ready = Vec::new();
