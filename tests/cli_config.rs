@@ -221,13 +221,10 @@ fn prune_applies_the_retention_settings_and_keeps_failed_rows() {
         .map(|r| r.id)
         .collect();
     let long_ago = jobsync::db::Ts::from(chrono::Utc::now() - chrono::Duration::days(40));
-    let settle = |status: &str| outbox::RowUpdate {
-        status: Some(status.into()),
-        updated_at: Some(long_ago),
-        ..Default::default()
-    };
-    outbox::update(&mut c, &ids[0..1], &settle(outbox::DONE)).unwrap();
-    outbox::update(&mut c, &ids[1..2], &settle(outbox::FAILED)).unwrap();
+    let done = outbox::RowUpdate::done(Some(200), 1).as_of(long_ago);
+    let failed = outbox::RowUpdate::failed("refused".into(), Some(400)).as_of(long_ago);
+    outbox::update(&mut c, &ids[0..1], &done).unwrap();
+    outbox::update(&mut c, &ids[1..2], &failed).unwrap();
     let old_run = runs::start(&mut c, "once", long_ago).unwrap();
     runs::finish(
         &mut c,
@@ -255,7 +252,7 @@ fn prune_applies_the_retention_settings_and_keeps_failed_rows() {
     let left: Vec<String> = outbox::list(&mut c, None, 10)
         .unwrap()
         .into_iter()
-        .map(|r| r.status)
+        .map(|r| r.status.to_string())
         .collect();
     assert_eq!(
         left,

@@ -271,22 +271,33 @@ async fn a_create_dropped_after_it_was_applied_is_unknown_and_not_resent() {
 }
 
 #[tokio::test]
-async fn a_create_refused_by_the_server_is_retried_then_retryable() {
+async fn a_throttled_create_is_retried_and_a_5xx_one_is_in_doubt() {
     let sim = start_sim(SimConfig::default()).await;
     let mut opts = options(&sim, "dev-token");
     opts.max_attempts = 3;
     let client = ApiClient::new(opts).unwrap();
-    set_faults(&sim, json!({"fail_rate": 1.0})).await;
+    set_faults(&sim, json!({"throttle_rate": 1.0, "retry_after_secs": 0})).await;
     let outcomes = client.bulk_create(vec![new_job("a"), new_job("b")]).await;
     assert!(
         outcomes
             .iter()
             .all(|o| matches!(o, ItemOutcome::Retryable { error }
-        if error.status() == Some(500))),
+        if error.status() == Some(429))),
         "{outcomes:?}"
     );
     let log = requests(&sim.base_url()).await;
     assert_eq!(ends_with(&log, "POST", "/bulk/create").len(), 3);
+
+    // A 5xx may come from a gateway after the API applied the create: one attempt, in doubt.
+    clear_faults(&sim).await;
+    set_faults(&sim, json!({"fail_rate": 1.0})).await;
+    let outcomes = client.bulk_create(vec![new_job("a")]).await;
+    assert!(
+        matches!(&outcomes[0], ItemOutcome::Unknown { error } if error.status() == Some(500)),
+        "{outcomes:?}"
+    );
+    let log = requests(&sim.base_url()).await;
+    assert_eq!(ends_with(&log, "POST", "/bulk/create").len(), 4);
 
     // A dropped connection may hide an applied create: one attempt, then Unknown.
     clear_faults(&sim).await;
@@ -297,7 +308,7 @@ async fn a_create_refused_by_the_server_is_retried_then_retryable() {
         "{outcomes:?}"
     );
     let log = requests(&sim.base_url()).await;
-    assert_eq!(ends_with(&log, "POST", "/bulk/create").len(), 4);
+    assert_eq!(ends_with(&log, "POST", "/bulk/create").len(), 5);
 }
 
 #[tokio::test]

@@ -5,7 +5,7 @@ mod common;
 use chrono::{TimeZone, Utc};
 use common::{TestDb, sample_job};
 use jobsync::api::models::JOB_FIELDS;
-use jobsync::db::models::{ChangeSource, NewOutboxRow};
+use jobsync::db::models::{ChangeSource, NewOutboxRow, OutboxStatus};
 use jobsync::db::repo::{changes, jobs, outbox, runs, state};
 use jobsync::db::{Conn, Ts};
 use serde_json::json;
@@ -47,7 +47,7 @@ fn migrations_create_the_contract_tables_and_rerun_as_a_no_op(t: &TestDb) {
         use diesel::RunQueryDsl;
         diesel::sql_query(sql).execute(raw).unwrap()
     });
-    let rows = outbox::list(&mut c, Some("pending"), 10).unwrap();
+    let rows = outbox::list(&mut c, Some(OutboxStatus::Pending), 10).unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].attempts, 0);
     assert!(rows[0].next_attempt_at <= Ts::now());
@@ -202,26 +202,21 @@ fn outbox_rows_insert_list_count_and_retry(t: &TestDb) {
     )
     .unwrap();
     assert_eq!(n, 3);
-    let due = outbox::due(&mut c, Ts::now(), 10).unwrap();
+    let due = outbox::open_window(&mut c, 0, i64::MAX, 10).unwrap();
     assert_eq!(
         due.iter().map(|r| r.op.as_str()).collect::<Vec<_>>(),
         ["create", "patch", "unqueue"]
     );
-    let failed = outbox::RowUpdate {
-        status: Some(outbox::FAILED.into()),
-        last_error: Some(Some("bulk/patch answered 404".into())),
-        http_status: Some(Some(404)),
-        ..Default::default()
-    };
+    let failed = outbox::RowUpdate::failed("bulk/patch answered 404".into(), Some(404));
     assert_eq!(outbox::update(&mut c, &[due[1].id], &failed).unwrap(), 1);
     let counts = outbox::counts(&mut c).unwrap();
     assert!(counts.contains(&("pending".into(), 2)) && counts.contains(&("failed".into(), 1)));
     assert_eq!(
-        outbox::list(&mut c, Some("failed"), 10).unwrap()[0].http_status,
+        outbox::list(&mut c, Some(OutboxStatus::Failed), 10).unwrap()[0].http_status,
         Some(404)
     );
     assert_eq!(outbox::retry(&mut c, None).unwrap(), 1);
-    assert_eq!(outbox::list(&mut c, Some("pending"), 10).unwrap().len(), 3);
+    assert_eq!(outbox::list(&mut c, Some(OutboxStatus::Pending), 10).unwrap().len(), 3);
     assert!(outbox::oldest_pending(&mut c).unwrap().is_some());
 }
 

@@ -129,12 +129,7 @@ fn outbox_list_and_retry(t: &TestDb) {
     {
         use jobsync::db::repo::outbox::{self, RowUpdate};
         let mut c = t.db.conn().unwrap();
-        let failed = RowUpdate {
-            status: Some("failed".into()),
-            attempts: Some(20),
-            last_error: Some(Some("unknown op `bogus`".into())),
-            ..RowUpdate::default()
-        };
+        let failed = RowUpdate::failed("unknown op `bogus`".into(), None);
         outbox::update(&mut c, &[all_rows(&t.db)[0].id], &failed).unwrap();
     }
     let ids: Vec<String> = all_rows(&t.db).iter().map(|r| r.id.to_string()).collect();
@@ -145,7 +140,7 @@ fn outbox_list_and_retry(t: &TestDb) {
     let listed = text(&out.stdout);
     assert_eq!(listed.lines().count(), 1, "{listed}");
     assert!(
-        listed.contains(&format!("#{} bogus job 1 failed attempts=20", ids[0])),
+        listed.contains(&format!("#{} bogus job 1 failed attempts=0", ids[0])),
         "{listed}"
     );
     assert!(listed.contains("unknown op"), "{listed}");

@@ -287,10 +287,11 @@ fn a_create_of_a_job_the_mirror_knows_becomes_a_patch_of_what_differs(t: &TestDb
         insert(&t.db, &[create(job.campaign, &reference, same)]);
         let stats = push(&t.db, &client).await;
         assert_eq!(stats.ok, 1);
+        assert_eq!(bulk_calls(&sim, "create").await, 0);
         assert_eq!(
-            bulk_calls(&sim, "create").await + bulk_calls(&sim, "patch").await,
-            0,
-            "nothing differs: no call"
+            bulk_calls(&sim, "patch").await,
+            1,
+            "nothing differs, and the API (not the mirror) confirms the job exists"
         );
         insert(
             &t.db,
@@ -298,7 +299,7 @@ fn a_create_of_a_job_the_mirror_knows_becomes_a_patch_of_what_differs(t: &TestDb
         );
         push(&t.db, &client).await;
         assert_eq!(bulk_calls(&sim, "create").await, 0);
-        assert_eq!(bulk_calls(&sim, "patch").await, 1);
+        assert_eq!(bulk_calls(&sim, "patch").await, 2);
         let rows = all_rows(&t.db);
         assert!(
             rows.iter()

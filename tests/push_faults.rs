@@ -9,7 +9,7 @@ use chrono::Utc;
 use common::*;
 use jobsync::api::ApiClient;
 use jobsync::db::Ts;
-use jobsync::db::repo::outbox::{self, RowUpdate};
+use jobsync::db::repo::outbox;
 use jobsync::sim::SimConfig;
 use push_support::*;
 use serde_json::json;
@@ -19,7 +19,7 @@ on_both_backends!(
     repeated_pushes_under_faults_converge_without_duplicates_or_losses,
     a_create_applied_before_a_crash_is_linked_not_sent_again,
     a_create_in_flight_that_never_left_is_sent_after_a_lookup,
-    a_duplicate_reference_refusal_links_the_existing_job,
+    a_duplicate_reference_refusal_of_a_first_send_fails_the_row,
     a_refused_token_stops_the_push_and_leaves_rows_untouched,
     a_stop_request_is_honoured_before_the_next_round,
 );
@@ -124,20 +124,23 @@ fn repeated_pushes_under_faults_converge_without_duplicates_or_losses(t: &TestDb
     })
 }
 
-/// Marks rows as a killed process would leave them: in flight, first sent a moment ago.
+/// Marks creates as a killed process would leave them: in flight and in doubt, first sent a
+/// moment ago, due for their lookup.
 fn leave_in_flight(t: &TestDb, ids: &[i64]) {
     let mut c = t.db.conn().unwrap();
     let sent = Ts::from(Utc::now() - chrono::Duration::seconds(5));
-    outbox::mark_in_flight(&mut c, ids, ids, sent).unwrap();
-    outbox::update(
-        &mut c,
-        ids,
-        &RowUpdate {
-            first_sent_at: Some(Some(sent)),
-            ..RowUpdate::default()
-        },
-    )
-    .unwrap();
+    let sending: Vec<outbox::Sending> = ids
+        .iter()
+        .map(|&id| outbox::Sending {
+            survivor: id,
+            merged: vec![],
+            create: Some(outbox::CreateSend {
+                sent_payload: None,
+                first_send: true,
+            }),
+        })
+        .collect();
+    outbox::mark_sent(&mut c, &sending, sent, sent, sent).unwrap();
 }
 
 fn a_create_applied_before_a_crash_is_linked_not_sent_again(t: &TestDb) {
@@ -218,11 +221,12 @@ fn a_create_in_flight_that_never_left_is_sent_after_a_lookup(t: &TestDb) {
     })
 }
 
-fn a_duplicate_reference_refusal_links_the_existing_job(t: &TestDb) {
+fn a_duplicate_reference_refusal_of_a_first_send_fails_the_row(t: &TestDb) {
     block_on(async {
         let sim = start_sim(SimConfig::default()).await;
         let client = client(&sim);
-        // Created behind jobsync's back (the mirror does not know it): the create is refused.
+        // Created behind jobsync's back (the mirror does not know it): the create is refused,
+        // and since this row was never sent before, the refusal is the API's answer to it.
         let outcome = client
             .bulk_create(vec![fields(
                 json!({"campaign": 28, "reference": "dup", "name": "Old"}),
@@ -233,20 +237,17 @@ fn a_duplicate_reference_refusal_links_the_existing_job(t: &TestDb) {
         };
         insert(&t.db, &[create(28, "dup", json!({"name": "New"}))]);
         let stats = push(&t.db, &client).await;
-        assert_eq!(stats.ok, 1);
+        assert_eq!((stats.ok, stats.failed), (0, 1));
         let row = &all_rows(&t.db)[0];
-        assert_eq!(
-            (row.status.as_str(), row.result_job_id),
-            ("done", Some(job.id))
+        assert_eq!((row.status.as_str(), row.http_status), ("failed", Some(400)));
+        assert!(
+            row.last_error.as_deref().unwrap().contains("bulk/create"),
+            "{row:?}"
         );
         let upstream = sim_by_ref(&sim).await;
         let jobs = &upstream[&(28, "dup".to_string())];
         assert_eq!(jobs.len(), 1);
-        assert_eq!(
-            jobs[0].name.as_deref(),
-            Some("New"),
-            "the remaining fields were patched"
-        );
+        assert_eq!((jobs[0].id, jobs[0].name.as_deref()), (job.id, Some("Old")));
     })
 }
 

@@ -7,7 +7,11 @@
 //! - a create whose request may have reached the server (timeout, broken connection, undecodable
 //!   answer) is never re-sent: every item of that call is `Unknown`;
 //! - patches and unqueues are idempotent: every retryable error is retried, then `Retryable`;
-//! - an answer with a different number of items than sent is never guessed at.
+//! - answers are matched to items by content, not by position alone: each returned job must
+//!   carry the `campaign` and `reference` of the create sent in its place, or the `id` of the
+//!   patch or unqueue. An answer that fails that check anywhere — another item's job, a wrong
+//!   number of items, `data: null` with a 2xx, an item that does not decode — is not trusted at
+//!   all: the call's creates are `Unknown`, its patches and unqueues `Retryable`.
 
 use super::client::{ApiClient, Endpoint, decode_json, retry_create, to_body};
 use super::error::ApiError;
@@ -36,7 +40,7 @@ pub enum ItemOutcome {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum BulkOp {
+pub enum BulkOp {
     Create,
     Patch,
     Unqueue,
@@ -70,6 +74,7 @@ impl BulkOp {
 }
 
 impl ApiClient {
+    /// Each item carries `campaign` and `reference` (the answer is checked against them).
     pub async fn bulk_create(&self, items: Vec<JobFields>) -> Vec<ItemOutcome> {
         self.run_bulk(BulkOp::Create, &items).await
     }
@@ -84,7 +89,7 @@ impl ApiClient {
         self.run_bulk(BulkOp::Unqueue, &items).await
     }
 
-    async fn run_bulk<T: Serialize + Sync>(&self, op: BulkOp, items: &[T]) -> Vec<ItemOutcome> {
+    async fn run_bulk<T: BulkItem>(&self, op: BulkOp, items: &[T]) -> Vec<ItemOutcome> {
         let calls = items
             .chunks(self.inner.bulk_size)
             .map(|chunk| self.run_chunk(op, chunk));
@@ -92,14 +97,14 @@ impl ApiClient {
     }
 
     /// Sends one chunk, halving it on a whole-request 400/413/422.
-    fn run_chunk<'a, T: Serialize + Sync>(
+    fn run_chunk<'a, T: BulkItem>(
         &'a self,
         op: BulkOp,
         items: &'a [T],
     ) -> BoxFuture<'a, Vec<ItemOutcome>> {
         Box::pin(async move {
             match self.bulk_call(op, items).await {
-                Ok(answers) => align(op, items.len(), answers),
+                Ok(answers) => align(op, items, answers),
                 Err(error) if is_splittable(&error) && items.len() > 1 => {
                     let (left, right) = items.split_at(items.len() / 2);
                     tracing::info!(
@@ -158,72 +163,138 @@ fn is_splittable(error: &ApiError) -> bool {
     )
 }
 
-/// Pairs each input with its answer, in order; an answer of the wrong length fails every item.
+/// What a returned job must carry to be the answer to an item.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) enum Expected {
+    /// A create's key.
+    Ref {
+        campaign: Option<i64>,
+        reference: Option<String>,
+    },
+    /// A patch's or an unqueue's job.
+    Id(Option<i64>),
+}
+
+impl Expected {
+    fn matches(&self, job: &Job) -> bool {
+        match self {
+            Expected::Ref {
+                campaign,
+                reference,
+            } => *campaign == Some(job.campaign) && *reference == job.reference,
+            Expected::Id(id) => *id == Some(job.id),
+        }
+    }
+}
+
+/// A bulk item: serialised as sent, and what its answer must carry.
+pub(super) trait BulkItem: Serialize + Sync {
+    fn expected(&self, op: BulkOp) -> Expected;
+}
+
+impl BulkItem for JobFields {
+    fn expected(&self, op: BulkOp) -> Expected {
+        match op {
+            BulkOp::Create => Expected::Ref {
+                campaign: self.get("campaign").and_then(|v| v.as_i64()),
+                reference: self
+                    .get("reference")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
+            },
+            BulkOp::Patch | BulkOp::Unqueue => {
+                Expected::Id(self.get("id").and_then(|v| v.as_i64()))
+            }
+        }
+    }
+}
+
+impl BulkItem for JobId {
+    fn expected(&self, _op: BulkOp) -> Expected {
+        Expected::Id(Some(self.id))
+    }
+}
+
+/// Pairs each input with its answer, in order, after checking that every answer is the one of
+/// its item; an answer that fails any check is not used at all (see the module's rules).
 /// The answer's items are kept as raw JSON text (one scan of the array) and each is decoded
 /// straight into its typed result: going through a `Value` tree first cost a fifth of a large
 /// push's CPU.
-fn align(
+fn align<T: BulkItem>(
     op: BulkOp,
-    sent: usize,
+    sent: &[T],
     (ep, answers): (Endpoint, Vec<Box<RawValue>>),
 ) -> Vec<ItemOutcome> {
-    if answers.len() != sent {
+    let untrusted = |detail: String| {
         let error = ApiError::InvalidAnswer {
             endpoint: ep.name.clone(),
-            detail: format!(
-                "sent {sent} item(s) but the answer has {}; results cannot be matched to items",
-                answers.len()
-            ),
+            detail,
         };
-        return vec![op.whole_call_failed(error); sent];
+        vec![op.whole_call_failed(error); sent.len()]
+    };
+    if answers.len() != sent.len() {
+        return untrusted(format!(
+            "sent {} item(s) but the answer has {}; results cannot be matched to items",
+            sent.len(),
+            answers.len()
+        ));
     }
-    answers
-        .into_iter()
-        .enumerate()
-        .map(|(index, answer)| item_outcome(op, &ep, index, &answer))
-        .collect()
+    let mut outcomes = Vec::with_capacity(sent.len());
+    for (index, (item, answer)) in sent.iter().zip(&answers).enumerate() {
+        match item_outcome(op, &ep, index, answer, &item.expected(op)) {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(detail) => return untrusted(detail),
+        }
+    }
+    outcomes
 }
 
-fn item_outcome(op: BulkOp, ep: &Endpoint, index: usize, answer: &RawValue) -> ItemOutcome {
+/// One item's outcome, or why the whole answer cannot be trusted.
+fn item_outcome(
+    op: BulkOp,
+    ep: &Endpoint,
+    index: usize,
+    answer: &RawValue,
+    expected: &Expected,
+) -> Result<ItemOutcome, String> {
     let text = answer.get();
     let plain = serde_json::from_str::<BulkItemResult>(text);
-    let result: BulkItemResult = match plain.or_else(|_| {
-        // Decoded again only to name the field at fault.
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
-    }) {
-        Ok(result) => result,
-        Err(e) => {
-            let detail = format!("item {index} of the answer: {}", describe_path(&e));
-            return op.whole_call_failed(ApiError::Decode {
-                endpoint: ep.name.clone(),
-                detail,
-            });
-        }
-    };
+    let result: BulkItemResult = plain
+        .or_else(|_| {
+            // Decoded again only to name the field at fault.
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
+        })
+        .map_err(|e| format!("item {index} of the answer: {}", describe_path(&e)))?;
     let status = result.status_code;
     let message = result.message.unwrap_or_else(|| "no message".into());
-    match (status, result.data) {
-        (200..=299, Some(job)) => ItemOutcome::Ok {
+    Ok(match (status, result.data) {
+        (200..=299, Some(job)) if expected.matches(&job) => ItemOutcome::Ok {
             status,
             job: job.truncated_to_micros(),
         },
-        (200..=299, None) => op.whole_call_failed(ApiError::InvalidAnswer {
-            endpoint: ep.name.clone(),
-            detail: format!("item {index} was answered {status} without the job"),
-        }),
-        (429 | 500..=599, _) => ItemOutcome::Retryable {
-            error: ApiError::Http {
+        (200..=299, Some(job)) => {
+            return Err(format!(
+                "item {index} of the answer is job {} (campaign {}, reference {:?}), not the one \
+                 sent in its place ({expected:?})",
+                job.id, job.campaign, job.reference
+            ));
+        }
+        (200..=299, None) => return Err(format!("item {index} was answered {status} without the job")),
+        (429 | 500..=599, _) => {
+            let error = ApiError::Http {
                 endpoint: ep.name.clone(),
                 status,
                 message: format!("item {index}: {message}"),
                 retry_after: None,
-            },
-        },
+            };
+            // A 5xx item may have been applied all the same: a create is in doubt.
+            op.whole_call_failed(error)
+        }
         _ => ItemOutcome::Rejected {
             status,
             message: format!("{} refused the item with HTTP {status}: {message}", ep.name),
         },
-    }
+    })
 }
 
 fn describe_path(err: &serde_path_to_error::Error<serde_json::Error>) -> String {
@@ -237,7 +308,19 @@ mod tests {
     use serde_json::{Value, json};
 
     fn job(id: i64) -> Value {
-        json!({"id": id, "campaign": 28, "state": 0, "created_at": "2024-05-01T10:00:00.123456789Z"})
+        json!({"id": id, "campaign": 28, "reference": format!("r{id}"), "state": 0,
+               "created_at": "2024-05-01T10:00:00.123456789Z"})
+    }
+
+    fn creates(ids: &[i64]) -> Vec<JobFields> {
+        ids.iter()
+            .map(|id| {
+                json!({"campaign": 28, "reference": format!("r{id}")})
+                    .as_object()
+                    .unwrap()
+                    .clone()
+            })
+            .collect()
     }
 
     fn answers(values: Vec<Value>) -> (Endpoint, Vec<Box<RawValue>>) {
@@ -248,15 +331,21 @@ mod tests {
         (BulkOp::Create.endpoint(), raw)
     }
 
+    fn all_unknown(outcomes: &[ItemOutcome]) -> bool {
+        outcomes
+            .iter()
+            .all(|o| matches!(o, ItemOutcome::Unknown { .. }))
+    }
+
     #[test]
     fn pairs_each_item_with_its_answer() {
         let outcomes = align(
             BulkOp::Create,
-            4,
+            &creates(&[1, 2, 3, 4]),
             answers(vec![
                 json!({"data": job(1), "status_code": 201}),
                 json!({"data": null, "status_code": 400, "message": "duplicate reference"}),
-                json!({"data": null, "status_code": 503}),
+                json!({"data": null, "status_code": 429}),
                 json!({"data": job(4), "status_code": 201}),
             ]),
         );
@@ -283,29 +372,39 @@ mod tests {
             "{message}"
         );
         assert!(
-            matches!(&outcomes[2], ItemOutcome::Retryable { error } if error.status() == Some(503))
+            matches!(&outcomes[2], ItemOutcome::Retryable { error } if error.status() == Some(429))
         );
         assert!(matches!(&outcomes[3], ItemOutcome::Ok { job, .. } if job.id == 4));
     }
 
     #[test]
+    fn a_5xx_item_of_a_create_is_in_doubt() {
+        let outcomes = align(
+            BulkOp::Create,
+            &creates(&[1]),
+            answers(vec![json!({"data": null, "status_code": 502})]),
+        );
+        assert!(all_unknown(&outcomes), "{outcomes:?}");
+    }
+
+    #[test]
     fn never_guesses_when_the_answer_has_the_wrong_length() {
         let short = vec![json!({"data": job(1), "status_code": 201})];
-        let outcomes = align(BulkOp::Create, 2, answers(short.clone()));
+        let outcomes = align(BulkOp::Create, &creates(&[1, 2]), answers(short.clone()));
         assert_eq!(outcomes.len(), 2);
-        assert!(
-            outcomes
-                .iter()
-                .all(|o| matches!(o, ItemOutcome::Unknown { .. }))
-        );
-        let outcomes = align(BulkOp::Patch, 2, answers(short));
+        assert!(all_unknown(&outcomes));
+        let patches: Vec<JobFields> = (1..=2)
+            .map(|id| json!({"id": id}).as_object().unwrap().clone())
+            .collect();
+        let outcomes = align(BulkOp::Patch, &patches, answers(short));
         assert!(
             outcomes
                 .iter()
                 .all(|o| matches!(o, ItemOutcome::Retryable { .. }))
         );
         let long = vec![json!({"data": job(1), "status_code": 200}); 3];
-        let outcomes = align(BulkOp::Unqueue, 2, answers(long));
+        let ids = [JobId { id: 1 }, JobId { id: 2 }];
+        let outcomes = align(BulkOp::Unqueue, &ids, answers(long));
         assert_eq!(outcomes.len(), 2);
         let ItemOutcome::Retryable { error } = &outcomes[0] else {
             panic!()
@@ -319,20 +418,50 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_answer_item_is_unknown_for_a_create() {
+    fn answers_in_another_order_or_for_other_jobs_are_not_trusted() {
+        let reversed = vec![
+            json!({"data": job(2), "status_code": 201}),
+            json!({"data": job(1), "status_code": 201}),
+        ];
+        let outcomes = align(BulkOp::Create, &creates(&[1, 2]), answers(reversed));
+        assert!(all_unknown(&outcomes), "{outcomes:?}");
+        let ItemOutcome::Unknown { error } = &outcomes[0] else {
+            panic!()
+        };
+        assert!(error.to_string().contains("not the one sent"), "{error}");
+        let phantom = vec![json!({"data": job(9), "status_code": 200})];
+        let patch = [json!({"id": 1, "name": "x"}).as_object().unwrap().clone()];
+        let outcomes = align(BulkOp::Patch, &patch, answers(phantom.clone()));
+        assert!(matches!(&outcomes[0], ItemOutcome::Retryable { .. }));
+        let outcomes = align(BulkOp::Unqueue, &[JobId { id: 1 }], answers(phantom));
+        assert!(matches!(&outcomes[0], ItemOutcome::Retryable { .. }));
+    }
+
+    #[test]
+    fn a_bad_answer_item_makes_every_create_of_the_call_unknown() {
         let outcomes = align(
             BulkOp::Create,
-            2,
+            &creates(&[1, 2, 3]),
             answers(vec![
+                json!({"data": job(1), "status_code": 201}),
                 json!({"data": {"id": "x"}, "status_code": 201}),
+                json!({"data": job(3), "status_code": 201}),
+            ]),
+        );
+        assert!(all_unknown(&outcomes), "{outcomes:?}");
+        let ItemOutcome::Unknown { error } = &outcomes[0] else {
+            panic!()
+        };
+        assert!(error.to_string().contains("data.id"), "{error}");
+        let outcomes = align(
+            BulkOp::Create,
+            &creates(&[1, 2]),
+            answers(vec![
+                json!({"data": job(1), "status_code": 201}),
                 json!({"data": null, "status_code": 201}),
             ]),
         );
-        let ItemOutcome::Unknown { error } = &outcomes[0] else {
-            panic!("{outcomes:?}")
-        };
-        assert!(error.to_string().contains("data.id"), "{error}");
-        assert!(matches!(&outcomes[1], ItemOutcome::Unknown { .. }));
+        assert!(all_unknown(&outcomes), "{outcomes:?}");
     }
 
     #[test]
@@ -347,6 +476,12 @@ mod tests {
             message: "m".into(),
             retry_after: None,
         };
+        let throttled = ApiError::Http {
+            endpoint: "e".into(),
+            status: 429,
+            message: "m".into(),
+            retry_after: None,
+        };
         let connect = ApiError::Connect {
             endpoint: "e".into(),
             message: "refused".into(),
@@ -357,6 +492,10 @@ mod tests {
         ));
         assert!(matches!(
             BulkOp::Create.whole_call_failed(server.clone()),
+            ItemOutcome::Unknown { .. }
+        ));
+        assert!(matches!(
+            BulkOp::Create.whole_call_failed(throttled.clone()),
             ItemOutcome::Retryable { .. }
         ));
         assert!(matches!(
@@ -368,7 +507,8 @@ mod tests {
             ItemOutcome::Retryable { .. }
         ));
         assert!(!(BulkOp::Create.should_retry())(&timeout));
-        assert!((BulkOp::Create.should_retry())(&server));
+        assert!(!(BulkOp::Create.should_retry())(&server), "never re-sent blindly");
+        assert!((BulkOp::Create.should_retry())(&throttled));
         assert!((BulkOp::Create.should_retry())(&connect));
         assert!((BulkOp::Unqueue.should_retry())(&timeout));
     }

@@ -113,6 +113,8 @@ pub(super) struct Inner {
     concurrency: usize,
     pub(super) policy: RetryPolicy,
     pub(super) stats: ApiStats,
+    /// The API's clock: the `Date` of its most recent answer, and when that answer came.
+    server_clock: std::sync::Mutex<Option<(DateTime<Utc>, Instant)>>,
 }
 
 /// One API route: `label` is the low-cardinality name used in statistics, `name` the concrete
@@ -165,6 +167,7 @@ impl ApiClient {
                 concurrency: opts.concurrency,
                 policy,
                 stats: ApiStats::default(),
+                server_clock: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -182,6 +185,59 @@ impl ApiClient {
 
     pub fn stats(&self) -> &ApiStats {
         &self.inner.stats
+    }
+
+    /// The per-request timeout: a create left unanswered this long may still be committed, so
+    /// a lookup waits at least this long after the send.
+    pub fn timeout(&self) -> Duration {
+        self.inner.timeout
+    }
+
+    /// The API's clock now, estimated from the `Date` header of its most recent answer plus the
+    /// time elapsed since (`Date` has whole seconds: the estimate may lag by up to one), or
+    /// `None` before any answer carried one.
+    pub fn server_now(&self) -> Option<DateTime<Utc>> {
+        let clock = *self
+            .inner
+            .server_clock
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        clock.map(|(date, seen)| {
+            date + chrono::Duration::from_std(seen.elapsed()).unwrap_or_default()
+        })
+    }
+
+    /// [`Self::server_now`], asking the API (one cheap listing of the last minute's changes) when
+    /// no answer has told it yet. Any answer with a `Date` will do, even a refusal.
+    pub async fn server_time(&self) -> Result<DateTime<Utc>, ApiError> {
+        if let Some(now) = self.server_now() {
+            return Ok(now);
+        }
+        match self.check().await {
+            Ok(()) => {}
+            Err(e) if e.is_auth() => return Err(e),
+            Err(e) => tracing::debug!(error = %e, "asking the API's time"),
+        }
+        self.server_now().ok_or_else(|| ApiError::InvalidAnswer {
+            endpoint: "GET /j/jobs".into(),
+            detail: "no answer carried a `Date` header, so the API's clock is unknown".into(),
+        })
+    }
+
+    fn observe_date(&self, response: &Response) {
+        let date = response
+            .headers()
+            .get(DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
+            .map(|d| d.with_timezone(&Utc));
+        if let Some(date) = date {
+            *self
+                .inner
+                .server_clock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some((date, Instant::now()));
+        }
     }
 
     /// Starts a listing: the request is retried until the answer starts; the jobs are then decoded
@@ -342,6 +398,7 @@ impl ApiClient {
             }
         };
         let status = response.status().as_u16();
+        self.observe_date(&response);
         inner.stats.record_request(ep.label, Some(status));
         tracing::debug!(endpoint = %ep.name, status, attempt, elapsed_ms, "API request");
         if response.status().is_success() {

@@ -62,10 +62,12 @@ impl ApiError {
     }
 
     /// Whether the server certainly did not apply the request, so that even a non-idempotent
-    /// request (a create) may be sent again: a failed connect, 429, or a 5xx answer.
+    /// request (a create) may be sent again: a failed connect, or a 429 (throttling answers
+    /// before any work). Not a 5xx: a gateway answers 502/504 after the API behind it applied
+    /// the request, and an API may fail after its commit.
     pub fn surely_not_applied(&self) -> bool {
         match self {
-            ApiError::Http { status, .. } => *status == 429 || *status >= 500,
+            ApiError::Http { status, .. } => *status == 429,
             ApiError::Connect { .. } | ApiError::Auth { .. } | ApiError::Token(_) => true,
             ApiError::Config(_) => true,
             _ => false,
@@ -174,7 +176,10 @@ mod tests {
     fn classifies_retryable_errors() {
         for status in [429, 500, 502, 503, 504] {
             assert!(http(status).is_retryable(), "{status}");
-            assert!(http(status).surely_not_applied(), "{status}");
+        }
+        assert!(http(429).surely_not_applied());
+        for status in [500, 502, 503, 504] {
+            assert!(!http(status).surely_not_applied(), "a gateway may answer {status} after");
         }
         for status in [400, 404, 409, 413, 422] {
             assert!(!http(status).is_retryable(), "{status}");

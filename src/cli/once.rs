@@ -8,10 +8,16 @@ use crate::sync::cycle::{CycleError, CycleSummary, Trigger, run_cycle};
 pub async fn run(config: &Config) -> CliResult {
     let stop = StopFlag::new();
     let engine = context::engine(config, "--once", stop.clone()).await?;
-    // SIGINT/SIGTERM: stop at the next safe point and still record the run.
+    // SIGINT/SIGTERM: no new request leaves, those in flight get until the drain deadline, and
+    // the run is still recorded.
+    let drain = config.server.drain_deadline();
     tokio::spawn(async move {
         crate::cli::shutdown_signal().await;
-        stop.stop();
+        tracing::info!(
+            drain_secs = drain.as_secs(),
+            "stopping: no new request leaves; requests in flight get until the deadline"
+        );
+        stop.stop_within(drain);
     });
     let summary = run_cycle(&engine, Trigger::Once)
         .await

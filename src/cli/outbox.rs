@@ -3,8 +3,8 @@
 
 use super::{CliError, CliResult, OutboxCommand, open_db};
 use crate::config::Config;
-use crate::db::models::OutboxRow;
-use crate::db::repo::outbox::{self, FAILED, STATUSES};
+use crate::db::models::{OutboxRow, OutboxStatus};
+use crate::db::repo::outbox;
 
 pub async fn run(config: &Config, cmd: OutboxCommand) -> CliResult {
     match cmd {
@@ -14,20 +14,17 @@ pub async fn run(config: &Config, cmd: OutboxCommand) -> CliResult {
 }
 
 async fn list(config: &Config, status: Option<String>, limit: i64) -> CliResult {
-    if let Some(s) = &status
-        && !STATUSES.contains(&s.as_str())
-    {
-        return Err(CliError::usage(format!(
-            "unknown status `{s}`; use one of: {}",
-            STATUSES.join(", ")
-        )));
-    }
+    let status = match status.as_deref().map(str::parse::<OutboxStatus>) {
+        None => None,
+        Some(Ok(status)) => Some(status),
+        Some(Err(e)) => return Err(CliError::usage(e)),
+    };
     if limit <= 0 {
         return Err(CliError::usage("--limit must be positive"));
     }
     let db = open_db(config).await?;
     let rows = db
-        .run(move |c| outbox::list(c, status.as_deref(), limit))
+        .run(move |c| outbox::list(c, status, limit))
         .await?;
     if rows.is_empty() {
         println!("no outbox rows");
@@ -76,7 +73,7 @@ async fn retry(config: &Config, ids: Vec<i64>, all_failed: bool) -> CliResult {
             let found = outbox::get_many(c, &wanted)?;
             let failed: Vec<i64> = found
                 .iter()
-                .filter(|r| r.status == FAILED)
+                .filter(|r| r.status == OutboxStatus::Failed)
                 .map(|r| r.id)
                 .collect();
             Ok((outbox::retry(c, Some(&failed))?, found))
@@ -87,7 +84,7 @@ async fn retry(config: &Config, ids: Vec<i64>, all_failed: bool) -> CliResult {
         .iter()
         .filter_map(|id| match found.iter().find(|r| r.id == *id) {
             None => Some(format!("{id} (no such row)")),
-            Some(r) if r.status != FAILED => Some(format!("{id} ({})", r.status)),
+            Some(r) if r.status != OutboxStatus::Failed => Some(format!("{id} ({})", r.status)),
             Some(_) => None,
         })
         .collect();

@@ -121,12 +121,24 @@ impl Default for RetentionConfig {
 pub struct ServerConfig {
     /// `""` disables the health/metrics server.
     pub listen: String,
+    /// On SIGTERM/SIGINT, how long requests in flight may finish before they are abandoned
+    /// (below Kubernetes' default 30 s grace period, so the run is recorded before SIGKILL).
+    pub shutdown_grace_secs: u64,
+}
+
+impl ServerConfig {
+    /// How long the requests in flight get once a stop is requested: the grace less a few
+    /// seconds to record the run and exit.
+    pub fn drain_deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.shutdown_grace_secs.saturating_sub(3).max(1))
+    }
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             listen: "0.0.0.0:9090".into(),
+            shutdown_grace_secs: 25,
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct DaemonSettings {
     pub retention: RetentionConfig,
     pub listen: String,
     pub max_staleness_secs: u64,
+    /// How long requests in flight may finish once a stop is requested.
+    pub drain: std::time::Duration,
 }
 
 /// Runs until `shutdown` resolves.
@@ -91,10 +93,12 @@ pub async fn run(
 
     shutdown.await;
     tracing::info!(
-        "stopping: readiness now reports 503; the cycle in flight stops at its next safe point"
+        drain_secs = settings.drain.as_secs(),
+        "stopping: readiness now reports 503; no new request leaves, and those in flight get \
+         until the deadline"
     );
     run_state.update(|s| s.shutting_down = true);
-    engine.stop.stop();
+    engine.stop.stop_within(settings.drain);
     if let Err(e) = scheduler.shutdown().await {
         tracing::warn!(error = %e, "the scheduler did not stop cleanly");
     }

@@ -15,6 +15,7 @@ mod migrate;
 pub mod models;
 pub mod repo;
 pub mod schema;
+mod status;
 mod time;
 
 pub use error::DbError;

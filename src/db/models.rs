@@ -1,6 +1,7 @@
 //! Rows as stored, and their conversion from the API's [`Job`].
 
 use super::Ts;
+pub use super::status::OutboxStatus;
 use super::schema::{job_changes, jobs, outbox, sync_runs};
 use crate::api::models::Job;
 use diesel::prelude::*;
@@ -208,7 +209,7 @@ pub struct OutboxRow {
     pub reference: Option<String>,
     pub job_id: Option<i64>,
     pub payload: String,
-    pub status: String,
+    pub status: OutboxStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub http_status: Option<i32>,
@@ -217,6 +218,8 @@ pub struct OutboxRow {
     pub updated_at: Ts,
     pub next_attempt_at: Ts,
     pub first_sent_at: Option<Ts>,
+    pub in_doubt: bool,
+    pub merged_into: Option<i64>,
 }
 
 /// The columns of an open outbox row the push works from: a large backlog is read before the
@@ -231,11 +234,18 @@ pub struct OpenRow {
     pub reference: Option<String>,
     pub job_id: Option<i64>,
     pub payload: String,
-    pub status: String,
+    pub status: OutboxStatus,
     pub attempts: i32,
     pub last_error: Option<String>,
     pub next_attempt_at: Ts,
+    /// A create's first send, on the API's clock: an in-doubt create is looked up from there.
     pub first_sent_at: Option<Ts>,
+    /// The create was sent and its outcome is unknown: it is looked up before any re-send.
+    pub in_doubt: bool,
+    /// The create as last sent (JSON), for the lookup by the reference actually sent.
+    pub sent_payload: Option<String>,
+    /// A linked create: the job the API holds for it (found by a lookup).
+    pub result_job_id: Option<i64>,
 }
 
 /// What a CRM (or `import`) writes: every other column has a default.

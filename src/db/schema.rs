@@ -42,6 +42,9 @@ diesel::table! {
         updated_at -> Timestamp,
         next_attempt_at -> Timestamp,
         first_sent_at -> Nullable<Timestamp>,
+        in_doubt -> Bool,
+        sent_payload -> Nullable<Text>,
+        merged_into -> Nullable<BigInt>,
     }
 }
 

@@ -93,10 +93,13 @@ pub async fn run_cycle(engine: &Engine, trigger: Trigger) -> Result<CycleSummary
     let mut pushed = push::PushStats::default();
     let result: Result<(), SyncError> = async {
         pulled = pull::run(&engine.db, &engine.client, &engine.sync, &engine.stop).await?;
-        pushed = push::run(&engine.db, &engine.client, &engine.push, &engine.stop).await?;
+        let tuning = push::PushTuning::default();
+        let (db, client, stop) = (&engine.db, &engine.client, &engine.stop);
+        push::run_counted(db, client, &engine.push, tuning, stop, &mut pushed).await?;
         Ok(())
     }
     .await;
+    let stopped = matches!(result, Err(SyncError::Stopped));
     let summary = CycleSummary {
         run_id,
         ok: result.is_ok(),
@@ -134,6 +137,7 @@ pub async fn run_cycle(engine: &Engine, trigger: Trigger) -> Result<CycleSummary
             api_calls = summary.api_calls,
             "cycle finished"
         ),
+        Some(error) if stopped => tracing::info!(run_id, error = %error, "cycle stopped"),
         Some(error) => tracing::error!(run_id, error = %error, "cycle failed"),
     }
     Ok(summary)

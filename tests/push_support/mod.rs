@@ -88,10 +88,21 @@ pub fn by_id(db: &Db) -> HashMap<i64, OutboxRow> {
 
 /// One push with no wait between cycles (rows deferred in a run are still skipped in that run).
 pub async fn push(db: &Db, client: &ApiClient) -> PushStats {
-    let tuning = PushTuning {
+    push_with(db, client, quick_tuning()).await
+}
+
+/// Zero row backoff, and an in-doubt create looked up one second after its request's timeout.
+pub fn quick_tuning() -> PushTuning {
+    PushTuning {
         backoff_base: Duration::ZERO,
         backoff_cap: Duration::ZERO,
-    };
+        lookup_margin: Duration::from_secs(1),
+        ..PushTuning::default()
+    }
+}
+
+/// One push with the given knobs.
+pub async fn push_with(db: &Db, client: &ApiClient, tuning: PushTuning) -> PushStats {
     push::run_tuned(db, client, &PushConfig::default(), tuning, &StopFlag::new())
         .await
         .expect("push runs")

@@ -316,17 +316,17 @@ pub fn counts(conn: &mut Conn) -> Result<(i64, i64), DbError> {
     })
 }
 
-/// Live mirror rows by (campaign, reference), for many keys at once (the push resolves a whole
-/// round's targets with a few queries rather than one per row).
+/// Live mirror rows by (campaign, reference), for the references given; a reference that
+/// several live rows share is returned apart, with their ids, since no row can stand for it.
 pub fn find_by_references(
     conn: &mut Conn,
     keys: &[(i64, String)],
-) -> Result<HashMap<(i64, String), MirrorRow>, DbError> {
+) -> Result<ByReference, DbError> {
     let mut per_campaign: HashMap<i64, Vec<&str>> = HashMap::new();
     for (campaign, reference) in keys {
         per_campaign.entry(*campaign).or_default().push(reference);
     }
-    let mut found = HashMap::with_capacity(keys.len());
+    let mut found = ByReference::default();
     for (campaign, references) in per_campaign {
         for chunk in references.chunks(IDS_PER_STATEMENT) {
             let rows: Vec<MirrorRow> = with_conn!(conn, |c| jobs::table
@@ -336,13 +336,69 @@ pub fn find_by_references(
                 .order(jobs::id.asc())
                 .select(MirrorRow::as_select())
                 .load(c)?);
-            // The newest live job wins when a reference was used twice.
             for row in rows {
-                if let Some(reference) = row.content.reference.clone() {
-                    found.insert((campaign, reference), row);
+                let Some(reference) = row.content.reference.clone() else {
+                    continue;
+                };
+                let key = (campaign, reference);
+                if let Some(ids) = found.ambiguous.get_mut(&key) {
+                    ids.push(row.content.id);
+                } else if let Some(first) = found.unique.remove(&key) {
+                    found
+                        .ambiguous
+                        .insert(key, vec![first.content.id, row.content.id]);
+                } else {
+                    found.unique.insert(key, row);
                 }
             }
         }
     }
     Ok(found)
+}
+
+/// What [`find_by_references`] found.
+#[derive(Debug, Default)]
+pub struct ByReference {
+    /// References held by exactly one live row.
+    pub unique: HashMap<(i64, String), MirrorRow>,
+    /// References held by several live rows: their ids.
+    pub ambiguous: HashMap<(i64, String), Vec<i64>>,
+}
+
+/// Marks live rows the API answered 404 for as deleted at `at` (the API's clock), with a
+/// `deleted` change each. Call inside the transaction that records the answer.
+pub fn mark_gone(conn: &mut Conn, ids: &[i64], at: Ts) -> Result<usize, DbError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let gone: Vec<(i64, i64, Option<String>, i32)> = with_conn!(conn, |c| jobs::table
+        .filter(jobs::id.eq_any(ids))
+        .filter(jobs::remote_deleted_at.is_null())
+        .select((jobs::id, jobs::campaign, jobs::reference, jobs::state))
+        .load(c)?);
+    let live: Vec<i64> = gone.iter().map(|g| g.0).collect();
+    with_conn!(conn, |c| {
+        diesel::update(jobs::table.filter(jobs::id.eq_any(&live)))
+            .set(jobs::remote_deleted_at.eq(at))
+            .execute(c)?;
+        Ok::<_, DbError>(())
+    })?;
+    let rows: Vec<ChangeRow> = gone
+        .into_iter()
+        .map(|(id, campaign, reference, state)| {
+            changes::row(
+                id,
+                campaign,
+                reference,
+                "deleted",
+                Some(state),
+                None,
+                &[],
+                ChangeSource::Push.as_str(),
+                at,
+            )
+        })
+        .collect();
+    changes::append(conn, &rows)?;
+    Ok(rows.len())
 }

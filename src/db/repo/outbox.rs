@@ -1,18 +1,17 @@
-//! The outbox: rows the CRM (or `import`) appends and the push drains.
+//! The outbox: rows the CRM (or `import`) appends and the push drains — and the row's state
+//! machine. Every change of a row's `status` is one of the named transitions here
+//! ([`mark_sent`], and the [`RowUpdate`] constructors `done`, `superseded_by`, `failed`,
+//! `retry_later`, `in_doubt`, `lookup_failed`, `absent`, `linked`, `waiting_for_token`, plus
+//! [`retry`] for an operator's re-queue and [`fail_unreadable`]); no other module writes a status.
 
 use super::{IDS_PER_STATEMENT, ROWS_PER_STATEMENT, transaction};
-use crate::db::models::{NewOutboxRow, OpenRow, OutboxRow};
+use crate::db::models::{NewOutboxRow, OpenRow, OutboxRow, OutboxStatus};
 use crate::db::schema::outbox;
 use crate::db::{Conn, DbError, Ts};
 use crate::with_conn;
 use diesel::prelude::*;
 
-pub const PENDING: &str = "pending";
-pub const IN_FLIGHT: &str = "in_flight";
-pub const DONE: &str = "done";
-pub const FAILED: &str = "failed";
-pub const SUPERSEDED: &str = "superseded";
-pub const STATUSES: [&str; 5] = [PENDING, IN_FLIGHT, DONE, FAILED, SUPERSEDED];
+use OutboxStatus::{Done, Failed, InFlight, Pending, Superseded};
 
 /// Appends rows in one transaction, in order; all or nothing.
 pub fn insert(conn: &mut Conn, rows: &[NewOutboxRow]) -> Result<usize, DbError> {
@@ -30,7 +29,11 @@ pub fn insert(conn: &mut Conn, rows: &[NewOutboxRow]) -> Result<usize, DbError> 
 }
 
 /// Rows, newest first, optionally of one status.
-pub fn list(conn: &mut Conn, status: Option<&str>, limit: i64) -> Result<Vec<OutboxRow>, DbError> {
+pub fn list(
+    conn: &mut Conn,
+    status: Option<OutboxStatus>,
+    limit: i64,
+) -> Result<Vec<OutboxRow>, DbError> {
     with_conn!(conn, |c| {
         let mut query = outbox::table
             .select(OutboxRow::as_select())
@@ -38,85 +41,191 @@ pub fn list(conn: &mut Conn, status: Option<&str>, limit: i64) -> Result<Vec<Out
             .limit(limit)
             .into_boxed();
         if let Some(status) = status {
-            query = query.filter(outbox::status.eq(status.to_string()));
+            query = query.filter(outbox::status.eq(status));
         }
         Ok(query.load(c)?)
     })
 }
 
-/// Pending rows whose time has come, plus rows left `in_flight` (by a crash or a timeout), in
-/// id order: the push's work list.
-pub fn due(conn: &mut Conn, now: Ts, limit: i64) -> Result<Vec<OutboxRow>, DbError> {
-    with_conn!(conn, |c| Ok(outbox::table
-        .filter(
-            outbox::status
-                .eq(PENDING)
-                .and(outbox::next_attempt_at.le(now))
-                .or(outbox::status.eq(IN_FLIGHT)),
-        )
-        .order(outbox::id.asc())
-        .limit(limit)
-        .select(OutboxRow::as_select())
-        .load(c)?))
+/// The highest row id now: a push works on the rows that existed when it started (SPEC §4), so
+/// a CRM that keeps writing never keeps a cycle from ending.
+pub fn ceiling(conn: &mut Conn) -> Result<i64, DbError> {
+    let max: Option<i64> = with_conn!(conn, |c| outbox::table
+        .select(diesel::dsl::max(outbox::id))
+        .first(c)?);
+    Ok(max.unwrap_or(0))
 }
 
-/// Every `pending` or `in_flight` row, in id order, whether due or not: the push plans from
-/// these, and a row not yet due still holds back the later rows of its target.
+/// Up to `limit` open (`pending` or `in_flight`) rows with `after < id <= ceiling`, in id order,
+/// whether due or not (a row not yet due still holds back the later rows of its target): one
+/// window of the push, so that its memory does not grow with the outbox.
 ///
-/// Sorted here rather than by the database: the rows come through the status index, and an
-/// `ORDER BY id` made SQLite copy every row, payload and all, into a temporary sort tree.
-pub fn open(conn: &mut Conn) -> Result<Vec<OpenRow>, DbError> {
+/// A row whose payload is not valid UTF-8 (SQLite stores whatever bytes a CRM writes) fails
+/// here, alone, and is left out.
+pub fn open_window(
+    conn: &mut Conn,
+    after: i64,
+    ceiling: i64,
+    limit: i64,
+) -> Result<Vec<OpenRow>, DbError> {
     let mut rows: Vec<OpenRow> = with_conn!(conn, |c| outbox::table
-        .filter(outbox::status.eq_any([PENDING, IN_FLIGHT]))
+        .filter(outbox::id.gt(after))
+        .filter(outbox::id.le(ceiling))
+        .filter(outbox::status.eq_any(OutboxStatus::OPEN))
+        .order(outbox::id.asc())
+        .limit(limit)
         .select(OpenRow::as_select())
         .load(c)?);
-    rows.sort_unstable_by_key(|row| row.id);
+    // Diesel reads text that is not UTF-8 lossily, with U+FFFD in place of the bad bytes: only
+    // such rows are read again as bytes to tell a real U+FFFD from a broken payload.
+    let suspects: Vec<i64> = rows
+        .iter()
+        .filter(|r| r.payload.contains('\u{FFFD}'))
+        .map(|r| r.id)
+        .collect();
+    if !suspects.is_empty() {
+        let unreadable = fail_unreadable(conn, &suspects)?;
+        rows.retain(|r| !unreadable.contains(&r.id));
+    }
     Ok(rows)
 }
 
-/// Marks rows `in_flight` before their request leaves, and stamps `first_sent_at` on the creates
-/// among them that were never sent (`creates`: the planner knows their `first_sent_at` is
-/// unset), so that an unknown outcome can later be looked up from that instant. Each row is
-/// written once.
-pub fn mark_in_flight(
+/// Fails the rows among `ids` whose payload bytes are not UTF-8, naming the first bad byte;
+/// returns their ids.
+pub fn fail_unreadable(conn: &mut Conn, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+    use diesel::dsl::sql;
+    use diesel::sql_types::Binary;
+    // PostgreSQL text is always valid UTF-8: only SQLite can hold such bytes.
+    let Conn::Sqlite(c) = conn else {
+        return Ok(Vec::new());
+    };
+    let raw: Vec<(i64, Vec<u8>)> = outbox::table
+        .filter(outbox::id.eq_any(ids))
+        .select((outbox::id, sql::<Binary>("CAST(payload AS BLOB)")))
+        .load(&mut **c)?;
+    let mut failed = Vec::new();
+    for (id, bytes) in raw {
+        let Err(e) = std::str::from_utf8(&bytes) else {
+            continue;
+        };
+        let reason = format!(
+            "payload is not valid UTF-8 text (bad byte at offset {}): write it as UTF-8 JSON, \
+             then re-queue with `jobsync outbox retry --id {id}`",
+            e.valid_up_to()
+        );
+        update_each(conn, &[(id, RowUpdate::failed(reason, None))])?;
+        tracing::warn!(outbox_id = id, "outbox row with a payload that is not UTF-8 failed");
+        failed.push(id);
+    }
+    Ok(failed)
+}
+
+/// One operation about to leave, for [`mark_sent`].
+#[derive(Debug, Clone)]
+pub struct Sending {
+    /// The row whose operation is sent, and the rows merged into it.
+    pub survivor: i64,
+    pub merged: Vec<i64>,
+    /// For a create: the body as sent when it is not the survivor's own payload (rows were
+    /// merged into it, or it was linked), and whether it was never sent before.
+    pub create: Option<CreateSend>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateSend {
+    pub sent_payload: Option<String>,
+    pub first_send: bool,
+}
+
+/// The transition `pending → in_flight`, written before the request leaves, so that a crash at
+/// any later point leaves the rows in flight. A create is also marked `in_doubt` until an answer
+/// settles it, with `first_sent_at` (the API's clock, `server_now`) stamped on its first send
+/// and `next_attempt_at` set to `look_after`, the earliest time a lookup may look for it (after
+/// the request's timeout and a margin, so that a slow commit has landed). Merged rows remember
+/// their survivor in `merged_into`.
+pub fn mark_sent(
     conn: &mut Conn,
-    ids: &[i64],
-    creates: &[i64],
+    ops: &[Sending],
     now: Ts,
+    server_now: Ts,
+    look_after: Ts,
 ) -> Result<(), DbError> {
-    let first_sends: std::collections::HashSet<i64> = creates.iter().copied().collect();
-    let others: Vec<i64> = ids
-        .iter()
-        .copied()
-        .filter(|id| !first_sends.contains(id))
-        .collect();
+    let mut plain: Vec<i64> = Vec::new();
+    let mut creates: Vec<i64> = Vec::new();
+    let mut first_sends: Vec<i64> = Vec::new();
+    let mut with_body: Vec<(i64, &str)> = Vec::new();
+    let mut merged: Vec<(i64, &[i64])> = Vec::new();
+    for op in ops {
+        match &op.create {
+            Some(create) => {
+                creates.push(op.survivor);
+                if create.first_send {
+                    first_sends.push(op.survivor);
+                }
+                if let Some(body) = &create.sent_payload {
+                    with_body.push((op.survivor, body));
+                }
+            }
+            None => plain.push(op.survivor),
+        }
+        plain.extend(&op.merged);
+        if !op.merged.is_empty() {
+            merged.push((op.survivor, &op.merged));
+        }
+    }
     transaction(conn, |conn| {
-        update(
-            conn,
-            &others,
-            &RowUpdate {
-                status: Some(IN_FLIGHT.into()),
-                updated_at: Some(now),
-                ..RowUpdate::default()
-            },
-        )?;
         with_conn!(conn, |c| {
+            for chunk in plain.chunks(IDS_PER_STATEMENT) {
+                diesel::update(outbox::table.filter(outbox::id.eq_any(chunk)))
+                    .set((outbox::status.eq(InFlight), outbox::updated_at.eq(now)))
+                    .execute(c)?;
+            }
             for chunk in creates.chunks(IDS_PER_STATEMENT) {
+                diesel::update(outbox::table.filter(outbox::id.eq_any(chunk)))
+                    .set((
+                        outbox::status.eq(InFlight),
+                        outbox::in_doubt.eq(true),
+                        outbox::updated_at.eq(now),
+                        outbox::next_attempt_at.eq(look_after),
+                    ))
+                    .execute(c)?;
+            }
+            for chunk in first_sends.chunks(IDS_PER_STATEMENT) {
                 diesel::update(
                     outbox::table
                         .filter(outbox::id.eq_any(chunk))
                         .filter(outbox::first_sent_at.is_null()),
                 )
-                .set((
-                    outbox::status.eq(IN_FLIGHT),
-                    outbox::updated_at.eq(now),
-                    outbox::first_sent_at.eq(now),
-                ))
+                .set(outbox::first_sent_at.eq(server_now))
                 .execute(c)?;
+            }
+            for (id, body) in &with_body {
+                diesel::update(outbox::table.find(*id))
+                    .set(outbox::sent_payload.eq(*body))
+                    .execute(c)?;
+            }
+            for (survivor, rows) in &merged {
+                diesel::update(outbox::table.filter(outbox::id.eq_any(*rows)))
+                    .set(outbox::merged_into.eq(*survivor))
+                    .execute(c)?;
             }
             Ok::<_, DbError>(())
         })
     })
+}
+
+/// Rows merged into `survivors` when their operation was sent: `(row, survivor)`.
+pub fn merged_into(conn: &mut Conn, survivors: &[i64]) -> Result<Vec<(i64, i64)>, DbError> {
+    let mut found = Vec::new();
+    for chunk in survivors.chunks(IDS_PER_STATEMENT) {
+        let rows: Vec<(i64, Option<i64>)> = with_conn!(conn, |c| outbox::table
+            .filter(outbox::merged_into.eq_any(chunk))
+            .filter(outbox::status.eq_any(OutboxStatus::OPEN))
+            .select((outbox::id, outbox::merged_into))
+            .load(c)?);
+        found.extend(rows.into_iter().filter_map(|(id, s)| Some((id, s?))));
+    }
+    Ok(found)
 }
 
 /// Applies one update per row (call inside the transaction that also updates the mirror).
@@ -200,7 +309,10 @@ pub fn counts(conn: &mut Conn) -> Result<Vec<(String, i64)>, DbError> {
         .group_by(outbox::status)
         .select((outbox::status, diesel::dsl::count_star()))
         .load(c)?);
-    let mut all: Vec<(String, i64)> = STATUSES.iter().map(|s| (s.to_string(), 0)).collect();
+    let mut all: Vec<(String, i64)> = OutboxStatus::ALL
+        .iter()
+        .map(|s| (s.to_string(), 0))
+        .collect();
     for (status, n) in found {
         match all.iter_mut().find(|(s, _)| *s == status) {
             Some(slot) => slot.1 = n,
@@ -213,26 +325,156 @@ pub fn counts(conn: &mut Conn) -> Result<Vec<(String, i64)>, DbError> {
 /// When the oldest pending row was written.
 pub fn oldest_pending(conn: &mut Conn) -> Result<Option<Ts>, DbError> {
     with_conn!(conn, |c| Ok(outbox::table
-        .filter(outbox::status.eq_any([PENDING, IN_FLIGHT]))
+        .filter(outbox::status.eq_any(OutboxStatus::OPEN))
         .select(diesel::dsl::min(outbox::created_at))
         .first::<Option<Ts>>(c)?))
 }
 
-/// The outcome of handling one row.
+/// A transition of one row, built only by the named constructors below (one per edge of the
+/// state machine) and written with [`update_each`].
 #[derive(Debug, Clone, Default, PartialEq, AsChangeset)]
 #[diesel(table_name = outbox)]
 pub struct RowUpdate {
-    pub status: Option<String>,
-    pub attempts: Option<i32>,
-    pub last_error: Option<Option<String>>,
-    pub http_status: Option<Option<i32>>,
-    pub result_job_id: Option<Option<i64>>,
-    pub next_attempt_at: Option<Ts>,
-    pub first_sent_at: Option<Option<Ts>>,
-    pub updated_at: Option<Ts>,
+    status: Option<OutboxStatus>,
+    attempts: Option<i32>,
+    last_error: Option<Option<String>>,
+    http_status: Option<Option<i32>>,
+    result_job_id: Option<Option<i64>>,
+    next_attempt_at: Option<Ts>,
+    in_doubt: Option<bool>,
+    updated_at: Option<Ts>,
 }
 
-/// Applies one update to several rows.
+impl RowUpdate {
+    /// The same transition, stamped as made at `at` (retention counts from `updated_at`).
+    pub fn as_of(mut self, at: Ts) -> Self {
+        self.updated_at = Some(at);
+        self
+    }
+
+    /// `→ done`: the API applied the row's operation (or a lookup found its create applied).
+    pub fn done(http_status: Option<u16>, job_id: i64) -> Self {
+        RowUpdate {
+            status: Some(Done),
+            last_error: Some(None),
+            http_status: Some(http_status.map(i32::from)),
+            result_job_id: Some(Some(job_id)),
+            in_doubt: Some(false),
+            ..RowUpdate::default()
+        }
+    }
+
+    /// `→ superseded`: merged into `survivor`, whose operation settled it (`job_id` when known).
+    pub fn superseded_by(survivor: i64, why: Option<&str>, job_id: Option<i64>) -> Self {
+        let reason = match why {
+            Some(why) => format!("merged into outbox row {survivor}{why}"),
+            None => format!("merged into outbox row {survivor}"),
+        };
+        RowUpdate {
+            status: Some(Superseded),
+            last_error: Some(Some(reason)),
+            result_job_id: Some(job_id),
+            in_doubt: Some(false),
+            ..RowUpdate::default()
+        }
+    }
+
+    /// `→ failed`, for good (until an operator's `outbox retry`), with the reason.
+    pub fn failed(reason: String, http_status: Option<u16>) -> Self {
+        RowUpdate {
+            status: Some(Failed),
+            last_error: Some(Some(reason)),
+            http_status: Some(http_status.map(i32::from)),
+            ..RowUpdate::default()
+        }
+    }
+
+    /// `→ pending`, not before `at`: the request surely was not applied (or is harmless to
+    /// repeat) and failed retryably; `attempts` counts the cycles that tried.
+    pub fn retry_later(reason: String, http_status: Option<u16>, attempts: i32, at: Ts) -> Self {
+        RowUpdate {
+            status: Some(Pending),
+            attempts: Some(attempts),
+            last_error: Some(Some(reason)),
+            http_status: Some(http_status.map(i32::from)),
+            next_attempt_at: Some(at),
+            in_doubt: Some(false),
+            ..RowUpdate::default()
+        }
+    }
+
+    /// Stays `in_flight`, in doubt: the create may or may not have been applied; it is looked up
+    /// (from `look_after` on) before anything is sent again.
+    pub fn in_doubt(reason: String, http_status: Option<u16>, attempts: i32, look_after: Ts) -> Self {
+        RowUpdate {
+            status: Some(InFlight),
+            attempts: Some(attempts),
+            last_error: Some(Some(reason)),
+            http_status: Some(http_status.map(i32::from)),
+            next_attempt_at: Some(look_after),
+            in_doubt: Some(true),
+            ..RowUpdate::default()
+        }
+    }
+
+    /// Stays in doubt: the lookup itself failed; the next one waits until `at`.
+    pub fn lookup_failed(reason: String, attempts: i32, at: Ts) -> Self {
+        RowUpdate {
+            attempts: Some(attempts),
+            last_error: Some(Some(reason)),
+            next_attempt_at: Some(at),
+            ..RowUpdate::default()
+        }
+    }
+
+    /// `in_flight → pending`, no longer in doubt: a lookup found no such job upstream, so the
+    /// create was never applied and may be sent again now.
+    pub fn absent(now: Ts) -> Self {
+        RowUpdate {
+            status: Some(Pending),
+            next_attempt_at: Some(now),
+            in_doubt: Some(false),
+            ..RowUpdate::default()
+        }
+    }
+
+    /// `in_flight → pending`, linked to `job_id`: a lookup found the create applied, but the
+    /// job lacks some of the fields sent; the planner sends them as a patch of that job.
+    pub fn linked(job_id: i64, now: Ts) -> Self {
+        RowUpdate {
+            status: Some(Pending),
+            result_job_id: Some(Some(job_id)),
+            next_attempt_at: Some(now),
+            in_doubt: Some(false),
+            ..RowUpdate::default()
+        }
+    }
+
+    /// `→ pending` as it was: the token was refused, nothing was applied.
+    pub fn waiting_for_token(now: Ts) -> Self {
+        RowUpdate {
+            status: Some(Pending),
+            next_attempt_at: Some(now),
+            in_doubt: Some(false),
+            ..RowUpdate::default()
+        }
+    }
+
+    /// `→ pending` now, unlinked: the job a create was linked to is gone upstream, so the create
+    /// is sent again.
+    pub fn job_gone(reason: String, now: Ts) -> Self {
+        RowUpdate {
+            status: Some(Pending),
+            last_error: Some(Some(reason)),
+            result_job_id: Some(None),
+            next_attempt_at: Some(now),
+            in_doubt: Some(false),
+            ..RowUpdate::default()
+        }
+    }
+}
+
+/// Applies one transition to several rows.
 pub fn update(conn: &mut Conn, ids: &[i64], change: &RowUpdate) -> Result<usize, DbError> {
     let mut change = change.clone();
     change.updated_at.get_or_insert_with(Ts::now);
@@ -247,17 +489,18 @@ pub fn update(conn: &mut Conn, ids: &[i64], change: &RowUpdate) -> Result<usize,
     })
 }
 
-/// Re-queues rows: `failed` ones (the given ids, or all of them), attempts reset.
+/// `failed → pending`, an operator's re-queue: the given failed rows (or all), attempts reset.
+/// A create still in doubt stays so, and is looked up before it is sent again.
 pub fn retry(conn: &mut Conn, ids: Option<&[i64]>) -> Result<usize, DbError> {
     let now = Ts::now();
     let change = (
-        outbox::status.eq(PENDING),
+        outbox::status.eq(Pending),
         outbox::attempts.eq(0),
         outbox::next_attempt_at.eq(now),
         outbox::updated_at.eq(now),
     );
     with_conn!(conn, |c| {
-        let failed = outbox::table.filter(outbox::status.eq(FAILED));
+        let failed = outbox::table.filter(outbox::status.eq(Failed));
         Ok(match ids {
             Some(ids) => diesel::update(failed.filter(outbox::id.eq_any(ids)))
                 .set(change)

@@ -1,7 +1,7 @@
 //! Retention (SPEC §2 `retention.*`): old changefeed rows, settled outbox rows, run history and
 //! mirror rows deleted upstream long ago. `failed` outbox rows are kept until someone acts.
 
-use super::outbox::{DONE, SUPERSEDED};
+use crate::db::models::OutboxStatus;
 use crate::config::RetentionConfig;
 use crate::db::schema::{job_changes, jobs, outbox, sync_runs};
 use crate::db::{Conn, DbError, Ts};
@@ -30,7 +30,7 @@ pub fn prune(conn: &mut Conn, keep: &RetentionConfig) -> Result<Pruned, DbError>
         .execute(c)?,
         outbox: diesel::delete(
             outbox::table
-                .filter(outbox::status.eq_any([DONE, SUPERSEDED]))
+                .filter(outbox::status.eq_any([OutboxStatus::Done, OutboxStatus::Superseded]))
                 .filter(outbox::updated_at.lt(outbox_cut)),
         )
         .execute(c)?,

@@ -7,17 +7,23 @@
 //! - a create never sent, followed by an unqueue → nothing is sent, both rows (and any patches
 //!   between them) are superseded;
 //! - patch + patch… → one patch; unqueue + unqueue… → one unqueue;
-//! - a create whose job the mirror already has is a patch (only the fields that differ from the
-//!   mirror are sent, and nothing at all when none do).
+//! - a create whose job the mirror already has (or that a lookup linked to its job) is a patch of
+//!   the fields that differ from the mirror; with none differing, the patch still goes out (one
+//!   unchanged field) to confirm that the job exists: a create is settled by the API, never by
+//!   the mirror alone, and a 404 sends the create after all.
 //!
 //! A row that is not ready (backing off, failed retryably earlier in this run, or a create whose
-//! outcome is still unknown) holds back every later row of its target, so per-target order holds.
+//! outcome is in doubt) holds back every later row of its target, so per-target order holds; a
+//! target with rows left open when its window of the outbox is done stays held in later windows
+//! of the same push ([`Held`]).
+//!
+//! Ambiguous rows fail alone: a `job_id` that contradicts the row's `campaign` + `reference`, or
+//! a reference that two live mirror jobs of the campaign share.
 
 use super::validate::{Intent, Op, RowInput, Target, validate};
 use crate::api::models::JobFields;
 use crate::db::Ts;
-use crate::db::models::{MirrorRow, OpenRow, canonical_json};
-use crate::db::repo::outbox::{IN_FLIGHT, PENDING};
+use crate::db::models::{MirrorRow, OpenRow, OutboxStatus, canonical_json};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -31,7 +37,13 @@ pub struct Mirror {
     pub by_id: HashMap<i64, MirrorRow>,
     /// Live mirror rows by campaign and reference (those the rows name).
     pub by_ref: HashMap<RefKey, MirrorRow>,
+    /// References that several live mirror jobs share: the ids of those jobs.
+    pub ambiguous: HashMap<RefKey, Vec<i64>>,
 }
+
+/// Targets whose rows were left open by an earlier window of the same push: their later rows
+/// wait for the next cycle.
+pub type Held = HashSet<Key>;
 
 /// One row of a group, with what the outcome needs to know about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +65,9 @@ pub struct Group {
     pub fields: JobFields,
     /// A create sent for the first time: `first_sent_at` is set when it leaves.
     pub first_send: bool,
+    /// A patch that stands for a create of a job the mirror (or a lookup) knows: a 404 means the
+    /// job is gone upstream, and the create is sent after all.
+    pub confirms_create: bool,
 }
 
 impl Group {
@@ -61,33 +76,25 @@ impl Group {
     }
 }
 
-/// A create whose job already holds every field it asks for: done without a call.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlreadyApplied {
-    pub survivor: i64,
-    pub merged: Vec<i64>,
-    pub job_id: i64,
-}
-
 #[derive(Debug, Default)]
 pub struct RoundPlan {
     pub failed: Vec<(i64, String)>,
-    pub superseded: Vec<(i64, String)>,
-    pub already_applied: Vec<AlreadyApplied>,
+    /// `(row, the row it was merged into, why)`.
+    pub superseded: Vec<(i64, i64, String)>,
     pub groups: Vec<Group>,
+    /// Targets with rows that were not ready: held for the rest of the push once the window is
+    /// done.
+    pub held: Vec<Key>,
 }
 
 impl RoundPlan {
     pub fn is_empty(&self) -> bool {
-        self.failed.is_empty()
-            && self.superseded.is_empty()
-            && self.already_applied.is_empty()
-            && self.groups.is_empty()
+        self.failed.is_empty() && self.superseded.is_empty() && self.groups.is_empty()
     }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-enum Key {
+pub enum Key {
     Id(i64),
     Ref(RefKey),
 }
@@ -101,9 +108,17 @@ struct Entry<'a> {
     next: Option<usize>,
 }
 
-/// The validated intent of a stored row.
+/// The validated intent of a stored row. A create that was sent merged with later rows, and
+/// then linked to its job by a lookup, carries the fields as sent.
 pub fn intent_of(row: &OpenRow) -> Result<Intent, String> {
-    validate(RowInput::from(row))
+    let mut intent = validate(RowInput::from(row))?;
+    if intent.op == Op::Create
+        && let Some(sent) = &row.sent_payload
+        && let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(sent)
+    {
+        intent.fields = fields;
+    }
+    Ok(intent)
 }
 
 /// The (campaign, reference) keys and ids the rows name, for loading the mirror.
@@ -111,9 +126,10 @@ pub fn targets_named(rows: &[OpenRow]) -> (Vec<RefKey>, Vec<i64>) {
     let mut refs = Vec::new();
     let mut ids = Vec::new();
     for row in rows {
-        if let (Some(id), false) = (row.job_id, row.op == "create") {
+        if let Some(id) = row.job_id.or(row.result_job_id) {
             ids.push(id);
-        } else if let (Some(c), Some(r)) = (row.campaign, &row.reference) {
+        }
+        if let (Some(c), Some(r)) = (row.campaign, &row.reference) {
             refs.push((c, r.clone()));
         }
     }
@@ -123,7 +139,7 @@ pub fn targets_named(rows: &[OpenRow]) -> (Vec<RefKey>, Vec<i64>) {
 /// [`plan_validated`], validating the rows first.
 #[cfg(test)]
 pub fn plan_round(rows: &[OpenRow], mirror: &Mirror, blocked: &HashSet<i64>, now: Ts) -> RoundPlan {
-    plan_validated(rows, validate_all(rows), mirror, blocked, now)
+    plan_validated(rows, validate_all(rows), mirror, blocked, &Held::new(), now)
 }
 
 /// Rows per validating thread, below which one thread does it all.
@@ -160,6 +176,7 @@ pub fn plan_validated(
     intents: Vec<Result<Intent, String>>,
     mirror: &Mirror,
     blocked: &HashSet<i64>,
+    held: &Held,
     now: Ts,
 ) -> RoundPlan {
     let mut plan = RoundPlan::default();
@@ -179,8 +196,8 @@ pub fn plan_validated(
         let target = std::mem::replace(&mut intent.target, Target::Id(0));
         // A reference the mirror does not know is valid only behind a pending create of it,
         // which gave it a chain.
-        let (key, existing) = match key_of(target, intent.op, mirror, |k| chain_of.contains_key(k))
-        {
+        let known = |k: &Key| chain_of.contains_key(k) || held.contains(k);
+        let (key, existing) = match key_of(row, target, intent.op, mirror, known) {
             Ok(found) => found,
             Err(reason) => {
                 plan.failed.push((row.id, reason));
@@ -191,7 +208,7 @@ pub fn plan_validated(
         entries.push(Some(Entry {
             row,
             intent,
-            existing: if row.op == "create" { existing } else { None },
+            existing: if intent_is_create(row) { existing } else { None },
             next: None,
         }));
         match chain_of.get(&key) {
@@ -216,11 +233,13 @@ pub fn plan_validated(
         let Some(key) = key else { continue };
         let mut ready = Vec::new();
         let mut next = Some(first);
-        while let Some(index) = next {
+        let mut waiting = held.contains(&key);
+        while let Some(index) = next.filter(|_| !waiting) {
             let Some(entry) = entries[index].take() else {
                 break;
             };
             if !is_ready(entry.row, blocked, now) {
+                waiting = true;
                 break;
             }
             next = entry.next;
@@ -228,35 +247,86 @@ pub fn plan_validated(
         }
         if !ready.is_empty() {
             take_prefix(ready, &key, &mut plan);
+        } else if waiting {
+            plan.held.push(key);
         }
     }
     plan
 }
 
-fn key_of(
+fn intent_is_create(row: &OpenRow) -> bool {
+    row.op == Op::Create.as_str()
+}
+
+fn key_of<'m>(
+    row: &OpenRow,
     target: Target,
     op: Op,
-    mirror: &Mirror,
-    pending_create: impl Fn(&Key) -> bool,
-) -> Result<(Key, Option<&MirrorRow>), String> {
+    mirror: &'m Mirror,
+    known: impl Fn(&Key) -> bool,
+) -> Result<(Key, Option<&'m MirrorRow>), String> {
+    // A create a lookup linked to its job: that job, whatever its reference is now.
+    if op == Op::Create
+        && let Some(job_id) = row.result_job_id
+    {
+        return match mirror.by_id.get(&job_id) {
+            Some(job) => Ok((Key::Id(job_id), Some(job))),
+            // Gone from the mirror since the link: the create is sent again.
+            None => match target {
+                Target::Ref {
+                    campaign,
+                    reference,
+                } => Ok((Key::Ref((campaign, reference)), None)),
+                Target::Id(_) => Err("a create needs campaign and reference".into()),
+            },
+        };
+    }
     match target {
-        Target::Id(id) => match mirror.by_id.get(&id) {
-            Some(job) => Ok((Key::Id(id), Some(job))),
-            None => Err(format!(
-                "job {id} is unknown: the mirror has no live job with this id (never pulled, or \
-                 deleted upstream)"
-            )),
-        },
+        Target::Id(id) => {
+            let Some(job) = mirror.by_id.get(&id) else {
+                return Err(format!(
+                    "job {id} is unknown: the mirror has no live job with this id (never \
+                     pulled, or deleted upstream)"
+                ));
+            };
+            if let (Some(campaign), Some(reference)) = (row.campaign, row.reference.as_deref())
+                && !reference.is_empty()
+                && (job.content.campaign != campaign
+                    || job.content.reference.as_deref() != Some(reference))
+            {
+                return Err(format!(
+                    "ambiguous target: job_id {id} contradicts campaign {campaign} + reference \
+                     `{reference}` (job {id} is campaign {} reference {}); name the job one way \
+                     only",
+                    job.content.campaign,
+                    job.content
+                        .reference
+                        .as_deref()
+                        .map_or("(none)".into(), |r| format!("`{r}`"))
+                ));
+            }
+            Ok((Key::Id(id), Some(job)))
+        }
         Target::Ref {
             campaign,
             reference,
         } => {
             let k = (campaign, reference);
+            if let Some(ids) = mirror.ambiguous.get(&k) {
+                let ids: Vec<String> = ids.iter().map(i64::to_string).collect();
+                return Err(format!(
+                    "ambiguous target: reference `{}` is held by {} live jobs in campaign \
+                     {campaign} (ids {}); name the job by job_id",
+                    k.1,
+                    ids.len(),
+                    ids.join(", ")
+                ));
+            }
             if let Some(job) = mirror.by_ref.get(&k) {
                 return Ok((Key::Id(job.content.id), Some(job)));
             }
             let key = Key::Ref(k);
-            if op == Op::Create || pending_create(&key) {
+            if op == Op::Create || known(&key) {
                 Ok((key, None))
             } else {
                 let Key::Ref((campaign, reference)) = key else {
@@ -272,14 +342,14 @@ fn key_of(
 }
 
 fn is_ready(row: &OpenRow, blocked: &HashSet<i64>, now: Ts) -> bool {
-    if blocked.contains(&row.id) {
+    if blocked.contains(&row.id) || row.in_doubt {
+        // A create in doubt is looked up (resolve.rs) before anything of its target is sent.
         return false;
     }
-    match row.status.as_str() {
-        PENDING => row.next_attempt_at <= now,
-        // A patch or unqueue left in flight (a crash, a timeout) is safe to send again; a create
-        // is first looked up (resolve.rs) and comes back pending.
-        IN_FLIGHT => row.op != "create",
+    match row.status {
+        OutboxStatus::Pending => row.next_attempt_at <= now,
+        // A patch or unqueue left in flight (a crash, a timeout) is safe to send again.
+        OutboxStatus::InFlight => !intent_is_create(row),
         _ => false,
     }
 }
@@ -318,6 +388,7 @@ fn take_prefix(mut entries: Vec<Entry>, key: &Key, plan: &mut RoundPlan) {
                 job_id: None,
                 fields,
                 first_send: head.row.first_sent_at.is_none(),
+                confirms_create: false,
             });
         }
         (Op::Create | Op::Patch, Key::Id(job_id)) => {
@@ -333,16 +404,15 @@ fn take_prefix(mut entries: Vec<Entry>, key: &Key, plan: &mut RoundPlan) {
                 existing = existing.or(e.existing);
                 merged.push(member(e.row));
             }
+            let confirms_create = head.intent.op == Op::Create;
             if let Some(job) = existing {
-                // A create of a job that exists: only what differs is worth sending.
+                // A job that exists: only what differs is worth sending.
                 fields = fields_that_differ(fields, job);
-                if fields.is_empty() {
-                    plan.already_applied.push(AlreadyApplied {
-                        survivor: head.row.id,
-                        merged: merged.iter().map(|m| m.id).collect(),
-                        job_id: *job_id,
-                    });
-                    return;
+                if fields.is_empty() && confirms_create {
+                    // Still sent, unchanged, so that the API (not the mirror) says the job is
+                    // there.
+                    let reference = job.content.reference.clone();
+                    fields.insert("reference".into(), reference.into());
                 }
             }
             plan.groups.push(Group {
@@ -352,6 +422,7 @@ fn take_prefix(mut entries: Vec<Entry>, key: &Key, plan: &mut RoundPlan) {
                 job_id: Some(*job_id),
                 fields,
                 first_send: false,
+                confirms_create,
             });
         }
         (Op::Unqueue, Key::Id(job_id)) => {
@@ -368,6 +439,7 @@ fn take_prefix(mut entries: Vec<Entry>, key: &Key, plan: &mut RoundPlan) {
                 job_id: Some(*job_id),
                 fields: JobFields::new(),
                 first_send: false,
+                confirms_create: false,
             });
         }
         // Only a create can name a job the mirror does not know (key_of sees to it).
@@ -378,29 +450,26 @@ fn take_prefix(mut entries: Vec<Entry>, key: &Key, plan: &mut RoundPlan) {
 fn cancel_unsent_create(create: i64, patches: &[Member], unqueue: i64, plan: &mut RoundPlan) {
     plan.superseded.push((
         create,
-        format!(
-            "merged into outbox row {unqueue}: unqueued before it was ever sent, so nothing was \
-             sent"
-        ),
+        unqueue,
+        ": unqueued before it was ever sent, so nothing was sent".into(),
     ));
     for p in patches {
         plan.superseded.push((
             p.id,
-            format!("merged into outbox row {create}, which was unqueued before it was sent"),
+            create,
+            ", which was unqueued before it was sent".into(),
         ));
     }
     plan.superseded.push((
         unqueue,
-        format!(
-            "merged into outbox row {create}: the create it cancels was never sent, so nothing \
-             was sent"
-        ),
+        create,
+        ": the create it cancels was never sent, so nothing was sent".into(),
     ));
 }
 
 /// The fields whose value differs from the mirror's job (compared by value, datetimes as
 /// instants).
-fn fields_that_differ(fields: JobFields, job: &MirrorRow) -> JobFields {
+pub fn fields_that_differ(fields: JobFields, job: &MirrorRow) -> JobFields {
     let current = match serde_json::to_value(job.to_job()) {
         Ok(Value::Object(map)) => map,
         _ => return fields,
@@ -449,11 +518,14 @@ mod tests {
             reference: r.map(str::to_string),
             job_id: job,
             payload: p.to_string(),
-            status: PENDING.into(),
+            status: OutboxStatus::Pending,
             attempts: 0,
             last_error: None,
             next_attempt_at: ts(),
             first_sent_at: None,
+            in_doubt: false,
+            sent_payload: None,
+            result_job_id: None,
         }
     }
 
@@ -478,6 +550,7 @@ mod tests {
                 .map(|j| ((28, j.content.reference.clone().unwrap()), j.clone()))
                 .collect(),
             by_id: jobs.into_iter().map(|j| (j.content.id, j)).collect(),
+            ambiguous: HashMap::new(),
         }
     }
 
@@ -525,8 +598,7 @@ mod tests {
         assert!(p.groups.is_empty());
         let ids: Vec<i64> = p.superseded.iter().map(|s| s.0).collect();
         assert_eq!(ids, [1, 2, 3], "row 4 waits for the next round");
-        assert!(p.superseded[0].1.contains("merged into outbox row 3"));
-        assert!(p.superseded[2].1.contains("merged into outbox row 1"));
+        assert_eq!((p.superseded[0].1, p.superseded[2].1), (3, 1));
     }
 
     #[test]
@@ -577,7 +649,7 @@ mod tests {
     }
 
     #[test]
-    fn a_create_of_a_known_job_sends_only_what_differs() {
+    fn a_create_of_a_known_job_is_confirmed_by_a_patch_of_what_differs() {
         let m = mirror(vec![mirror_job(7, "a", "A")]);
         let same = [row(
             1,
@@ -588,13 +660,12 @@ mod tests {
             json!({"name": "A"}),
         )];
         let p = plan(&same, &m);
+        let g = &p.groups[0];
+        assert_eq!((g.op, g.job_id, g.confirms_create), (Op::Patch, Some(7), true));
         assert_eq!(
-            p.already_applied,
-            [AlreadyApplied {
-                survivor: 1,
-                merged: vec![],
-                job_id: 7
-            }]
+            g.fields,
+            json!({"reference": "a"}).as_object().unwrap().clone(),
+            "nothing differs: the API still confirms the job exists"
         );
         let differs = [row(
             1,
@@ -610,6 +681,49 @@ mod tests {
             p.groups[0].fields,
             json!({"name": "B"}).as_object().unwrap().clone()
         );
+    }
+
+    #[test]
+    fn ambiguous_targets_fail_alone() {
+        let mut m = mirror(vec![mirror_job(5, "five", "A"), mirror_job(6, "six", "B")]);
+        m.ambiguous.insert((28, "twice".into()), vec![8, 9]);
+        let rows = [
+            row(1, "patch", Some(28), Some("five"), Some(6), json!({"name": "x"})),
+            row(2, "patch", Some(28), Some("twice"), None, json!({"name": "x"})),
+            row(3, "create", Some(28), Some("twice"), None, json!({"name": "x"})),
+            row(4, "patch", Some(28), Some("six"), Some(6), json!({"name": "x"})),
+        ];
+        let p = plan(&rows, &m);
+        let failed: Vec<i64> = p.failed.iter().map(|f| f.0).collect();
+        assert_eq!(failed, [1, 2, 3]);
+        assert!(p.failed[0].1.contains("job_id 6 contradicts"), "{}", p.failed[0].1);
+        assert!(p.failed[1].1.contains("held by 2 live jobs"), "{}", p.failed[1].1);
+        assert_eq!(p.groups.len(), 1, "a consistent job_id + reference is fine");
+    }
+
+    #[test]
+    fn a_linked_create_patches_its_job_with_the_fields_sent() {
+        let m = mirror(vec![mirror_job(7, "new", "A")]);
+        let mut linked = row(1, "create", Some(28), Some("old"), None, json!({"name": "A"}));
+        linked.result_job_id = Some(7);
+        linked.sent_payload =
+            Some(json!({"campaign": 28, "reference": "new", "name": "B"}).to_string());
+        let p = plan(&[linked], &m);
+        let g = &p.groups[0];
+        assert_eq!((g.op, g.job_id, g.confirms_create), (Op::Patch, Some(7), true));
+        assert_eq!(g.fields, json!({"name": "B"}).as_object().unwrap().clone());
+    }
+
+    #[test]
+    fn a_create_in_doubt_holds_its_target() {
+        let mut create = row(1, "create", Some(28), Some("a"), None, json!({}));
+        create.in_doubt = true;
+        create.status = OutboxStatus::InFlight;
+        create.first_sent_at = Some(ts());
+        let rows = [create, row(2, "patch", Some(28), Some("a"), None, json!({"name": "x"}))];
+        let p = plan(&rows, &mirror(vec![]));
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(p.held.len(), 1);
     }
 
     #[test]

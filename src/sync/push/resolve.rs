@@ -1,180 +1,281 @@
-//! Creates whose outcome is unknown (a timeout, a dropped connection, a crash while in flight, a
-//! duplicate-reference refusal) are never blindly sent again: the job is first looked for by
-//! campaign + reference — in the mirror, then with `GET /j/jobs?campaign=N&modified_since=T`, T
-//! just before the create was first sent (the API cannot filter by reference).
+//! Creates in doubt — sent, with no definitive answer (a timeout, a dropped connection, any 5xx,
+//! an answer that did not match what was sent, a crash while in flight, or a 400 on a create
+//! sent before) — are never sent again blindly: the job is first looked for upstream, by the
+//! campaign and reference actually sent (`outbox.sent_payload`, else the row's own).
 //!
-//! Found: the job goes into the mirror and the row back to `pending`, where the planner turns a
-//! create of a known job into a patch of whatever still differs (often nothing). Not found: the
-//! create was never applied, and the row goes back to `pending` to be sent again.
+//! The API cannot filter by reference, so the lookup reads
+//! `GET /j/jobs?campaign=N&modified_since=T`, with T the API's own clock at the first send
+//! (`first_sent_at`) minus [`LOOKUP_MARGIN`]; beyond the API's 48-hour window, or when the API
+//! refuses T, the whole campaign is listed. A lookup waits until the row's `next_attempt_at`,
+//! which the send set to `api.timeout_secs` plus a margin after the request left, so that a slow
+//! commit has landed first. Nothing here depends on the wording of an API error.
+//!
+//! - Found: the job goes into the mirror; the row is `done` (its merged rows `superseded`), or,
+//!   when the job lacks some of the fields sent, linked to it and `pending`, so that the planner
+//!   sends those fields as a patch.
+//! - Absent: the create was never applied and goes back to `pending` — unless the API refused it
+//!   (a 400 after an earlier send), in which case the refusal stands and the row fails.
+//! - The lookup failed: it backs off like any request and counts toward
+//!   `push.max_row_attempts`, then the row fails with the reason (still in doubt, so that an
+//!   `outbox retry` looks it up again). A row is never left in flight for good.
 
-use super::RunState;
-use super::plan::{RefKey, intent_of};
-use super::validate::Target;
-use crate::api::models::Job;
+use super::plan::{fields_that_differ, intent_of};
+use super::send::row_backoff;
+use super::{PushTuning, RunState};
+use crate::api::models::{Job, JobFields};
 use crate::api::{ApiClient, ApiError, ListQuery};
-use crate::db::models::{ChangeSource, OpenRow};
-use crate::db::repo::outbox::{self, FAILED, IN_FLIGHT, PENDING, RowUpdate};
+use crate::db::models::{ChangeSource, JobContent, MirrorRow, OpenRow};
+use crate::db::repo::outbox::{self, RowUpdate};
 use crate::db::repo::{jobs, transaction};
 use crate::db::{Db, Ts};
 use crate::sync::SyncError;
 use chrono::{DateTime, Duration, Utc};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-/// How far before the first send the lookup reaches: covers clock skew between us and the API.
-const LOOKUP_MARGIN: Duration = Duration::minutes(15);
+/// How far before the first send (on the API's clock) a lookup reaches: the `Date` header has
+/// whole seconds, and the API may stamp a job's modification a little before its answer.
+pub const LOOKUP_MARGIN: Duration = Duration::minutes(5);
 /// `modified_since` must lie within the past 48 hours; older lookups list the whole campaign.
 const API_WINDOW: Duration = Duration::hours(46);
 
-/// One create to resolve.
-struct Pending<'a> {
+/// One create to look up.
+struct InDoubt<'a> {
     row: &'a OpenRow,
-    key: RefKey,
+    /// The body as sent: its campaign and reference are what to look for.
+    sent: JobFields,
+    campaign: i64,
+    reference: String,
 }
 
-/// Resolves every in-flight create not blocked in this run. Returns whether any row changed.
-pub async fn resolve_in_flight_creates(
+/// What a lookup decided for one row.
+enum Verdict {
+    Done { job: Job },
+    Linked { job: Job },
+    Absent,
+    Refused,
+    LookupFailed { error: String },
+}
+
+/// Looks up every create of `rows` in doubt whose time has come and that this run has not
+/// touched. Returns whether any row changed.
+pub async fn resolve_in_doubt(
     db: &Db,
     client: &ApiClient,
     rows: &[OpenRow],
     st: &mut RunState,
     max_row_attempts: u32,
+    tuning: PushTuning,
 ) -> Result<bool, SyncError> {
-    let mut never_sent = Vec::new();
-    let mut unknown = Vec::new();
+    let now = Ts::now();
+    let mut by_campaign: BTreeMap<i64, Vec<InDoubt>> = BTreeMap::new();
     for row in rows {
-        if row.status != IN_FLIGHT || row.op != "create" || st.blocked.contains(&row.id) {
+        if !row.in_doubt || row.next_attempt_at > now || st.blocked.contains(&row.id) {
             continue;
         }
-        match intent_of(row).map(|i| i.target) {
-            Ok(Target::Ref {
-                campaign,
-                reference,
-            }) if row.first_sent_at.is_some() => unknown.push(Pending {
-                row,
-                key: (campaign, reference),
-            }),
-            // Never sent (or invalid, which the planner fails): nothing to look up.
-            _ => never_sent.push(row.id),
-        }
+        let Some(create) = in_doubt(row) else {
+            continue;
+        };
+        by_campaign.entry(create.campaign).or_default().push(create);
     }
-    if never_sent.is_empty() && unknown.is_empty() {
+    if by_campaign.is_empty() {
         return Ok(false);
     }
-    let keys: Vec<RefKey> = unknown.iter().map(|p| p.key.clone()).collect();
-    let in_mirror = db.run(move |c| jobs::find_by_references(c, &keys)).await?;
-    let mut back_to_pending = never_sent;
-    let mut to_look_up: BTreeMap<i64, Vec<&Pending>> = BTreeMap::new();
-    for p in &unknown {
-        if in_mirror.contains_key(&p.key) {
-            back_to_pending.push(p.row.id);
-        } else {
-            to_look_up.entry(p.key.0).or_default().push(p);
-        }
-    }
-    let mut found: Vec<Job> = Vec::new();
-    let mut failed: Vec<(i64, Option<String>)> = Vec::new();
-    for (campaign, wanted) in to_look_up {
-        let whole = wanted.iter().any(|p| st.full_lookup.contains(&p.row.id));
-        let jobs = match look_up(client, campaign, &wanted, whole).await {
-            Ok(jobs) => jobs,
+    // Only a guard: without it the API itself refuses a window too old (400), and the lookup
+    // then lists the whole campaign.
+    let server_now = client.server_now();
+    let mut verdicts: Vec<(&OpenRow, Verdict)> = Vec::new();
+    for (campaign, wanted) in by_campaign {
+        match look_up(client, campaign, &wanted, server_now).await {
+            Ok(found) => {
+                for create in wanted {
+                    let verdict = match found.get(&create.reference) {
+                        Some(job) => found_verdict(&create, job.clone()),
+                        None if st.refused.contains(&create.row.id) => Verdict::Refused,
+                        None => Verdict::Absent,
+                    };
+                    verdicts.push((create.row, verdict));
+                }
+            }
             Err(e) if e.is_auth() => return Err(e.into()),
             Err(e) => {
                 tracing::warn!(campaign, rows = wanted.len(), error = %e,
-                    "could not look up creates whose outcome is unknown; they wait for the next cycle");
-                for p in &wanted {
-                    st.blocked.insert(p.row.id);
+                    "could not look up creates in doubt; they wait and are looked up again");
+                for create in wanted {
+                    verdicts.push((
+                        create.row,
+                        Verdict::LookupFailed {
+                            error: e.to_string(),
+                        },
+                    ));
                 }
-                st.stats.deferred += wanted.len() as i64;
-                continue;
-            }
-        };
-        for p in wanted {
-            if let Some(job) = jobs.get(&p.key.1) {
-                tracing::info!(
-                    outbox_id = p.row.id,
-                    job_id = job.id,
-                    campaign,
-                    "a create whose outcome was unknown had been applied: linking it"
-                );
-                found.push(job.clone());
-                back_to_pending.push(p.row.id);
-            } else if st.full_lookup.contains(&p.row.id) {
-                // The API refused it (a 400 naming the reference), and no such job exists: the
-                // refusal stands, with its message already in `last_error`.
-                failed.push((p.row.id, None));
-            } else if p.row.attempts >= max_row_attempts as i32 {
-                let reason = format!(
-                    "gave up after {} attempts whose outcome was unknown; the job was not found \
-                     upstream, so it was never created (re-queue with `jobsync outbox retry --id \
-                     {}`); last error: {}",
-                    p.row.attempts,
-                    p.row.id,
-                    p.row.last_error.as_deref().unwrap_or("none")
-                );
-                failed.push((p.row.id, Some(reason)));
-            } else {
-                back_to_pending.push(p.row.id);
             }
         }
     }
-    st.stats.failed += failed.len() as i64;
-    for (id, _) in &failed {
-        st.full_lookup.remove(id);
-    }
-    db.run(move |c| {
-        let now = Ts::now();
-        transaction(c, |c| {
-            jobs::upsert(c, &found, ChangeSource::Push, now, false)?;
-            let pending = RowUpdate {
-                status: Some(PENDING.into()),
-                next_attempt_at: Some(now),
-                ..RowUpdate::default()
-            };
-            outbox::update(c, &back_to_pending, &pending)?;
-            for (id, reason) in failed {
-                let change = RowUpdate {
-                    status: Some(FAILED.into()),
-                    last_error: reason.map(Some),
-                    ..RowUpdate::default()
-                };
-                outbox::update(c, &[id], &change)?;
-            }
-            Ok(())
-        })
-    })
-    .await?;
+    record(db, verdicts, st, max_row_attempts, tuning).await?;
     Ok(true)
 }
 
-/// The jobs of `campaign` with the wanted references, by reference. Reads the campaign from just
-/// before the earliest first send, or whole when that is too old for the API (or `whole`).
+/// The create a row in doubt sent, or `None` for a row the planner fails (invalid).
+fn in_doubt(row: &OpenRow) -> Option<InDoubt<'_>> {
+    let sent = intent_of(row).ok()?.fields;
+    let campaign = sent.get("campaign")?.as_i64()?;
+    let reference = sent.get("reference")?.as_str()?.to_owned();
+    Some(InDoubt {
+        row,
+        sent,
+        campaign,
+        reference,
+    })
+}
+
+fn found_verdict(create: &InDoubt, job: Job) -> Verdict {
+    let mut sent = create.sent.clone();
+    sent.remove("campaign");
+    let stored = MirrorRow {
+        content: JobContent::from_job(&job),
+        first_seen_at: Ts::now(),
+        last_seen_at: Ts::now(),
+        remote_deleted_at: None,
+    };
+    if fields_that_differ(sent, &stored).is_empty() {
+        Verdict::Done { job }
+    } else {
+        Verdict::Linked { job }
+    }
+}
+
+/// Writes every verdict, the jobs found and the rows merged into the settled creates, in one
+/// transaction.
+async fn record(
+    db: &Db,
+    verdicts: Vec<(&OpenRow, Verdict)>,
+    st: &mut RunState,
+    max_row_attempts: u32,
+    tuning: PushTuning,
+) -> Result<(), SyncError> {
+    let now = Ts::now();
+    let mut found: Vec<Job> = Vec::new();
+    let mut updates: Vec<(i64, RowUpdate)> = Vec::new();
+    // Survivors whose merged rows follow them: (survivor, how, job).
+    let mut followers: Vec<(i64, Follow)> = Vec::new();
+    for (row, verdict) in verdicts {
+        let id = row.id;
+        match verdict {
+            Verdict::Done { job } => {
+                tracing::info!(outbox_id = id, job_id = job.id, "a create in doubt had been applied: linked to its job");
+                updates.push((id, RowUpdate::done(None, job.id)));
+                followers.push((id, Follow::Superseded(Some(job.id))));
+                found.push(job);
+                st.stats.ok += 1;
+            }
+            Verdict::Linked { job } => {
+                tracing::info!(outbox_id = id, job_id = job.id, "a create in doubt had been applied; sending the fields it lacks");
+                updates.push((id, RowUpdate::linked(job.id, now)));
+                followers.push((id, Follow::Superseded(Some(job.id))));
+                found.push(job);
+            }
+            Verdict::Absent => {
+                updates.push((id, RowUpdate::absent(now)));
+                followers.push((id, Follow::Absent));
+            }
+            Verdict::Refused => {
+                st.refused.remove(&id);
+                let reason = format!(
+                    "{} (the job was looked up after the refusal and does not exist)",
+                    row.last_error.as_deref().unwrap_or("refused by the API")
+                );
+                updates.push((id, RowUpdate::failed(reason, None)));
+                followers.push((id, Follow::Failed));
+                st.stats.failed += 1;
+            }
+            Verdict::LookupFailed { error } => {
+                st.blocked.insert(id);
+                let attempts = row.attempts + 1;
+                if attempts >= max_row_attempts as i32 {
+                    let reason = format!(
+                        "gave up after {attempts} attempts: the create's outcome is unknown and \
+                         the lookup for it failed ({error}); it may exist upstream — `jobsync \
+                         outbox retry --id {id}` looks it up again before any re-send"
+                    );
+                    updates.push((id, RowUpdate::failed(reason, None)));
+                    followers.push((id, Follow::Failed));
+                    st.stats.failed += 1;
+                } else {
+                    let at = Ts::from(now.as_utc() + row_backoff(attempts, None, tuning));
+                    let reason = format!(
+                        "in doubt: the create may have been applied, and looking it up failed \
+                         ({error}); looked up again before any re-send"
+                    );
+                    updates.push((id, RowUpdate::lookup_failed(reason, attempts, at)));
+                    st.stats.deferred += 1;
+                }
+            }
+        }
+    }
+    let survivors: Vec<i64> = followers.iter().map(|(id, _)| *id).collect();
+    let follow: HashMap<i64, Follow> = followers.into_iter().collect();
+    db.run(move |c| {
+        transaction(c, |c| {
+            let contents: Vec<JobContent> = found.iter().map(JobContent::from_job).collect();
+            jobs::upsert_contents(c, contents, ChangeSource::Push, now, false)?;
+            for (row, survivor) in outbox::merged_into(c, &survivors)? {
+                let change = match follow[&survivor] {
+                    Follow::Superseded(job) => RowUpdate::superseded_by(survivor, None, job),
+                    Follow::Absent => RowUpdate::absent(now),
+                    Follow::Failed => RowUpdate::failed(
+                        format!("merged into outbox row {survivor}, which failed"),
+                        None,
+                    ),
+                };
+                updates.push((row, change));
+            }
+            outbox::update_each(c, &updates)
+        })
+    })
+    .await?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Follow {
+    Superseded(Option<i64>),
+    Absent,
+    Failed,
+}
+
+/// The jobs of `campaign` with the wanted references, by reference (the oldest job when the API
+/// holds several). Reads the campaign from just before the earliest first send on the API's
+/// clock, or whole when that is too old for the API or unknown.
 async fn look_up(
     client: &ApiClient,
     campaign: i64,
-    wanted: &[&Pending<'_>],
-    whole: bool,
+    wanted: &[InDoubt<'_>],
+    server_now: Option<DateTime<Utc>>,
 ) -> Result<HashMap<String, Job>, ApiError> {
-    let references: HashSet<&str> = wanted.iter().map(|p| p.key.1.as_str()).collect();
+    let references: HashSet<&str> = wanted.iter().map(|c| c.reference.as_str()).collect();
     let earliest = wanted
         .iter()
-        .filter_map(|p| p.row.first_sent_at)
+        .map(|c| c.row.first_sent_at.map(|t| t.as_utc() - LOOKUP_MARGIN))
         .min()
-        .map(|t| t.as_utc() - LOOKUP_MARGIN);
-    let since = earliest.filter(|t| !whole && Utc::now() - *t < API_WINDOW);
+        .flatten();
+    let since = earliest.filter(|since| server_now.is_none_or(|now| now - *since < API_WINDOW));
     let mut listing = match client.list_jobs(query(campaign, since)).await {
-        // The API refused the window (its clock differs from ours): list the whole campaign.
+        // The API refused the window: list the whole campaign.
         Err(ApiError::Http { status: 400, .. }) if since.is_some() => {
             client.list_jobs(query(campaign, None)).await?
         }
         other => other?,
     };
-    let mut found = HashMap::new();
+    let mut found: HashMap<String, Job> = HashMap::new();
     while let Some(batch) = listing.next_batch(1000).await? {
         for job in batch {
             if let Some(reference) = job.reference.as_deref()
                 && references.contains(reference)
             {
-                found.insert(reference.to_owned(), job);
+                let keep = found.get(reference).is_none_or(|seen| seen.id > job.id);
+                if keep {
+                    found.insert(reference.to_owned(), job.truncated_to_micros());
+                }
             }
         }
     }

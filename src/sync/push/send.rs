@@ -1,11 +1,15 @@
 //! Sends a round's operations through the bulk endpoints and records each outcome.
 //!
-//! Every chunk of `api.bulk_size` operations is a small pipeline: mark its rows `in_flight` (and
-//! stamp `first_sent_at` on first-time creates) before the request leaves, send it, then record
-//! each item's outcome together with the job the API returned, in one transaction. Chunks run
-//! concurrently, twice the client's `api.concurrency` at a time and each in its own task, so that
-//! one chunk's database and encoding work overlaps the others' requests (the client's own limit
-//! still bounds calls in flight).
+//! Every chunk of `api.bulk_size` operations is a small pipeline: mark its rows `in_flight`
+//! (creates also `in_doubt`, with `first_sent_at` on the API's clock at their first send) before
+//! the request leaves, send it, then record each item's outcome together with the job the API
+//! returned, in one transaction. Chunks run concurrently, twice the client's `api.concurrency`
+//! at a time and each in its own task, so that one chunk's database and encoding work overlaps
+//! the others' requests (the client's own limit still bounds calls in flight).
+//!
+//! On a stop request no further chunk starts; the chunks in flight get until the stop's deadline
+//! to finish, then are abandoned where they are: their rows stay `in_flight` (creates in doubt),
+//! and the next cycle resolves them.
 
 use super::plan::Group;
 use super::validate::Op;
@@ -13,10 +17,11 @@ use super::{PushStats, PushTuning};
 use crate::api::models::{Job, JobFields};
 use crate::api::{ApiClient, ApiError, ItemOutcome};
 use crate::db::models::{ChangeSource, JobContent};
-use crate::db::repo::outbox::{self, DONE, FAILED, PENDING, RowUpdate, SUPERSEDED};
+use crate::db::repo::outbox::{self, CreateSend, RowUpdate, Sending};
 use crate::db::repo::{jobs, transaction};
 use crate::db::{Db, Ts};
-use crate::sync::SyncError;
+use crate::sync::{StopFlag, SyncError};
+use chrono::Utc;
 use rand::Rng;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,10 +35,12 @@ pub struct Sent {
     pub stats: PushStats,
     /// Rows that must not be tried again in this run (deferred after a retryable failure).
     pub blocked: Vec<i64>,
-    /// Creates refused for their reference: look the job up in the whole campaign.
-    pub full_lookup: Vec<i64>,
+    /// Creates refused with a 400 after an earlier send: looked up before the refusal stands.
+    pub refused: Vec<i64>,
     /// The token was refused: the run stops.
     pub auth: Option<ApiError>,
+    /// A stop request abandoned chunks in flight.
+    pub abandoned: bool,
 }
 
 /// How rows are retried across cycles.
@@ -48,6 +55,7 @@ pub async fn send_round(
     client: &ApiClient,
     groups: Vec<Group>,
     limits: Limits,
+    stop: &StopFlag,
 ) -> Result<Sent, SyncError> {
     let size = client.bulk_size().max(1);
     let mut chunks: Vec<(Op, Vec<Group>)> = Vec::new();
@@ -70,8 +78,9 @@ pub async fn send_round(
     let mut tasks = JoinSet::new();
     let mut chunks = chunks.into_iter();
     let mut results: Vec<Result<Sent, SyncError>> = Vec::new();
+    let mut abandoned = false;
     loop {
-        while tasks.len() < width {
+        while tasks.len() < width && !stop.is_set() {
             let Some((op, chunk)) = chunks.next() else {
                 break;
             };
@@ -81,17 +90,38 @@ pub async fn send_round(
                     .in_current_span(),
             );
         }
-        let Some(joined) = tasks.join_next().await else {
+        let joined = match stop.deadline() {
+            None => tasks.join_next().await,
+            Some(deadline) => {
+                match tokio::time::timeout_at(deadline.into(), tasks.join_next()).await {
+                    Ok(joined) => joined,
+                    Err(_) => {
+                        tracing::warn!(
+                            chunks = tasks.len(),
+                            "stop deadline reached: abandoning the requests in flight (their \
+                             creates are in doubt and looked up next cycle)"
+                        );
+                        tasks.abort_all();
+                        abandoned = true;
+                        break;
+                    }
+                }
+            }
+        };
+        let Some(joined) = joined else {
             break;
         };
         results.push(joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())));
     }
-    let mut total = Sent::default();
+    let mut total = Sent {
+        abandoned,
+        ..Sent::default()
+    };
     for result in results {
         let sent = result?;
         total.stats += sent.stats;
         total.blocked.extend(sent.blocked);
-        total.full_lookup.extend(sent.full_lookup);
+        total.refused.extend(sent.refused);
         total.auth = total.auth.or(sent.auth);
     }
     Ok(total)
@@ -105,16 +135,24 @@ async fn send_chunk(
     chunk: Vec<Group>,
     limits: Limits,
 ) -> Result<Sent, SyncError> {
-    let ids: Vec<i64> = chunk.iter().flat_map(|g| g.rows().map(|m| m.id)).collect();
-    let first_sends: Vec<i64> = chunk
-        .iter()
-        .filter(|g| g.first_send)
-        .map(|g| g.survivor.id)
-        .collect();
+    let sending: Vec<Sending> = chunk.iter().map(sending).collect();
     let started = std::time::Instant::now();
+    // The API's clock at the first send: an in-doubt create is looked up from there. Known from
+    // the API's earlier answers (the pull's, at least); asked for only when none came yet. When
+    // it cannot be known, the send is stamped at the epoch, so that a lookup lists the whole
+    // campaign rather than trust our own clock.
+    let server_now = match op {
+        Op::Create => match client.server_time().await {
+            Ok(t) => Ts::from(t),
+            Err(e) if e.is_auth() => return waiting_for_token(db, writer, &chunk, e).await,
+            Err(_) => Ts::from(chrono::DateTime::<Utc>::UNIX_EPOCH),
+        },
+        _ => Ts::now(),
+    };
+    let lookup_from = look_after(client, limits.tuning);
     {
         let _writing = writer.lock().await;
-        db.run(move |c| outbox::mark_in_flight(c, &ids, &first_sends, Ts::now()))
+        db.run(move |c| outbox::mark_sent(c, &sending, Ts::now(), server_now, lookup_from))
             .await?;
     }
     let marked = started.elapsed();
@@ -136,23 +174,29 @@ async fn send_chunk(
     let mut sent = Sent::default();
     let mut updates = Vec::new();
     let mut returned: Vec<Job> = Vec::new();
+    let mut gone: Vec<i64> = Vec::new();
+    let mut record = Record {
+        op,
+        limits,
+        // From the answer (or the give-up), not the first attempt: the client may have retried.
+        look_after: look_after(client, limits.tuning),
+        sent: &mut sent,
+        updates: &mut updates,
+        returned: &mut returned,
+        gone: &mut gone,
+    };
     for (group, outcome) in chunk.iter().zip(outcomes) {
-        record_outcome(
-            op,
-            group,
-            outcome,
-            limits,
-            &mut sent,
-            &mut updates,
-            &mut returned,
-        );
+        record.outcome(group, outcome);
     }
     // Converted before taking the writer lock, so the lock covers only the writes.
     let returned: Vec<JobContent> = returned.iter().map(JobContent::from_job).collect();
+    // A job the API says is gone is gone as of the API's clock.
+    let gone_at = client.server_now().map_or_else(Ts::now, Ts::from);
     let _writing = writer.lock().await;
     db.run(move |c| {
         transaction(c, |c| {
             jobs::upsert_contents(c, returned, ChangeSource::Push, Ts::now(), false)?;
+            jobs::mark_gone(c, &gone, gone_at)?;
             outbox::update_each(c, &updates)
         })
     })
@@ -175,130 +219,170 @@ fn patch_item(group: &Group) -> JobFields {
     item
 }
 
-fn record_outcome(
-    op: Op,
-    group: &Group,
-    outcome: ItemOutcome,
-    limits: Limits,
-    sent: &mut Sent,
-    updates: &mut Vec<(i64, RowUpdate)>,
-    returned: &mut Vec<Job>,
-) {
-    let survivor = group.survivor.id;
+/// What [`outbox::mark_sent`] writes for a group about to leave.
+fn sending(group: &Group) -> Sending {
+    let create = (group.op == Op::Create).then(|| CreateSend {
+        // The body is kept when rows were merged into it: the lookup needs the reference sent.
+        sent_payload: (!group.merged.is_empty())
+            .then(|| serde_json::Value::Object(group.fields.clone()).to_string()),
+        first_send: group.first_send,
+    });
+    Sending {
+        survivor: group.survivor.id,
+        merged: group.merged.iter().map(|m| m.id).collect(),
+        create,
+    }
+}
+
+/// The earliest time a create sent now may be looked up: after the request's own timeout (an
+/// unanswered request may still be committing) and a margin.
+fn look_after(client: &ApiClient, tuning: PushTuning) -> Ts {
+    let wait = client.timeout() + tuning.lookup_margin;
+    Ts::from(Utc::now() + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::hours(1)))
+}
+
+/// The token was refused before anything was sent: the rows wait, unchanged.
+async fn waiting_for_token(
+    db: &Db,
+    writer: &Mutex<()>,
+    chunk: &[Group],
+    error: ApiError,
+) -> Result<Sent, SyncError> {
     let now = Ts::now();
-    match outcome {
-        ItemOutcome::Ok { status, job } => {
-            let settled = |status_text: &str, last_error: Option<String>| RowUpdate {
-                status: Some(status_text.into()),
-                last_error: Some(last_error),
-                http_status: Some(Some(i32::from(status))),
-                result_job_id: Some(Some(job.id)),
-                ..RowUpdate::default()
-            };
-            updates.push((survivor, settled(DONE, None)));
-            for m in &group.merged {
-                let reason = format!("merged into outbox row {survivor}");
-                updates.push((m.id, settled(SUPERSEDED, Some(reason))));
+    let updates: Vec<(i64, RowUpdate)> = chunk
+        .iter()
+        .flat_map(Group::rows)
+        .map(|m| (m.id, RowUpdate::waiting_for_token(now)))
+        .collect();
+    let _writing = writer.lock().await;
+    db.run(move |c| outbox::update_each(c, &updates)).await?;
+    Ok(Sent {
+        auth: Some(error),
+        ..Sent::default()
+    })
+}
+
+/// Turns one item's outcome into its rows' transitions.
+struct Record<'a> {
+    op: Op,
+    limits: Limits,
+    look_after: Ts,
+    sent: &'a mut Sent,
+    updates: &'a mut Vec<(i64, RowUpdate)>,
+    returned: &'a mut Vec<Job>,
+    /// Jobs a confirming patch found gone upstream.
+    gone: &'a mut Vec<i64>,
+}
+
+impl Record<'_> {
+    fn outcome(&mut self, group: &Group, outcome: ItemOutcome) {
+        let survivor = group.survivor.id;
+        let rows = 1 + group.merged.len() as i64;
+        match outcome {
+            ItemOutcome::Ok { status, job } => {
+                self.updates
+                    .push((survivor, RowUpdate::done(Some(status), job.id)));
+                for m in &group.merged {
+                    let change = RowUpdate::superseded_by(survivor, None, Some(job.id));
+                    self.updates.push((m.id, change));
+                }
+                self.sent.stats.ok += 1;
+                self.sent.stats.superseded += rows - 1;
+                self.returned.push(job);
             }
-            sent.stats.ok += 1;
-            sent.stats.superseded += group.merged.len() as i64;
-            returned.push(job);
-        }
-        ItemOutcome::Rejected { status, message }
-            if op == Op::Create && status == 400 && message.contains("reference") =>
-        {
-            // Perhaps the job exists already (created by an earlier send whose answer was lost,
-            // or by someone else): look for it in the whole campaign before failing the row.
-            let change = RowUpdate {
-                last_error: Some(Some(message)),
-                http_status: Some(Some(i32::from(status))),
-                ..RowUpdate::default()
-            };
-            for m in group.rows() {
-                updates.push((m.id, change.clone()));
+            ItemOutcome::Rejected { status: 404, message } if group.confirms_create => {
+                // The job the create was matched with is gone upstream: the create is sent after
+                // all, in a later round.
+                let job = group.job_id.unwrap_or_default();
+                tracing::info!(outbox_id = survivor, job_id = job, "the job of a create is gone upstream; creating it");
+                self.gone.push(job);
+                let reason = format!("job {job} is gone upstream ({message}); sending the create");
+                for m in group.rows() {
+                    self.updates.push((m.id, RowUpdate::job_gone(reason.clone(), Ts::now())));
+                }
             }
-            sent.full_lookup.push(survivor);
-        }
-        ItemOutcome::Rejected { status, message } => {
-            let message = match (status, group.job_id) {
-                (404, Some(id)) => format!("job {id} does not exist upstream: {message}"),
-                _ => message,
-            };
-            let failed = |last_error: String| RowUpdate {
-                status: Some(FAILED.into()),
-                last_error: Some(Some(last_error)),
-                http_status: Some(Some(i32::from(status))),
-                ..RowUpdate::default()
-            };
-            for m in &group.merged {
-                let reason = format!("merged into outbox row {survivor}, which failed: {message}");
-                updates.push((m.id, failed(reason)));
+            ItemOutcome::Rejected { status: 400, message }
+                if self.op == Op::Create && !group.first_send =>
+            {
+                // Sent before: perhaps applied then (a duplicate now), whatever the message says.
+                // Looked up before the refusal stands.
+                let attempts = group.survivor.attempts;
+                let change = RowUpdate::in_doubt(message, Some(400), attempts, Ts::now());
+                self.updates.push((survivor, change));
+                self.sent.refused.push(survivor);
             }
-            updates.push((survivor, failed(message)));
-            sent.stats.failed += 1 + group.merged.len() as i64;
-        }
-        ItemOutcome::Retryable { error } if error.is_auth() => {
-            // Nothing was applied; the rows wait, unchanged, for a usable token.
-            let change = RowUpdate {
-                status: Some(PENDING.into()),
-                ..RowUpdate::default()
-            };
-            for m in group.rows() {
-                updates.push((m.id, change.clone()));
-            }
-            sent.auth.get_or_insert(error);
-        }
-        ItemOutcome::Retryable { error } => {
-            let attempts = group.survivor.attempts + 1;
-            let give_up = attempts >= limits.max_row_attempts as i32;
-            let wait = row_backoff(attempts, error.retry_after(), limits.tuning);
-            for m in group.rows() {
-                let change = if give_up {
-                    RowUpdate {
-                        status: Some(FAILED.into()),
-                        attempts: Some(m.attempts + 1),
-                        last_error: Some(Some(format!(
-                            "gave up after {attempts} cycles with a retryable failure (re-queue \
-                             with `jobsync outbox retry --id {}`): {error}",
-                            m.id
-                        ))),
-                        http_status: Some(error.status().map(i32::from)),
-                        ..RowUpdate::default()
-                    }
-                } else {
-                    RowUpdate {
-                        status: Some(PENDING.into()),
-                        attempts: Some(m.attempts + 1),
-                        last_error: Some(Some(error.to_string())),
-                        http_status: Some(error.status().map(i32::from)),
-                        next_attempt_at: Some(Ts::from(now.as_utc() + wait)),
-                        ..RowUpdate::default()
-                    }
+            ItemOutcome::Rejected { status, message } => {
+                let message = match (status, group.job_id) {
+                    (404, Some(id)) => format!("job {id} does not exist upstream: {message}"),
+                    _ => message,
                 };
-                updates.push((m.id, change));
-                sent.blocked.push(m.id);
+                for m in &group.merged {
+                    let reason =
+                        format!("merged into outbox row {survivor}, which failed: {message}");
+                    self.updates.push((m.id, RowUpdate::failed(reason, Some(status))));
+                }
+                self.updates
+                    .push((survivor, RowUpdate::failed(message, Some(status))));
+                self.sent.stats.failed += rows;
             }
-            let rows = 1 + group.merged.len() as i64;
-            if give_up {
-                sent.stats.failed += rows;
+            ItemOutcome::Retryable { error } if error.is_auth() => {
+                // Nothing was applied; the rows wait, unchanged, for a usable token.
+                for m in group.rows() {
+                    self.updates
+                        .push((m.id, RowUpdate::waiting_for_token(Ts::now())));
+                }
+                self.sent.auth.get_or_insert(error);
+            }
+            ItemOutcome::Retryable { error } => self.retryable(group, &error),
+            ItemOutcome::Unknown { error } => {
+                // The rows stay in flight; the create is looked up (after its timeout and a
+                // margin) before anything of its target is sent again.
+                let attempts = group.survivor.attempts + 1;
+                let reason = format!(
+                    "in doubt: the create may or may not have been applied ({error}); it is \
+                     looked up by reference before any re-send"
+                );
+                let status = error.status();
+                self.updates.push((
+                    survivor,
+                    RowUpdate::in_doubt(reason, status, attempts, self.look_after),
+                ));
+                for m in group.rows() {
+                    self.sent.blocked.push(m.id);
+                }
+                self.sent.stats.deferred += rows;
+            }
+        }
+    }
+
+    /// A failure that left nothing applied (or that is harmless to repeat): the rows wait with
+    /// backoff, or fail after `push.max_row_attempts` cycles.
+    fn retryable(&mut self, group: &Group, error: &ApiError) {
+        let attempts = group.survivor.attempts + 1;
+        let give_up = attempts >= self.limits.max_row_attempts as i32;
+        let wait = row_backoff(attempts, error.retry_after(), self.limits.tuning);
+        let at = Ts::from(Utc::now() + wait);
+        for m in group.rows() {
+            let change = if give_up {
+                RowUpdate::failed(
+                    format!(
+                        "gave up after {attempts} cycles with a retryable failure (re-queue with \
+                         `jobsync outbox retry --id {}`): {error}",
+                        m.id
+                    ),
+                    error.status(),
+                )
             } else {
-                sent.stats.deferred += rows;
-            }
+                RowUpdate::retry_later(error.to_string(), error.status(), m.attempts + 1, at)
+            };
+            self.updates.push((m.id, change));
+            self.sent.blocked.push(m.id);
         }
-        ItemOutcome::Unknown { error } => {
-            // The rows stay in flight; the next round looks the job up before any re-send.
-            for m in group.rows() {
-                let change = RowUpdate {
-                    attempts: Some(m.attempts + 1),
-                    last_error: Some(Some(format!(
-                        "outcome unknown ({error}); the job is looked up by reference before \
-                         any re-send"
-                    ))),
-                    http_status: Some(error.status().map(i32::from)),
-                    ..RowUpdate::default()
-                };
-                updates.push((m.id, change));
-            }
+        let rows = 1 + group.merged.len() as i64;
+        if give_up {
+            self.sent.stats.failed += rows;
+        } else {
+            self.sent.stats.deferred += rows;
         }
     }
 }
@@ -306,7 +390,7 @@ fn record_outcome(
 /// The wait before a row's next cycle: exponential in its attempts, with jitter (half to all of
 /// the delay, so rows that failed together do not all come back together), never shorter than
 /// what the server asked for with `Retry-After` (itself capped).
-fn row_backoff(
+pub(super) fn row_backoff(
     attempts: i32,
     retry_after: Option<Duration>,
     tuning: PushTuning,
