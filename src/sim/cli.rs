@@ -1,5 +1,6 @@
 //! `jobsync simulate`: the simulator as a command, serving until SIGINT or SIGTERM.
 
+use super::clock::{MAX_OFFSET_HOURS, check_offset_hours};
 use super::faults::check_rate;
 use super::{Faults, SimConfig, spawn};
 use std::io::Write;
@@ -43,10 +44,18 @@ pub struct SimulateArgs {
     /// Delay added before answering each API request.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
-    /// Shift of the simulated clock from real time, in hours (may be negative).
-    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    /// Shift of the simulated clock from real time, in hours (may be negative), within
+    /// ±100000.
+    #[arg(
+        long,
+        default_value_t = 0.0,
+        allow_negative_numbers = true,
+        value_parser = offset_hours
+    )]
     pub clock_offset_hours: f64,
 }
+
+// Clap names the flag in front of these messages, so they only state the allowed range.
 
 fn rate(raw: &str) -> Result<f64, String> {
     let rate: f64 = raw
@@ -54,6 +63,16 @@ fn rate(raw: &str) -> Result<f64, String> {
         .map_err(|_| format!("`{raw}` is not a number"))?;
     check_rate("a rate", rate)?;
     Ok(rate)
+}
+
+fn offset_hours(raw: &str) -> Result<f64, String> {
+    let hours: f64 = raw.parse().map_err(|_| {
+        format!(
+            "`{raw}` is not a number of hours between -{MAX_OFFSET_HOURS} and {MAX_OFFSET_HOURS}"
+        )
+    })?;
+    check_offset_hours(hours)?;
+    Ok(hours)
 }
 
 impl SimulateArgs {
@@ -173,5 +192,26 @@ mod tests {
     fn rates_outside_zero_to_one_are_refused() {
         assert!(Cli::try_parse_from(["sim", "--fail-rate", "1.5"]).is_err());
         assert!(Cli::try_parse_from(["sim", "--throttle-rate", "x"]).is_err());
+    }
+
+    /// Each refusal is clap's usage error (exit 2), naming the flag and the range allowed.
+    #[test]
+    fn clock_offsets_out_of_range_are_refused() {
+        for value in ["1e308", "-1e308", "inf", "NaN", "100000.5", "soon"] {
+            let err = Cli::try_parse_from(["sim", "--clock-offset-hours", value])
+                .err()
+                .unwrap();
+            assert_eq!(err.exit_code(), 2, "{value}");
+            let text = err.to_string();
+            assert!(
+                text.lines()
+                    .next()
+                    .unwrap()
+                    .contains("--clock-offset-hours")
+            );
+            assert!(text.contains("between -100000 and 100000"), "{text}");
+        }
+        let edge = Cli::parse_from(["sim", "--clock-offset-hours", "-100000"]);
+        assert_eq!(edge.args.clock_offset_hours, -100_000.0);
     }
 }

@@ -12,16 +12,39 @@ pub const FUTURE_TOLERANCE: Duration = Duration::seconds(60);
 /// How far back `modified_since` may reach (`jobs-api.md`: "in the past 48 hours").
 pub const MODIFIED_SINCE_WINDOW: Duration = Duration::hours(48);
 
+/// The largest shift of the clock, either way (about 11 years): far enough for any test of
+/// windows or skew, near enough that the shifted time stays a date every part can handle (an
+/// offset of 1e308 hours made every request panic).
+pub const MAX_OFFSET_HOURS: f64 = 100_000.0;
+
+/// Refuses an offset that is not finite or beyond ±[`MAX_OFFSET_HOURS`].
+pub fn check_offset_hours(hours: f64) -> Result<(), String> {
+    if hours.is_finite() && hours.abs() <= MAX_OFFSET_HOURS {
+        Ok(())
+    } else {
+        // 1e308 written out is 309 digits: large values are shown in scientific notation.
+        let given = if hours.abs() < 1e9 {
+            hours.to_string()
+        } else {
+            format!("{hours:e}")
+        };
+        Err(format!(
+            "the clock offset must be a number of hours between -{MAX_OFFSET_HOURS} and \
+             {MAX_OFFSET_HOURS}, not {given}"
+        ))
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct SimClock {
     offset_micros: AtomicI64,
 }
 
 impl SimClock {
-    pub fn new(offset_hours: f64) -> Self {
+    pub fn new(offset_hours: f64) -> Result<Self, String> {
         let clock = SimClock::default();
-        clock.set_offset_hours(offset_hours);
-        clock
+        clock.set_offset_hours(offset_hours)?;
+        Ok(clock)
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -32,9 +55,12 @@ impl SimClock {
         self.offset_micros.load(Ordering::Relaxed) as f64 / 3_600_000_000.0
     }
 
-    pub fn set_offset_hours(&self, hours: f64) {
+    /// Moves the clock; an offset out of range is refused and the clock stays where it was.
+    pub fn set_offset_hours(&self, hours: f64) -> Result<(), String> {
+        check_offset_hours(hours)?;
         let micros = (hours * 3_600_000_000.0).round() as i64;
         self.offset_micros.store(micros, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -97,7 +123,7 @@ mod tests {
 
     #[test]
     fn offset_moves_now_and_formats_http_dates() {
-        let clock = SimClock::new(-72.5);
+        let clock = SimClock::new(-72.5).unwrap();
         let shift = Utc::now() - clock.now();
         assert!(
             (shift - Duration::minutes(72 * 60 + 30))
@@ -110,5 +136,18 @@ mod tests {
             http_date(at("2016-11-04T19:11:34.985Z")),
             "Fri, 04 Nov 2016 19:11:34 GMT"
         );
+    }
+
+    #[test]
+    fn offsets_out_of_range_are_refused_and_change_nothing() {
+        let clock = SimClock::new(MAX_OFFSET_HOURS).unwrap();
+        assert!(clock.now() > Utc::now() + Duration::days(4000));
+        clock.set_offset_hours(-MAX_OFFSET_HOURS).unwrap();
+        for bad in [1e308, -1e308, 100_000.5, f64::NAN, f64::INFINITY] {
+            let err = clock.set_offset_hours(bad).unwrap_err();
+            assert!(err.contains("between -100000 and 100000"), "{err}");
+        }
+        assert!((clock.offset_hours() + MAX_OFFSET_HOURS).abs() < 1e-9);
+        assert!(SimClock::new(f64::NEG_INFINITY).is_err());
     }
 }

@@ -96,14 +96,14 @@ async fn set_clock(
     State(sim): State<Arc<Sim>>,
     body: Result<Json<ClockUpdate>, JsonRejection>,
 ) -> Response {
-    match body {
-        Ok(Json(update)) if update.offset_hours.is_finite() => {
-            sim.clock.set_offset_hours(update.offset_hours);
-            tracing::info!(offset_hours = update.offset_hours, "simulated clock moved");
-            clock(State(sim)).await
-        }
-        _ => bad_request("expected {\"offset_hours\": <number>}"),
+    let Ok(Json(update)) = body else {
+        return bad_request("expected {\"offset_hours\": <number>}");
+    };
+    if let Err(reason) = sim.clock.set_offset_hours(update.offset_hours) {
+        return bad_request(reason);
     }
+    tracing::info!(offset_hours = update.offset_hours, "simulated clock moved");
+    clock(State(sim)).await
 }
 
 async fn faults(State(sim): State<Arc<Sim>>) -> Response {

@@ -46,6 +46,7 @@ pub struct SimConfig {
     pub dial_interval_ms: u64,
     pub faults: Faults,
     pub latency_ms: u64,
+    /// Within ±100,000 hours.
     pub clock_offset_hours: f64,
 }
 
@@ -79,6 +80,25 @@ impl fmt::Debug for SimConfig {
     }
 }
 
+impl SimConfig {
+    /// Rates within 0..=1 and the clock offset finite and within ±100,000 hours: the same bounds
+    /// the flags and the control routes hold to, so that a configuration built in code cannot
+    /// start a simulator that panics on its first request.
+    pub fn validate(&self) -> Result<(), String> {
+        let f = &self.faults;
+        let rates = [
+            ("fail_rate", f.fail_rate),
+            ("throttle_rate", f.throttle_rate),
+            ("drop_rate", f.drop_rate),
+            ("applied_drop_rate", f.applied_drop_rate),
+        ];
+        for (name, rate) in rates {
+            faults::check_rate(name, rate)?;
+        }
+        clock::check_offset_hours(self.clock_offset_hours)
+    }
+}
+
 /// The state every route shares.
 struct Sim {
     token: String,
@@ -91,8 +111,10 @@ struct Sim {
 }
 
 impl Sim {
-    fn new(cfg: &SimConfig) -> Self {
-        let clock = SimClock::new(cfg.clock_offset_hours);
+    /// Refuses a configuration out of range (`SimConfig::validate`).
+    fn new(cfg: &SimConfig) -> Result<Self, String> {
+        cfg.validate()?;
+        let clock = SimClock::new(cfg.clock_offset_hours)?;
         let mut store = Store::new(&cfg.campaigns);
         seed::seed_jobs(
             &mut store,
@@ -101,7 +123,7 @@ impl Sim {
             cfg.seed,
             clock.now(),
         );
-        Sim {
+        Ok(Sim {
             token: cfg.token.clone(),
             store: Mutex::new(store),
             clock,
@@ -111,7 +133,7 @@ impl Sim {
             }),
             rng: Mutex::new(StdRng::seed_from_u64(cfg.seed ^ 0x5eed_fa17)),
             log: Mutex::new(RequestLog::default()),
-        }
+        })
     }
 
     fn store(&self) -> MutexGuard<'_, Store> {
@@ -163,10 +185,13 @@ impl Drop for SimHandle {
 }
 
 /// Binds `listen` (port 0 picks a free port), seeds the jobs and serves in a background task.
+/// A configuration out of range (see `SimConfig::validate`) is refused as `InvalidInput`.
 pub async fn spawn(listen: SocketAddr, cfg: SimConfig) -> std::io::Result<SimHandle> {
+    let sim =
+        Sim::new(&cfg).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
-    let sim = Arc::new(Sim::new(&cfg));
+    let sim = Arc::new(sim);
     tracing::info!(
         %addr,
         campaigns = ?cfg.campaigns,
