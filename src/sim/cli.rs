@@ -41,6 +41,10 @@ pub struct SimulateArgs {
     /// Share of API POSTs applied, then closed without an answer.
     #[arg(long, default_value_t = 0.0, value_parser = rate)]
     pub applied_drop_rate: f64,
+    /// Do not check that a reference is unused in its campaign: a create sent twice makes two
+    /// jobs.
+    #[arg(long)]
+    pub allow_duplicate_references: bool,
     /// Delay added before answering each API request.
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
@@ -96,6 +100,7 @@ impl SimulateArgs {
             },
             latency_ms: self.latency_ms,
             clock_offset_hours: self.clock_offset_hours,
+            allow_duplicate_references: self.allow_duplicate_references,
         }
     }
 }
@@ -156,6 +161,11 @@ mod tests {
         assert_eq!(cfg.campaigns, [28, 29]);
         assert_eq!(cfg.faults.retry_after_secs, 1);
         assert_eq!(cfg.dial_interval_ms, 0);
+        assert!(!cfg.allow_duplicate_references);
+        let cfg = Cli::parse_from(["sim", "--allow-duplicate-references"])
+            .args
+            .into_config(None);
+        assert!(cfg.allow_duplicate_references);
     }
 
     #[test]

@@ -117,13 +117,16 @@ async fn set_faults(
     let Ok(Json(update)) = body else {
         return bad_request(
             "expected any of fail_rate, throttle_rate, retry_after_secs, drop_rate, \
-             applied_drop_rate, latency_ms",
+             applied_drop_rate, latency_ms, allow_duplicate_references",
         );
     };
     let mut settings = lock(&sim.faults);
     if let Err(reason) = settings.update(&update) {
         return bad_request(reason);
     }
+    // The store enforces (or not) unique references itself; it follows the setting here.
+    sim.store()
+        .set_allow_duplicate_references(settings.allow_duplicate_references);
     tracing::info!(faults = ?*settings, "faults changed");
     Json(*settings).into_response()
 }

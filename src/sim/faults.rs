@@ -32,6 +32,10 @@ pub struct FaultSettings {
     #[serde(flatten)]
     pub faults: Faults,
     pub latency_ms: u64,
+    /// No uniqueness check of `reference` within a campaign, so that a create sent twice
+    /// becomes two jobs, as on an API that does not enforce it (the documented API refuses the
+    /// second one). Not a random fault: it holds for every request while set.
+    pub allow_duplicate_references: bool,
 }
 
 /// `POST /_sim/faults`: the settings given replace the current ones, the others stay.
@@ -44,6 +48,7 @@ pub struct FaultUpdate {
     drop_rate: Option<f64>,
     applied_drop_rate: Option<f64>,
     latency_ms: Option<u64>,
+    allow_duplicate_references: Option<bool>,
 }
 
 impl FaultSettings {
@@ -66,6 +71,9 @@ impl FaultSettings {
         f.drop_rate = update.drop_rate.unwrap_or(f.drop_rate);
         f.applied_drop_rate = update.applied_drop_rate.unwrap_or(f.applied_drop_rate);
         self.latency_ms = update.latency_ms.unwrap_or(self.latency_ms);
+        self.allow_duplicate_references = update
+            .allow_duplicate_references
+            .unwrap_or(self.allow_duplicate_references);
         Ok(())
     }
 }
@@ -220,6 +228,7 @@ mod tests {
                 ..Faults::default()
             },
             latency_ms: 20,
+            ..FaultSettings::default()
         };
         let update: FaultUpdate =
             serde_json::from_str(r#"{"throttle_rate": 1.0, "retry_after_secs": 7}"#).unwrap();
@@ -232,6 +241,11 @@ mod tests {
         assert!(settings.update(&bad).unwrap_err().contains("drop_rate"));
         assert_eq!(settings.faults.drop_rate, 0.0);
         assert!(serde_json::from_str::<FaultUpdate>(r#"{"fail": 1}"#).is_err());
+        let allow: FaultUpdate =
+            serde_json::from_str(r#"{"allow_duplicate_references": true}"#).unwrap();
+        settings.update(&allow).unwrap();
+        assert!(settings.allow_duplicate_references);
+        assert_eq!(settings.faults.throttle_rate, 1.0);
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct SimConfig {
     pub latency_ms: u64,
     /// Within ±100,000 hours.
     pub clock_offset_hours: f64,
+    /// Let a reference be used by several jobs of a campaign (see `FaultSettings`).
+    pub allow_duplicate_references: bool,
 }
 
 impl Default for SimConfig {
@@ -61,6 +63,7 @@ impl Default for SimConfig {
             faults: Faults::default(),
             latency_ms: 0,
             clock_offset_hours: 0.0,
+            allow_duplicate_references: false,
         }
     }
 }
@@ -76,6 +79,10 @@ impl fmt::Debug for SimConfig {
             .field("faults", &self.faults)
             .field("latency_ms", &self.latency_ms)
             .field("clock_offset_hours", &self.clock_offset_hours)
+            .field(
+                "allow_duplicate_references",
+                &self.allow_duplicate_references,
+            )
             .finish()
     }
 }
@@ -116,6 +123,7 @@ impl Sim {
         cfg.validate()?;
         let clock = SimClock::new(cfg.clock_offset_hours)?;
         let mut store = Store::new(&cfg.campaigns);
+        store.set_allow_duplicate_references(cfg.allow_duplicate_references);
         seed::seed_jobs(
             &mut store,
             &cfg.campaigns,
@@ -130,6 +138,7 @@ impl Sim {
             faults: Mutex::new(FaultSettings {
                 faults: cfg.faults,
                 latency_ms: cfg.latency_ms,
+                allow_duplicate_references: cfg.allow_duplicate_references,
             }),
             rng: Mutex::new(StdRng::seed_from_u64(cfg.seed ^ 0x5eed_fa17)),
             log: Mutex::new(RequestLog::default()),

@@ -48,12 +48,22 @@ struct StoredJob {
     json: Bytes,
 }
 
+/// A reference within its campaign.
+type RefKey = (i64, String);
+
 #[derive(Debug, Default)]
 pub struct Store {
     jobs: BTreeMap<i64, StoredJob>,
     next_id: i64,
-    /// `(campaign, reference)` → job id: references are unique within a campaign.
-    references: HashMap<(i64, String), i64>,
+    /// `(campaign, reference)` → the first job holding it; what the uniqueness check reads.
+    references: HashMap<RefKey, i64>,
+    /// The other holders of a reference, only ever filled while duplicates are allowed: kept
+    /// apart so that the usual case costs one id per reference, and so that deleting or
+    /// renaming one of two duplicates leaves the other one found.
+    duplicates: HashMap<RefKey, Vec<i64>>,
+    /// Whether a reference may be used by one job only within a campaign (the documented API);
+    /// off, a create or rename never clashes, as on an API that does not enforce it.
+    allow_duplicate_references: bool,
     campaigns: BTreeSet<i64>,
 }
 
@@ -64,6 +74,12 @@ impl Store {
             campaigns: campaigns.iter().copied().collect(),
             ..Store::default()
         }
+    }
+
+    /// Follows `FaultSettings::allow_duplicate_references`; jobs already stored are kept as
+    /// they are (duplicates stay, and only new clashes are refused once it is off again).
+    pub fn set_allow_duplicate_references(&mut self, allow: bool) {
+        self.allow_duplicate_references = allow;
     }
 
     pub fn len(&self) -> usize {
@@ -137,7 +153,11 @@ impl Store {
         let current = self.get(item.id).ok_or(ItemFailure::NotFound(item.id))?;
         let job = with_fields(&current, &item.fields).map_err(ItemFailure::Invalid)?;
         if job != current {
-            self.check_reference_free(&job)?;
+            // Only a new reference can clash: a job already sharing one (stored while
+            // duplicates were allowed) may still have its other fields changed.
+            if job.reference != current.reference {
+                self.check_reference_free(&job)?;
+            }
             self.put(&job, now);
         }
         Ok(job)
@@ -163,7 +183,8 @@ impl Store {
     }
 
     /// Stores `job` as it is (control routes and seeding): a given id replaces that job, the
-    /// campaign becomes one that exists. Refused only when its reference is taken by another job.
+    /// campaign becomes one that exists. Refused only when its reference is taken by another job
+    /// (and duplicates are not allowed).
     pub fn insert_raw(&mut self, job: &Job, modified_at: DateTime<Utc>) -> Result<Bytes, String> {
         self.check_reference_free(job).map_err(|f| f.message())?;
         self.campaigns.insert(job.campaign);
@@ -175,7 +196,7 @@ impl Store {
     pub fn delete(&mut self, id: i64) -> Option<Bytes> {
         let job = self.get(id)?;
         if let Some(reference) = job.reference {
-            self.references.remove(&(job.campaign, reference));
+            self.forget_reference((job.campaign, reference), id);
         }
         self.jobs.remove(&id).map(|stored| stored.json)
     }
@@ -185,6 +206,9 @@ impl Store {
     }
 
     fn check_reference_free(&self, job: &Job) -> Result<(), ItemFailure> {
+        if self.allow_duplicate_references {
+            return Ok(());
+        }
         let Some(reference) = &job.reference else {
             return Ok(());
         };
@@ -198,14 +222,17 @@ impl Store {
     }
 
     fn put(&mut self, job: &Job, modified_at: DateTime<Utc>) -> Bytes {
-        if let Some(old) = self.get(job.id)
-            && let Some(reference) = old.reference
-        {
-            self.references.remove(&(old.campaign, reference));
-        }
-        if let Some(reference) = &job.reference {
-            self.references
-                .insert((job.campaign, reference.clone()), job.id);
+        let old_key = self
+            .get(job.id)
+            .and_then(|old| Some((old.campaign, old.reference?)));
+        let new_key = job.reference.clone().map(|r| (job.campaign, r));
+        if old_key != new_key {
+            if let Some(key) = old_key {
+                self.forget_reference(key, job.id);
+            }
+            if let Some(key) = new_key {
+                self.remember_reference(key, job.id);
+            }
         }
         let mut json = job_to_json(job);
         // `Bytes` keeps the whole allocation: a million jobs would each carry the slack.
@@ -219,6 +246,33 @@ impl Store {
         };
         self.jobs.insert(job.id, stored);
         json
+    }
+}
+
+impl Store {
+    fn remember_reference(&mut self, key: RefKey, id: i64) {
+        match self.references.get(&key) {
+            Some(owner) if *owner != id => self.duplicates.entry(key).or_default().push(id),
+            _ => {
+                self.references.insert(key, id);
+            }
+        }
+    }
+
+    /// Removes `id` as a holder of `key`; another holder, if any, becomes the one found.
+    fn forget_reference(&mut self, key: RefKey, id: i64) {
+        let mut others = self.duplicates.remove(&key).unwrap_or_default();
+        others.retain(|other| *other != id);
+        if self.references.get(&key) == Some(&id) {
+            if others.is_empty() {
+                self.references.remove(&key);
+            } else {
+                self.references.insert(key.clone(), others.remove(0));
+            }
+        }
+        if !others.is_empty() {
+            self.duplicates.insert(key, others);
+        }
     }
 }
 
@@ -274,6 +328,40 @@ mod tests {
         assert_eq!(clash.unwrap_err().status(), 400);
         store.delete(1).unwrap();
         create(&mut store, json!({"campaign": 28, "reference": "r1"}), now).unwrap();
+    }
+
+    #[test]
+    fn duplicate_references_can_be_allowed_and_stay_consistent() {
+        let mut store = Store::new(&[28]);
+        let now = Utc::now();
+        store.set_allow_duplicate_references(true);
+        for _ in 0..3 {
+            create(&mut store, json!({"campaign": 28, "reference": "r"}), now).unwrap();
+        }
+        assert_eq!(store.len(), 3);
+        // A patch that renames one of them is not checked either.
+        create(&mut store, json!({"campaign": 28, "reference": "s"}), now).unwrap();
+        let renamed = parse_patch(&json!({"id": 4, "reference": "r"})).unwrap();
+        store.patch(renamed, now).unwrap();
+        store.set_allow_duplicate_references(false);
+        // The holders of `r` are 1 to 4; removing any of them leaves `r` taken until the last.
+        let dup = create(&mut store, json!({"campaign": 28, "reference": "r"}), now);
+        assert_eq!(dup.unwrap_err().status(), 400);
+        // A job sharing its reference may still change its other fields.
+        let city = parse_patch(&json!({"id": 2, "city": "Lyon"})).unwrap();
+        assert_eq!(
+            store.patch(city, now).unwrap().city.as_deref(),
+            Some("Lyon")
+        );
+        for id in [1, 3, 4] {
+            store.delete(id).unwrap();
+            let clash = create(&mut store, json!({"campaign": 28, "reference": "r"}), now);
+            assert!(clash.is_err(), "job 2 still holds `r` after deleting {id}");
+        }
+        store.delete(2).unwrap();
+        create(&mut store, json!({"campaign": 28, "reference": "r"}), now).unwrap();
+        create(&mut store, json!({"campaign": 28, "reference": "s"}), now).unwrap();
+        assert!(store.duplicates.is_empty());
     }
 
     #[test]
