@@ -1,7 +1,7 @@
 //! `jobsync simulate`: the simulator as a command, serving until SIGINT or SIGTERM.
 
 use super::clock::{MAX_OFFSET_HOURS, check_offset_hours};
-use super::faults::check_rate;
+use super::faults::{MAX_DELAY_MS, check_rate};
 use super::{Faults, SimConfig, spawn};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -41,12 +41,21 @@ pub struct SimulateArgs {
     /// Share of API POSTs applied, then closed without an answer.
     #[arg(long, default_value_t = 0.0, value_parser = rate)]
     pub applied_drop_rate: f64,
+    /// Share of API POSTs applied, then answered 502 with a gateway's HTML page.
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    pub applied_fail_rate: f64,
+    /// Share of API POSTs applied only after --late-apply-ms (even if the client has gone).
+    #[arg(long, default_value_t = 0.0, value_parser = rate)]
+    pub late_apply_rate: f64,
+    /// How long a slow commit (--late-apply-rate) takes, 0 to 600000 ms.
+    #[arg(long, default_value_t = 2000, value_parser = delay_ms, allow_negative_numbers = true)]
+    pub late_apply_ms: u64,
     /// Do not check that a reference is unused in its campaign: a create sent twice makes two
     /// jobs.
     #[arg(long)]
     pub allow_duplicate_references: bool,
-    /// Delay added before answering each API request.
-    #[arg(long, default_value_t = 0)]
+    /// Delay added before answering each API request, 0 to 600000 ms.
+    #[arg(long, default_value_t = 0, value_parser = delay_ms, allow_negative_numbers = true)]
     pub latency_ms: u64,
     /// Shift of the simulated clock from real time, in hours (may be negative), within
     /// ±100000.
@@ -67,6 +76,14 @@ fn rate(raw: &str) -> Result<f64, String> {
         .map_err(|_| format!("`{raw}` is not a number"))?;
     check_rate("a rate", rate)?;
     Ok(rate)
+}
+
+fn delay_ms(raw: &str) -> Result<u64, String> {
+    let ms: u64 = raw.parse().map_err(|_| {
+        format!("`{raw}` is not a whole number of milliseconds between 0 and {MAX_DELAY_MS}")
+    })?;
+    super::faults::check_delay("a delay", ms)?;
+    Ok(ms)
 }
 
 fn offset_hours(raw: &str) -> Result<f64, String> {
@@ -97,6 +114,9 @@ impl SimulateArgs {
                 retry_after_secs: self.retry_after_secs,
                 drop_rate: self.drop_rate,
                 applied_drop_rate: self.applied_drop_rate,
+                applied_fail_rate: self.applied_fail_rate,
+                late_apply_rate: self.late_apply_rate,
+                late_apply_ms: self.late_apply_ms,
             },
             latency_ms: self.latency_ms,
             clock_offset_hours: self.clock_offset_hours,
@@ -202,26 +222,56 @@ mod tests {
     fn rates_outside_zero_to_one_are_refused() {
         assert!(Cli::try_parse_from(["sim", "--fail-rate", "1.5"]).is_err());
         assert!(Cli::try_parse_from(["sim", "--throttle-rate", "x"]).is_err());
+        assert!(Cli::try_parse_from(["sim", "--applied-fail-rate", "-0.1"]).is_err());
+        assert!(Cli::try_parse_from(["sim", "--late-apply-rate", "2"]).is_err());
+    }
+
+    #[test]
+    fn gateway_faults_are_read() {
+        let cfg = Cli::parse_from([
+            "sim",
+            "--applied-fail-rate",
+            "0.2",
+            "--late-apply-rate",
+            "0.3",
+            "--late-apply-ms",
+            "1500",
+        ])
+        .args
+        .into_config(None);
+        let f = cfg.faults;
+        assert_eq!((f.applied_fail_rate, f.late_apply_rate), (0.2, 0.3));
+        assert_eq!(f.late_apply_ms, 1500);
+        let defaults = Cli::parse_from(["sim"]).args.into_config(None);
+        assert_eq!(defaults.faults.late_apply_ms, 2000);
+        assert!(defaults.validate().is_ok());
     }
 
     /// Each refusal is clap's usage error (exit 2), naming the flag and the range allowed.
     #[test]
-    fn clock_offsets_out_of_range_are_refused() {
-        for value in ["1e308", "-1e308", "inf", "NaN", "100000.5", "soon"] {
-            let err = Cli::try_parse_from(["sim", "--clock-offset-hours", value])
-                .err()
-                .unwrap();
-            assert_eq!(err.exit_code(), 2, "{value}");
+    fn delays_and_clock_offsets_out_of_range_are_refused() {
+        let refused = |flag: &str, value: &str| {
+            let err = Cli::try_parse_from(["sim", flag, value]).err().unwrap();
+            assert_eq!(err.exit_code(), 2, "{flag} {value}");
             let text = err.to_string();
-            assert!(
-                text.lines()
-                    .next()
-                    .unwrap()
-                    .contains("--clock-offset-hours")
-            );
+            assert!(text.lines().next().unwrap().contains(flag), "{text}");
+            text
+        };
+        for flag in ["--latency-ms", "--late-apply-ms"] {
+            assert!(refused(flag, "600001").contains("between 0 and 600000"));
+            assert!(refused(flag, "-1").contains("between 0 and 600000"));
+        }
+        for value in ["1e308", "-1e308", "inf", "NaN", "100000.5", "soon"] {
+            let text = refused("--clock-offset-hours", value);
             assert!(text.contains("between -100000 and 100000"), "{text}");
         }
-        let edge = Cli::parse_from(["sim", "--clock-offset-hours", "-100000"]);
+        let edge = Cli::parse_from([
+            "sim",
+            "--clock-offset-hours",
+            "-100000",
+            "--latency-ms",
+            "600000",
+        ]);
         assert_eq!(edge.args.clock_offset_hours, -100_000.0);
     }
 }

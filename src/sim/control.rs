@@ -1,9 +1,9 @@
 //! Control routes under `/_sim/` for tests and demos (no token, never faulted): look at every
 //! job, seed or delete jobs, move the clock, change faults, make the dialer or a person act now,
-//! and read the request log.
+//! read the request log, and see how many slow commits are still to land.
 
 use super::body::{bad_request, error, job, job_array};
-use super::faults::FaultUpdate;
+use super::faults::{FAULT_KEYS, FaultUpdate};
 use super::{Sim, dialer, lock};
 use crate::api::models::Job;
 use axum::extract::rejection::JsonRejection;
@@ -16,6 +16,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 pub fn control_router(sim: Arc<Sim>) -> Router {
     Router::new()
@@ -28,6 +29,7 @@ pub fn control_router(sim: Arc<Sim>) -> Router {
         .route("/edit", post(edit_now))
         .route("/requests", get(requests))
         .route("/reset-log", post(reset_log))
+        .route("/pending", get(pending))
         .layer(DefaultBodyLimit::disable())
         .with_state(sim)
 }
@@ -115,10 +117,7 @@ async fn set_faults(
     body: Result<Json<FaultUpdate>, JsonRejection>,
 ) -> Response {
     let Ok(Json(update)) = body else {
-        return bad_request(
-            "expected any of fail_rate, throttle_rate, retry_after_secs, drop_rate, \
-             applied_drop_rate, latency_ms, allow_duplicate_references",
-        );
+        return bad_request(format!("expected any of {FAULT_KEYS}"));
     };
     let mut settings = lock(&sim.faults);
     if let Err(reason) = settings.update(&update) {
@@ -164,4 +163,11 @@ async fn requests(State(sim): State<Arc<Sim>>) -> Response {
 async fn reset_log(State(sim): State<Arc<Sim>>) -> Response {
     let cleared = lock(&sim.log).clear();
     Json(json!({ "cleared": cleared })).into_response()
+}
+
+/// Slow commits (`late_apply_rate`) started and not yet applied: a test waits for 0 before it
+/// counts jobs, since a commit may land after its client gave up.
+async fn pending(State(sim): State<Arc<Sim>>) -> Response {
+    let late_applies = sim.late_applies.load(Ordering::SeqCst);
+    Json(json!({ "late_applies": late_applies })).into_response()
 }

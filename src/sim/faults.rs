@@ -1,7 +1,11 @@
-//! Injected faults on the `/j/` routes (500, 429, connections dropped before or after the request
-//! is applied, added latency) and the log of every `/j/` request with what it was answered.
+//! Injected faults on the `/j/` routes — 500, 429, connections dropped before or after the
+//! request is applied, POSTs applied and then answered 502 by a "gateway", slow commits applied
+//! after a delay, added latency — and the log of every `/j/` request with what it was answered.
 
+use super::body::error;
+use super::routes::MAX_BODY_BYTES;
 use super::{Sim, lock};
+use axum::body::{Body, Bytes};
 use axum::extract::{OriginalUri, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -9,11 +13,14 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-/// Fault rates, each between 0 and 1, drawn independently for every `/j/` request.
+/// Fault rates, each between 0 and 1, drawn independently for every `/j/` request (at most one
+/// fault per request), with the settings some of them need.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct Faults {
     /// Answer 500.
@@ -25,7 +32,19 @@ pub struct Faults {
     pub drop_rate: f64,
     /// For a POST: apply it, then close the connection without answering.
     pub applied_drop_rate: f64,
+    /// For a POST: apply it, then answer 502 with a gateway's HTML page instead of the API's
+    /// JSON — what a client sees when the gateway in front of the API gave up on an API that
+    /// went on to commit. A 5xx therefore does not prove that nothing was applied.
+    pub applied_fail_rate: f64,
+    /// For a POST: a slow commit, applied only `late_apply_ms` after it arrived and answered
+    /// after that — applied even when the client stopped waiting and closed the connection.
+    pub late_apply_rate: f64,
+    pub late_apply_ms: u64,
 }
+
+/// The longest `latency_ms` or `late_apply_ms` accepted (ten minutes): longer is a typo, and a
+/// delay beyond any client's timeout shows nothing more.
+pub const MAX_DELAY_MS: u64 = 600_000;
 
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct FaultSettings {
@@ -47,34 +66,58 @@ pub struct FaultUpdate {
     retry_after_secs: Option<u64>,
     drop_rate: Option<f64>,
     applied_drop_rate: Option<f64>,
+    applied_fail_rate: Option<f64>,
+    late_apply_rate: Option<f64>,
+    late_apply_ms: Option<u64>,
     latency_ms: Option<u64>,
     allow_duplicate_references: Option<bool>,
 }
 
+/// The keys `POST /_sim/faults` takes, for its error message.
+pub const FAULT_KEYS: &str = "fail_rate, throttle_rate, retry_after_secs, drop_rate, \
+    applied_drop_rate, applied_fail_rate, late_apply_rate, late_apply_ms, latency_ms, \
+    allow_duplicate_references";
+
 impl FaultSettings {
+    /// Applies `update` whole, or — when any value is out of range — not at all.
     pub fn update(&mut self, update: &FaultUpdate) -> Result<(), String> {
+        let mut next = *self;
+        let f = &mut next.faults;
+        let keep = |given: Option<f64>, current: f64| given.unwrap_or(current);
+        f.fail_rate = keep(update.fail_rate, f.fail_rate);
+        f.throttle_rate = keep(update.throttle_rate, f.throttle_rate);
+        f.retry_after_secs = update.retry_after_secs.unwrap_or(f.retry_after_secs);
+        f.drop_rate = keep(update.drop_rate, f.drop_rate);
+        f.applied_drop_rate = keep(update.applied_drop_rate, f.applied_drop_rate);
+        f.applied_fail_rate = keep(update.applied_fail_rate, f.applied_fail_rate);
+        f.late_apply_rate = keep(update.late_apply_rate, f.late_apply_rate);
+        f.late_apply_ms = update.late_apply_ms.unwrap_or(f.late_apply_ms);
+        next.latency_ms = update.latency_ms.unwrap_or(next.latency_ms);
+        next.allow_duplicate_references = update
+            .allow_duplicate_references
+            .unwrap_or(next.allow_duplicate_references);
+        next.check()?;
+        *self = next;
+        Ok(())
+    }
+
+    /// Every rate within 0..=1 and every delay within [`MAX_DELAY_MS`]; the error names the
+    /// first setting out of range.
+    pub fn check(&self) -> Result<(), String> {
+        let f = &self.faults;
         let rates = [
-            ("fail_rate", update.fail_rate),
-            ("throttle_rate", update.throttle_rate),
-            ("drop_rate", update.drop_rate),
-            ("applied_drop_rate", update.applied_drop_rate),
+            ("fail_rate", f.fail_rate),
+            ("throttle_rate", f.throttle_rate),
+            ("drop_rate", f.drop_rate),
+            ("applied_drop_rate", f.applied_drop_rate),
+            ("applied_fail_rate", f.applied_fail_rate),
+            ("late_apply_rate", f.late_apply_rate),
         ];
         for (name, rate) in rates {
-            if let Some(rate) = rate {
-                check_rate(name, rate)?;
-            }
+            check_rate(name, rate)?;
         }
-        let f = &mut self.faults;
-        f.fail_rate = update.fail_rate.unwrap_or(f.fail_rate);
-        f.throttle_rate = update.throttle_rate.unwrap_or(f.throttle_rate);
-        f.retry_after_secs = update.retry_after_secs.unwrap_or(f.retry_after_secs);
-        f.drop_rate = update.drop_rate.unwrap_or(f.drop_rate);
-        f.applied_drop_rate = update.applied_drop_rate.unwrap_or(f.applied_drop_rate);
-        self.latency_ms = update.latency_ms.unwrap_or(self.latency_ms);
-        self.allow_duplicate_references = update
-            .allow_duplicate_references
-            .unwrap_or(self.allow_duplicate_references);
-        Ok(())
+        check_delay("latency_ms", self.latency_ms)?;
+        check_delay("late_apply_ms", f.late_apply_ms)
     }
 }
 
@@ -83,6 +126,16 @@ pub fn check_rate(name: &str, rate: f64) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("{name} must be between 0 and 1, not {rate}"))
+    }
+}
+
+pub fn check_delay(name: &str, ms: u64) -> Result<(), String> {
+    if ms <= MAX_DELAY_MS {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} must be between 0 and {MAX_DELAY_MS} milliseconds, not {ms}"
+        ))
     }
 }
 
@@ -102,8 +155,13 @@ pub struct LoggedRequest {
     /// The status answered; 0 when the connection was dropped instead.
     pub status: u16,
     pub dropped: bool,
-    /// The fault injected, if any: `fail`, `throttle`, `drop` or `applied_drop`.
+    /// The fault injected, if any: `fail`, `throttle`, `drop`, `applied_drop`, `applied_fail`
+    /// or `late_apply`.
     pub fault: Option<&'static str>,
+    /// For a create (`POST /j/jobs/bulk/create`, `POST /j/jobs`): the `reference` of each item
+    /// that has one, in order, whatever became of the request — so that a test can count how
+    /// often each reference was sent. Empty for every other request.
+    pub references: Vec<String>,
 }
 
 /// The most recent requests (bounded, so a long demo does not grow without end).
@@ -137,14 +195,54 @@ impl RequestLog {
     }
 }
 
-/// Middleware of the `/j/` routes: latency, then faults, then the route itself, then logging.
+/// Middleware of the `/j/` routes: references noted, latency, then the faults drawn before the
+/// route, then the route itself (now or late), then the faults drawn after it, then logging.
 pub async fn inject(State(sim): State<Arc<Sim>>, request: Request, next: Next) -> Response {
+    let mut entry = arriving(&sim, &request);
+    let is_post = request.method() == Method::POST;
+    let request = if is_post && is_create(&entry.path) {
+        match buffered(request).await {
+            Ok((request, body)) => {
+                entry.references = references(&entry.path, &body);
+                request
+            }
+            Err(refused) => return logged(&sim, entry, refused),
+        }
+    } else {
+        request
+    };
+    let settings = *lock(&sim.faults);
+    if settings.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(settings.latency_ms)).await;
+    }
+    let faults = settings.faults;
+    if let Some((fault, response)) = before_applying(&sim, &faults) {
+        entry.fault = Some(fault);
+        return logged(&sim, entry, response);
+    }
+    if is_post && draw(&sim, faults.late_apply_rate) {
+        entry.fault = Some("late_apply");
+        return late_apply(sim, entry, request, next, faults.late_apply_ms).await;
+    }
+    let mut response = next.run(request).await;
+    if is_post && draw(&sim, faults.applied_drop_rate) {
+        entry.fault = Some("applied_drop");
+        response = dropped();
+    } else if is_post && draw(&sim, faults.applied_fail_rate) {
+        entry.fault = Some("applied_fail");
+        response = bad_gateway();
+    }
+    logged(&sim, entry, response)
+}
+
+/// The log entry of a request that just arrived, before anything is known of its fate.
+fn arriving(sim: &Sim, request: &Request) -> LoggedRequest {
     // Under `nest("/j")` the request's own URI has lost its prefix; log the path as sent.
     let uri = request
         .extensions()
         .get::<OriginalUri>()
         .map_or_else(|| request.uri().clone(), |original| original.0.clone());
-    let mut entry = LoggedRequest {
+    LoggedRequest {
         seq: 0,
         at: sim.clock.now(),
         method: request.method().to_string(),
@@ -153,37 +251,82 @@ pub async fn inject(State(sim): State<Arc<Sim>>, request: Request, next: Next) -
         status: 0,
         dropped: false,
         fault: None,
-    };
-    let is_post = request.method() == Method::POST;
-    let settings = *lock(&sim.faults);
-    if settings.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(settings.latency_ms)).await;
+        references: Vec::new(),
     }
-    let draw = |rate: f64| rate > 0.0 && sim.rng().gen_bool(rate.min(1.0));
-    let faults = settings.faults;
-    let response = if draw(faults.drop_rate) {
-        entry.fault = Some("drop");
-        dropped()
-    } else if draw(faults.fail_rate) {
-        entry.fault = Some("fail");
-        fault_answer(StatusCode::INTERNAL_SERVER_ERROR, "simulated server error")
-    } else if draw(faults.throttle_rate) {
-        entry.fault = Some("throttle");
+}
+
+/// Draws one fault of probability `rate`; a rate of 0 draws nothing, so that adding a kind of
+/// fault leaves the sequence of the others (and seeded runs) unchanged.
+fn draw(sim: &Sim, rate: f64) -> bool {
+    rate > 0.0 && sim.rng().gen_bool(rate.min(1.0))
+}
+
+/// The faults that answer instead of the route: nothing is applied.
+fn before_applying(sim: &Sim, faults: &Faults) -> Option<(&'static str, Response)> {
+    if draw(sim, faults.drop_rate) {
+        Some(("drop", dropped()))
+    } else if draw(sim, faults.fail_rate) {
+        let response = fault_answer(StatusCode::INTERNAL_SERVER_ERROR, "simulated server error");
+        Some(("fail", response))
+    } else if draw(sim, faults.throttle_rate) {
         let mut response = fault_answer(StatusCode::TOO_MANY_REQUESTS, "simulated throttling");
         response.headers_mut().insert(
             header::RETRY_AFTER,
             HeaderValue::from(faults.retry_after_secs),
         );
-        response
+        Some(("throttle", response))
     } else {
-        let response = next.run(request).await;
-        if is_post && draw(faults.applied_drop_rate) {
-            entry.fault = Some("applied_drop");
-            dropped()
-        } else {
-            response
-        }
+        None
+    }
+}
+
+/// A slow commit: the route runs `delay_ms` from now in a task of its own, and the answer waits
+/// for it. Hyper drops this handler's future when the client closes the connection; the task,
+/// which holds the whole body, applies and logs the request all the same, as a database that
+/// was already committing would.
+async fn late_apply(
+    sim: Arc<Sim>,
+    entry: LoggedRequest,
+    request: Request,
+    next: Next,
+    delay_ms: u64,
+) -> Response {
+    let request = match buffered(request).await {
+        Ok((request, _)) => request,
+        Err(refused) => return logged(&sim, entry, refused),
     };
+    let pending = PendingLateApply::start(sim.clone());
+    let task = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        let response = next.run(request).await;
+        let response = logged(&sim, entry, response);
+        drop(pending);
+        response
+    });
+    task.await.unwrap_or_else(|_| {
+        fault_answer(StatusCode::INTERNAL_SERVER_ERROR, "the slow commit failed")
+    })
+}
+
+/// Counts a late apply from its start until it was applied and logged (or its task ended
+/// otherwise), so that a test can wait for every slow commit to land.
+struct PendingLateApply(Arc<Sim>);
+
+impl PendingLateApply {
+    fn start(sim: Arc<Sim>) -> Self {
+        sim.late_applies.fetch_add(1, Ordering::SeqCst);
+        PendingLateApply(sim)
+    }
+}
+
+impl Drop for PendingLateApply {
+    fn drop(&mut self) {
+        self.0.late_applies.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Records `response` in the entry and the entry in the log; answers the response.
+fn logged(sim: &Sim, mut entry: LoggedRequest, response: Response) -> Response {
     entry.dropped = response.extensions().get::<DropConnection>().is_some();
     entry.status = if entry.dropped {
         0
@@ -201,6 +344,45 @@ pub async fn inject(State(sim): State<Arc<Sim>>, request: Request, next: Next) -
     response
 }
 
+fn is_create(path: &str) -> bool {
+    matches!(path, "/j/jobs/bulk/create" | "/j/jobs")
+}
+
+/// The request with its whole body read, and the body; a body too large for the API (or cut
+/// short) is answered as the route would.
+async fn buffered(request: Request) -> Result<(Request, Bytes), Response> {
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, MAX_BODY_BYTES).await {
+        Ok(bytes) => Ok((Request::from_parts(parts, Body::from(bytes.clone())), bytes)),
+        Err(e) => Err(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body could not be read whole: {e}"),
+        )),
+    }
+}
+
+/// Only an item's `reference`, borrowed as raw JSON: the rest of the item is skipped, not
+/// decoded, which keeps the log cheap in a push of 100,000 creates.
+#[derive(Deserialize)]
+struct ItemReference<'a> {
+    #[serde(borrow)]
+    reference: Option<&'a RawValue>,
+}
+
+/// The string references of a create's items (a bulk array, or one object for `/j/jobs`); an
+/// item without one, or a body the API will refuse anyway, adds nothing.
+fn references(path: &str, body: &[u8]) -> Vec<String> {
+    let items: Vec<ItemReference> = if path == "/j/jobs" {
+        serde_json::from_slice(body).map_or_else(|_| Vec::new(), |item| vec![item])
+    } else {
+        serde_json::from_slice(body).unwrap_or_default()
+    };
+    items
+        .iter()
+        .filter_map(|item| serde_json::from_str(item.reference?.get()).ok())
+        .collect()
+}
+
 fn dropped() -> Response {
     let mut response = StatusCode::INTERNAL_SERVER_ERROR.into_response();
     response.extensions_mut().insert(DropConnection);
@@ -211,6 +393,19 @@ fn fault_answer(status: StatusCode, message: &str) -> Response {
     (
         status,
         axum::Json(serde_json::json!({ "message": message })),
+    )
+        .into_response()
+}
+
+/// A gateway's own page (nginx's), not the API's JSON: a client must not expect to decode it.
+const BAD_GATEWAY_PAGE: &str = "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n\
+    <center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+
+fn bad_gateway() -> Response {
+    (
+        StatusCode::BAD_GATEWAY,
+        [(header::CONTENT_TYPE, "text/html")],
+        BAD_GATEWAY_PAGE,
     )
         .into_response()
 }
@@ -249,6 +444,59 @@ mod tests {
     }
 
     #[test]
+    fn new_faults_are_set_by_their_keys_and_checked() {
+        let mut settings = FaultSettings::default();
+        let update: FaultUpdate = serde_json::from_str(
+            r#"{"applied_fail_rate": 0.25, "late_apply_rate": 1, "late_apply_ms": 1500,
+                "allow_duplicate_references": true}"#,
+        )
+        .unwrap();
+        settings.update(&update).unwrap();
+        let f = settings.faults;
+        assert_eq!((f.applied_fail_rate, f.late_apply_rate), (0.25, 1.0));
+        assert_eq!(f.late_apply_ms, 1500);
+        assert!(settings.allow_duplicate_references);
+        let shown = serde_json::to_value(settings).unwrap();
+        assert_eq!(shown["late_apply_ms"], 1500);
+        assert_eq!(shown["allow_duplicate_references"], true);
+        for (bad, named) in [
+            (r#"{"applied_fail_rate": -0.1}"#, "applied_fail_rate"),
+            (r#"{"late_apply_rate": 2}"#, "late_apply_rate"),
+            (r#"{"late_apply_ms": 600001}"#, "late_apply_ms"),
+            (r#"{"latency_ms": 600001, "fail_rate": 0.5}"#, "latency_ms"),
+        ] {
+            let update: FaultUpdate = serde_json::from_str(bad).unwrap();
+            let err = settings.update(&update).unwrap_err();
+            assert!(err.contains(named), "{bad}: {err}");
+        }
+        // A refused update changes nothing, not even its valid keys.
+        assert_eq!(settings.faults.fail_rate, 0.0);
+        assert_eq!(settings.faults.late_apply_ms, 1500);
+        let most: FaultUpdate =
+            serde_json::from_str(r#"{"latency_ms": 600000, "late_apply_ms": 0}"#).unwrap();
+        settings.update(&most).unwrap();
+        assert!(
+            serde_json::from_str::<FaultUpdate>(r#"{"allow_duplicate_references": 1}"#).is_err()
+        );
+    }
+
+    #[test]
+    fn references_of_creates_are_read_and_nothing_else() {
+        let bulk = br#"[{"campaign": 28, "reference": "a", "data": {"reference": "x"}},
+                        {"campaign": 28}, {"reference": "b\u00e9", "name": "N"},
+                        {"reference": null}]"#;
+        assert_eq!(references("/j/jobs/bulk/create", bulk), ["a", "b\u{e9}"]);
+        let one = br#"{"campaign": 28, "reference": "solo"}"#;
+        assert_eq!(references("/j/jobs", one), ["solo"]);
+        assert!(references("/j/jobs/bulk/create", b"not json").is_empty());
+        assert!(references("/j/jobs/bulk/create", one).is_empty());
+        // A reference that is not a string is the API's to refuse; it is not listed.
+        assert!(references("/j/jobs", br#"{"reference": 7}"#).is_empty());
+        assert!(is_create("/j/jobs") && is_create("/j/jobs/bulk/create"));
+        assert!(!is_create("/j/jobs/bulk/patch") && !is_create("/j/jobs/1/unqueue"));
+    }
+
+    #[test]
     fn the_log_is_bounded_and_numbered() {
         let mut log = RequestLog::default();
         let entry = LoggedRequest {
@@ -260,6 +508,7 @@ mod tests {
             status: 200,
             dropped: false,
             fault: None,
+            references: Vec::new(),
         };
         for _ in 0..LOG_CAPACITY + 3 {
             log.push(entry.clone());

@@ -11,6 +11,8 @@ mod clock;
 mod control;
 mod dialer;
 mod faults;
+#[cfg(test)]
+mod gateway_tests;
 mod json;
 mod phone;
 mod routes;
@@ -29,6 +31,7 @@ use rand::rngs::StdRng;
 use state::Store;
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -88,20 +91,19 @@ impl fmt::Debug for SimConfig {
 }
 
 impl SimConfig {
-    /// Rates within 0..=1 and the clock offset finite and within ±100,000 hours: the same bounds
-    /// the flags and the control routes hold to, so that a configuration built in code cannot
-    /// start a simulator that panics on its first request.
-    pub fn validate(&self) -> Result<(), String> {
-        let f = &self.faults;
-        let rates = [
-            ("fail_rate", f.fail_rate),
-            ("throttle_rate", f.throttle_rate),
-            ("drop_rate", f.drop_rate),
-            ("applied_drop_rate", f.applied_drop_rate),
-        ];
-        for (name, rate) in rates {
-            faults::check_rate(name, rate)?;
+    fn fault_settings(&self) -> FaultSettings {
+        FaultSettings {
+            faults: self.faults,
+            latency_ms: self.latency_ms,
+            allow_duplicate_references: self.allow_duplicate_references,
         }
+    }
+
+    /// Rates within 0..=1, delays within ten minutes, the clock offset finite and within
+    /// ±100,000 hours: the same bounds the flags and the control routes hold to, so that a
+    /// configuration built in code cannot start a simulator that panics on its first request.
+    pub fn validate(&self) -> Result<(), String> {
+        self.fault_settings().check()?;
         clock::check_offset_hours(self.clock_offset_hours)
     }
 }
@@ -115,6 +117,8 @@ struct Sim {
     /// One generator for faults, the dialer and edits, seeded from `SimConfig::seed`.
     rng: Mutex<StdRng>,
     log: Mutex<RequestLog>,
+    /// Slow commits started and not yet applied (`GET /_sim/pending`).
+    late_applies: AtomicUsize,
 }
 
 impl Sim {
@@ -135,13 +139,10 @@ impl Sim {
             token: cfg.token.clone(),
             store: Mutex::new(store),
             clock,
-            faults: Mutex::new(FaultSettings {
-                faults: cfg.faults,
-                latency_ms: cfg.latency_ms,
-                allow_duplicate_references: cfg.allow_duplicate_references,
-            }),
+            faults: Mutex::new(cfg.fault_settings()),
             rng: Mutex::new(StdRng::seed_from_u64(cfg.seed ^ 0x5eed_fa17)),
             log: Mutex::new(RequestLog::default()),
+            late_applies: AtomicUsize::new(0),
         })
     }
 

@@ -23,7 +23,7 @@ use std::sync::Arc;
 pub const MAX_BULK_ITEMS: usize = 1000;
 
 /// Large enough for 1000 items with generous `data`; beyond it the request is refused whole.
-const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 
 pub fn api_router(sim: Arc<Sim>) -> Router {
     Router::new()
