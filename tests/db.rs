@@ -308,3 +308,50 @@ fn concurrent_starts_migrate_a_fresh_postgres_schema_once() {
         open_concurrently(&url);
     }
 }
+
+/// A write transaction on SQLite holds the write lock from its `BEGIN`: a CRM committing between
+/// its first read and its first write waits for it, instead of the transaction being refused
+/// with "database is locked" when it starts writing (what a deferred `BEGIN` does). Nested
+/// transactions still nest, as savepoints.
+#[test]
+fn sqlite_write_transactions_take_the_write_lock_when_they_begin() {
+    use diesel::{Connection, RunQueryDsl, SqliteConnection};
+    let t = TestDb::sqlite();
+    let path = t.db.sqlite_path().unwrap().to_string_lossy().to_string();
+    // The CRM's connection, without a busy timeout: a held write lock shows at once.
+    let mut crm = SqliteConnection::establish(&path).unwrap();
+    let crm_insert = "INSERT INTO outbox (op, campaign, reference, payload) \
+                      VALUES ('create', 28, 'crm-1', '{\"name\": \"A\"}')";
+    let row = NewOutboxRow {
+        op: "create".into(),
+        campaign: Some(28),
+        reference: Some("sync-1".into()),
+        job_id: None,
+        payload: json!({"name": "B"}).to_string(),
+    };
+    let mut c = conn(&t);
+    jobsync::db::repo::transaction(&mut c, |c| {
+        let before = outbox::counts(c)?;
+        assert!(before.iter().all(|(_, n)| *n == 0));
+        // The CRM's transaction, between this one's read and its write: its first write is
+        // refused, since this transaction holds the write lock. (A deferred `BEGIN` let it
+        // through, and this transaction's own write then failed.)
+        diesel::sql_query("BEGIN").execute(&mut crm).unwrap();
+        let refused = diesel::sql_query(crm_insert).execute(&mut crm).unwrap_err();
+        diesel::sql_query("ROLLBACK").execute(&mut crm).unwrap();
+        assert!(
+            refused.to_string().contains("database is locked"),
+            "{refused}"
+        );
+        // `outbox::insert` opens its own transaction inside this one.
+        outbox::insert(c, std::slice::from_ref(&row))
+    })
+    .expect("the transaction writes after reading");
+    diesel::sql_query(crm_insert).execute(&mut crm).unwrap();
+    let references: Vec<_> = outbox::list(&mut c, None, 10)
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| r.reference)
+        .collect();
+    assert_eq!(references, ["crm-1", "sync-1"]);
+}

@@ -154,7 +154,13 @@ struct SqlitePragmas;
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
         // WAL lets readers (the CRM, the health server) work while a sync writes; the busy
-        // timeout makes a writer wait for another instead of failing at once.
+        // timeout makes a writer wait for another instead of failing at once. Every write
+        // transaction of jobsync begins IMMEDIATE (`repo::transaction`), so this is how long a
+        // sync waits for a CRM's own transaction on the outbox to commit. Keep it at 15 s or
+        // more: a CRM's transactions are not ours to keep short (a batch import, a slow request
+        // handler holding one open), and a sync that waits loses nothing, while one that gives up
+        // fails its cycle with "database is locked". A writer wedged for longer still fails
+        // rather than hang the cycle.
         diesel::sql_query(
             "PRAGMA busy_timeout = 15000; PRAGMA journal_mode = WAL; \
              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",

@@ -44,7 +44,15 @@ pub(crate) const IDS_PER_STATEMENT: usize = 5000;
 use super::{Conn, DbError};
 use crate::with_conn;
 
-/// Runs `work` in a transaction on either backend.
+/// Runs `work` in a write transaction on either backend (nested calls become savepoints).
+///
+/// On SQLite the outermost transaction begins `IMMEDIATE`: it takes the write lock up front,
+/// waiting up to the busy timeout for another writer (a CRM inserting into the outbox). A plain
+/// (deferred) `BEGIN` starts as a reader, and when another connection writes between its first
+/// read and its first write, SQLite refuses the upgrade with `database is locked` at once,
+/// without the busy timeout: a reader that waited for a writer could deadlock with it, or would
+/// go on from a stale snapshot. Every caller writes, so none loses anything by taking the lock
+/// at the start. PostgreSQL is unchanged.
 pub fn transaction<T>(
     conn: &mut Conn,
     work: impl FnOnce(&mut Conn) -> Result<T, DbError>,
@@ -52,7 +60,23 @@ pub fn transaction<T>(
     // The closure needs the enum (repository functions take `&mut Conn`), so the transaction is
     // driven through the connection's transaction manager rather than `Connection::transaction`.
     use diesel::connection::{AnsiTransactionManager, TransactionManager};
-    with_conn!(conn, |c| AnsiTransactionManager::begin_transaction(c))?;
+    match conn {
+        Conn::Sqlite(c) => {
+            let c: &mut diesel::SqliteConnection = c;
+            let outermost = AnsiTransactionManager::transaction_manager_status_mut(c)
+                .transaction_depth()?
+                .is_none();
+            if outermost {
+                AnsiTransactionManager::begin_transaction_sql(c, "BEGIN IMMEDIATE")?;
+            } else {
+                AnsiTransactionManager::begin_transaction(c)?;
+            }
+        }
+        Conn::Pg(c) => {
+            let c: &mut diesel::PgConnection = c;
+            AnsiTransactionManager::begin_transaction(c)?;
+        }
+    }
     match work(conn) {
         Ok(value) => {
             with_conn!(conn, |c| AnsiTransactionManager::commit_transaction(c))?;
