@@ -27,6 +27,11 @@ use std::time::{Duration, Instant};
 const BACKLOG: usize = 3000;
 /// How often the CRM writes one row.
 const CRM_PERIOD: Duration = Duration::from_millis(10);
+/// The CRM stops when the cycle ends, or after this long. A push reloads the outbox every round
+/// and ends only when a round finds nothing open, so while a CRM keeps adding a row every 10 ms
+/// the cycle keeps chasing them (for minutes, up to the push's round limit): without this bound
+/// the test would wait for that. It is longer than the backlog's push takes.
+const CRM_WRITES_FOR: Duration = Duration::from_secs(5);
 
 #[test]
 fn a_cycle_pushes_while_a_crm_writes_to_the_outbox() {
@@ -141,10 +146,11 @@ struct CrmWrites {
     busy_retries: usize,
 }
 
-/// Writes one outbox create every [`CRM_PERIOD`] until `stop`, as a CRM would: on its own
-/// connection, in a deferred transaction that reads before it inserts, retrying a transaction
-/// SQLite refuses as busy.
+/// Writes one outbox create every [`CRM_PERIOD`] until `stop` (or for [`CRM_WRITES_FOR`]), as a
+/// CRM would: on its own connection, in a deferred transaction that reads before it inserts,
+/// retrying a transaction SQLite refuses as busy.
 fn crm_writer(path: PathBuf, stop: &AtomicBool) -> CrmWrites {
+    let started = Instant::now();
     let mut conn = SqliteConnection::establish(&path.to_string_lossy()).unwrap();
     diesel::sql_query("PRAGMA busy_timeout = 5000")
         .execute(&mut conn)
@@ -153,7 +159,7 @@ fn crm_writer(path: PathBuf, stop: &AtomicBool) -> CrmWrites {
         written: 0,
         busy_retries: 0,
     };
-    while !stop.load(Ordering::SeqCst) {
+    while !stop.load(Ordering::SeqCst) && started.elapsed() < CRM_WRITES_FOR {
         let n = done.written;
         loop {
             match crm_insert(&mut conn, n) {
