@@ -16,7 +16,7 @@ pub(super) fn run(db: &Db) -> Result<usize, DbError> {
     };
     let mut conn = db.conn()?;
     match &mut conn {
-        Conn::Sqlite(c) => apply(&mut **c, SQLITE),
+        Conn::Sqlite(c) => apply_sqlite(c),
         Conn::Pg(c) => {
             diesel::sql_query(format!(
                 "SELECT {}",
@@ -32,6 +32,28 @@ pub(super) fn run(db: &Db) -> Result<usize, DbError> {
             applied
         }
     }
+}
+
+/// On SQLite each migration runs inside a `BEGIN IMMEDIATE` transaction, the harness's own
+/// transaction nesting in it as a savepoint. A deferred transaction that reads before it writes
+/// (a data migration can) is refused at once with "database is locked" when a CRM writes to the
+/// outbox in between; an immediate one waits for the CRM under the busy timeout. The kernel file
+/// lock keeps other jobsync processes out, but not the CRM.
+fn apply_sqlite(conn: &mut SqliteConnection) -> Result<usize, DbError> {
+    let pending = conn
+        .pending_migrations(SQLITE)
+        .map_err(|e| DbError::Migration(e.to_string()))?;
+    for migration in &pending {
+        let migration = &**migration;
+        if migration.metadata().run_in_transaction() {
+            conn.immediate_transaction(|c| c.run_migration(migration).map(|_| ()))
+        } else {
+            // Asked to run outside a transaction (statements SQLite refuses inside one).
+            conn.run_migration(migration).map(|_| ())
+        }
+        .map_err(|e| DbError::Migration(e.to_string()))?;
+    }
+    Ok(pending.len())
 }
 
 fn apply<C>(conn: &mut C, migrations: EmbeddedMigrations) -> Result<usize, DbError>
