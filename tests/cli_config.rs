@@ -49,6 +49,25 @@ fn out_of_range_value_names_key_value_and_environment_variable() {
 }
 
 #[test]
+fn max_row_attempts_out_of_range_is_refused_not_wrapped() {
+    for value in ["0", "1001", "4294967295"] {
+        assert_config_error(
+            &[("JOBSYNC_PUSH__MAX_ROW_ATTEMPTS", value)],
+            &[
+                "`push.max_row_attempts`",
+                value,
+                "JOBSYNC_PUSH__MAX_ROW_ATTEMPTS",
+                "between 1 and 1000",
+            ],
+        );
+    }
+    for value in ["1", "1000"] {
+        let (code, stderr) = status_with(&[("JOBSYNC_PUSH__MAX_ROW_ATTEMPTS", value)]);
+        assert_eq!(code, 0, "{value}: {stderr}");
+    }
+}
+
+#[test]
 fn wrong_type_is_reported() {
     assert_config_error(
         &[("JOBSYNC_API__TIMEOUT_SECS", "soon")],

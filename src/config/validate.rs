@@ -29,7 +29,14 @@ pub(super) fn validate(c: &Config) -> Result<(), Failure> {
             "must be at most 86400 (one day); the API only accepts `modified_since` within 48 hours".into(),
         ));
     }
-    at_least("push.max_row_attempts", c.push.max_row_attempts.into(), 1)?;
+    // The push compares it with a row's `attempts`, an `i32` column: beyond that a value wraps
+    // negative and every row would give up at once. A thousand cycles is already weeks.
+    if !(1..=1000).contains(&c.push.max_row_attempts) {
+        return Err((
+            "push.max_row_attempts",
+            "must be between 1 and 1000 (cycles in which a row's request failed retryably before the row becomes `failed`)".into(),
+        ));
+    }
     at_least("retention.changes_days", c.retention.changes_days.into(), 1)?;
     at_least("retention.outbox_days", c.retention.outbox_days.into(), 1)?;
     at_least("retention.runs_days", c.retention.runs_days.into(), 1)?;
