@@ -216,7 +216,12 @@ fn outbox_rows_insert_list_count_and_retry(t: &TestDb) {
         Some(404)
     );
     assert_eq!(outbox::retry(&mut c, None).unwrap(), 1);
-    assert_eq!(outbox::list(&mut c, Some(OutboxStatus::Pending), 10).unwrap().len(), 3);
+    assert_eq!(
+        outbox::list(&mut c, Some(OutboxStatus::Pending), 10)
+            .unwrap()
+            .len(),
+        3
+    );
     assert!(outbox::oldest_pending(&mut c).unwrap().is_some());
 }
 

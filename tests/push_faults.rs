@@ -239,7 +239,10 @@ fn a_duplicate_reference_refusal_of_a_first_send_fails_the_row(t: &TestDb) {
         let stats = push(&t.db, &client).await;
         assert_eq!((stats.ok, stats.failed), (0, 1));
         let row = &all_rows(&t.db)[0];
-        assert_eq!((row.status.as_str(), row.http_status), ("failed", Some(400)));
+        assert_eq!(
+            (row.status.as_str(), row.http_status),
+            ("failed", Some(400))
+        );
         assert!(
             row.last_error.as_deref().unwrap().contains("bulk/create"),
             "{row:?}"

@@ -495,6 +495,8 @@ fn an_api_resetting_every_connection_gets_each_reference_once_per_run(t: &TestDb
         let tuning = PushTuning {
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(4),
+            lookup_margin: Duration::from_secs(1),
+            ..PushTuning::default()
         };
         let (rows, later) = create_rows();
         insert(&t.db, &rows);

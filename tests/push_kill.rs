@@ -121,7 +121,10 @@ fn a_push_killed_midway_and_restarted_ends_like_an_uninterrupted_one(t: &TestDb)
             if open == 0 {
                 break;
             }
-            assert!(Instant::now() < deadline, "{open} rows still open after {run} runs");
+            assert!(
+                Instant::now() < deadline,
+                "{open} rows still open after {run} runs"
+            );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
 

@@ -37,7 +37,12 @@ pub enum ItemOutcome {
     /// A create that may or may not have been applied: look the job up by reference before
     /// sending it again.
     Unknown { error: ApiError },
+    /// Never sent: the caller halted before a slot for it came free.
+    NotSent,
 }
+
+/// Asked when a call's turn comes, just before its request would leave: `true` stops it there.
+pub type Halt<'a> = dyn Fn() -> bool + Sync + 'a;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BulkOp {
@@ -76,23 +81,49 @@ impl BulkOp {
 impl ApiClient {
     /// Each item carries `campaign` and `reference` (the answer is checked against them).
     pub async fn bulk_create(&self, items: Vec<JobFields>) -> Vec<ItemOutcome> {
-        self.run_bulk(BulkOp::Create, &items).await
+        self.bulk_create_or_halt(items, &|| false).await
     }
 
     /// Each item carries the job's `id` and the fields to change.
     pub async fn bulk_patch(&self, items: Vec<JobFields>) -> Vec<ItemOutcome> {
-        self.run_bulk(BulkOp::Patch, &items).await
+        self.bulk_patch_or_halt(items, &|| false).await
     }
 
     pub async fn bulk_unqueue(&self, ids: Vec<i64>) -> Vec<ItemOutcome> {
-        let items: Vec<JobId> = ids.into_iter().map(|id| JobId { id }).collect();
-        self.run_bulk(BulkOp::Unqueue, &items).await
+        self.bulk_unqueue_or_halt(ids, &|| false).await
     }
 
-    async fn run_bulk<T: BulkItem>(&self, op: BulkOp, items: &[T]) -> Vec<ItemOutcome> {
+    /// [`Self::bulk_create`], sending nothing (`NotSent`) once `halted` says so.
+    pub async fn bulk_create_or_halt(
+        &self,
+        items: Vec<JobFields>,
+        halted: &Halt<'_>,
+    ) -> Vec<ItemOutcome> {
+        self.run_bulk(BulkOp::Create, &items, halted).await
+    }
+
+    pub async fn bulk_patch_or_halt(
+        &self,
+        items: Vec<JobFields>,
+        halted: &Halt<'_>,
+    ) -> Vec<ItemOutcome> {
+        self.run_bulk(BulkOp::Patch, &items, halted).await
+    }
+
+    pub async fn bulk_unqueue_or_halt(&self, ids: Vec<i64>, halted: &Halt<'_>) -> Vec<ItemOutcome> {
+        let items: Vec<JobId> = ids.into_iter().map(|id| JobId { id }).collect();
+        self.run_bulk(BulkOp::Unqueue, &items, halted).await
+    }
+
+    async fn run_bulk<T: BulkItem>(
+        &self,
+        op: BulkOp,
+        items: &[T],
+        halted: &Halt<'_>,
+    ) -> Vec<ItemOutcome> {
         let calls = items
             .chunks(self.inner.bulk_size)
-            .map(|chunk| self.run_chunk(op, chunk));
+            .map(|chunk| self.run_chunk(op, chunk, halted));
         join_all(calls).await.into_iter().flatten().collect()
     }
 
@@ -101,10 +132,12 @@ impl ApiClient {
         &'a self,
         op: BulkOp,
         items: &'a [T],
+        halted: &'a Halt<'a>,
     ) -> BoxFuture<'a, Vec<ItemOutcome>> {
         Box::pin(async move {
-            match self.bulk_call(op, items).await {
-                Ok(answers) => align(op, items, answers),
+            match self.bulk_call(op, items, halted).await {
+                Ok(None) => vec![ItemOutcome::NotSent; items.len()],
+                Ok(Some(answers)) => align(op, items, answers),
                 Err(error) if is_splittable(&error) && items.len() > 1 => {
                     let (left, right) = items.split_at(items.len() / 2);
                     tracing::info!(
@@ -113,8 +146,11 @@ impl ApiClient {
                         status = error.status(),
                         "bulk request refused as a whole, splitting it to isolate the bad item"
                     );
-                    let (mut left, right) =
-                        join(self.run_chunk(op, left), self.run_chunk(op, right)).await;
+                    let (mut left, right) = join(
+                        self.run_chunk(op, left, halted),
+                        self.run_chunk(op, right, halted),
+                    )
+                    .await;
                     left.extend(right);
                     left
                 }
@@ -129,11 +165,13 @@ impl ApiClient {
 
     /// One bulk request (with retries), holding one of the `concurrency` slots until its
     /// answer has arrived; the answer is decoded after the slot is free for the next call.
+    /// `Ok(None)`: halted before the request left.
     async fn bulk_call<T: Serialize + Sync>(
         &self,
         op: BulkOp,
         items: &[T],
-    ) -> Result<(Endpoint, Vec<Box<RawValue>>), ApiError> {
+        halted: &Halt<'_>,
+    ) -> Result<Option<(Endpoint, Vec<Box<RawValue>>)>, ApiError> {
         let ep = op.endpoint();
         let body = to_body(&ep, items)?;
         let slot = self
@@ -142,6 +180,9 @@ impl ApiClient {
             .acquire()
             .await
             .map_err(|_| ApiError::Config("the client is shutting down".into()))?;
+        if halted() {
+            return Ok(None);
+        }
         let answer = self.call_bytes(&ep, Some(body), op.should_retry()).await?;
         drop(slot);
         // The next call waiting for a slot was just woken, into this worker's next-task slot,
@@ -149,7 +190,7 @@ impl ApiClient {
         // two milliseconds on every call of a large push.
         tokio::task::yield_now().await;
         let answers = decode_json(&ep.name, &answer, "the bulk answer array")?;
-        Ok((ep, answers))
+        Ok(Some((ep, answers)))
     }
 }
 
@@ -279,7 +320,11 @@ fn item_outcome(
                 job.id, job.campaign, job.reference
             ));
         }
-        (200..=299, None) => return Err(format!("item {index} was answered {status} without the job")),
+        (200..=299, None) => {
+            return Err(format!(
+                "item {index} was answered {status} without the job"
+            ));
+        }
         (429 | 500..=599, _) => {
             let error = ApiError::Http {
                 endpoint: ep.name.clone(),
@@ -507,7 +552,10 @@ mod tests {
             ItemOutcome::Retryable { .. }
         ));
         assert!(!(BulkOp::Create.should_retry())(&timeout));
-        assert!(!(BulkOp::Create.should_retry())(&server), "never re-sent blindly");
+        assert!(
+            !(BulkOp::Create.should_retry())(&server),
+            "never re-sent blindly"
+        );
         assert!((BulkOp::Create.should_retry())(&throttled));
         assert!((BulkOp::Create.should_retry())(&connect));
         assert!((BulkOp::Unqueue.should_retry())(&timeout));

@@ -179,7 +179,10 @@ mod tests {
         }
         assert!(http(429).surely_not_applied());
         for status in [500, 502, 503, 504] {
-            assert!(!http(status).surely_not_applied(), "a gateway may answer {status} after");
+            assert!(
+                !http(status).surely_not_applied(),
+                "a gateway may answer {status} after"
+            );
         }
         for status in [400, 404, 409, 413, 422] {
             assert!(!http(status).is_retryable(), "{status}");

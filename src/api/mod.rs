@@ -13,7 +13,7 @@ mod split;
 mod stats;
 mod token;
 
-pub use bulk::ItemOutcome;
+pub use bulk::{Halt, ItemOutcome};
 pub use client::{ApiClient, ClientOptions, ListQuery};
 pub use error::ApiError;
 pub use listing::Listing;

@@ -28,6 +28,8 @@ pub async fn run(config: &Config) -> CliResult {
     println!("{}", describe(&summary));
     match summary.error {
         None => Ok(()),
+        // A deliberate stop: the run is recorded with what it did, and the process exits 0.
+        Some(_) if summary.stopped => Ok(()),
         Some(error) => Err(CliError::failed(format!(
             "run #{} failed: {error}",
             summary.run_id

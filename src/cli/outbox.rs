@@ -23,9 +23,7 @@ async fn list(config: &Config, status: Option<String>, limit: i64) -> CliResult 
         return Err(CliError::usage("--limit must be positive"));
     }
     let db = open_db(config).await?;
-    let rows = db
-        .run(move |c| outbox::list(c, status, limit))
-        .await?;
+    let rows = db.run(move |c| outbox::list(c, status, limit)).await?;
     if rows.is_empty() {
         println!("no outbox rows");
     }

@@ -1,8 +1,8 @@
 //! Rows as stored, and their conversion from the API's [`Job`].
 
 use super::Ts;
-pub use super::status::OutboxStatus;
 use super::schema::{job_changes, jobs, outbox, sync_runs};
+pub use super::status::OutboxStatus;
 use crate::api::models::Job;
 use diesel::prelude::*;
 use serde_json::Value;

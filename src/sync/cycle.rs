@@ -47,6 +47,9 @@ pub struct CycleSummary {
     pub duration: Duration,
     pub error: Option<String>,
     pub auth_failed: bool,
+    /// Ended early by a stop request (SIGTERM/SIGINT): recorded `failed`, but not an error of
+    /// the process.
+    pub stopped: bool,
 }
 
 /// Why no cycle ran at all.
@@ -107,6 +110,7 @@ pub async fn run_cycle(engine: &Engine, trigger: Trigger) -> Result<CycleSummary
         api_calls: (engine.client.stats().total() - calls_before) as i64,
         duration: started.elapsed(),
         auth_failed: result.as_ref().err().is_some_and(SyncError::is_auth),
+        stopped,
         error: result.err().map(|e| e.to_string()),
         pull: pulled,
         push: pushed,

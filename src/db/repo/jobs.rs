@@ -318,10 +318,7 @@ pub fn counts(conn: &mut Conn) -> Result<(i64, i64), DbError> {
 
 /// Live mirror rows by (campaign, reference), for the references given; a reference that
 /// several live rows share is returned apart, with their ids, since no row can stand for it.
-pub fn find_by_references(
-    conn: &mut Conn,
-    keys: &[(i64, String)],
-) -> Result<ByReference, DbError> {
+pub fn find_by_references(conn: &mut Conn, keys: &[(i64, String)]) -> Result<ByReference, DbError> {
     let mut per_campaign: HashMap<i64, Vec<&str>> = HashMap::new();
     for (campaign, reference) in keys {
         per_campaign.entry(*campaign).or_default().push(reference);

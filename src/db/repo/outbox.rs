@@ -34,17 +34,20 @@ pub fn list(
     status: Option<OutboxStatus>,
     limit: i64,
 ) -> Result<Vec<OutboxRow>, DbError> {
-    with_conn!(conn, |c| {
+    let ids: Vec<i64> = with_conn!(conn, |c| {
         let mut query = outbox::table
-            .select(OutboxRow::as_select())
+            .select(outbox::id)
             .order(outbox::id.desc())
             .limit(limit)
             .into_boxed();
         if let Some(status) = status {
             query = query.filter(outbox::status.eq(status));
         }
-        Ok(query.load(c)?)
-    })
+        Ok::<_, DbError>(query.load(c)?)
+    })?;
+    let mut rows = get_many(conn, &ids)?;
+    rows.reverse();
+    Ok(rows)
 }
 
 /// The highest row id now: a push works on the rows that existed when it started (SPEC §4), so
@@ -68,16 +71,38 @@ pub fn open_window(
     ceiling: i64,
     limit: i64,
 ) -> Result<Vec<OpenRow>, DbError> {
-    let mut rows: Vec<OpenRow> = with_conn!(conn, |c| outbox::table
+    let window = outbox::table
         .filter(outbox::id.gt(after))
         .filter(outbox::id.le(ceiling))
         .filter(outbox::status.eq_any(OutboxStatus::OPEN))
         .order(outbox::id.asc())
-        .limit(limit)
-        .select(OpenRow::as_select())
-        .load(c)?);
-    // Diesel reads text that is not UTF-8 lossily, with U+FFFD in place of the bad bytes: only
-    // such rows are read again as bytes to tell a real U+FFFD from a broken payload.
+        .limit(limit);
+    let mut rows: Vec<OpenRow> = match conn {
+        Conn::Sqlite(c) => window
+            .select((
+                outbox::id,
+                outbox::op,
+                outbox::campaign,
+                outbox::reference,
+                outbox::job_id,
+                lossy_payload(),
+                outbox::status,
+                outbox::attempts,
+                outbox::last_error,
+                outbox::next_attempt_at,
+                outbox::first_sent_at,
+                outbox::in_doubt,
+                outbox::sent_payload,
+                outbox::result_job_id,
+            ))
+            .load::<OpenRowBytes>(&mut **c)?
+            .into_iter()
+            .map(OpenRow::from)
+            .collect(),
+        Conn::Pg(c) => window.select(OpenRow::as_select()).load(&mut **c)?,
+    };
+    // The payload was read as bytes made text, with U+FFFD in place of bytes that are not
+    // UTF-8: only such rows are read again to tell a real U+FFFD from a broken payload.
     let suspects: Vec<i64> = rows
         .iter()
         .filter(|r| r.payload.contains('\u{FFFD}'))
@@ -88,6 +113,57 @@ pub fn open_window(
         rows.retain(|r| !unreadable.contains(&r.id));
     }
     Ok(rows)
+}
+
+/// On SQLite, the payload's bytes, even when a CRM stored bytes that are not UTF-8 (Diesel
+/// refuses such text outright, which would stop the whole push); they are made text with U+FFFD
+/// in place of the bad bytes.
+fn lossy_payload() -> diesel::expression::SqlLiteral<diesel::sql_types::Binary> {
+    diesel::dsl::sql::<diesel::sql_types::Binary>("CAST(outbox.payload AS BLOB)")
+}
+
+fn lossy(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// An [`OpenRow`] as read on SQLite, its payload as bytes.
+#[derive(Queryable)]
+struct OpenRowBytes {
+    id: i64,
+    op: String,
+    campaign: Option<i64>,
+    reference: Option<String>,
+    job_id: Option<i64>,
+    payload: Vec<u8>,
+    status: OutboxStatus,
+    attempts: i32,
+    last_error: Option<String>,
+    next_attempt_at: Ts,
+    first_sent_at: Option<Ts>,
+    in_doubt: bool,
+    sent_payload: Option<String>,
+    result_job_id: Option<i64>,
+}
+
+impl From<OpenRowBytes> for OpenRow {
+    fn from(r: OpenRowBytes) -> Self {
+        OpenRow {
+            id: r.id,
+            op: r.op,
+            campaign: r.campaign,
+            reference: r.reference,
+            job_id: r.job_id,
+            payload: lossy(r.payload),
+            status: r.status,
+            attempts: r.attempts,
+            last_error: r.last_error,
+            next_attempt_at: r.next_attempt_at,
+            first_sent_at: r.first_sent_at,
+            in_doubt: r.in_doubt,
+            sent_payload: r.sent_payload,
+            result_job_id: r.result_job_id,
+        }
+    }
 }
 
 /// Fails the rows among `ids` whose payload bytes are not UTF-8, naming the first bad byte;
@@ -114,7 +190,10 @@ pub fn fail_unreadable(conn: &mut Conn, ids: &[i64]) -> Result<Vec<i64>, DbError
             e.valid_up_to()
         );
         update_each(conn, &[(id, RowUpdate::failed(reason, None))])?;
-        tracing::warn!(outbox_id = id, "outbox row with a payload that is not UTF-8 failed");
+        tracing::warn!(
+            outbox_id = id,
+            "outbox row with a payload that is not UTF-8 failed"
+        );
         failed.push(id);
     }
     Ok(failed)
@@ -405,7 +484,12 @@ impl RowUpdate {
 
     /// Stays `in_flight`, in doubt: the create may or may not have been applied; it is looked up
     /// (from `look_after` on) before anything is sent again.
-    pub fn in_doubt(reason: String, http_status: Option<u16>, attempts: i32, look_after: Ts) -> Self {
+    pub fn in_doubt(
+        reason: String,
+        http_status: Option<u16>,
+        attempts: i32,
+        look_after: Ts,
+    ) -> Self {
         RowUpdate {
             status: Some(InFlight),
             attempts: Some(attempts),
@@ -460,6 +544,22 @@ impl RowUpdate {
         }
     }
 
+    /// `in_flight → pending` as it was: the request never left (a stop came first).
+    pub fn not_sent(now: Ts) -> Self {
+        RowUpdate {
+            status: Some(Pending),
+            next_attempt_at: Some(now),
+            in_doubt: Some(false),
+            ..RowUpdate::default()
+        }
+    }
+
+    /// With the number of attempts made so far.
+    pub fn counting(mut self, attempts: i32) -> Self {
+        self.attempts = Some(attempts);
+        self
+    }
+
     /// `→ pending` now, unlinked: the job a create was linked to is gone upstream, so the create
     /// is sent again.
     pub fn job_gone(reason: String, now: Ts) -> Self {
@@ -512,9 +612,91 @@ pub fn retry(conn: &mut Conn, ids: Option<&[i64]>) -> Result<usize, DbError> {
 
 /// Rows by id (those that exist).
 pub fn get_many(conn: &mut Conn, ids: &[i64]) -> Result<Vec<OutboxRow>, DbError> {
-    with_conn!(conn, |c| Ok(outbox::table
-        .filter(outbox::id.eq_any(ids))
-        .order(outbox::id.asc())
-        .select(OutboxRow::as_select())
-        .load(c)?))
+    let mut rows = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(IDS_PER_STATEMENT) {
+        let query = outbox::table
+            .filter(outbox::id.eq_any(chunk))
+            .order(outbox::id.asc());
+        let part: Vec<OutboxRow> = match conn {
+            // A payload that is not UTF-8 is shown with U+FFFD in place of its bad bytes.
+            Conn::Sqlite(c) => query
+                .select((
+                    (
+                        outbox::id,
+                        outbox::op,
+                        outbox::campaign,
+                        outbox::reference,
+                        outbox::job_id,
+                        lossy_payload(),
+                        outbox::status,
+                        outbox::attempts,
+                        outbox::last_error,
+                    ),
+                    (
+                        outbox::http_status,
+                        outbox::result_job_id,
+                        outbox::created_at,
+                        outbox::updated_at,
+                        outbox::next_attempt_at,
+                        outbox::first_sent_at,
+                        outbox::in_doubt,
+                        outbox::merged_into,
+                    ),
+                ))
+                .load::<(OutboxHead, OutboxTail)>(&mut **c)?
+                .into_iter()
+                .map(OutboxRow::from)
+                .collect(),
+            Conn::Pg(c) => query.select(OutboxRow::as_select()).load(&mut **c)?,
+        };
+        rows.extend(part);
+    }
+    rows.sort_unstable_by_key(|r| r.id);
+    Ok(rows)
+}
+
+type OutboxHead = (
+    i64,
+    String,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    Vec<u8>,
+    OutboxStatus,
+    i32,
+    Option<String>,
+);
+type OutboxTail = (
+    Option<i32>,
+    Option<i64>,
+    Ts,
+    Ts,
+    Ts,
+    Option<Ts>,
+    bool,
+    Option<i64>,
+);
+
+impl From<(OutboxHead, OutboxTail)> for OutboxRow {
+    fn from((h, t): (OutboxHead, OutboxTail)) -> Self {
+        OutboxRow {
+            id: h.0,
+            op: h.1,
+            campaign: h.2,
+            reference: h.3,
+            job_id: h.4,
+            payload: lossy(h.5),
+            status: h.6,
+            attempts: h.7,
+            last_error: h.8,
+            http_status: t.0,
+            result_job_id: t.1,
+            created_at: t.2,
+            updated_at: t.3,
+            next_attempt_at: t.4,
+            first_sent_at: t.5,
+            in_doubt: t.6,
+            merged_into: t.7,
+        }
+    }
 }

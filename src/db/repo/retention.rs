@@ -1,8 +1,8 @@
 //! Retention (SPEC §2 `retention.*`): old changefeed rows, settled outbox rows, run history and
 //! mirror rows deleted upstream long ago. `failed` outbox rows are kept until someone acts.
 
-use crate::db::models::OutboxStatus;
 use crate::config::RetentionConfig;
+use crate::db::models::OutboxStatus;
 use crate::db::schema::{job_changes, jobs, outbox, sync_runs};
 use crate::db::{Conn, DbError, Ts};
 use crate::with_conn;

@@ -238,7 +238,7 @@ async fn push_window(
             st.stats += sent.stats;
             st.blocked.extend(sent.blocked);
             // A create refused after an earlier send is looked up in this run.
-            for id in &sent.refused {
+            for id in sent.refused.iter().chain(&sent.retry_now) {
                 st.blocked.remove(id);
             }
             st.refused.extend(sent.refused);

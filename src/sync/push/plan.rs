@@ -208,7 +208,11 @@ pub fn plan_validated(
         entries.push(Some(Entry {
             row,
             intent,
-            existing: if intent_is_create(row) { existing } else { None },
+            existing: if intent_is_create(row) {
+                existing
+            } else {
+                None
+            },
             next: None,
         }));
         match chain_of.get(&key) {
@@ -661,7 +665,10 @@ mod tests {
         )];
         let p = plan(&same, &m);
         let g = &p.groups[0];
-        assert_eq!((g.op, g.job_id, g.confirms_create), (Op::Patch, Some(7), true));
+        assert_eq!(
+            (g.op, g.job_id, g.confirms_create),
+            (Op::Patch, Some(7), true)
+        );
         assert_eq!(
             g.fields,
             json!({"reference": "a"}).as_object().unwrap().clone(),
@@ -688,29 +695,75 @@ mod tests {
         let mut m = mirror(vec![mirror_job(5, "five", "A"), mirror_job(6, "six", "B")]);
         m.ambiguous.insert((28, "twice".into()), vec![8, 9]);
         let rows = [
-            row(1, "patch", Some(28), Some("five"), Some(6), json!({"name": "x"})),
-            row(2, "patch", Some(28), Some("twice"), None, json!({"name": "x"})),
-            row(3, "create", Some(28), Some("twice"), None, json!({"name": "x"})),
-            row(4, "patch", Some(28), Some("six"), Some(6), json!({"name": "x"})),
+            row(
+                1,
+                "patch",
+                Some(28),
+                Some("five"),
+                Some(6),
+                json!({"name": "x"}),
+            ),
+            row(
+                2,
+                "patch",
+                Some(28),
+                Some("twice"),
+                None,
+                json!({"name": "x"}),
+            ),
+            row(
+                3,
+                "create",
+                Some(28),
+                Some("twice"),
+                None,
+                json!({"name": "x"}),
+            ),
+            row(
+                4,
+                "patch",
+                Some(28),
+                Some("six"),
+                Some(6),
+                json!({"name": "x"}),
+            ),
         ];
         let p = plan(&rows, &m);
         let failed: Vec<i64> = p.failed.iter().map(|f| f.0).collect();
         assert_eq!(failed, [1, 2, 3]);
-        assert!(p.failed[0].1.contains("job_id 6 contradicts"), "{}", p.failed[0].1);
-        assert!(p.failed[1].1.contains("held by 2 live jobs"), "{}", p.failed[1].1);
+        assert!(
+            p.failed[0].1.contains("job_id 6 contradicts"),
+            "{}",
+            p.failed[0].1
+        );
+        assert!(
+            p.failed[1].1.contains("held by 2 live jobs"),
+            "{}",
+            p.failed[1].1
+        );
         assert_eq!(p.groups.len(), 1, "a consistent job_id + reference is fine");
     }
 
     #[test]
     fn a_linked_create_patches_its_job_with_the_fields_sent() {
         let m = mirror(vec![mirror_job(7, "new", "A")]);
-        let mut linked = row(1, "create", Some(28), Some("old"), None, json!({"name": "A"}));
+        let mut linked = row(
+            1,
+            "create",
+            Some(28),
+            Some("old"),
+            None,
+            json!({"name": "A"}),
+        );
         linked.result_job_id = Some(7);
         linked.sent_payload =
             Some(json!({"campaign": 28, "reference": "new", "name": "B"}).to_string());
         let p = plan(&[linked], &m);
         let g = &p.groups[0];
-        assert_eq!((g.op, g.job_id, g.confirms_create), (Op::Patch, Some(7), true));
+        assert_eq!(
+            (g.op, g.job_id, g.confirms_create),
+            (Op::Patch, Some(7), true)
+        );
         assert_eq!(g.fields, json!({"name": "B"}).as_object().unwrap().clone());
     }
 
@@ -720,7 +773,10 @@ mod tests {
         create.in_doubt = true;
         create.status = OutboxStatus::InFlight;
         create.first_sent_at = Some(ts());
-        let rows = [create, row(2, "patch", Some(28), Some("a"), None, json!({"name": "x"}))];
+        let rows = [
+            create,
+            row(2, "patch", Some(28), Some("a"), None, json!({"name": "x"})),
+        ];
         let p = plan(&rows, &mirror(vec![]));
         assert!(p.is_empty(), "{p:?}");
         assert_eq!(p.held.len(), 1);

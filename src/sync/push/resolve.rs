@@ -162,14 +162,22 @@ async fn record(
         let id = row.id;
         match verdict {
             Verdict::Done { job } => {
-                tracing::info!(outbox_id = id, job_id = job.id, "a create in doubt had been applied: linked to its job");
+                tracing::info!(
+                    outbox_id = id,
+                    job_id = job.id,
+                    "a create in doubt had been applied: linked to its job"
+                );
                 updates.push((id, RowUpdate::done(None, job.id)));
                 followers.push((id, Follow::Superseded(Some(job.id))));
                 found.push(job);
                 st.stats.ok += 1;
             }
             Verdict::Linked { job } => {
-                tracing::info!(outbox_id = id, job_id = job.id, "a create in doubt had been applied; sending the fields it lacks");
+                tracing::info!(
+                    outbox_id = id,
+                    job_id = job.id,
+                    "a create in doubt had been applied; sending the fields it lacks"
+                );
                 updates.push((id, RowUpdate::linked(job.id, now)));
                 followers.push((id, Follow::Superseded(Some(job.id))));
                 found.push(job);
@@ -197,7 +205,7 @@ async fn record(
                          the lookup for it failed ({error}); it may exist upstream — `jobsync \
                          outbox retry --id {id}` looks it up again before any re-send"
                     );
-                    updates.push((id, RowUpdate::failed(reason, None)));
+                    updates.push((id, RowUpdate::failed(reason, None).counting(attempts)));
                     followers.push((id, Follow::Failed));
                     st.stats.failed += 1;
                 } else {

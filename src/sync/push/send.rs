@@ -41,6 +41,9 @@ pub struct Sent {
     pub auth: Option<ApiError>,
     /// A stop request abandoned chunks in flight.
     pub abandoned: bool,
+    /// Rows to plan again in this run (the job a create was matched with is gone: the create is
+    /// sent).
+    pub retry_now: Vec<i64>,
 }
 
 /// How rows are retried across cycles.
@@ -85,8 +88,9 @@ pub async fn send_round(
                 break;
             };
             let (db, client, writer) = (db.clone(), client.clone(), writer.clone());
+            let stop = stop.clone();
             tasks.spawn(
-                async move { send_chunk(&db, &client, &writer, op, chunk, limits).await }
+                async move { send_chunk(&db, &client, &writer, op, chunk, limits, &stop).await }
                     .in_current_span(),
             );
         }
@@ -122,6 +126,7 @@ pub async fn send_round(
         total.stats += sent.stats;
         total.blocked.extend(sent.blocked);
         total.refused.extend(sent.refused);
+        total.retry_now.extend(sent.retry_now);
         total.auth = total.auth.or(sent.auth);
     }
     Ok(total)
@@ -134,6 +139,7 @@ async fn send_chunk(
     op: Op,
     chunk: Vec<Group>,
     limits: Limits,
+    stop: &StopFlag,
 ) -> Result<Sent, SyncError> {
     let sending: Vec<Sending> = chunk.iter().map(sending).collect();
     let started = std::time::Instant::now();
@@ -156,18 +162,21 @@ async fn send_chunk(
             .await?;
     }
     let marked = started.elapsed();
+    // Marked before its turn came: a chunk still waiting for a request slot when a stop comes
+    // never leaves, and its rows go back as they were.
+    let halted = || stop.is_set();
     let outcomes = match op {
         Op::Create => {
             let items = chunk.iter().map(|g| g.fields.clone()).collect();
-            client.bulk_create(items).await
+            client.bulk_create_or_halt(items, &halted).await
         }
         Op::Patch => {
             let items = chunk.iter().map(patch_item).collect();
-            client.bulk_patch(items).await
+            client.bulk_patch_or_halt(items, &halted).await
         }
         Op::Unqueue => {
             let items = chunk.iter().filter_map(|g| g.job_id).collect();
-            client.bulk_unqueue(items).await
+            client.bulk_unqueue_or_halt(items, &halted).await
         }
     };
     let answered = started.elapsed();
@@ -290,20 +299,30 @@ impl Record<'_> {
                 self.sent.stats.superseded += rows - 1;
                 self.returned.push(job);
             }
-            ItemOutcome::Rejected { status: 404, message } if group.confirms_create => {
+            ItemOutcome::Rejected {
+                status: 404,
+                message,
+            } if group.confirms_create => {
                 // The job the create was matched with is gone upstream: the create is sent after
                 // all, in a later round.
                 let job = group.job_id.unwrap_or_default();
-                tracing::info!(outbox_id = survivor, job_id = job, "the job of a create is gone upstream; creating it");
+                tracing::info!(
+                    outbox_id = survivor,
+                    job_id = job,
+                    "the job of a create is gone upstream; creating it"
+                );
                 self.gone.push(job);
                 let reason = format!("job {job} is gone upstream ({message}); sending the create");
                 for m in group.rows() {
-                    self.updates.push((m.id, RowUpdate::job_gone(reason.clone(), Ts::now())));
+                    self.updates
+                        .push((m.id, RowUpdate::job_gone(reason.clone(), Ts::now())));
+                    self.sent.retry_now.push(m.id);
                 }
             }
-            ItemOutcome::Rejected { status: 400, message }
-                if self.op == Op::Create && !group.first_send =>
-            {
+            ItemOutcome::Rejected {
+                status: 400,
+                message,
+            } if self.op == Op::Create && !group.first_send => {
                 // Sent before: perhaps applied then (a duplicate now), whatever the message says.
                 // Looked up before the refusal stands.
                 let attempts = group.survivor.attempts;
@@ -319,7 +338,8 @@ impl Record<'_> {
                 for m in &group.merged {
                     let reason =
                         format!("merged into outbox row {survivor}, which failed: {message}");
-                    self.updates.push((m.id, RowUpdate::failed(reason, Some(status))));
+                    self.updates
+                        .push((m.id, RowUpdate::failed(reason, Some(status))));
                 }
                 self.updates
                     .push((survivor, RowUpdate::failed(message, Some(status))));
@@ -334,6 +354,11 @@ impl Record<'_> {
                 self.sent.auth.get_or_insert(error);
             }
             ItemOutcome::Retryable { error } => self.retryable(group, &error),
+            ItemOutcome::NotSent => {
+                for m in group.rows() {
+                    self.updates.push((m.id, RowUpdate::not_sent(Ts::now())));
+                }
+            }
             ItemOutcome::Unknown { error } => {
                 // The rows stay in flight; the create is looked up (after its timeout and a
                 // margin) before anything of its target is sent again.
