@@ -35,7 +35,8 @@ export JOBSYNC_API__TOKEN=dev-token JOBSYNC_API__BASE_URL="$BASE" JOBSYNC_SERVER
        JOBSYNC_API__REQUESTS_PER_SECOND=1000 JOBSYNC_API__CONCURRENCY="$CONCURRENCY" \
        JOBSYNC_LOG__FORMAT=json RUST_LOG=${RUST_LOG:-info}
 START=$(date +%s.%N)
-"$BIN" --once --database-url "$DB" >"$WORK/once.out" 2>"$WORK/once.log"
+# Peak RSS of the push run (GNU time), against the 64 MiB target at 1,000,000 rows.
+/usr/bin/time -f '%M' -o "$WORK/rss.kb" "$BIN" --once --database-url "$DB" >"$WORK/once.out" 2>"$WORK/once.log"
 END=$(date +%s.%N)
 
 CALLS=$(curl -s "$BASE/_sim/requests" | grep -o '"path":"/j/jobs/bulk/create"' | wc -l)
@@ -48,5 +49,6 @@ awk -v n="$N" -v calls="$CALLS" -v jobs="$JOBS" -v lat="$LATENCY_MS" -v conc="$C
     printf "push wall time: %.2f s, floor %.2f s (%d calls x %d ms / %d): %.2fx (target <= 1.3x)\n", push_ms / 1000, floor, calls, lat, conc, push_ms / 1000 / floor
     printf "whole --once (start, migrate, pull, push, record): %.2f s\n", total
 }'
+echo "peak RSS of --once: $(( $(cat "$WORK/rss.kb") / 1024 )) MiB (target <= 64 MiB at 1,000,000 rows)"
 cat "$WORK/once.out"
 if [ -n "${BENCH_LOG:-}" ]; then cp "$WORK/once.log" "$BENCH_LOG"; fi
