@@ -247,6 +247,7 @@ fn a_lookup_that_keeps_failing_ends_the_row_failed(t: &TestDb) {
         set_faults(&sim, json!({"fail_rate": 1.0})).await;
         let config = PushConfig {
             max_row_attempts: 3,
+            ..PushConfig::default()
         };
         for cycle in 1..=3 {
             let stop = StopFlag::new();

@@ -86,12 +86,16 @@ impl Default for SyncConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct PushConfig {
     pub max_row_attempts: u32,
+    /// Outbox rows a push reads and plans at once: memory against throughput (each window's
+    /// last calls drain before the next window's first ones leave).
+    pub window_rows: u32,
 }
 
 impl Default for PushConfig {
     fn default() -> Self {
         PushConfig {
             max_row_attempts: 20,
+            window_rows: 20_000,
         }
     }
 }

@@ -37,6 +37,12 @@ pub(super) fn validate(c: &Config) -> Result<(), Failure> {
             "must be between 1 and 1000 (cycles in which a row's request failed retryably before the row becomes `failed`)".into(),
         ));
     }
+    if !(1000..=1_000_000).contains(&c.push.window_rows) {
+        return Err((
+            "push.window_rows",
+            "must be between 1000 and 1000000 (outbox rows a push reads and plans at once)".into(),
+        ));
+    }
     at_least("retention.changes_days", c.retention.changes_days.into(), 1)?;
     at_least("retention.outbox_days", c.retention.outbox_days.into(), 1)?;
     at_least("retention.runs_days", c.retention.runs_days.into(), 1)?;

@@ -22,6 +22,7 @@ pub use error::DbError;
 pub use time::Ts;
 
 use crate::config::DatabaseUrl;
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
 use std::path::{Path, PathBuf};
@@ -153,20 +154,23 @@ struct SqlitePragmas;
 
 impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
-        // WAL lets readers (the CRM, the health server) work while a sync writes; the busy
-        // timeout makes a writer wait for another instead of failing at once. Every write
-        // transaction of jobsync begins IMMEDIATE (`repo::transaction`), so this is how long a
-        // sync waits for a CRM's own transaction on the outbox to commit. Keep it at 15 s or
-        // more: a CRM's transactions are not ours to keep short (a batch import, a slow request
-        // handler holding one open), and a sync that waits loses nothing, while one that gives up
-        // fails its cycle with "database is locked". A writer wedged for longer still fails
-        // rather than hang the cycle.
-        diesel::sql_query(
+        // WAL lets readers (the CRM, `status`, the health server) work while a sync writes, and
+        // a commit costs one sync of the log instead of the rollback journal's several.
+        // `synchronous = FULL` keeps every commit durable across a power loss too: the push
+        // marks a create in flight (in doubt) before its request leaves, and a mark lost with
+        // the machine would let a restarted push re-send a create the API applied.
+        // The busy timeout makes a writer wait for another instead of failing at once. Every
+        // write transaction of jobsync begins IMMEDIATE (`repo::transaction`), so this is how
+        // long a sync waits for a CRM's own transaction on the outbox to commit. Keep it at 15 s
+        // or more: a CRM's transactions are not ours to keep short (a batch import, a slow
+        // request handler holding one open), and a sync that waits loses nothing, while one that
+        // gives up fails its cycle with "database is locked". A writer wedged for longer still
+        // fails rather than hang the cycle.
+        // One `batch_execute`: `sql_query` runs only the first statement of several.
+        conn.batch_execute(
             "PRAGMA busy_timeout = 15000; PRAGMA journal_mode = WAL; \
-             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+             PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
         )
-        .execute(conn)
-        .map(|_| ())
         .map_err(diesel::r2d2::Error::QueryError)
     }
 }

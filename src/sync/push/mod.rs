@@ -1,7 +1,7 @@
 //! Push: drains the outbox to the API through the bulk endpoints, exactly once (SPEC §4).
 //!
 //! A push works on the rows that existed when it started (`id <=` the highest id then), read in
-//! windows of [`PushTuning::window_rows`] rows in id order, so that its memory does not grow
+//! windows of `push.window_rows` rows (20,000 by default) in id order, so that its memory does not grow
 //! with the outbox. Each window runs in rounds until nothing is left to do in it:
 //! 1. creates in doubt whose time has come are looked up (`resolve`) — never re-sent blindly;
 //! 2. the round is planned (`plan`): invalid or ambiguous rows fail alone, and per target the
@@ -65,8 +65,8 @@ pub struct PushTuning {
     /// Added to `api.timeout_secs` before an in-doubt create is looked up, so that a slow commit
     /// has landed.
     pub lookup_margin: Duration,
-    /// Outbox rows read at once.
-    pub window_rows: i64,
+    /// Outbox rows read at once, when set: overrides `push.window_rows` (tests use small ones).
+    pub window_rows: Option<i64>,
 }
 
 impl Default for PushTuning {
@@ -75,7 +75,7 @@ impl Default for PushTuning {
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(3600),
             lookup_margin: Duration::from_secs(10),
-            window_rows: 20_000,
+            window_rows: None,
         }
     }
 }
@@ -164,7 +164,10 @@ async fn push_windows(
     let ceiling = db.run(outbox::ceiling).await?;
     let mut held = Held::new();
     let mut after = 0;
-    let window = tuning.window_rows.max(1);
+    let window = tuning
+        .window_rows
+        .unwrap_or(i64::from(config.window_rows))
+        .max(1);
     loop {
         if stop.is_set() {
             return Err(SyncError::Stopped);

@@ -768,6 +768,30 @@ mod tests {
     }
 
     #[test]
+    fn a_target_held_by_an_earlier_window_waits_and_is_not_unknown() {
+        let m = mirror(vec![mirror_job(7, "known", "K")]);
+        let held = Held::from([Key::Ref((28, "a".into())), Key::Id(7)]);
+        let rows = [
+            row(10, "patch", Some(28), Some("a"), None, json!({"name": "x"})),
+            row(11, "patch", None, None, Some(7), json!({"name": "y"})),
+            row(12, "patch", Some(28), Some("known"), None, json!({"name": "z"})),
+            row(13, "create", Some(28), Some("b"), None, json!({})),
+        ];
+        let p = plan_validated(
+            &rows,
+            validate_all(&rows),
+            &m,
+            &HashSet::new(),
+            &held,
+            Ts::from(Utc::now() + chrono::Duration::seconds(1)),
+        );
+        assert!(p.failed.is_empty(), "{:?}", p.failed);
+        assert_eq!(p.groups.len(), 1, "only the create of another target goes");
+        assert_eq!(p.groups[0].survivor.id, 13);
+        assert_eq!(p.held.len(), 2);
+    }
+
+    #[test]
     fn a_create_in_doubt_holds_its_target() {
         let mut create = row(1, "create", Some(28), Some("a"), None, json!({}));
         create.in_doubt = true;

@@ -158,8 +158,13 @@ async fn send_chunk(
     let lookup_from = look_after(client, limits.tuning);
     {
         let _writing = writer.lock().await;
-        db.run(move |c| outbox::mark_sent(c, &sending, Ts::now(), server_now, lookup_from))
-            .await?;
+        db.run(move |c| {
+            let t = std::time::Instant::now();
+            outbox::mark_sent(c, &sending, Ts::now(), server_now, lookup_from)?;
+            tracing::debug!(us = t.elapsed().as_micros() as u64, "mark_sent db");
+            Ok(())
+        })
+        .await?;
     }
     let marked = started.elapsed();
     // Marked before its turn came: a chunk still waiting for a request slot when a stop comes
@@ -203,11 +208,17 @@ async fn send_chunk(
     let gone_at = client.server_now().map_or_else(Ts::now, Ts::from);
     let _writing = writer.lock().await;
     db.run(move |c| {
-        transaction(c, |c| {
+        let t = std::time::Instant::now();
+        let r = transaction(c, |c| {
             jobs::upsert_contents(c, returned, ChangeSource::Push, Ts::now(), false)?;
+            let t1 = t.elapsed().as_micros() as u64;
             jobs::mark_gone(c, &gone, gone_at)?;
-            outbox::update_each(c, &updates)
-        })
+            outbox::update_each(c, &updates)?;
+            tracing::debug!(upsert_us = t1, all_us = t.elapsed().as_micros() as u64, "record db");
+            Ok(())
+        });
+        tracing::debug!(us = t.elapsed().as_micros() as u64, "record db committed");
+        r
     })
     .await?;
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
