@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = Cli::parse();
     if !is_server(&cli) {
         end_quietly_on_closed_pipe();
@@ -18,6 +19,19 @@ fn is_server(cli: &Cli) -> bool {
         Some(Command::Run { once }) => !once,
         Some(Command::Simulate(_)) => true,
         Some(_) => false,
+    }
+}
+
+/// glibc gives each thread that allocates its own arena, up to eight per core, and keeps what is
+/// freed in each: a push whose bulk chunks run on many threads (tokio workers, the database's
+/// blocking threads) held twice the memory it used. Four arenas keep the peak within the
+/// push's 64 MiB budget at no measurable cost in throughput (one or two arenas made threads
+/// wait for each other: 1.5× the latency floor instead of 1.2×).
+fn limit_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: called first thing, before any other thread exists; mallopt only sets a tunable.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 4);
     }
 }
 

@@ -28,6 +28,7 @@ on_both_backends!(
     a_create_of_a_reference_deleted_upstream_is_created_again,
     a_lookup_that_keeps_failing_ends_the_row_failed,
     ambiguous_targets_fail_alone_and_touch_nothing,
+    tiny_windows_keep_each_targets_order_and_the_minimum_calls,
 );
 
 mod sqlite_only {
@@ -460,4 +461,56 @@ fn all_rows_in_flight(t: &TestDb) -> Vec<jobsync::db::models::OutboxRow> {
         10,
     )
     .unwrap()
+}
+
+/// Rows of one target spread over many windows (of 7 rows) end as with one window: per-target
+/// order holds across windows, and short chunks wait for the next window's rows instead of
+/// costing calls.
+fn tiny_windows_keep_each_targets_order_and_the_minimum_calls(t: &TestDb) {
+    block_on(async {
+        let sim = start_sim(SimConfig::default()).await;
+        let mut opts = options(&sim, "dev-token");
+        opts.bulk_size = 10;
+        let client = jobsync::api::ApiClient::new(opts).unwrap();
+        let mut rows = Vec::new();
+        for n in 0..40 {
+            rows.push(create(
+                28,
+                &format!("w-{n}"),
+                json!({"name": format!("W {n}")}),
+            ));
+        }
+        for n in (0..40).step_by(3) {
+            rows.push(patch_ref(28, &format!("w-{n}"), json!({"city": "Lyon"})));
+            rows.push(patch_ref(
+                28,
+                &format!("w-{n}"),
+                json!({"city": "Nice", "label": "late"}),
+            ));
+        }
+        insert(&t.db, &rows);
+        let tuning = push::PushTuning {
+            window_rows: Some(7),
+            ..quick_tuning()
+        };
+        let stats = push_with(&t.db, &client, tuning).await;
+        assert_eq!(stats.ok + stats.superseded, rows.len() as i64, "{stats:?}");
+        assert!(
+            all_rows(&t.db)
+                .iter()
+                .all(|r| r.status == "done" || r.status == "superseded")
+        );
+        let upstream = sim_by_ref(&sim).await;
+        for n in 0..40 {
+            let jobs = &upstream[&(28, format!("w-{n}"))];
+            assert_eq!(jobs.len(), 1);
+            let city = if n % 3 == 0 { Some("Nice") } else { None };
+            assert_eq!(jobs[0].city.as_deref(), city, "w-{n}: the later patch wins");
+        }
+        // 40 creates in 4 calls of 10; the patches of a target in one window merge, and those
+        // held back by an earlier window go in a second pass.
+        assert_eq!(bulk_calls(&sim, "create").await, 4);
+        assert!(bulk_calls(&sim, "patch").await <= 4);
+        assert_mirror_equals_sim(&t.db, &sim).await;
+    })
 }

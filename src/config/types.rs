@@ -95,7 +95,7 @@ impl Default for PushConfig {
     fn default() -> Self {
         PushConfig {
             max_row_attempts: 20,
-            window_rows: 20_000,
+            window_rows: 3_000,
         }
     }
 }

@@ -169,7 +169,8 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
         // One `batch_execute`: `sql_query` runs only the first statement of several.
         conn.batch_execute(
             "PRAGMA busy_timeout = 15000; PRAGMA journal_mode = WAL; \
-             PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;",
+             PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+             PRAGMA cache_size = -1000;",
         )
         .map_err(diesel::r2d2::Error::QueryError)
     }

@@ -74,11 +74,16 @@ pub fn open_window(
     let window = outbox::table
         .filter(outbox::id.gt(after))
         .filter(outbox::id.le(ceiling))
-        .filter(outbox::status.eq_any(OutboxStatus::OPEN))
         .order(outbox::id.asc())
         .limit(limit);
     let mut rows: Vec<OpenRow> = match conn {
+        // `+status`: SQLite would otherwise read every open row through the status index and
+        // sort them all for each window (quadratic in a large outbox); the primary key range is
+        // what keyset pagination wants.
         Conn::Sqlite(c) => window
+            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                "+outbox.status IN ('pending', 'in_flight')",
+            ))
             .select((
                 outbox::id,
                 outbox::op,
@@ -99,7 +104,10 @@ pub fn open_window(
             .into_iter()
             .map(OpenRow::from)
             .collect(),
-        Conn::Pg(c) => window.select(OpenRow::as_select()).load(&mut **c)?,
+        Conn::Pg(c) => window
+            .filter(outbox::status.eq_any(OutboxStatus::OPEN))
+            .select(OpenRow::as_select())
+            .load(&mut **c)?,
     };
     // The payload was read as bytes made text, with U+FFFD in place of bytes that are not
     // UTF-8: only such rows are read again to tell a real U+FFFD from a broken payload.

@@ -1,19 +1,20 @@
 //! Push: drains the outbox to the API through the bulk endpoints, exactly once (SPEC §4).
 //!
-//! A push works on the rows that existed when it started (`id <=` the highest id then), read in
-//! windows of `push.window_rows` rows (20,000 by default) in id order, so that its memory does not grow
-//! with the outbox. Each window runs in rounds until nothing is left to do in it:
+//! A push works on the rows that existed when it started (`id <=` the highest id then), in
+//! passes over the outbox. A pass reads it in windows of `push.window_rows` rows (3,000 by
+//! default) in id order, so that memory does not grow with the outbox, and for each window:
 //! 1. creates in doubt whose time has come are looked up (`resolve`) — never re-sent blindly;
-//! 2. the round is planned (`plan`): invalid or ambiguous rows fail alone, and per target the
+//! 2. the window is planned (`plan`): invalid or ambiguous rows fail alone, and per target the
 //!    longest prefix of its rows that coalesces into one operation is taken (`validate` is shared
 //!    with `jobsync import`);
-//! 3. the round's creates, patches and unqueues go out in bulk and every outcome is recorded
-//!    (`send`), with the jobs the API returned going into the mirror in the same transaction.
+//! 3. its creates, patches and unqueues are queued for the bulk endpoints (`send`), whose calls
+//!    run as a pipeline across windows; each outcome is recorded with the jobs the API returned
+//!    going into the mirror in the same transaction.
 //!
-//! A target whose rows a window leaves open (backing off, in doubt) is held for the rest of the
-//! push, so that its later rows in later windows keep their order; when too many targets are
-//! held, the push ends early and the rest waits for the next cycle. A row sent in this push is
-//! not sent again in it, whatever happened to it.
+//! A target met in an earlier window of a pass is held in the later ones, and rows behind a
+//! target's prefix wait: both go in the next pass, after the pass's calls have ended. A pass
+//! that leaves nothing waiting ends the push (one pass for a plain backlog of creates). A row
+//! left open by its outcome (backing off, in doubt) is not sent again in the same push.
 
 mod plan;
 mod resolve;
@@ -92,12 +93,12 @@ struct RunState {
     stats: PushStats,
 }
 
-/// A bound on rounds per window, so that no surprise can turn a cycle into an endless loop
-/// (each round settles or defers rows, so real pushes end long before).
-const MAX_ROUNDS: usize = 10_000;
-/// Targets held (rows left open by earlier windows) beyond which the push stops for this cycle:
-/// each costs memory, and so many rows waiting means the API is not taking them anyway.
-const MAX_HELD_TARGETS: usize = 100_000;
+/// A bound on passes, so that no surprise can turn a cycle into an endless loop (a pass is needed
+/// per row of the longest chain of one target that cannot merge, so real pushes end long before).
+const MAX_PASSES: usize = 1_000;
+/// Targets a pass remembers (a hash of 8 bytes each) before it leaves the rest of the outbox to
+/// the next pass.
+const MAX_HELD_TARGETS: usize = 200_000;
 
 /// Pushes every due outbox row. Fails only when the run cannot go on (authentication refused,
 /// database error, a stop request); item-level outcomes are recorded in the rows.
@@ -162,116 +163,111 @@ async fn push_windows(
         tuning,
     };
     let ceiling = db.run(outbox::ceiling).await?;
-    let mut held = Held::new();
-    let mut after = 0;
     let window = tuning
         .window_rows
         .unwrap_or(i64::from(config.window_rows))
         .max(1);
-    loop {
-        if stop.is_set() {
-            return Err(SyncError::Stopped);
-        }
-        let rows = db
-            .run(move |c| outbox::open_window(c, after, ceiling, window))
-            .await?;
-        let Some(last) = rows.last().map(|r| r.id) else {
-            return Ok(());
-        };
-        push_window(db, client, rows, (after, last), limits, stop, st, &mut held).await?;
-        after = last;
-        if held.len() > MAX_HELD_TARGETS {
-            tracing::warn!(
-                held = held.len(),
-                "many targets wait (backing off or in doubt): the rest of the outbox waits for \
-                 the next cycle"
-            );
+    for pass in 1..=MAX_PASSES {
+        let more = push_pass(db, client, (ceiling, window), limits, stop, st).await?;
+        tracing::debug!(pass, more, "push pass done");
+        if !more {
             return Ok(());
         }
     }
+    Ok(())
 }
 
-/// Runs rounds over one window of rows (ids in `span`, exclusive of its start) until nothing is
-/// left to do in it; the targets it leaves open join `held`.
-#[allow(clippy::too_many_arguments)]
-async fn push_window(
+/// One pass over the outbox, window by window, its bulk calls pipelined across windows. A target
+/// met in an earlier window of the pass is held in the later ones (its rows there wait for the
+/// next pass, after the earlier ones settled). Returns whether another pass has work.
+async fn push_pass(
     db: &Db,
     client: &ApiClient,
-    mut rows: Vec<OpenRow>,
-    (after, last): (i64, i64),
+    (ceiling, window): (i64, i64),
     limits: send::Limits,
     stop: &StopFlag,
     st: &mut RunState,
-    held: &mut Held,
-) -> Result<(), SyncError> {
+) -> Result<bool, SyncError> {
     let started = std::time::Instant::now();
-    let reload = move |c: &mut crate::db::Conn| outbox::open_window(c, after, last, i64::MAX);
-    for round in 1..=MAX_ROUNDS {
-        if stop.is_set() {
-            return Err(SyncError::Stopped);
+    let mut pipeline = send::Pipeline::new(db, client, limits, stop);
+    let mut touched = Held::new();
+    let mut more = false;
+    let mut after = 0;
+    loop {
+        if stop.is_set() || pipeline.must_end() {
+            break;
         }
-        if rows.is_empty() {
-            return Ok(());
-        }
+        let mut rows = db
+            .run(move |c| outbox::open_window(c, after, ceiling, window))
+            .await?;
+        let Some(last) = rows.last().map(|r| r.id) else {
+            break;
+        };
         let max_attempts = limits.max_row_attempts;
         if resolve::resolve_in_doubt(db, client, &rows, st, max_attempts, limits.tuning).await? {
-            rows = db.run(reload).await?;
+            rows = db
+                .run(move |c| outbox::open_window(c, after, last, i64::MAX))
+                .await?;
         }
-        let (plan, open) = plan_with_mirror(db, rows, &st.blocked, held).await?;
-        let planned_ms = ms(started);
-        if plan.is_empty() {
-            held.extend(plan.held);
-            return Ok(());
+        after = last;
+        let (plan, open) = plan_with_mirror(db, rows, &st.blocked, &mut touched).await?;
+        more |= plan.more;
+        // Bounded memory: past this many targets, the rest of the outbox waits for the next
+        // pass (this window's operations still go).
+        let full = touched.len() > MAX_HELD_TARGETS;
+        more |= full;
+        if !plan.is_empty() {
+            tracing::info!(
+                window_end = last,
+                open_rows = open,
+                operations = plan.groups.len(),
+                failed = plan.failed.len(),
+                superseded = plan.superseded.len(),
+                planned_ms = ms(started),
+                "push window"
+            );
+            let groups = plan_groups(plan, db, st).await?;
+            pipeline.send(groups).await?;
         }
-        tracing::info!(
-            round,
-            open_rows = open,
-            operations = plan.groups.len(),
-            failed = plan.failed.len(),
-            superseded = plan.superseded.len(),
-            planned_ms,
-            "push round"
-        );
-        let groups = plan_groups(plan, db, st).await?;
-        if !groups.is_empty() {
-            for group in &groups {
-                st.blocked.extend(group.rows().map(|m| m.id));
-            }
-            let sent = send::send_round(db, client, groups, limits, stop).await?;
-            st.stats += sent.stats;
-            st.blocked.extend(sent.blocked);
-            // A create refused after an earlier send is looked up in this run.
-            for id in sent.refused.iter().chain(&sent.retry_now) {
-                st.blocked.remove(id);
-            }
-            st.refused.extend(sent.refused);
-            if let Some(error) = sent.auth {
-                return Err(error.into());
-            }
-            if sent.abandoned {
-                return Err(SyncError::Stopped);
-            }
+        if full {
+            break;
         }
-        rows = db.run(reload).await?;
     }
-    Ok(())
+    let sent = pipeline.drain().await?;
+    st.stats += sent.stats;
+    st.blocked.extend(sent.blocked);
+    // Looked up (a create refused after an earlier send) or sent again (its job is gone) in
+    // the next pass of this run.
+    more |= !sent.refused.is_empty() || !sent.retry_now.is_empty();
+    for id in sent.refused.iter().chain(&sent.retry_now) {
+        st.blocked.remove(id);
+    }
+    st.refused.extend(sent.refused);
+    if let Some(error) = sent.auth {
+        return Err(error.into());
+    }
+    if sent.abandoned || stop.is_set() {
+        return Err(SyncError::Stopped);
+    }
+    Ok(more)
 }
 
 fn ms(since: std::time::Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Plans a round against the mirror rows its targets name. Returns the plan and the number of
-/// open rows considered.
+/// Plans a window against the mirror rows its targets name. `held` goes to the database thread
+/// and comes back, with the window's targets added (it may hold a million hashes: never copied).
+/// Returns the plan and the number of open rows considered.
 async fn plan_with_mirror(
     db: &Db,
     rows: Vec<OpenRow>,
     blocked: &HashSet<i64>,
-    held: &Held,
+    held: &mut Held,
 ) -> Result<(RoundPlan, usize), SyncError> {
     let blocked = blocked.clone();
-    let held = held.clone();
-    Ok(db
+    let mut taken = std::mem::take(held);
+    let (plan, open, back) = db
         .run(move |c| {
             let started = std::time::Instant::now();
             // The payloads are checked while the mirror is read.
@@ -293,15 +289,18 @@ async fn plan_with_mirror(
                 Ok::<_, DbError>((mirror, intents))
             })?;
             let checked_ms = ms(started);
-            let plan = plan_validated(&rows, intents, &mirror, &blocked, &held, Ts::now());
+            let plan = plan_validated(&rows, intents, &mirror, &blocked, &taken, Ts::now());
+            taken.extend(&plan.touched);
             tracing::debug!(
                 checked_ms,
                 plan_ms = ms(started) - checked_ms,
-                "push: round planned"
+                "push: window planned"
             );
-            Ok((plan, rows.len()))
+            Ok((plan, rows.len(), taken))
         })
-        .await?)
+        .await?;
+    *held = back;
+    Ok((plan, open))
 }
 
 /// Records what the plan settles without a call (invalid rows, creates cancelled before they

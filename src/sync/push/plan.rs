@@ -14,8 +14,9 @@
 //!
 //! A row that is not ready (backing off, failed retryably earlier in this run, or a create whose
 //! outcome is in doubt) holds back every later row of its target, so per-target order holds; a
-//! target with rows left open when its window of the outbox is done stays held in later windows
-//! of the same push ([`Held`]).
+//! target that a pass over the outbox has already met (in an earlier window) is held in later
+//! windows of the same pass ([`Held`]): its rows there go in a later pass, after the earlier
+//! ones settled.
 //!
 //! Ambiguous rows fail alone: a `job_id` that contradicts the row's `campaign` + `reference`, or
 //! a reference that two live mirror jobs of the campaign share.
@@ -43,7 +44,17 @@ pub struct Mirror {
 
 /// Targets whose rows were left open by an earlier window of the same push: their later rows
 /// wait for the next cycle.
-pub type Held = HashSet<Key>;
+/// Kept as 64-bit hashes of the targets' keys, so that a pass over a million targets costs a few
+/// megabytes; a collision only defers a row to the next pass.
+pub type Held = HashSet<u64>;
+
+/// The hash a target is held by.
+pub fn key_hash(key: &Key) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}
 
 /// One row of a group, with what the outcome needs to know about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,9 +93,11 @@ pub struct RoundPlan {
     /// `(row, the row it was merged into, why)`.
     pub superseded: Vec<(i64, i64, String)>,
     pub groups: Vec<Group>,
-    /// Targets with rows that were not ready: held for the rest of the push once the window is
-    /// done.
-    pub held: Vec<Key>,
+    /// Every target the rows name (hashes of their keys): held for the rest of the pass.
+    pub touched: Vec<u64>,
+    /// Some rows were ready but had to wait (behind their target's prefix, or for a target held
+    /// by an earlier window): another pass has work.
+    pub more: bool,
 }
 
 impl RoundPlan {
@@ -196,7 +209,7 @@ pub fn plan_validated(
         let target = std::mem::replace(&mut intent.target, Target::Id(0));
         // A reference the mirror does not know is valid only behind a pending create of it,
         // which gave it a chain.
-        let known = |k: &Key| chain_of.contains_key(k) || held.contains(k);
+        let known = |k: &Key| chain_of.contains_key(k) || held.contains(&key_hash(k));
         let (key, existing) = match key_of(row, target, intent.op, mirror, known) {
             Ok(found) => found,
             Err(reason) => {
@@ -235,24 +248,31 @@ pub fn plan_validated(
     }
     for ((first, _), key) in chains.into_iter().zip(keys) {
         let Some(key) = key else { continue };
+        let hash = key_hash(&key);
+        plan.touched.push(hash);
+        if held.contains(&hash) {
+            let head_ready = entries[first]
+                .as_ref()
+                .is_some_and(|e| is_ready(e.row, blocked, now));
+            plan.more |= head_ready;
+            continue;
+        }
         let mut ready = Vec::new();
         let mut next = Some(first);
-        let mut waiting = held.contains(&key);
-        while let Some(index) = next.filter(|_| !waiting) {
+        while let Some(index) = next {
             let Some(entry) = entries[index].take() else {
                 break;
             };
             if !is_ready(entry.row, blocked, now) {
-                waiting = true;
                 break;
             }
             next = entry.next;
             ready.push(entry);
         }
         if !ready.is_empty() {
-            take_prefix(ready, &key, &mut plan);
-        } else if waiting {
-            plan.held.push(key);
+            let ready_rows = ready.len();
+            let taken = take_prefix(ready, &key, &mut plan);
+            plan.more |= taken < ready_rows;
         }
     }
     plan
@@ -366,7 +386,8 @@ fn member(row: &OpenRow) -> Member {
 }
 
 /// Takes the longest coalescing prefix of `entries` (all ready) into `plan`.
-fn take_prefix(mut entries: Vec<Entry>, key: &Key, plan: &mut RoundPlan) {
+/// Returns how many of the entries it took.
+fn take_prefix(mut entries: Vec<Entry>, key: &Key, plan: &mut RoundPlan) -> usize {
     let mut fields = std::mem::take(&mut entries[0].intent.fields);
     let head = &entries[0];
     let mut merged = Vec::new();
@@ -380,7 +401,7 @@ fn take_prefix(mut entries: Vec<Entry>, key: &Key, plan: &mut RoundPlan) {
                     }
                     Op::Unqueue if head.row.first_sent_at.is_none() => {
                         cancel_unsent_create(head.row.id, &merged, e.row.id, plan);
-                        return;
+                        return merged.len() + 2;
                     }
                     _ => break,
                 }
@@ -449,6 +470,7 @@ fn take_prefix(mut entries: Vec<Entry>, key: &Key, plan: &mut RoundPlan) {
         // Only a create can name a job the mirror does not know (key_of sees to it).
         (Op::Patch | Op::Unqueue, Key::Ref(_)) => unreachable!("a Ref key starts with a create"),
     }
+    1 + plan.groups.last().map_or(0, |g| g.merged.len())
 }
 
 fn cancel_unsent_create(create: i64, patches: &[Member], unqueue: i64, plan: &mut RoundPlan) {
@@ -770,11 +792,18 @@ mod tests {
     #[test]
     fn a_target_held_by_an_earlier_window_waits_and_is_not_unknown() {
         let m = mirror(vec![mirror_job(7, "known", "K")]);
-        let held = Held::from([Key::Ref((28, "a".into())), Key::Id(7)]);
+        let held = Held::from([key_hash(&Key::Ref((28, "a".into()))), key_hash(&Key::Id(7))]);
         let rows = [
             row(10, "patch", Some(28), Some("a"), None, json!({"name": "x"})),
             row(11, "patch", None, None, Some(7), json!({"name": "y"})),
-            row(12, "patch", Some(28), Some("known"), None, json!({"name": "z"})),
+            row(
+                12,
+                "patch",
+                Some(28),
+                Some("known"),
+                None,
+                json!({"name": "z"}),
+            ),
             row(13, "create", Some(28), Some("b"), None, json!({})),
         ];
         let p = plan_validated(
@@ -788,7 +817,7 @@ mod tests {
         assert!(p.failed.is_empty(), "{:?}", p.failed);
         assert_eq!(p.groups.len(), 1, "only the create of another target goes");
         assert_eq!(p.groups[0].survivor.id, 13);
-        assert_eq!(p.held.len(), 2);
+        assert!(p.more, "the held rows were ready: another pass sends them");
     }
 
     #[test]
@@ -803,7 +832,7 @@ mod tests {
         ];
         let p = plan(&rows, &mirror(vec![]));
         assert!(p.is_empty(), "{p:?}");
-        assert_eq!(p.held.len(), 1);
+        assert!(!p.more, "nothing can go before the lookup");
     }
 
     #[test]

@@ -53,83 +53,129 @@ pub struct Limits {
     pub tuning: PushTuning,
 }
 
-pub async fn send_round(
-    db: &Db,
-    client: &ApiClient,
-    groups: Vec<Group>,
+/// The bulk calls of a pass over the outbox, as a pipeline: chunks are queued as windows are
+/// planned, up to twice `api.concurrency` at a time, so the next window's first calls leave
+/// while the last ones of the window before are still in flight. Outcomes are gathered as the
+/// chunks end.
+pub struct Pipeline {
+    db: Db,
+    client: ApiClient,
     limits: Limits,
-    stop: &StopFlag,
-) -> Result<Sent, SyncError> {
-    let size = client.bulk_size().max(1);
-    let mut chunks: Vec<(Op, Vec<Group>)> = Vec::new();
-    let mut groups = groups;
-    for op in [Op::Create, Op::Patch, Op::Unqueue] {
-        let (of_op, rest): (Vec<Group>, Vec<Group>) = groups.into_iter().partition(|g| g.op == op);
-        groups = rest;
-        let mut of_op = of_op.into_iter().peekable();
-        while of_op.peek().is_some() {
-            chunks.push((op, of_op.by_ref().take(size).collect()));
+    stop: StopFlag,
+    // One writer at a time: the chunks' writes are short, and interleaved they would only wait
+    // for each other in the database.
+    writer: Arc<Mutex<()>>,
+    tasks: JoinSet<Result<Sent, SyncError>>,
+    width: usize,
+    total: Sent,
+    /// Per operation, groups not yet making a full chunk: they wait for the next window's, so
+    /// that windows smaller than a chunk cost no extra calls.
+    partial: [Vec<Group>; 3],
+}
+
+impl Pipeline {
+    pub fn new(db: &Db, client: &ApiClient, limits: Limits, stop: &StopFlag) -> Self {
+        Pipeline {
+            db: db.clone(),
+            client: client.clone(),
+            limits,
+            stop: stop.clone(),
+            writer: Arc::new(Mutex::new(())),
+            tasks: JoinSet::new(),
+            width: client.concurrency().max(1) * 2,
+            total: Sent::default(),
+            partial: Default::default(),
         }
     }
-    let width = client.concurrency().max(1) * 2;
-    // One writer at a time: SQLite refuses (rather than waits for) a transaction that read
-    // before another writer committed, and the chunks' writes are short anyway.
-    let writer = Arc::new(Mutex::new(()));
-    // Each chunk is its own task: encoding a thousand items and decoding their answers is CPU
-    // work, and in one task it delayed the next request whenever a slot came free. Dropping
-    // the set (a stopped run) aborts the chunks, as dropping their futures did.
-    let mut tasks = JoinSet::new();
-    let mut chunks = chunks.into_iter();
-    let mut results: Vec<Result<Sent, SyncError>> = Vec::new();
-    let mut abandoned = false;
-    loop {
-        while tasks.len() < width && !stop.is_set() {
-            let Some((op, chunk)) = chunks.next() else {
-                break;
-            };
-            let (db, client, writer) = (db.clone(), client.clone(), writer.clone());
-            let stop = stop.clone();
-            tasks.spawn(
-                async move { send_chunk(&db, &client, &writer, op, chunk, limits, &stop).await }
-                    .in_current_span(),
-            );
+
+    /// Queues the groups, cut per operation into chunks of `api.bulk_size`, waiting for room as
+    /// needed; a last chunk short of `api.bulk_size` waits for more groups (or for [`drain`]).
+    /// On a stop request nothing more is queued (those rows stay as they are).
+    ///
+    /// [`drain`]: Pipeline::drain
+    pub async fn send(&mut self, groups: Vec<Group>) -> Result<(), SyncError> {
+        for group in groups {
+            let slot = op_slot(group.op);
+            self.partial[slot].push(group);
+            if self.partial[slot].len() >= self.client.bulk_size().max(1) {
+                let chunk = std::mem::take(&mut self.partial[slot]);
+                self.spawn(chunk).await?;
+            }
         }
-        let joined = match stop.deadline() {
-            None => tasks.join_next().await,
+        Ok(())
+    }
+
+    async fn spawn(&mut self, chunk: Vec<Group>) -> Result<(), SyncError> {
+        while self.tasks.len() >= self.width {
+            self.join_one().await?;
+        }
+        if self.stop.is_set() || self.total.abandoned || chunk.is_empty() {
+            return Ok(());
+        }
+        let op = chunk[0].op;
+        let (db, client, writer) = (self.db.clone(), self.client.clone(), self.writer.clone());
+        let (limits, stop) = (self.limits, self.stop.clone());
+        // Each chunk is its own task: encoding a thousand items and decoding their answers is
+        // CPU work, and in one task it delayed the next request whenever a slot came free.
+        // Dropping the set (a stopped run) aborts the chunks.
+        self.tasks.spawn(
+            async move { send_chunk(&db, &client, &writer, op, chunk, limits, &stop).await }
+                .in_current_span(),
+        );
+        Ok(())
+    }
+
+    /// Waits for one chunk to end (or, once stopped, for the deadline: then the chunks in flight
+    /// are abandoned where they are).
+    async fn join_one(&mut self) -> Result<(), SyncError> {
+        let joined = match self.stop.deadline() {
+            None => self.tasks.join_next().await,
             Some(deadline) => {
-                match tokio::time::timeout_at(deadline.into(), tasks.join_next()).await {
+                match tokio::time::timeout_at(deadline.into(), self.tasks.join_next()).await {
                     Ok(joined) => joined,
                     Err(_) => {
                         tracing::warn!(
-                            chunks = tasks.len(),
+                            chunks = self.tasks.len(),
                             "stop deadline reached: abandoning the requests in flight (their \
                              creates are in doubt and looked up next cycle)"
                         );
-                        tasks.abort_all();
-                        abandoned = true;
-                        break;
+                        self.tasks.abort_all();
+                        self.total.abandoned = true;
+                        return Ok(());
                     }
                 }
             }
         };
         let Some(joined) = joined else {
-            break;
+            return Ok(());
         };
-        results.push(joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())));
-    }
-    let mut total = Sent {
-        abandoned,
-        ..Sent::default()
-    };
-    for result in results {
-        let sent = result?;
+        let sent = joined.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let total = &mut self.total;
         total.stats += sent.stats;
         total.blocked.extend(sent.blocked);
         total.refused.extend(sent.refused);
         total.retry_now.extend(sent.retry_now);
-        total.auth = total.auth.or(sent.auth);
+        total.auth = total.auth.take().or(sent.auth);
+        Ok(())
     }
-    Ok(total)
+
+    /// Whether the token was refused or a stop abandoned requests: queue nothing more.
+    pub fn must_end(&self) -> bool {
+        self.total.auth.is_some() || self.total.abandoned
+    }
+
+    /// Sends the short chunks still waiting, waits for every queued chunk, and returns what they
+    /// did.
+    pub async fn drain(mut self) -> Result<Sent, SyncError> {
+        for slot in 0..self.partial.len() {
+            let chunk = std::mem::take(&mut self.partial[slot]);
+            self.spawn(chunk).await?;
+        }
+        while !self.tasks.is_empty() && !self.total.abandoned {
+            self.join_one().await?;
+        }
+        Ok(self.total)
+    }
 }
 
 async fn send_chunk(
@@ -137,7 +183,7 @@ async fn send_chunk(
     client: &ApiClient,
     writer: &Mutex<()>,
     op: Op,
-    chunk: Vec<Group>,
+    mut chunk: Vec<Group>,
     limits: Limits,
     stop: &StopFlag,
 ) -> Result<Sent, SyncError> {
@@ -172,11 +218,14 @@ async fn send_chunk(
     let halted = || stop.is_set();
     let outcomes = match op {
         Op::Create => {
-            let items = chunk.iter().map(|g| g.fields.clone()).collect();
+            let items = chunk
+                .iter_mut()
+                .map(|g| std::mem::take(&mut g.fields))
+                .collect();
             client.bulk_create_or_halt(items, &halted).await
         }
         Op::Patch => {
-            let items = chunk.iter().map(patch_item).collect();
+            let items = chunk.iter_mut().map(patch_item).collect();
             client.bulk_patch_or_halt(items, &halted).await
         }
         Op::Unqueue => {
@@ -214,7 +263,11 @@ async fn send_chunk(
             let t1 = t.elapsed().as_micros() as u64;
             jobs::mark_gone(c, &gone, gone_at)?;
             outbox::update_each(c, &updates)?;
-            tracing::debug!(upsert_us = t1, all_us = t.elapsed().as_micros() as u64, "record db");
+            tracing::debug!(
+                upsert_us = t1,
+                all_us = t.elapsed().as_micros() as u64,
+                "record db"
+            );
             Ok(())
         });
         tracing::debug!(us = t.elapsed().as_micros() as u64, "record db committed");
@@ -233,8 +286,17 @@ async fn send_chunk(
     Ok(sent)
 }
 
-fn patch_item(group: &Group) -> JobFields {
-    let mut item = group.fields.clone();
+fn op_slot(op: Op) -> usize {
+    match op {
+        Op::Create => 0,
+        Op::Patch => 1,
+        Op::Unqueue => 2,
+    }
+}
+
+/// The fields are moved into the request (the outcome needs only the rows and the job id).
+fn patch_item(group: &mut Group) -> JobFields {
+    let mut item = std::mem::take(&mut group.fields);
     item.insert("id".into(), group.job_id.unwrap_or_default().into());
     item
 }
