@@ -203,14 +203,9 @@ async fn send_chunk(
     };
     let lookup_from = look_after(client, limits.tuning);
     {
-        let _writing = writer.lock().await;
-        db.run(move |c| {
-            let t = std::time::Instant::now();
-            outbox::mark_sent(c, &sending, Ts::now(), server_now, lookup_from)?;
-            tracing::debug!(us = t.elapsed().as_micros() as u64, "mark_sent db");
-            Ok(())
-        })
-        .await?;
+        let _writing = one_writer(db, writer).await;
+        db.run(move |c| outbox::mark_sent(c, &sending, Ts::now(), server_now, lookup_from))
+            .await?;
     }
     let marked = started.elapsed();
     // Marked before its turn came: a chunk still waiting for a request slot when a stop comes
@@ -255,23 +250,16 @@ async fn send_chunk(
     let returned: Vec<JobContent> = returned.iter().map(JobContent::from_job).collect();
     // A job the API says is gone is gone as of the API's clock.
     let gone_at = client.server_now().map_or_else(Ts::now, Ts::from);
-    let _writing = writer.lock().await;
+    let _writing = one_writer(db, writer).await;
     db.run(move |c| {
-        let t = std::time::Instant::now();
-        let r = transaction(c, |c| {
-            jobs::upsert_contents(c, returned, ChangeSource::Push, Ts::now(), false)?;
-            let t1 = t.elapsed().as_micros() as u64;
-            jobs::mark_gone(c, &gone, gone_at)?;
+        transaction(c, |c| {
+            // The outbox first: the changefeed's append (in the upsert) holds PostgreSQL's
+            // one-writer lock until the commit, so it comes last.
             outbox::update_each(c, &updates)?;
-            tracing::debug!(
-                upsert_us = t1,
-                all_us = t.elapsed().as_micros() as u64,
-                "record db"
-            );
+            jobs::upsert_contents(c, returned, ChangeSource::Push, Ts::now(), false)?;
+            jobs::mark_gone(c, &gone, gone_at)?;
             Ok(())
-        });
-        tracing::debug!(us = t.elapsed().as_micros() as u64, "record db committed");
-        r
+        })
     })
     .await?;
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
@@ -284,6 +272,17 @@ async fn send_chunk(
         "push chunk"
     );
     Ok(sent)
+}
+
+/// On SQLite, one writer at a time: its writers queue on the database lock anyway, and its busy
+/// handler polls, so they wait better here. PostgreSQL takes the chunks' writes concurrently (each
+/// touches its own rows; the changefeed's append is serialised by its own lock).
+async fn one_writer<'a>(db: &Db, writer: &'a Mutex<()>) -> Option<tokio::sync::MutexGuard<'a, ()>> {
+    if db.is_sqlite() {
+        Some(writer.lock().await)
+    } else {
+        None
+    }
 }
 
 fn op_slot(op: Op) -> usize {
@@ -336,7 +335,7 @@ async fn waiting_for_token(
         .flat_map(Group::rows)
         .map(|m| (m.id, RowUpdate::waiting_for_token(now)))
         .collect();
-    let _writing = writer.lock().await;
+    let _writing = one_writer(db, writer).await;
     db.run(move |c| outbox::update_each(c, &updates)).await?;
     Ok(Sent {
         auth: Some(error),
