@@ -14,7 +14,7 @@ use super::{StopFlag, SyncError};
 use crate::api::{ApiClient, ApiError, ListQuery};
 use crate::config::SyncConfig;
 use crate::db::models::{ChangeSource, JobContent};
-use crate::db::repo::{jobs, state};
+use crate::db::repo::{jobs, state, with_relaxed_durability};
 use crate::db::{Db, Ts};
 use crate::telemetry::progress::Progress;
 use chrono::{DateTime, Duration, Utc};
@@ -327,7 +327,12 @@ async fn store_listing(
             }
             let store = batch.store;
             let upserted = db
-                .run(move |c| jobs::upsert_contents(c, store, ChangeSource::Pull, Ts::now(), touch))
+                .run(move |c| {
+                    // Redone from the watermark after a power loss: no sync at each commit.
+                    with_relaxed_durability(c, |c| {
+                        jobs::upsert_contents(c, store, ChangeSource::Pull, Ts::now(), touch)
+                    })
+                })
                 .await?;
             stats.jobs_changed += upserted.changes as i64;
         }

@@ -44,6 +44,24 @@ pub(crate) const IDS_PER_STATEMENT: usize = 5000;
 use super::{Conn, DbError};
 use crate::with_conn;
 
+/// Runs `work` with SQLite commits that leave syncing the log to checkpoints (`synchronous =
+/// NORMAL`): for writes a sync redoes after a power loss anyway (the pull's batches, re-read from
+/// the watermark, which moves only after them). PostgreSQL is unchanged.
+pub fn with_relaxed_durability<T>(
+    conn: &mut Conn,
+    work: impl FnOnce(&mut Conn) -> Result<T, DbError>,
+) -> Result<T, DbError> {
+    use diesel::connection::SimpleConnection;
+    if let Conn::Sqlite(c) = conn {
+        c.batch_execute("PRAGMA synchronous = NORMAL")?;
+    }
+    let result = work(conn);
+    if let Conn::Sqlite(c) = conn {
+        c.batch_execute("PRAGMA synchronous = FULL")?;
+    }
+    result
+}
+
 /// Runs `work` in a write transaction on either backend (nested calls become savepoints).
 ///
 /// On SQLite the outermost transaction begins `IMMEDIATE`: it takes the write lock up front,

@@ -260,6 +260,9 @@ pub fn mark_sent(
             merged.push((op.survivor, &op.merged));
         }
     }
+    // Committed durably (SQLite's `synchronous = FULL`, the connections' default) before the
+    // request leaves: a mark lost with the machine would let a restarted push send again a
+    // create the API applied.
     transaction(conn, |conn| {
         with_conn!(conn, |c| {
             for chunk in plain.chunks(IDS_PER_STATEMENT) {
