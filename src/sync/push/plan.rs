@@ -198,6 +198,8 @@ pub fn plan_validated(
     // Per target: its first and last entry, in the order targets first appear.
     let mut chains: Vec<(usize, usize)> = Vec::new();
     let mut chain_of: HashMap<Key, usize> = HashMap::with_capacity(rows.len());
+    // Per chain: the hash of its job's (campaign, reference), when the mirror knows both.
+    let mut aliases: Vec<Option<u64>> = Vec::new();
     for (row, intent) in rows.iter().zip(intents) {
         let mut intent = match intent {
             Ok(intent) => intent,
@@ -217,6 +219,11 @@ pub fn plan_validated(
                 continue;
             }
         };
+        // A job the mirror knows is also held by its (campaign, reference): an earlier window
+        // may have named it that way before the mirror knew it (its create was in flight).
+        let alias = existing
+            .and_then(|job| Some((job.content.campaign, job.content.reference.clone()?)))
+            .map(|k| key_hash(&Key::Ref(k)));
         let index = entries.len();
         entries.push(Some(Entry {
             row,
@@ -239,6 +246,7 @@ pub fn plan_validated(
             None => {
                 chain_of.insert(key, chains.len());
                 chains.push((index, index));
+                aliases.push(alias);
             }
         }
     }
@@ -246,11 +254,12 @@ pub fn plan_validated(
     for (key, chain) in chain_of {
         keys[chain] = Some(key);
     }
-    for ((first, _), key) in chains.into_iter().zip(keys) {
+    for (((first, _), key), alias) in chains.into_iter().zip(keys).zip(aliases) {
         let Some(key) = key else { continue };
         let hash = key_hash(&key);
         plan.touched.push(hash);
-        if held.contains(&hash) {
+        plan.touched.extend(alias);
+        if held.contains(&hash) || alias.is_some_and(|a| held.contains(&a)) {
             let head_ready = entries[first]
                 .as_ref()
                 .is_some_and(|e| is_ready(e.row, blocked, now));
@@ -818,6 +827,36 @@ mod tests {
         assert_eq!(p.groups.len(), 1, "only the create of another target goes");
         assert_eq!(p.groups[0].survivor.id, 13);
         assert!(p.more, "the held rows were ready: another pass sends them");
+    }
+
+    #[test]
+    fn a_target_held_under_its_reference_is_held_once_the_mirror_knows_its_id() {
+        // An earlier window named the job by reference while its create was in flight; the
+        // mirror learnt the job since. Its later rows, now keyed by id, still wait.
+        let m = mirror(vec![mirror_job(7, "a", "A")]);
+        let held = Held::from([key_hash(&Key::Ref((28, "a".into())))]);
+        let rows = [
+            row(
+                20,
+                "patch",
+                Some(28),
+                Some("a"),
+                None,
+                json!({"city": "Nice"}),
+            ),
+            row(21, "patch", None, None, Some(7), json!({"label": "x"})),
+        ];
+        let p = plan_validated(
+            &rows,
+            validate_all(&rows),
+            &m,
+            &HashSet::new(),
+            &held,
+            Ts::from(Utc::now() + chrono::Duration::seconds(1)),
+        );
+        assert!(p.groups.is_empty(), "{:?}", p.groups);
+        assert!(p.more);
+        assert!(p.touched.contains(&key_hash(&Key::Id(7))));
     }
 
     #[test]
