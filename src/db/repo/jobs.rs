@@ -271,34 +271,49 @@ pub fn mark_missing_deleted(
             .filter(jobs::last_seen_at.lt(listing_started))
             .select((jobs::id, jobs::reference, jobs::state))
             .load(c)?);
-        let ids: Vec<i64> = gone.iter().map(|g| g.0).collect();
-        with_conn!(conn, |c| {
-            for chunk in ids.chunks(IDS_PER_STATEMENT) {
-                diesel::update(jobs::table.filter(jobs::id.eq_any(chunk)))
-                    .set(jobs::remote_deleted_at.eq(now))
-                    .execute(c)?;
-            }
-            Ok::<_, DbError>(())
-        })?;
-        let rows: Vec<ChangeRow> = gone
+        let gone = gone
             .into_iter()
-            .map(|(id, reference, state)| {
-                changes::row(
-                    id,
-                    campaign,
-                    reference,
-                    "deleted",
-                    Some(state),
-                    None,
-                    &[],
-                    ChangeSource::Pull.as_str(),
-                    now,
-                )
-            })
+            .map(|(id, reference, state)| (id, campaign, reference, state))
             .collect();
-        changes::append(conn, &rows)?;
-        Ok(rows.len())
+        mark_deleted(conn, gone, ChangeSource::Pull, now)
     })
+}
+
+/// Sets `remote_deleted_at` of the given live rows (`id, campaign, reference, state`) and
+/// appends a `deleted` change for each. Returns how many.
+fn mark_deleted(
+    conn: &mut Conn,
+    gone: Vec<(i64, i64, Option<String>, i32)>,
+    source: ChangeSource,
+    at: Ts,
+) -> Result<usize, DbError> {
+    let ids: Vec<i64> = gone.iter().map(|g| g.0).collect();
+    with_conn!(conn, |c| {
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            diesel::update(jobs::table.filter(jobs::id.eq_any(chunk)))
+                .set(jobs::remote_deleted_at.eq(at))
+                .execute(c)?;
+        }
+        Ok::<_, DbError>(())
+    })?;
+    let rows: Vec<ChangeRow> = gone
+        .into_iter()
+        .map(|(id, campaign, reference, state)| {
+            changes::row(
+                id,
+                campaign,
+                reference,
+                "deleted",
+                Some(state),
+                None,
+                &[],
+                source.as_str(),
+                at,
+            )
+        })
+        .collect();
+    changes::append(conn, &rows)?;
+    Ok(rows.len())
 }
 
 /// Counts: live rows, rows marked deleted.
@@ -373,29 +388,5 @@ pub fn mark_gone(conn: &mut Conn, ids: &[i64], at: Ts) -> Result<usize, DbError>
         .filter(jobs::remote_deleted_at.is_null())
         .select((jobs::id, jobs::campaign, jobs::reference, jobs::state))
         .load(c)?);
-    let live: Vec<i64> = gone.iter().map(|g| g.0).collect();
-    with_conn!(conn, |c| {
-        diesel::update(jobs::table.filter(jobs::id.eq_any(&live)))
-            .set(jobs::remote_deleted_at.eq(at))
-            .execute(c)?;
-        Ok::<_, DbError>(())
-    })?;
-    let rows: Vec<ChangeRow> = gone
-        .into_iter()
-        .map(|(id, campaign, reference, state)| {
-            changes::row(
-                id,
-                campaign,
-                reference,
-                "deleted",
-                Some(state),
-                None,
-                &[],
-                ChangeSource::Push.as_str(),
-                at,
-            )
-        })
-        .collect();
-    changes::append(conn, &rows)?;
-    Ok(rows.len())
+    mark_deleted(conn, gone, ChangeSource::Push, at)
 }

@@ -590,12 +590,13 @@ mod tests {
     }
 
     fn plan(rows: &[OpenRow], m: &Mirror) -> RoundPlan {
-        plan_round(
-            rows,
-            m,
-            &HashSet::new(),
-            Ts::from(Utc::now() + chrono::Duration::seconds(1)),
-        )
+        plan_held(rows, m, &Held::new())
+    }
+
+    /// Plans a window in which the `held` targets were met by an earlier window.
+    fn plan_held(rows: &[OpenRow], m: &Mirror, held: &Held) -> RoundPlan {
+        let soon = Ts::from(Utc::now() + chrono::Duration::seconds(1));
+        plan_validated(rows, validate_all(rows), m, &HashSet::new(), held, soon)
     }
 
     #[test]
@@ -815,14 +816,7 @@ mod tests {
             ),
             row(13, "create", Some(28), Some("b"), None, json!({})),
         ];
-        let p = plan_validated(
-            &rows,
-            validate_all(&rows),
-            &m,
-            &HashSet::new(),
-            &held,
-            Ts::from(Utc::now() + chrono::Duration::seconds(1)),
-        );
+        let p = plan_held(&rows, &m, &held);
         assert!(p.failed.is_empty(), "{:?}", p.failed);
         assert_eq!(p.groups.len(), 1, "only the create of another target goes");
         assert_eq!(p.groups[0].survivor.id, 13);
@@ -846,14 +840,7 @@ mod tests {
             ),
             row(21, "patch", None, None, Some(7), json!({"label": "x"})),
         ];
-        let p = plan_validated(
-            &rows,
-            validate_all(&rows),
-            &m,
-            &HashSet::new(),
-            &held,
-            Ts::from(Utc::now() + chrono::Duration::seconds(1)),
-        );
+        let p = plan_held(&rows, &m, &held);
         assert!(p.groups.is_empty(), "{:?}", p.groups);
         assert!(p.more);
         assert!(p.touched.contains(&key_hash(&Key::Id(7))));
