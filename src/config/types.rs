@@ -68,6 +68,9 @@ pub struct SyncConfig {
     pub overlap_secs: u64,
     pub full_resync_after_hours: u64,
     pub max_staleness_secs: u64,
+    /// Liveness fails when a running cycle has made no progress (no API answer received, no
+    /// batch committed) for this long; PostgreSQL statements time out after it too.
+    pub stall_secs: u64,
 }
 
 impl Default for SyncConfig {
@@ -78,6 +81,7 @@ impl Default for SyncConfig {
             overlap_secs: 300,
             full_resync_after_hours: 24,
             max_staleness_secs: 1800,
+            stall_secs: 600,
         }
     }
 }

@@ -23,6 +23,16 @@ pub(super) fn validate(c: &Config) -> Result<(), Failure> {
         1,
     )?;
     at_least("sync.max_staleness_secs", c.sync.max_staleness_secs, 1)?;
+    // Below the API timeout, one slow but healthy request would count as a stall.
+    if c.sync.stall_secs <= c.api.timeout_secs {
+        return Err((
+            "sync.stall_secs",
+            format!(
+                "must be greater than api.timeout_secs ({}): a request may take that long and still be progress",
+                c.api.timeout_secs
+            ),
+        ));
+    }
     if c.sync.overlap_secs > 24 * 3600 {
         return Err((
             "sync.overlap_secs",
