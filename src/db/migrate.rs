@@ -1,8 +1,10 @@
 //! Embedded migrations, one set per backend, applied under a lock so that processes starting
-//! together do not race.
+//! together do not race. The lock is taken only when migrations are pending (look, lock, look
+//! again, apply): an up-to-date database is never locked by a command that merely opens it.
 
 use super::lock::{self, PgLock};
 use super::{Conn, Db, DbError};
+use crate::with_conn;
 use diesel::prelude::*;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
@@ -10,20 +12,43 @@ const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
 pub(super) fn run(db: &Db) -> Result<usize, DbError> {
-    let _file_lock = match db.sqlite_path() {
-        Some(path) => Some(lock::FileLock::acquire_blocking(path)?),
-        None => None,
-    };
     let mut conn = db.conn()?;
+    // Look first, lock only when there is work: a command run beside a long sync must not wait
+    // for a lock that only guards schema changes.
+    let pending = if has_migrations_table(&mut conn)? {
+        with_conn!(&mut conn, |c| pending_count(c))?
+    } else {
+        // A fresh database: asking the harness would create its table, and on PostgreSQL two
+        // `CREATE TABLE IF NOT EXISTS` racing each other fail. Everything is pending.
+        usize::MAX
+    };
+    if pending == 0 {
+        return Ok(0);
+    }
     match &mut conn {
-        Conn::Sqlite(c) => apply_sqlite(c),
+        Conn::Sqlite(c) => {
+            let path = db.sqlite_path().expect("a SQLite database has a path");
+            let _lock = lock::FileLock::acquire_blocking(path, lock::LockPurpose::Migration)?;
+            // Another process may have applied them while this one waited for the lock.
+            apply_sqlite(c)
+        }
         Conn::Pg(c) => {
+            // Migrations may rewrite large tables: no statement timeout for them (the pool sets
+            // one on every connection), restored afterwards.
+            let timeout = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+                "current_setting('statement_timeout')",
+            ))
+            .get_result::<String>(&mut **c)?;
             diesel::sql_query(format!(
                 "SELECT {}",
                 PgLock::Migration.call("pg_advisory_lock")
             ))
             .execute(&mut **c)?;
+            diesel::sql_query("SET statement_timeout = 0").execute(&mut **c)?;
             let applied = apply(&mut **c, POSTGRES);
+            diesel::sql_query("SELECT set_config('statement_timeout', $1, false)")
+                .bind::<diesel::sql_types::Text, _>(&timeout)
+                .execute(&mut **c)?;
             diesel::sql_query(format!(
                 "SELECT {}",
                 PgLock::Migration.call("pg_advisory_unlock")
@@ -32,6 +57,43 @@ pub(super) fn run(db: &Db) -> Result<usize, DbError> {
             applied
         }
     }
+}
+
+/// Whether the harness's `__diesel_schema_migrations` exists yet (read only, no side effect).
+fn has_migrations_table(conn: &mut Conn) -> Result<bool, DbError> {
+    let query = match conn {
+        Conn::Sqlite(_) => {
+            "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '__diesel_schema_migrations')"
+        }
+        Conn::Pg(_) => "SELECT to_regclass('__diesel_schema_migrations') IS NOT NULL",
+    };
+    with_conn!(conn, |c| Ok(diesel::select(diesel::dsl::sql::<
+        diesel::sql_types::Bool,
+    >(query))
+    .get_result::<bool>(c)?))
+}
+
+fn pending_count<C>(conn: &mut C) -> Result<usize, DbError>
+where
+    C: MigrationHarness<C::Backend> + diesel::Connection,
+    C::Backend: PendingSet,
+{
+    conn.pending_migrations(<C::Backend as PendingSet>::SET)
+        .map(|pending| pending.len())
+        .map_err(|e| DbError::Migration(e.to_string()))
+}
+
+/// The embedded migrations of each backend.
+trait PendingSet {
+    const SET: EmbeddedMigrations;
+}
+
+impl PendingSet for diesel::sqlite::Sqlite {
+    const SET: EmbeddedMigrations = SQLITE;
+}
+
+impl PendingSet for diesel::pg::Pg {
+    const SET: EmbeddedMigrations = POSTGRES;
 }
 
 /// On SQLite each migration runs inside a `BEGIN IMMEDIATE` transaction, the harness's own
