@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod db;
 pub mod secret;
 pub mod server;
+pub mod shutdown;
 pub mod sim;
 pub mod sync;
 pub mod telemetry;

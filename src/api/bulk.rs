@@ -136,7 +136,7 @@ impl ApiClient {
     ) -> BoxFuture<'a, Vec<ItemOutcome>> {
         Box::pin(async move {
             match self.bulk_call(op, items, halted).await {
-                Ok(None) => vec![ItemOutcome::NotSent; items.len()],
+                Ok(None) | Err(ApiError::Stopped { .. }) => vec![ItemOutcome::NotSent; items.len()],
                 Ok(Some(answers)) => align(op, items, answers),
                 Err(error) if is_splittable(&error) && items.len() > 1 => {
                     let (left, right) = items.split_at(items.len() / 2);

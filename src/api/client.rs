@@ -8,6 +8,7 @@ use super::models::{Job, JobFields};
 use super::retry::{RetryPolicy, parse_retry_after};
 use super::stats::ApiStats;
 use super::token::{TokenProvider, TokenSource};
+use crate::shutdown::{Heartbeat, StopFlag};
 use bytes::Bytes;
 use chrono::{DateTime, SecondsFormat, Utc};
 use reqwest::header::{CONTENT_TYPE, DATE, RETRY_AFTER};
@@ -35,6 +36,11 @@ pub struct ClientOptions {
     pub retry_after_cap: Duration,
     pub min_backoff: Duration,
     pub max_backoff: Duration,
+    /// A stop request ends retries and backoff sleeps at once, and abandons requests still in
+    /// flight at its deadline.
+    pub stop: StopFlag,
+    /// Beaten on every answer received: the daemon's liveness reads it.
+    pub heartbeat: Heartbeat,
 }
 
 impl ClientOptions {
@@ -51,6 +57,8 @@ impl ClientOptions {
             retry_after_cap: Duration::from_secs(60),
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(30),
+            stop: StopFlag::default(),
+            heartbeat: Heartbeat::default(),
         }
     }
 
@@ -113,6 +121,8 @@ pub(super) struct Inner {
     concurrency: usize,
     pub(super) policy: RetryPolicy,
     pub(super) stats: ApiStats,
+    pub(super) stop: StopFlag,
+    heartbeat: Heartbeat,
     /// The API's clock: the `Date` of its most recent answer, and when that answer came.
     server_clock: std::sync::Mutex<Option<(DateTime<Utc>, Instant)>>,
 }
@@ -167,6 +177,8 @@ impl ApiClient {
                 concurrency: opts.concurrency,
                 policy,
                 stats: ApiStats::default(),
+                stop: opts.stop,
+                heartbeat: opts.heartbeat,
                 server_clock: std::sync::Mutex::new(None),
             }),
         })
@@ -185,6 +197,17 @@ impl ApiClient {
 
     pub fn stats(&self) -> &ApiStats {
         &self.inner.stats
+    }
+
+    /// The heartbeat this client beats on every answer; the engine beats it too when it commits
+    /// (one heartbeat per cycle's engine, read by `/healthz`).
+    pub fn heartbeat(&self) -> &Heartbeat {
+        &self.inner.heartbeat
+    }
+
+    /// The stop request this client honours.
+    pub fn stop_flag(&self) -> &StopFlag {
+        &self.inner.stop
     }
 
     /// The per-request timeout: a create left unanswered this long may still be committed, so
@@ -254,9 +277,13 @@ impl ApiClient {
         let response = self
             .inner
             .policy
-            .run(&ep.name, &self.inner.stats, ApiError::is_retryable, |n| {
-                self.send_once(&ep, &query, None, n, false)
-            })
+            .run(
+                &ep.name,
+                &self.inner.stats,
+                &self.inner.stop,
+                ApiError::is_retryable,
+                |n| self.send_once(&ep, &query, None, n, false),
+            )
             .await?;
         if let Some(kind) = content_type(&response).filter(|t| t.contains("html")) {
             return Err(ApiError::InvalidAnswer {
@@ -273,7 +300,12 @@ impl ApiClient {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
             .map(|d| d.with_timezone(&Utc));
-        Ok(Listing::new(ep.name, server_date, response))
+        Ok(Listing::new(
+            ep.name,
+            server_date,
+            response,
+            self.inner.stop.clone(),
+        ))
     }
 
     pub async fn get_job(&self, id: i64) -> Result<Job, ApiError> {
@@ -340,16 +372,22 @@ impl ApiClient {
     ) -> Result<Bytes, ApiError> {
         self.inner
             .policy
-            .run(&ep.name, &self.inner.stats, should_retry, |n| {
-                let body = body.clone();
-                async move {
-                    let response = self.send_once(ep, &[], body, n, true).await?;
-                    response
-                        .bytes()
-                        .await
-                        .map_err(|e| ApiError::from_reqwest(&ep.name, &e, self.inner.timeout))
-                }
-            })
+            .run(
+                &ep.name,
+                &self.inner.stats,
+                &self.inner.stop,
+                should_retry,
+                |n| {
+                    let body = body.clone();
+                    async move {
+                        let response = self.send_once(ep, &[], body, n, true).await?;
+                        response
+                            .bytes()
+                            .await
+                            .map_err(|e| ApiError::from_reqwest(&ep.name, &e, self.inner.timeout))
+                    }
+                },
+            )
             .await
     }
 
@@ -398,6 +436,7 @@ impl ApiClient {
             }
         };
         let status = response.status().as_u16();
+        inner.heartbeat.beat();
         self.observe_date(&response);
         inner.stats.record_request(ep.label, Some(status));
         tracing::debug!(endpoint = %ep.name, status, attempt, elapsed_ms, "API request");

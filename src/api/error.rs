@@ -44,6 +44,15 @@ pub enum ApiError {
     Decode { endpoint: String, detail: String },
     #[error("{endpoint} gave an answer jobsync cannot use: {detail}")]
     InvalidAnswer { endpoint: String, detail: String },
+    /// A stop request came before the request left: nothing was sent.
+    #[error("{endpoint} was not sent: jobsync is stopping")]
+    Stopped { endpoint: String },
+    /// The stop's deadline passed while the request was in flight.
+    #[error(
+        "{endpoint} was abandoned at the shutdown deadline; the API may or may not have applied \
+         the request"
+    )]
+    Abandoned { endpoint: String },
     #[error("the API token could not be read: {0}")]
     Token(String),
     #[error("invalid API client settings: {0}")]
@@ -69,9 +78,14 @@ impl ApiError {
         match self {
             ApiError::Http { status, .. } => *status == 429,
             ApiError::Connect { .. } | ApiError::Auth { .. } | ApiError::Token(_) => true,
-            ApiError::Config(_) => true,
+            ApiError::Config(_) | ApiError::Stopped { .. } => true,
             _ => false,
         }
+    }
+
+    /// Whether a stop request cut the request short (before it left, or at the deadline).
+    pub fn is_stop(&self) -> bool {
+        matches!(self, ApiError::Stopped { .. } | ApiError::Abandoned { .. })
     }
 
     /// Whether the token was refused: a run should stop rather than keep trying.

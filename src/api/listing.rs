@@ -16,6 +16,8 @@ pub struct Listing {
     body: BoxStream<'static, reqwest::Result<Bytes>>,
     splitter: ArraySplitter,
     finished: bool,
+    /// At the stop's deadline, the rest of the body is abandoned.
+    stop: crate::shutdown::StopFlag,
 }
 
 impl std::fmt::Debug for Listing {
@@ -33,6 +35,7 @@ impl Listing {
         endpoint: String,
         server_date: Option<DateTime<Utc>>,
         response: reqwest::Response,
+        stop: crate::shutdown::StopFlag,
     ) -> Self {
         Listing {
             server_date,
@@ -40,6 +43,7 @@ impl Listing {
             body: response.bytes_stream().boxed(),
             splitter: ArraySplitter::new(),
             finished: false,
+            stop,
         }
     }
 
@@ -66,7 +70,15 @@ impl Listing {
             if batch.len() >= max {
                 return Ok(Some(batch));
             }
-            match self.body.next().await {
+            let next = tokio::select! {
+                biased;
+                () = self.stop.abandoned() => {
+                    self.finished = true;
+                    return Err(ApiError::Abandoned { endpoint: self.endpoint.clone() });
+                }
+                next = self.body.next() => next,
+            };
+            match next {
                 Some(Ok(chunk)) => self.splitter.push(&chunk),
                 Some(Err(e)) => return Err(self.broken(&e)),
                 None => {

@@ -4,9 +4,11 @@
 
 use super::error::ApiError;
 use super::stats::ApiStats;
+use crate::shutdown::StopFlag;
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use std::future::Future;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -54,10 +56,16 @@ impl RetryPolicy {
 
     /// Runs `attempt` (given the 1-based attempt number) until it succeeds, fails with an error
     /// `should_retry` refuses, or attempts run out.
+    ///
+    /// A stop request ends the loop: no attempt starts after it (the first one fails with
+    /// [`ApiError::Stopped`], a later one returns the error of the attempt before it), a backoff
+    /// sleep is cut short, and an attempt still in flight at the stop's deadline fails with
+    /// [`ApiError::Abandoned`].
     pub(crate) async fn run<T, F, Fut>(
         &self,
         endpoint: &str,
         stats: &ApiStats,
+        stop: &StopFlag,
         should_retry: fn(&ApiError) -> bool,
         mut attempt: F,
     ) -> Result<T, ApiError>
@@ -66,11 +74,44 @@ impl RetryPolicy {
         Fut: Future<Output = Result<T, ApiError>>,
     {
         let counter = AtomicU32::new(0);
-        let next_attempt = || attempt(counter.fetch_add(1, Ordering::Relaxed) + 1);
+        let last_error: Mutex<Option<ApiError>> = Mutex::new(None);
+        let next_attempt = || {
+            let n = counter.fetch_add(1, Ordering::Relaxed) + 1;
+            let sent = attempt(n);
+            let (last_error, stop) = (&last_error, stop);
+            async move {
+                if stop.is_set() {
+                    let previous = last_error.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    return Err(previous.unwrap_or_else(|| ApiError::Stopped {
+                        endpoint: endpoint.to_owned(),
+                    }));
+                }
+                let result = tokio::select! {
+                    biased;
+                    () = stop.abandoned() => Err(ApiError::Abandoned {
+                        endpoint: endpoint.to_owned(),
+                    }),
+                    result = sent => result,
+                };
+                if let Err(e) = &result {
+                    *last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.clone());
+                }
+                result
+            }
+        };
+        let stop_sleep = stop.clone();
         next_attempt
             .retry(self.backoff)
-            .sleep(tokio::time::sleep)
-            .when(should_retry)
+            .sleep(move |wait| {
+                let stop = stop_sleep.clone();
+                async move {
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = stop.stopping() => {}
+                    }
+                }
+            })
+            .when(|e| should_retry(e) && !stop.is_set())
             .adjust(|err, proposed| self.next_delay(err, proposed))
             .notify(|err, wait| {
                 stats.record_retry(wait);
@@ -167,10 +208,16 @@ mod tests {
         let stats = ApiStats::default();
         let calls = AtomicUsize::new(0);
         let result: Result<(), _> = policy(4)
-            .run("GET /j/jobs", &stats, ApiError::is_retryable, |_| async {
-                calls.fetch_add(1, Ordering::Relaxed);
-                Err(http(500, None))
-            })
+            .run(
+                "GET /j/jobs",
+                &stats,
+                &StopFlag::new(),
+                ApiError::is_retryable,
+                |_| async {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    Err(http(500, None))
+                },
+            )
             .await;
         assert_eq!(result.unwrap_err().status(), Some(500));
         assert_eq!(calls.load(Ordering::Relaxed), 4);
@@ -182,10 +229,16 @@ mod tests {
         let stats = ApiStats::default();
         let calls = AtomicUsize::new(0);
         let result: Result<(), _> = policy(8)
-            .run("GET /j/jobs", &stats, ApiError::is_retryable, |_| async {
-                calls.fetch_add(1, Ordering::Relaxed);
-                Err(http(404, None))
-            })
+            .run(
+                "GET /j/jobs",
+                &stats,
+                &StopFlag::new(),
+                ApiError::is_retryable,
+                |_| async {
+                    calls.fetch_add(1, Ordering::Relaxed);
+                    Err(http(404, None))
+                },
+            )
             .await;
         assert_eq!(result.unwrap_err().status(), Some(404));
         assert_eq!(calls.load(Ordering::Relaxed), 1);
@@ -197,10 +250,16 @@ mod tests {
         let stats = ApiStats::default();
         let seen = std::sync::Mutex::new(Vec::new());
         let result = policy(8)
-            .run("GET /j/jobs", &stats, ApiError::is_retryable, |n| {
-                seen.lock().unwrap().push(n);
-                async move { if n < 3 { Err(http(429, None)) } else { Ok(n) } }
-            })
+            .run(
+                "GET /j/jobs",
+                &stats,
+                &StopFlag::new(),
+                ApiError::is_retryable,
+                |n| {
+                    seen.lock().unwrap().push(n);
+                    async move { if n < 3 { Err(http(429, None)) } else { Ok(n) } }
+                },
+            )
             .await;
         assert_eq!(result, Ok(3));
         assert_eq!(*seen.lock().unwrap(), vec![1, 2, 3]);

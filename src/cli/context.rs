@@ -9,6 +9,15 @@ use std::time::Duration;
 
 /// The API client as `api.*` configures it. The configuration was validated at load.
 pub fn api_client(config: &Config, command: &str) -> Result<ApiClient, CliError> {
+    api_client_stopped_by(config, command, StopFlag::new())
+}
+
+/// The API client, its retries and requests ended by `stop`.
+fn api_client_stopped_by(
+    config: &Config,
+    command: &str,
+    stop: StopFlag,
+) -> Result<ApiClient, CliError> {
     config.require_token(command)?;
     let api = &config.api;
     let base_url = api
@@ -26,12 +35,13 @@ pub fn api_client(config: &Config, command: &str) -> Result<ApiClient, CliError>
     options.requests_per_second = api.requests_per_second;
     options.concurrency = api.concurrency;
     options.bulk_size = api.bulk_size;
+    options.stop = stop;
     ApiClient::new(options).map_err(|e| CliError::usage(e.to_string()))
 }
 
 /// The database (migrated) and the client, ready to run cycles.
 pub async fn engine(config: &Config, command: &str, stop: StopFlag) -> Result<Engine, CliError> {
-    let client = api_client(config, command)?;
+    let client = api_client_stopped_by(config, command, stop.clone())?;
     let db = open_db(config).await?;
     Ok(Engine {
         db,

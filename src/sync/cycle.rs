@@ -89,20 +89,27 @@ pub async fn run_cycle(engine: &Engine, trigger: Trigger) -> Result<CycleSummary
     .map_err(|e| DbError::Task(e.to_string()))??
     .map_err(CycleError::Busy)?;
     let started = Instant::now();
+    engine.client.heartbeat().beat();
     let calls_before = engine.client.stats().total();
     tracing::info!(run_id, trigger = trigger.as_str(), "cycle started");
 
     let mut pulled = pull::PullStats::default();
     let mut pushed = push::PushStats::default();
     let result: Result<(), SyncError> = async {
-        pulled = pull::run(&engine.db, &engine.client, &engine.sync, &engine.stop).await?;
-        let tuning = push::PushTuning::default();
         let (db, client, stop) = (&engine.db, &engine.client, &engine.stop);
+        pull::run_counted(db, client, &engine.sync, stop, &mut pulled).await?;
+        let tuning = push::PushTuning::default();
         push::run_counted(db, client, &engine.push, tuning, stop, &mut pushed).await?;
         Ok(())
     }
     .await;
-    let stopped = matches!(result, Err(SyncError::Stopped));
+    // Whatever error a stop request caused on its way out (a request abandoned, a retry cut
+    // short), the run was stopped: that is what it records.
+    let stopped = result.is_err() && engine.stop.is_set();
+    let result = match result {
+        Err(_) if stopped => Err(SyncError::Stopped),
+        other => other,
+    };
     let summary = CycleSummary {
         run_id,
         ok: result.is_ok(),

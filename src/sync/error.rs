@@ -7,11 +7,23 @@ use crate::db::DbError;
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error(transparent)]
-    Api(#[from] ApiError),
+    Api(ApiError),
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("stopped by a shutdown signal before the cycle finished")]
+    /// The words `sync_runs.error` records for a run a SIGTERM/SIGINT ended.
+    #[error("stopped by a shutdown signal")]
     Stopped,
+}
+
+impl From<ApiError> for SyncError {
+    /// A request a stop request cut short is the stop, not an API failure.
+    fn from(e: ApiError) -> Self {
+        if e.is_stop() {
+            SyncError::Stopped
+        } else {
+            SyncError::Api(e)
+        }
+    }
 }
 
 impl SyncError {

@@ -14,8 +14,10 @@ use super::{StopFlag, SyncError};
 use crate::api::{ApiClient, ApiError, ListQuery};
 use crate::config::SyncConfig;
 use crate::db::models::{ChangeSource, JobContent};
-use crate::db::repo::{jobs, state, with_relaxed_durability};
+use crate::db::repo::runs::{self, RunCounts};
+use crate::db::repo::{jobs, state, transaction, with_relaxed_durability};
 use crate::db::{Db, Ts};
+use crate::shutdown::Heartbeat;
 use crate::telemetry::progress::Progress;
 use chrono::{DateTime, Duration, Utc};
 use std::collections::BTreeSet;
@@ -52,6 +54,21 @@ pub async fn run(
     config: &SyncConfig,
     stop: &StopFlag,
 ) -> Result<PullStats, SyncError> {
+    let mut stats = PullStats::default();
+    run_counted(db, client, config, stop, &mut stats).await?;
+    Ok(stats)
+}
+
+/// Runs one pull, counting into `stats` as batches commit: when the pull fails or is stopped,
+/// `stats` holds what it committed. Each batch also adds its counts to the run in progress in
+/// `sync_runs`, in the batch's own transaction.
+pub async fn run_counted(
+    db: &Db,
+    client: &ApiClient,
+    config: &SyncConfig,
+    stop: &StopFlag,
+    stats: &mut PullStats,
+) -> Result<(), SyncError> {
     let configured = config.campaigns.clone();
     let (old_watermark, watermark_saved_at, tracked) = db
         .run(move |c| {
@@ -64,7 +81,6 @@ pub async fn run(
             ))
         })
         .await?;
-    let mut stats = PullStats::default();
     let now = Utc::now();
     let overlap = Duration::seconds(config.overlap_secs as i64);
     let usable_watermark =
@@ -101,13 +117,13 @@ pub async fn run(
         client,
         &first_round,
         stop,
-        &mut stats,
+        stats,
         &mut listed,
         &mut pull_started,
     )
     .await?;
 
-    let incremental = pull_incremental(db, client, since, &listed, stop, &mut stats).await?;
+    let incremental = pull_incremental(db, client, since, &listed, stop, stats).await?;
     pull_started = pull_started.or(incremental.server_time);
     let discovered: Vec<i64> = incremental.campaigns.into_iter().collect();
     let newly_tracked = discovered.clone();
@@ -128,7 +144,7 @@ pub async fn run(
         client,
         &second_round,
         stop,
-        &mut stats,
+        stats,
         &mut listed,
         &mut pull_started,
     )
@@ -149,7 +165,7 @@ pub async fn run(
         full = stats.full,
         "pull finished"
     );
-    Ok(stats)
+    Ok(())
 }
 
 /// Lists campaigns in full, one after the other, remembering which were listed and the server's
@@ -222,7 +238,16 @@ async fn pull_incremental(
     // after the new watermark; a change made since comes back in the next pull (which reaches
     // back to that watermark), so they are not written twice.
     let skip = listed.clone();
-    let seen = store_listing(db, listing, false, skip, stop, stats, progress).await?;
+    let seen = store_listing(
+        db,
+        listing,
+        false,
+        skip,
+        (stop, client.heartbeat()),
+        stats,
+        progress,
+    )
+    .await?;
     Ok(IncrementalResult {
         server_time,
         campaigns: seen,
@@ -239,6 +264,11 @@ async fn pull_campaign_listing(
     stop: &StopFlag,
     stats: &mut PullStats,
 ) -> Result<DateTime<Utc>, SyncError> {
+    if !stats.full {
+        // The run is a full one from the moment a full listing starts, stopped or not.
+        stats.full = true;
+        db.run(runs::mark_current_full).await?;
+    }
     let listing_started = Ts::now();
     let started = Instant::now();
     let query = ListQuery {
@@ -250,17 +280,33 @@ async fn pull_campaign_listing(
         start_of_pull(listing.server_date, started).unwrap_or(Utc::now() - CLOCK_SKEW_MARGIN);
     tracing::info!(campaign, "listing campaign in full");
     let progress = Progress::new(format!("campaign {campaign}"), None);
-    let seen = store_listing(db, listing, true, BTreeSet::new(), stop, stats, progress).await?;
+    let seen = store_listing(
+        db,
+        listing,
+        true,
+        BTreeSet::new(),
+        (stop, client.heartbeat()),
+        stats,
+        progress,
+    )
+    .await?;
     let foreign: Vec<i64> = seen.into_iter().filter(|c| *c != campaign).collect();
     let deleted = db
         .run(move |c| {
             state::track_campaigns(c, &foreign)?;
-            let n = jobs::mark_missing_deleted(c, campaign, listing_started, Ts::now())?;
-            state::mark_campaign_listed(c, campaign, listing_started)?;
-            Ok(n)
+            transaction(c, |c| {
+                let n = jobs::mark_missing_deleted(c, campaign, listing_started, Ts::now())?;
+                state::mark_campaign_listed(c, campaign, listing_started)?;
+                let counts = RunCounts {
+                    jobs_changed: n as i64,
+                    ..RunCounts::default()
+                };
+                runs::count_into_current(c, counts)?;
+                Ok(n)
+            })
         })
         .await?;
-    stats.full = true;
+    client.heartbeat().beat();
     stats.marked_deleted += deleted as i64;
     stats.jobs_changed += deleted as i64;
     stats.campaigns_listed.push(campaign);
@@ -283,7 +329,7 @@ async fn store_listing(
     mut listing: crate::api::Listing,
     touch: bool,
     skip: BTreeSet<i64>,
-    stop: &StopFlag,
+    (stop, heartbeat): (&StopFlag, &Heartbeat),
     stats: &mut PullStats,
     mut progress: Progress,
 ) -> Result<BTreeSet<i64>, SyncError> {
@@ -320,9 +366,10 @@ async fn store_listing(
                 return Err(SyncError::Stopped);
             }
             campaigns.extend(batch.campaigns);
-            stats.jobs_pulled += batch.received as i64;
             progress.add(batch.received as u64);
+            let received = batch.received as i64;
             if batch.store.is_empty() {
+                stats.jobs_pulled += received;
                 continue;
             }
             let store = batch.store;
@@ -330,10 +377,24 @@ async fn store_listing(
                 .run(move |c| {
                     // Redone from the watermark after a power loss: no sync at each commit.
                     with_relaxed_durability(c, |c| {
-                        jobs::upsert_contents(c, store, ChangeSource::Pull, Ts::now(), touch)
+                        transaction(c, |c| {
+                            let now = Ts::now();
+                            let up =
+                                jobs::upsert_contents(c, store, ChangeSource::Pull, now, touch)?;
+                            let counts = RunCounts {
+                                jobs_pulled: received,
+                                jobs_changed: up.changes as i64,
+                                ..RunCounts::default()
+                            };
+                            runs::count_into_current(c, counts)?;
+                            Ok(up)
+                        })
                     })
                 })
                 .await?;
+            heartbeat.beat();
+            // Counted once committed: a stopped pull reports what the mirror holds.
+            stats.jobs_pulled += received;
             stats.jobs_changed += upserted.changes as i64;
         }
         Ok(())

@@ -51,6 +51,66 @@ pub fn finish(conn: &mut Conn, id: i64, outcome: &RunOutcome) -> Result<(), DbEr
     })
 }
 
+/// What a cycle just committed, added to the run in progress as it commits, so that an
+/// interrupted or killed run still shows what it did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunCounts {
+    pub jobs_pulled: i64,
+    pub jobs_changed: i64,
+    pub pushed_ok: i64,
+    pub pushed_failed: i64,
+}
+
+/// Adds `counts` to the run in progress: the newest row of `sync_runs`, while it is `running`
+/// (only the holder of the sync lock inserts runs, so the newest running row is its own). Call it
+/// in the transaction that commits the work counted, so the counts and the work agree even after
+/// a SIGKILL. Without a run in progress (a pull run outside a cycle) it does nothing.
+pub fn count_into_current(conn: &mut Conn, counts: RunCounts) -> Result<(), DbError> {
+    if counts == RunCounts::default() {
+        return Ok(());
+    }
+    use diesel::dsl::max;
+    with_conn!(conn, |c| {
+        let newest: Option<i64> = sync_runs::table.select(max(sync_runs::id)).first(c)?;
+        let Some(newest) = newest else {
+            return Ok(());
+        };
+        diesel::update(
+            sync_runs::table
+                .filter(sync_runs::id.eq(newest))
+                .filter(sync_runs::status.eq("running")),
+        )
+        .set((
+            sync_runs::jobs_pulled.eq(sync_runs::jobs_pulled + counts.jobs_pulled),
+            sync_runs::jobs_changed.eq(sync_runs::jobs_changed + counts.jobs_changed),
+            sync_runs::pushed_ok.eq(sync_runs::pushed_ok + counts.pushed_ok),
+            sync_runs::pushed_failed.eq(sync_runs::pushed_failed + counts.pushed_failed),
+        ))
+        .execute(c)?;
+        Ok(())
+    })
+}
+
+/// Records that the run in progress lists campaigns in full (`mode = 'full'`), as the first
+/// full listing starts.
+pub fn mark_current_full(conn: &mut Conn) -> Result<(), DbError> {
+    use diesel::dsl::max;
+    with_conn!(conn, |c| {
+        let newest: Option<i64> = sync_runs::table.select(max(sync_runs::id)).first(c)?;
+        let Some(newest) = newest else {
+            return Ok(());
+        };
+        diesel::update(
+            sync_runs::table
+                .filter(sync_runs::id.eq(newest))
+                .filter(sync_runs::status.eq("running")),
+        )
+        .set(sync_runs::mode.eq("full"))
+        .execute(c)?;
+        Ok(())
+    })
+}
+
 /// Runs left `running` by a process that died are marked `failed`. Call only while holding the
 /// sync lock, so that a live cycle elsewhere is never touched.
 pub fn fail_abandoned(conn: &mut Conn) -> Result<usize, DbError> {

@@ -28,6 +28,7 @@ use crate::api::ApiClient;
 use crate::config::PushConfig;
 use crate::db::models::OpenRow;
 use crate::db::repo::outbox::{self, RowUpdate};
+use crate::db::repo::runs::{self, RunCounts};
 use crate::db::repo::{jobs, transaction};
 use crate::db::{Db, DbError, Ts};
 use plan::{Held, Mirror, RoundPlan, plan_validated, targets_named, validate_all};
@@ -311,6 +312,10 @@ async fn plan_groups(
     st: &mut RunState,
 ) -> Result<Vec<plan::Group>, SyncError> {
     let mut updates: Vec<(i64, RowUpdate)> = Vec::new();
+    let counts = RunCounts {
+        pushed_failed: plan.failed.len() as i64,
+        ..RunCounts::default()
+    };
     for (id, reason) in plan.failed {
         updates.push((id, RowUpdate::failed(reason, None)));
         st.stats.failed += 1;
@@ -320,8 +325,13 @@ async fn plan_groups(
         st.stats.superseded += 1;
     }
     if !updates.is_empty() {
-        db.run(move |c| transaction(c, |c| outbox::update_each(c, &updates)))
-            .await?;
+        db.run(move |c| {
+            transaction(c, |c| {
+                runs::count_into_current(c, counts)?;
+                outbox::update_each(c, &updates)
+            })
+        })
+        .await?;
     }
     Ok(plan.groups)
 }

@@ -26,6 +26,7 @@ use crate::api::models::{Job, JobFields};
 use crate::api::{ApiClient, ApiError, ListQuery};
 use crate::db::models::{ChangeSource, JobContent, MirrorRow, OpenRow};
 use crate::db::repo::outbox::{self, RowUpdate};
+use crate::db::repo::runs::{self, RunCounts};
 use crate::db::repo::{jobs, transaction};
 use crate::db::{Db, Ts};
 use crate::sync::SyncError;
@@ -158,6 +159,7 @@ async fn record(
     let mut updates: Vec<(i64, RowUpdate)> = Vec::new();
     // Survivors whose merged rows follow them: (survivor, how, job).
     let mut followers: Vec<(i64, Follow)> = Vec::new();
+    let before = st.stats;
     for (row, verdict) in verdicts {
         let id = row.id;
         match verdict {
@@ -222,8 +224,14 @@ async fn record(
     }
     let survivors: Vec<i64> = followers.iter().map(|(id, _)| *id).collect();
     let follow: HashMap<i64, Follow> = followers.into_iter().collect();
+    let counts = RunCounts {
+        pushed_ok: st.stats.ok - before.ok,
+        pushed_failed: st.stats.failed - before.failed,
+        ..RunCounts::default()
+    };
     db.run(move |c| {
         transaction(c, |c| {
+            runs::count_into_current(c, counts)?;
             let contents: Vec<JobContent> = found.iter().map(JobContent::from_job).collect();
             jobs::upsert_contents(c, contents, ChangeSource::Push, now, false)?;
             for (row, survivor) in outbox::merged_into(c, &survivors)? {

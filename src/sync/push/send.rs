@@ -18,6 +18,7 @@ use crate::api::models::{Job, JobFields};
 use crate::api::{ApiClient, ApiError, ItemOutcome};
 use crate::db::models::{ChangeSource, JobContent};
 use crate::db::repo::outbox::{self, CreateSend, RowUpdate, Sending};
+use crate::db::repo::runs::{self, RunCounts};
 use crate::db::repo::{jobs, transaction};
 use crate::db::{Db, Ts};
 use crate::sync::{StopFlag, SyncError};
@@ -250,9 +251,15 @@ async fn send_chunk(
     let returned: Vec<JobContent> = returned.iter().map(JobContent::from_job).collect();
     // A job the API says is gone is gone as of the API's clock.
     let gone_at = client.server_now().map_or_else(Ts::now, Ts::from);
+    let counts = RunCounts {
+        pushed_ok: sent.stats.ok,
+        pushed_failed: sent.stats.failed,
+        ..RunCounts::default()
+    };
     let _writing = one_writer(db, writer).await;
     db.run(move |c| {
         transaction(c, |c| {
+            runs::count_into_current(c, counts)?;
             // The outbox first: the changefeed's append (in the upsert) holds PostgreSQL's
             // one-writer lock until the commit, so it comes last.
             outbox::update_each(c, &updates)?;
@@ -262,6 +269,7 @@ async fn send_chunk(
         })
     })
     .await?;
+    client.heartbeat().beat();
     let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     tracing::debug!(
         op = op.as_str(),
