@@ -118,7 +118,9 @@ fn a_second_daemon_on_the_same_sqlite_file_never_syncs_concurrently() {
         let (_, b) = second.get("/metrics");
         let sum = |series: &str| metric(&a, series) + metric(&b, series);
         if sum("jobsync_runs_total{status=\"ok\"}") >= 2.0
-            && sum("jobsync_ticks_skipped_total") >= 2.0
+            && sum("jobsync_ticks_skipped_total{reason=\"running\"}")
+                + sum("jobsync_ticks_skipped_total{reason=\"follower\"}")
+                >= 2.0
         {
             break;
         }

@@ -12,6 +12,7 @@ pub async fn run(config: &Config) -> CliResult {
         retention: config.retention.clone(),
         listen: config.server.listen.clone(),
         max_staleness_secs: config.sync.max_staleness_secs,
+        stall_secs: config.sync.stall_secs,
         drain: config.server.drain_deadline(),
     };
     daemon::run(engine, settings, super::shutdown_signal())

@@ -32,6 +32,8 @@ pub struct DaemonSettings {
     pub retention: RetentionConfig,
     pub listen: String,
     pub max_staleness_secs: u64,
+    /// A running cycle with no progress for this long fails liveness.
+    pub stall_secs: u64,
     /// How long requests in flight may finish once a stop is requested.
     pub drain: std::time::Duration,
 }
@@ -73,6 +75,7 @@ pub async fn run(
             run: run_state.clone(),
             api: engine.client.clone(),
             max_staleness_secs: settings.max_staleness_secs,
+            stall_secs: settings.stall_secs,
         };
         Some(
             server::start(&settings.listen, context)
@@ -158,10 +161,12 @@ async fn tick(engine: &Engine, state: &RunState, lock: &Mutex<()>) {
     match run_cycle(engine, Trigger::Schedule).await {
         Ok(summary) => state.record_cycle(&summary),
         Err(CycleError::Busy(message)) => {
-            tracing::info!(%message, "tick skipped: another process is syncing");
+            // A follower replica on PostgreSQL says this every tick: INFO, not a warning.
+            tracing::info!(%message, "tick skipped: another process is the active syncer");
             state.update(|s| {
                 s.cycle_running = false;
-                s.ticks_skipped += 1;
+                s.ticks_as_follower += 1;
+                s.active_syncer = Some(false);
             });
         }
         Err(CycleError::Db(e)) => {

@@ -14,8 +14,14 @@ pub struct Snapshot {
     pub cycles_finished: u64,
     pub runs_ok: u64,
     pub runs_failed: u64,
-    /// Ticks skipped because a cycle was still running, or another process held the lock.
+    /// Ticks skipped because this process's previous cycle was still running.
     pub ticks_skipped: u64,
+    /// Ticks skipped because another process held the sync lock (a follower replica on
+    /// PostgreSQL does this every tick: not a fault).
+    pub ticks_as_follower: u64,
+    /// Whether this process ran the last cycle (`Some(true)`), found another process syncing
+    /// (`Some(false)`), or has not tried yet.
+    pub active_syncer: Option<bool>,
     pub run_seconds_sum: f64,
     pub last_run_seconds: f64,
     pub jobs_pulled: u64,
@@ -26,6 +32,22 @@ pub struct Snapshot {
     pub last_error: Option<String>,
     /// The last cycle failed because the API refused the token.
     pub auth_failed: bool,
+}
+
+impl Snapshot {
+    /// This process ran cycles and none succeeded: its first cycle failed (and every one since).
+    pub fn first_cycle_failed(&self) -> bool {
+        self.runs_ok == 0 && self.runs_failed > 0
+    }
+
+    /// `active`, `follower` or `unknown` (no tick yet), for `/readyz`, `/status` and metrics.
+    pub fn role(&self) -> &'static str {
+        match self.active_syncer {
+            Some(true) => "active",
+            Some(false) => "follower",
+            None => "unknown",
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -45,6 +67,7 @@ impl RunState {
     pub fn record_cycle(&self, summary: &CycleSummary) {
         self.update(|s| {
             s.cycle_running = false;
+            s.active_syncer = Some(true);
             s.cycles_finished += 1;
             s.last_run_seconds = summary.duration.as_secs_f64();
             s.run_seconds_sum += s.last_run_seconds;

@@ -44,8 +44,25 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
     );
     out.counter(
         "jobsync_ticks_skipped_total",
-        "Scheduler ticks skipped (a cycle still running, or another syncer holds the lock).",
-        [(vec![], s.ticks_skipped as f64)],
+        "Scheduler ticks skipped: `running` when this process's previous cycle was still running \
+         (a schedule too tight for the work), `follower` when another process is the active \
+         syncer (normal for PostgreSQL replicas).",
+        [
+            (vec![("reason", "running")], s.ticks_skipped as f64),
+            (vec![("reason", "follower")], s.ticks_as_follower as f64),
+        ],
+    );
+    out.gauge(
+        "jobsync_active_syncer",
+        "1 when this process ran the last cycle, 0 when another process holds the sync lock.",
+        [(
+            vec![],
+            if s.active_syncer == Some(true) {
+                1.0
+            } else {
+                0.0
+            },
+        )],
     );
     out.counter(
         "jobsync_run_duration_seconds_sum",

@@ -24,6 +24,7 @@ pub struct ServerContext {
     pub run: Arc<RunState>,
     pub api: ApiClient,
     pub max_staleness_secs: u64,
+    pub stall_secs: u64,
 }
 
 /// A running server; [`ServerHandle::stop`] ends it.
@@ -66,14 +67,26 @@ pub async fn start(listen: &str, context: ServerContext) -> Result<ServerHandle,
     Ok(ServerHandle { stop, task })
 }
 
-/// 200 while the process and its scheduler are alive.
+/// 200 while the process and its scheduler are alive and no running cycle has gone
+/// `sync.stall_secs` without progress (an API answer received, a batch committed): a wedged
+/// cycle fails liveness, so Kubernetes restarts the pod.
 async fn healthz(State(ctx): State<ServerContext>) -> Response {
     let s = ctx.run.snapshot();
-    if s.scheduler_running || s.shutting_down {
-        (StatusCode::OK, Json(json!({"status": "alive"}))).into_response()
-    } else {
-        unavailable("the scheduler is not running")
+    if s.shutting_down {
+        return (StatusCode::OK, Json(json!({"status": "alive"}))).into_response();
     }
+    if !s.scheduler_running {
+        return unavailable("the scheduler is not running");
+    }
+    let idle = ctx.api.heartbeat().idle_for();
+    if s.cycle_running && idle.as_secs() >= ctx.stall_secs {
+        return unavailable(&format!(
+            "the running cycle has made no progress (no API answer received, no batch committed) for {}s, sync.stall_secs is {}s",
+            idle.as_secs(),
+            ctx.stall_secs
+        ));
+    }
+    (StatusCode::OK, Json(json!({"status": "alive"}))).into_response()
 }
 
 /// 200 when the database answers and the last successful pull is recent enough (or the first
@@ -93,17 +106,28 @@ async fn readyz(State(ctx): State<ServerContext>) -> Response {
         let why = s.last_error.unwrap_or_default();
         return unavailable(&format!("the API refused the token: {why}"));
     }
+    // The start-up grace covers a first cycle still running, not one that failed: a deployment
+    // that cannot sync (a wrong api.base_url, a blocked network) must not pass a rollout.
+    if s.first_cycle_failed() {
+        return unavailable(&format!(
+            "the first cycle failed: {}",
+            s.last_error.as_deref().unwrap_or("no error recorded")
+        ));
+    }
+    let role = s.role();
     let now = Utc::now();
     let max = ctx.max_staleness_secs as i64;
     match last_pull {
         Some(at) if (now - at).num_seconds() <= max => (
             StatusCode::OK,
-            Json(json!({"status": "ready", "last_successful_pull": at})),
+            Json(json!({"status": "ready", "last_successful_pull": at, "role": role})),
         )
             .into_response(),
         None if s.started_at.is_some_and(|t| (now - t).num_seconds() <= max) => (
             StatusCode::OK,
-            Json(json!({"status": "starting", "detail": "the first cycle is running"})),
+            Json(
+                json!({"status": "starting", "detail": "the first cycle is running", "role": role}),
+            ),
         )
             .into_response(),
         Some(at) => unavailable(&format!(
@@ -118,11 +142,19 @@ async fn readyz(State(ctx): State<ServerContext>) -> Response {
     }
 }
 
-/// Watermark, last runs, outbox and mirror counts: no personal data, no secrets.
+/// Watermark, last runs, outbox and mirror counts, and this process's syncer role: no personal
+/// data, no secrets.
 async fn status(State(ctx): State<ServerContext>) -> Response {
     let report = ctx.db.run(|c| report::read(c, 5)).await;
-    match report {
-        Ok(report) => (StatusCode::OK, Json(report)).into_response(),
+    let role = ctx.run.snapshot().role();
+    match report.map(serde_json::to_value) {
+        Ok(Ok(mut report)) => {
+            if let Some(fields) = report.as_object_mut() {
+                fields.insert("role".into(), role.into());
+            }
+            (StatusCode::OK, Json(report)).into_response()
+        }
+        Ok(Err(e)) => unavailable(&format!("the status could not be written: {e}")),
         Err(e) => unavailable(&format!("the database does not answer: {e}")),
     }
 }
