@@ -24,8 +24,8 @@ use tokio::sync::Semaphore;
 pub struct ClientOptions {
     pub base_url: Url,
     pub token: TokenSource,
-    /// Per request; for a listing, the wait for the answer to start and the longest pause between
-    /// two pieces of its body.
+    /// Per request, the whole answer included; for a listing (which may stream for minutes), the
+    /// wait for the answer to start and the longest wait for each next complete job.
     pub timeout: Duration,
     pub max_attempts: u32,
     pub requests_per_second: f64,
@@ -305,6 +305,7 @@ impl ApiClient {
             server_date,
             response,
             self.inner.stop.clone(),
+            self.inner.timeout,
         ))
     }
 
@@ -381,10 +382,7 @@ impl ApiClient {
                     let body = body.clone();
                     async move {
                         let response = self.send_once(ep, &[], body, n, true).await?;
-                        response
-                            .bytes()
-                            .await
-                            .map_err(|e| ApiError::from_reqwest(&ep.name, &e, self.inner.timeout))
+                        read_capped(&ep.name, response, self.inner.timeout).await
                     }
                 },
             )
@@ -453,6 +451,43 @@ impl ApiClient {
         url.set_path(&joined);
         url
     }
+}
+
+/// The largest answer read whole (a bulk answer, one job): a thousand jobs of 32 KiB each, far
+/// above real ones; beyond it the request fails rather than take the memory.
+pub const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
+
+/// Reads an answer's body, refusing one larger than [`MAX_ANSWER_BYTES`].
+async fn read_capped(
+    endpoint: &str,
+    mut response: Response,
+    timeout: Duration,
+) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::InvalidAnswer {
+        endpoint: endpoint.to_owned(),
+        detail: format!(
+            "the answer is larger than {} MiB, far beyond any real one",
+            MAX_ANSWER_BYTES / (1024 * 1024)
+        ),
+    };
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| ApiError::from_reqwest(endpoint, &e, timeout))?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// A create is re-sent only when the API surely did not apply it.

@@ -8,6 +8,11 @@ use super::split::ArraySplitter;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{BoxStream, StreamExt};
+use std::time::{Duration, Instant};
+
+/// The largest job a listing may hold: far above any real job (about a kilobyte), and a bound on
+/// the memory one element can take.
+pub const MAX_JOB_BYTES: usize = 1024 * 1024;
 
 pub struct Listing {
     /// The server's clock when it answered (the `Date` header), for the pull watermark.
@@ -18,6 +23,10 @@ pub struct Listing {
     finished: bool,
     /// At the stop's deadline, the rest of the body is abandoned.
     stop: crate::shutdown::StopFlag,
+    /// The longest wait for the next complete job (`api.timeout_secs`): a body that trickles,
+    /// or pads without end, fails instead of holding the cycle.
+    item_timeout: Duration,
+    last_item: Instant,
 }
 
 impl std::fmt::Debug for Listing {
@@ -36,6 +45,7 @@ impl Listing {
         server_date: Option<DateTime<Utc>>,
         response: reqwest::Response,
         stop: crate::shutdown::StopFlag,
+        item_timeout: Duration,
     ) -> Self {
         Listing {
             server_date,
@@ -44,6 +54,8 @@ impl Listing {
             splitter: ArraySplitter::new(),
             finished: false,
             stop,
+            item_timeout,
+            last_item: Instant::now(),
         }
     }
 
@@ -65,16 +77,39 @@ impl Listing {
                     Err(detail) => Err(detail),
                 };
                 let job = decoded.map_err(|detail| self.fail(detail))?;
+                self.last_item = Instant::now();
                 batch.push(job.truncated_to_micros());
             }
             if batch.len() >= max {
                 return Ok(Some(batch));
             }
+            if self.splitter.buffered() > MAX_JOB_BYTES {
+                let index = self.splitter.items();
+                return Err(self.fail(format!(
+                    "item {index} is larger than {} MiB, far beyond any real job; the answer is \
+                     not a listing jobsync can store",
+                    MAX_JOB_BYTES / (1024 * 1024)
+                )));
+            }
+            let next_item_due = self.last_item + self.item_timeout;
             let next = tokio::select! {
                 biased;
                 () = self.stop.abandoned() => {
                     self.finished = true;
                     return Err(ApiError::Abandoned { endpoint: self.endpoint.clone() });
+                }
+                () = tokio::time::sleep_until(next_item_due.into()) => {
+                    self.finished = true;
+                    let jobs = self.splitter.items();
+                    return Err(ApiError::Network {
+                        endpoint: self.endpoint.clone(),
+                        message: format!(
+                            "the listing sent no complete job within {}s after {jobs} job(s) (a \
+                             stalled or trickling answer; raise `api.timeout_secs` if the API is \
+                             that slow)",
+                            self.item_timeout.as_secs_f64()
+                        ),
+                    });
                 }
                 next = self.body.next() => next,
             };

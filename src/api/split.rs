@@ -60,6 +60,11 @@ impl ArraySplitter {
         self.items
     }
 
+    /// Bytes held: the element being read, and what arrived after it.
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Appends the next chunk of the body, first dropping the bytes already handed out.
     pub(crate) fn push(&mut self, chunk: &[u8]) {
         let keep_from = match self.state {

@@ -65,7 +65,7 @@ fn has_migrations_table(conn: &mut Conn) -> Result<bool, DbError> {
         Conn::Sqlite(_) => {
             "EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '__diesel_schema_migrations')"
         }
-        Conn::Pg(_) => "SELECT to_regclass('__diesel_schema_migrations') IS NOT NULL",
+        Conn::Pg(_) => "to_regclass('__diesel_schema_migrations') IS NOT NULL",
     };
     with_conn!(conn, |c| Ok(diesel::select(diesel::dsl::sql::<
         diesel::sql_types::Bool,

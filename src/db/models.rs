@@ -31,28 +31,53 @@ pub struct JobContent {
     pub created_at: Option<Ts>,
 }
 
+/// Jobs stored with a NUL character replaced (see [`JobContent::from_job`]), for `/metrics`.
+pub static NUL_REPLACED_JOBS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl JobContent {
+    /// The job in stored form. PostgreSQL text cannot hold the NUL character (U+0000), so in the
+    /// plain text columns it is stored as U+FFFD (the replacement character) — on both backends,
+    /// so that they hold the same mirror — logged once per job with its id and counted in
+    /// `jobsync_jobs_nul_replaced_total`. JSON columns (`numbers`, `address_lines`, `data`) keep
+    /// it exactly, escaped as `\u0000`. One such job never costs the others of its batch.
     pub fn from_job(job: &Job) -> Self {
         let json = |v: Value| canonical_json(&v);
-        JobContent {
+        let mut replaced: Vec<&'static str> = Vec::new();
+        let mut text = |field: &'static str, value: &Option<String>| match value {
+            Some(v) if v.contains('\0') => {
+                replaced.push(field);
+                Some(v.replace('\0', "\u{FFFD}"))
+            }
+            other => other.clone(),
+        };
+        let content = JobContent {
             id: job.id,
             campaign: job.campaign,
-            reference: job.reference.clone(),
-            name: job.name.clone(),
-            email: job.email.clone(),
+            reference: text("reference", &job.reference),
+            name: text("name", &job.name),
+            email: text("email", &job.email),
             numbers: job.numbers.clone().map(|n| json(n.into())),
             address_lines: job.address_lines.clone().map(|a| json(a.into())),
-            postal_code: job.postal_code.clone(),
-            city: job.city.clone(),
-            country: job.country.clone(),
+            postal_code: text("postal_code", &job.postal_code),
+            city: text("city", &job.city),
+            country: text("country", &job.country),
             appointment: job.appointment.map(Ts::from),
             data: job.data.clone().map(|d| json(Value::Object(d))),
-            label: job.label.clone(),
-            url: job.url.clone(),
+            label: text("label", &job.label),
+            url: text("url", &job.url),
             value: job.value,
             state: job.state,
             created_at: job.created_at.map(Ts::from),
+        };
+        if !replaced.is_empty() {
+            NUL_REPLACED_JOBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(
+                job_id = job.id,
+                fields = ?replaced,
+                "the API sent a NUL character, which the database cannot store as text: stored as U+FFFD"
+            );
         }
+        content
     }
 
     /// The names of the fields (of [`crate::api::models::JOB_FIELDS`]) that differ.

@@ -52,6 +52,14 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
             (vec![("reason", "follower")], s.ticks_as_follower as f64),
         ],
     );
+    out.counter(
+        "jobsync_jobs_nul_replaced_total",
+        "Jobs the API sent with a NUL character in a text field, stored with U+FFFD in its place.",
+        [(
+            vec![],
+            crate::db::models::NUL_REPLACED_JOBS.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        )],
+    );
     out.gauge(
         "jobsync_active_syncer",
         "1 when this process ran the last cycle, 0 when another process holds the sync lock.",
