@@ -239,6 +239,8 @@ impl ApiClient {
         match self.check().await {
             Ok(()) => {}
             Err(e) if e.is_auth() => return Err(e),
+            // A refusal still told the time; no answer at all did not.
+            Err(e) if self.server_now().is_none() => return Err(e),
             Err(e) => tracing::debug!(error = %e, "asking the API's time"),
         }
         self.server_now().ok_or_else(|| ApiError::InvalidAnswer {

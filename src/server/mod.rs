@@ -116,9 +116,11 @@ async fn readyz(State(ctx): State<ServerContext>) -> Response {
     }
     let role = s.role();
     let now = Utc::now();
+    // The last good pull is stamped on the API's clock; its age is measured on the same clock.
+    let api_now = ctx.api.server_now().unwrap_or(now);
     let max = ctx.max_staleness_secs as i64;
     match last_pull {
-        Some(at) if (now - at).num_seconds() <= max => (
+        Some(at) if (api_now - at).num_seconds() <= max => (
             StatusCode::OK,
             Json(json!({"status": "ready", "last_successful_pull": at, "role": role})),
         )
@@ -132,7 +134,7 @@ async fn readyz(State(ctx): State<ServerContext>) -> Response {
             .into_response(),
         Some(at) => unavailable(&format!(
             "the last successful pull was {}s ago, more than sync.max_staleness_secs ({max}s); last error: {}",
-            (now - at).num_seconds(),
+            (api_now - at).num_seconds(),
             s.last_error.as_deref().unwrap_or("none")
         )),
         None => unavailable(&format!(

@@ -70,18 +70,19 @@ pub async fn run_counted(
     stats: &mut PullStats,
 ) -> Result<(), SyncError> {
     let configured = config.campaigns.clone();
-    let (old_watermark, watermark_saved_at, tracked) = db
+    let (old_watermark, last_pull_ok, tracked) = db
         .run(move |c| {
             state::track_campaigns(c, &configured)?;
-            let watermark = state::get_time_with_saved_at(c, state::WATERMARK)?;
             Ok((
-                watermark.map(|(at, _)| at),
-                watermark.map(|(_, saved_at)| saved_at),
+                state::get_time(c, state::WATERMARK)?,
+                state::get_time(c, state::LAST_PULL_OK)?,
                 state::tracked_campaigns(c)?,
             ))
         })
         .await?;
-    let now = Utc::now();
+    // Every time that decides a schedule is the API's: the watermark, the listings' stamps,
+    // deletions, the last good pull. Our own clock may be off by hours.
+    let now = server_clock(client).await?;
     let overlap = Duration::seconds(config.overlap_secs as i64);
     let usable_watermark =
         old_watermark.filter(|w| now - (*w - overlap) < API_WINDOW - WINDOW_MARGIN);
@@ -100,7 +101,7 @@ pub async fn run_counted(
         // last good pull, so changes may have been missed. Re-list, except a campaign a pull
         // interrupted since then completed (a checkpoint of a resumed backfill) and that the
         // window still covers.
-        Some(at) => at.as_utc() < since || watermark_saved_at.is_some_and(|saved| at <= saved),
+        Some(at) => at.as_utc() < since || last_pull_ok.is_some_and(|ok| at.as_utc() <= ok),
     };
     // Listings of tracked campaigns go first: on a backfill, the incremental pull that follows
     // then finds those jobs already stored and unchanged, instead of inserting them only for the
@@ -152,9 +153,10 @@ pub async fn run_counted(
 
     // The watermark: the server's clock when the pull's first request left.
     let watermark = pull_started.unwrap_or(now - CLOCK_SKEW_MARGIN);
+    let finished = client.server_now().unwrap_or_else(Utc::now);
     db.run(move |c| {
         state::set_time(c, state::WATERMARK, watermark)?;
-        state::set_time(c, state::LAST_PULL_OK, Utc::now())?;
+        state::set_time(c, state::LAST_PULL_OK, finished)?;
         Ok(())
     })
     .await?;
@@ -166,6 +168,21 @@ pub async fn run_counted(
         "pull finished"
     );
     Ok(())
+}
+
+/// The API's clock now: from its last answer's `Date`, or one cheap request when no answer came
+/// yet. An API that sends no `Date` leaves only our own clock (with a warning).
+async fn server_clock(client: &ApiClient) -> Result<DateTime<Utc>, SyncError> {
+    match client.server_time().await {
+        Ok(now) => Ok(now),
+        Err(ApiError::InvalidAnswer { .. }) => {
+            tracing::warn!(
+                "the API sends no `Date` header: scheduling by the local clock, which may differ from the API's"
+            );
+            Ok(Utc::now())
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Lists campaigns in full, one after the other, remembering which were listed and the server's
@@ -291,12 +308,18 @@ async fn pull_campaign_listing(
     )
     .await?;
     let foreign: Vec<i64> = seen.into_iter().filter(|c| *c != campaign).collect();
+    // `listing_started` is on our clock, like the rows' `last_seen_at` it is compared with; the
+    // stamps a later pull schedules by are on the API's.
+    let (listed_at, deleted_at) = (
+        Ts::from(server_time),
+        client.server_now().map_or_else(Ts::now, Ts::from),
+    );
     let deleted = db
         .run(move |c| {
             state::track_campaigns(c, &foreign)?;
             transaction(c, |c| {
-                let n = jobs::mark_missing_deleted(c, campaign, listing_started, Ts::now())?;
-                state::mark_campaign_listed(c, campaign, listing_started)?;
+                let n = jobs::mark_missing_deleted(c, campaign, listing_started, deleted_at)?;
+                state::mark_campaign_listed(c, campaign, listed_at)?;
                 let counts = RunCounts {
                     jobs_changed: n as i64,
                     ..RunCounts::default()
