@@ -4,9 +4,9 @@
 
 use super::{CliError, CliResult, context, once};
 use crate::config::Config;
-use crate::db::Db;
 use crate::db::models::NewOutboxRow;
 use crate::db::repo::{changes, jobs, outbox};
+use crate::db::{Db, redact};
 use crate::secret::Secret;
 use crate::sim::{SimConfig, SimHandle};
 use crate::sync::StopFlag;
@@ -26,7 +26,10 @@ pub async fn run(config: &Config, database_url_given: bool) -> CliResult {
         }
         DEMO_DB.to_string()
     };
-    println!("jobsync demo: a simulated Jobs API on loopback, mirrored into {url}\n");
+    println!(
+        "jobsync demo: a simulated Jobs API on loopback, mirrored into {}\n",
+        redact(&url)
+    );
     let sim = crate::sim::spawn(
         "127.0.0.1:0".parse().expect("a socket address"),
         SimConfig {
@@ -99,10 +102,12 @@ pub async fn run(config: &Config, database_url_given: bool) -> CliResult {
     println!(
         "\nmirror: {live} jobs ({deleted} deleted upstream); {total} changefeed rows written by this demo"
     );
-    println!(
-        "next: `jobsync --database-url {} status`, `… changes`, `jobsync simulate` + `jobsync --once`",
-        DEMO_DB
-    );
+    let again = if database_url_given {
+        "--database-url URL".to_string()
+    } else {
+        format!("--database-url {DEMO_DB}")
+    };
+    println!("next: `jobsync {again} status`, `… changes`, `jobsync simulate` + `jobsync --once`");
     sim.shutdown().await;
     Ok(())
 }

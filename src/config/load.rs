@@ -24,6 +24,9 @@ const SECTIONS: [&str; 7] = [
     "log",
 ];
 const SHIPPED_FILES: [&str; 2] = ["config/default.toml", "/etc/jobsync/config.toml"];
+/// Names of the layers built here, as figment's metadata reports them.
+const DEFAULTS: &str = "built-in defaults";
+const FLAGS: &str = "command-line flags";
 
 /// The command-line layer: flags that every command accepts.
 #[derive(Debug, Clone, Default)]
@@ -57,7 +60,7 @@ pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
 }
 
 fn layers(overrides: &Overrides) -> Result<Figment, ConfigError> {
-    let mut figment = Figment::from(Named::new("built-in defaults", Config::default()));
+    let mut figment = Figment::from(Named::new(DEFAULTS, Config::default()));
     if let Some(shipped) = SHIPPED_FILES.iter().map(Path::new).find(|p| p.exists()) {
         figment = figment.merge(Toml::file_exact(shipped));
     }
@@ -82,7 +85,7 @@ fn layers(overrides: &Overrides) -> Result<Figment, ConfigError> {
         })
         .split("__");
     figment = figment.merge(env);
-    Ok(figment.merge(Named::new("command-line flags", flags_dict(overrides))))
+    Ok(figment.merge(Named::new(FLAGS, flags_dict(overrides))))
 }
 
 fn flags_dict(overrides: &Overrides) -> Dict {
@@ -182,12 +185,16 @@ fn from_figment(figment: &Figment, err: figment::Error) -> ConfigError {
     }
 }
 
-/// Never shows the token; strings are quoted so an empty value is visible.
+/// Never shows the token, nor a database password; strings are quoted so an empty value is
+/// visible.
 fn shown_value(key: &str, value: &figment::value::Value) -> String {
     if key == "api.token" {
         return "***".into();
     }
     match value {
+        figment::value::Value::String(_, s) if key == "database.url" => {
+            format!("{:?}", crate::db::redact(s))
+        }
         figment::value::Value::String(_, s) => format!("{s:?}"),
         other => serde_json::to_string(other).unwrap_or_else(|_| format!("{other:?}")),
     }

@@ -45,7 +45,7 @@ impl Default for ApiConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: String,
@@ -56,6 +56,15 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: "sqlite://jobsync.db".into(),
         }
+    }
+}
+
+/// The URL may hold a password: `Debug` shows it redacted.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &crate::db::redact(&self.url))
+            .finish()
     }
 }
 
@@ -181,7 +190,11 @@ impl DatabaseUrl {
             }
             Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            // Refused here rather than handed to libpq, whose error would quote it.
+            crate::db::check_url(url)?;
             Ok(DatabaseUrl::Postgres(url.to_string()))
+        } else if !url.contains("://") && url.contains('=') {
+            Err("a libpq keyword string is not accepted; write it as a URL, `postgres://USER:PASSWORD@HOST:PORT/DB`".into())
         } else {
             Err("unknown scheme; use `sqlite://PATH` or `postgres://USER:PASSWORD@HOST/DB`".into())
         }
@@ -294,5 +307,21 @@ mod tests {
         ));
         assert!(DatabaseUrl::parse("sqlite://").is_err());
         assert!(DatabaseUrl::parse("jobsync.db").is_err());
+        let err = DatabaseUrl::parse("postgres://u:secret@[::1/db").unwrap_err();
+        assert!(err.contains("IPv6") && !err.contains("secret"), "{err}");
+        let err = DatabaseUrl::parse("host=h password=secret").unwrap_err();
+        assert!(err.contains("keyword") && !err.contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_database_password() {
+        let mut config = Config::default();
+        config.database.url = "postgres://u:s3cr3t-pw@h/db?sslpassword=k3y-pass".into();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("k3y-pass"),
+            "{shown}"
+        );
+        assert!(shown.contains("postgres://u:***@h/db"), "{shown}");
     }
 }

@@ -1,4 +1,5 @@
-//! Database errors, carrying what an operator needs to act.
+//! Database errors, carrying what an operator needs to act. They never hold a password: messages
+//! that may quote a PostgreSQL URL are scrubbed (`conninfo::scrub`) before they are stored here.
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -10,7 +11,7 @@ pub enum DbError {
         reason: String,
     },
     #[error("no database connection available: {0}; is the database up and reachable?")]
-    Pool(#[from] diesel::r2d2::PoolError),
+    Pool(String),
     #[error("database query failed: {0}")]
     Query(#[from] diesel::result::Error),
     #[error("database migration failed: {0}")]
@@ -21,4 +22,10 @@ pub enum DbError {
     Task(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+}
+
+impl From<diesel::r2d2::PoolError> for DbError {
+    fn from(e: diesel::r2d2::PoolError) -> Self {
+        DbError::Pool(e.to_string())
+    }
 }

@@ -9,6 +9,7 @@
 //! Diesel is blocking: [`Db::run`] executes work on tokio's blocking pool, never on the async
 //! executor threads.
 
+mod conninfo;
 mod error;
 pub mod lock;
 mod migrate;
@@ -18,14 +19,16 @@ pub mod schema;
 mod status;
 mod time;
 
+pub use conninfo::{check_url, redact, scrub};
 pub use error::DbError;
 pub use time::Ts;
 
 use crate::config::DatabaseUrl;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, HandleError, Pool, PooledConnection};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
@@ -57,8 +60,15 @@ macro_rules! with_conn {
 
 #[derive(Clone)]
 enum Backend {
-    Sqlite { pool: SqlitePool, path: PathBuf },
-    Pg { pool: PgPool },
+    Sqlite {
+        pool: SqlitePool,
+        path: PathBuf,
+    },
+    /// `url` (password included) is kept to scrub it from the pool's errors.
+    Pg {
+        pool: PgPool,
+        url: Arc<str>,
+    },
 }
 
 /// The database handle: cheap to clone, shared by the engine, the server and the commands.
@@ -114,10 +124,13 @@ impl Db {
     /// A connection for blocking work on the current thread (tests, commands, the engine's own
     /// blocking sections).
     pub fn conn(&self) -> Result<Conn, DbError> {
-        Ok(match &self.backend {
-            Backend::Sqlite { pool, .. } => Conn::Sqlite(pool.get()?),
-            Backend::Pg { pool } => Conn::Pg(pool.get()?),
-        })
+        match &self.backend {
+            Backend::Sqlite { pool, .. } => Ok(Conn::Sqlite(pool.get()?)),
+            Backend::Pg { pool, url, .. } => pool
+                .get()
+                .map(Conn::Pg)
+                .map_err(|e| DbError::Pool(scrub(&e.to_string(), url))),
+        }
     }
 
     /// Runs blocking database work on tokio's blocking pool.
@@ -179,6 +192,25 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
     }
 }
 
+/// Logs the errors of the pool's own connection attempts (r2d2 would log them bare, through
+/// `log`) with the PostgreSQL password scrubbed.
+#[derive(Debug)]
+enum PoolErrorLog {
+    Pg(Arc<str>),
+}
+
+impl HandleError<diesel::r2d2::Error> for PoolErrorLog {
+    fn handle_error(&self, error: diesel::r2d2::Error) {
+        match self {
+            PoolErrorLog::Pg(url) => tracing::error!(
+                database = %redact(url),
+                "cannot open a connection to the PostgreSQL database: {}",
+                scrub(&error.to_string(), url)
+            ),
+        }
+    }
+}
+
 fn connect_sqlite(path: PathBuf) -> Result<Backend, DbError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.is_dir()
@@ -209,49 +241,27 @@ fn connect_sqlite(path: PathBuf) -> Result<Backend, DbError> {
 fn connect_pg(url: &str) -> Result<Backend, DbError> {
     PgConnection::establish(url).map_err(|e| DbError::Connect {
         backend: "postgres",
-        // libpq repeats its message once per address tried; one line says it.
+        // libpq repeats its message once per address tried; one line says it. It may quote the
+        // URL, or a part of it that holds the password.
         reason: format!(
             "{}: {}",
             redact(url),
-            e.to_string().lines().next().unwrap_or_default().trim()
+            scrub(e.to_string().lines().next().unwrap_or_default().trim(), url)
         ),
     })?;
+    let url: Arc<str> = Arc::from(url);
     let pool = Pool::builder()
         .max_size(6)
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(30))
-        .build_unchecked(ConnectionManager::new(url));
-    Ok(Backend::Pg { pool })
-}
-
-/// A database URL with its password replaced, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let creds = &url[scheme_end + 3..at];
-            match creds.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &creds[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
+        .error_handler(Box::new(PoolErrorLog::Pg(url.clone())))
+        .build_unchecked(ConnectionManager::new(&*url));
+    Ok(Backend::Pg { pool, url })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
-        assert_eq!(redact("sqlite://x.db"), "sqlite://x.db");
-    }
 
     #[test]
     fn refuses_unknown_schemes() {

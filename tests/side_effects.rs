@@ -1,0 +1,124 @@
+//! A runtime that tells the truth and leaves nothing behind: a database password never reaches any
+//! output.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+const PASSWORD: &str = "Sup3rSecretPw";
+
+/// The real binary with a clean environment: only `env`, an API nobody listens on, no server.
+fn jobsync(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobsync"));
+    cmd.current_dir(dir).args(args);
+    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("JOBSYNC_")) {
+        cmd.env_remove(key);
+    }
+    cmd.env_remove("RUST_LOG")
+        .env("JOBSYNC_API__BASE_URL", "http://127.0.0.1:1")
+        .env("JOBSYNC_API__TOKEN", "dev-token")
+        .env("JOBSYNC_API__MAX_ATTEMPTS", "1")
+        .env("JOBSYNC_API__TIMEOUT_SECS", "2")
+        .env("JOBSYNC_SERVER__LISTEN", "")
+        .env("JOBSYNC_LOG__FORMAT", "json")
+        .envs(env.iter().copied());
+    cmd.output().expect("run jobsync")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn everything(out: &Output) -> String {
+    format!("{}{}", stdout(out), stderr(out))
+}
+
+// --- database passwords -------------------------------------------------------------------------
+
+/// URLs whose password must not appear anywhere: a wrong password against the real server, a
+/// closed port, the password as a query parameter, a malformed URL, libpq's keyword form.
+fn secret_urls() -> Vec<String> {
+    vec![
+        format!("postgres://jobsync:{PASSWORD}@127.0.0.1/jobsync_test"),
+        format!("postgres://u:{PASSWORD}@127.0.0.1:1/db"),
+        format!("postgres://u@127.0.0.1:1/db?sslmode=disable&password={PASSWORD}"),
+        format!("postgresql://u@127.0.0.1:1/db?sslpassword={PASSWORD}"),
+        format!("postgres://u:{PASSWORD}@[::1/db"),
+        format!("postgres://u:{PASSWORD}%zz@127.0.0.1:1/db"),
+        format!("postgres://u:{PASSWORD}@127.0.0.1:1/d%zzb"),
+        format!("host=127.0.0.1 password={PASSWORD}"),
+        format!("mysql://root:{PASSWORD}@127.0.0.1/db"),
+    ]
+}
+
+const COMMANDS: [&[&str]; 5] = [
+    &["status"],
+    &["migrate"],
+    &["check"],
+    &["demo"],
+    &["--once"],
+];
+
+fn assert_no_password(out: &Output, what: &str) {
+    let all = everything(out);
+    assert!(
+        !all.contains(PASSWORD),
+        "{what}: the password leaked:\n{all}"
+    );
+    assert!(!all.contains("panicked"), "{what}: {all}");
+    assert_ne!(out.status.code(), Some(0), "{what}: {all}");
+    assert!(!all.trim().is_empty(), "{what}: says something");
+}
+
+#[test]
+fn no_output_shows_a_database_password_given_by_flag_or_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in secret_urls() {
+        for command in COMMANDS {
+            let mut args = vec!["--database-url", url.as_str()];
+            args.extend_from_slice(command);
+            let out = jobsync(dir.path(), &args, &[("RUST_LOG", "debug")]);
+            assert_no_password(&out, &format!("{args:?}"));
+            if command != ["demo"] {
+                let out = jobsync(
+                    dir.path(),
+                    command,
+                    &[("RUST_LOG", "debug"), ("JOBSYNC_DATABASE__URL", &url)],
+                );
+                assert_no_password(&out, &format!("JOBSYNC_DATABASE__URL={url} {command:?}"));
+            }
+        }
+    }
+}
+
+#[test]
+fn a_malformed_postgres_url_is_a_configuration_error_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("postgres://u:{PASSWORD}@[::1/db");
+    let out = jobsync(dir.path(), &["--database-url", &url, "status"], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("`database.url`") && err.contains("unparseable") && !err.contains(PASSWORD),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_connection_error_keeps_the_user_and_host_but_not_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("postgres://someone:{PASSWORD}@127.0.0.1:1/db");
+    let out = jobsync(dir.path(), &["--database-url", &url, "status"], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("postgres://someone:***@127.0.0.1:1/db"),
+        "{err}"
+    );
+}
