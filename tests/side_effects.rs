@@ -1,10 +1,11 @@
-//! A runtime that tells the truth and leaves nothing behind: a database password never reaches any
-//! output.
+//! A runtime that tells the truth and leaves nothing behind: a wrong database path fails before
+//! any file is written, and a database password never reaches any output.
 
 mod common;
 
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "Sup3rSecretPw";
 
@@ -36,6 +37,82 @@ fn stderr(out: &Output) -> String {
 
 fn everything(out: &Output) -> String {
     format!("{}{}", stdout(out), stderr(out))
+}
+
+fn sqlite_url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+/// Files in `dir`, by name.
+fn files_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+// --- a wrong SQLite path ------------------------------------------------------------------------
+
+#[test]
+fn a_text_file_is_refused_by_name_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = dir.path().join("notes.txt");
+    let text = "these are not the rows you are looking for\n".repeat(200);
+    std::fs::write(&notes, &text).unwrap();
+    let url = sqlite_url(&notes);
+    for args in [
+        vec!["--database-url", &url, "status"],
+        vec!["--database-url", &url, "migrate"],
+        vec!["--database-url", &url, "--once"],
+        vec!["--database-url", &url, "outbox", "list"],
+    ] {
+        let started = Instant::now();
+        let out = jobsync(dir.path(), &args, &[]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", everything(&out));
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(
+            err.contains(&notes.display().to_string()) && err.contains("not a SQLite database"),
+            "{args:?}: the error names the file and what is wrong with it: {err}"
+        );
+        assert!(err.contains("database.url"), "{args:?}: and the fix: {err}");
+        // Fails at once, not after the pool's 30 s of retries.
+        assert!(started.elapsed() < Duration::from_secs(10), "{args:?}");
+        // Nothing was written next to it, nor into it. (`notes.txt.lock` is created by the
+        // migration lock; this holds because the file is refused before migrations start.)
+        assert_eq!(files_in(dir.path()), ["notes.txt"], "{args:?}");
+        assert_eq!(std::fs::read_to_string(&notes).unwrap(), text);
+    }
+}
+
+#[test]
+fn a_directory_or_a_missing_directory_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let as_dir = sqlite_url(dir.path());
+    let out = jobsync(dir.path(), &["--database-url", &as_dir, "status"], &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(&dir.path().display().to_string()), "{err}");
+    let missing = dir.path().join("nowhere/j.db");
+    let out = jobsync(
+        dir.path(),
+        &["--database-url", &sqlite_url(&missing), "status"],
+        &[],
+    );
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&dir.path().join("nowhere").display().to_string()),
+        "{err}"
+    );
+    assert!(
+        files_in(dir.path()).is_empty(),
+        "{:?}",
+        files_in(dir.path())
+    );
 }
 
 // --- database passwords -------------------------------------------------------------------------

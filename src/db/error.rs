@@ -22,6 +22,13 @@ pub enum DbError {
     Task(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// An error of the SQLite database at `path`, whose own message does not say which file.
+    #[error("{source} (SQLite database {path})")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: Box<DbError>,
+    },
 }
 
 impl From<diesel::r2d2::PoolError> for DbError {

@@ -94,9 +94,11 @@ impl Db {
         Ok(db)
     }
 
-    /// Connects without migrating. Pools open connections on demand only (`min_idle(0)`): r2d2's
-    /// default fills the pool from background threads, and a process exiting while one of them is
-    /// inside libpq's TLS/SCRAM handshake crashes in OpenSSL's exit-time cleanup.
+    /// Connects without migrating. A SQLite file is opened and read once first, so that a path
+    /// naming something else than a database fails here, by name, before anything (a WAL file, a
+    /// lock file) is written next to it. Pools open connections on demand only (`min_idle(0)`):
+    /// r2d2's default fills the pool from background threads, and a process exiting while one of
+    /// them is inside libpq's TLS/SCRAM handshake crashes in OpenSSL's exit-time cleanup.
     pub fn connect(url: &str) -> Result<Db, DbError> {
         let parsed = DatabaseUrl::parse(url).map_err(|reason| DbError::Url {
             url: redact(url),
@@ -107,6 +109,20 @@ impl Db {
             DatabaseUrl::Postgres(url) => connect_pg(&url)?,
         };
         Ok(Db { backend })
+    }
+
+    /// On SQLite, names the file in an error whose message does not (SQLite's own never do).
+    fn name_file(&self, e: DbError) -> DbError {
+        match (&self.backend, e) {
+            (
+                Backend::Sqlite { path, .. },
+                e @ (DbError::Pool(_) | DbError::Query(_) | DbError::Migration(_)),
+            ) if !e.to_string().contains(&*path.to_string_lossy()) => DbError::Sqlite {
+                path: path.display().to_string(),
+                source: Box::new(e),
+            },
+            (_, e) => e,
+        }
     }
 
     pub fn is_sqlite(&self) -> bool {
@@ -125,7 +141,10 @@ impl Db {
     /// blocking sections).
     pub fn conn(&self) -> Result<Conn, DbError> {
         match &self.backend {
-            Backend::Sqlite { pool, .. } => Ok(Conn::Sqlite(pool.get()?)),
+            Backend::Sqlite { pool, .. } => pool
+                .get()
+                .map(Conn::Sqlite)
+                .map_err(|e| self.name_file(e.into())),
             Backend::Pg { pool, url, .. } => pool
                 .get()
                 .map(Conn::Pg)
@@ -142,7 +161,7 @@ impl Db {
         let db = self.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = db.conn()?;
-            work(&mut conn)
+            work(&mut conn).map_err(|e| db.name_file(e))
         })
         .await
         .map_err(|e| DbError::Task(e.to_string()))?
@@ -151,14 +170,15 @@ impl Db {
     /// One trivial query: the database answers.
     pub fn ping(&self) -> Result<(), DbError> {
         let mut conn = self.conn()?;
-        with_conn!(&mut conn, |c| diesel::sql_query("SELECT 1").execute(c))?;
+        with_conn!(&mut conn, |c| diesel::sql_query("SELECT 1").execute(c))
+            .map_err(|e| self.name_file(e.into()))?;
         Ok(())
     }
 
     /// Applies pending migrations; a no-op when there are none. Safe when several processes
     /// start together: PostgreSQL takes an advisory lock, SQLite a kernel file lock.
     pub fn migrate(&self) -> Result<usize, DbError> {
-        migrate::run(self)
+        migrate::run(self).map_err(|e| self.name_file(e))
     }
 }
 
@@ -193,15 +213,20 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
 }
 
 /// Logs the errors of the pool's own connection attempts (r2d2 would log them bare, through
-/// `log`) with the PostgreSQL password scrubbed.
+/// `log`): naming the SQLite file, or with the PostgreSQL password scrubbed.
 #[derive(Debug)]
 enum PoolErrorLog {
+    Sqlite(PathBuf),
     Pg(Arc<str>),
 }
 
 impl HandleError<diesel::r2d2::Error> for PoolErrorLog {
     fn handle_error(&self, error: diesel::r2d2::Error) {
         match self {
+            PoolErrorLog::Sqlite(path) => tracing::error!(
+                database = %path.display(),
+                "cannot open a connection to the SQLite database: {error}"
+            ),
             PoolErrorLog::Pg(url) => tracing::error!(
                 database = %redact(url),
                 "cannot open a connection to the PostgreSQL database: {}",
@@ -212,28 +237,64 @@ impl HandleError<diesel::r2d2::Error> for PoolErrorLog {
 }
 
 fn connect_sqlite(path: PathBuf) -> Result<Backend, DbError> {
+    let failed = |reason: String| DbError::Connect {
+        backend: "sqlite",
+        reason,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
         && !dir.is_dir()
     {
-        return Err(DbError::Connect {
-            backend: "sqlite",
-            reason: format!(
-                "directory {} does not exist; create it or point database.url elsewhere",
-                dir.display()
-            ),
-        });
+        return Err(failed(format!(
+            "directory {} does not exist; create it or point database.url elsewhere",
+            dir.display()
+        )));
+    }
+    if path.is_dir() {
+        return Err(failed(format!(
+            "{} is a directory; point database.url at a file in it, e.g. sqlite://{}",
+            path.display(),
+            path.join("jobsync.db").display()
+        )));
     }
     let url = path.to_string_lossy().to_string();
-    // Surface the real error (permissions, not a database) before the pool hides it.
-    SqliteConnection::establish(&url).map_err(|e| DbError::Connect {
-        backend: "sqlite",
-        reason: format!("{}: {e}", path.display()),
+    // Open and read once before the pool exists: the real error (permissions, not a database),
+    // by file name, and before the pool's PRAGMAs switch a file to WAL or migrations take their
+    // lock beside it. SQLite opens files lazily, so only a read tells a database from a text file.
+    let mut probe = SqliteConnection::establish(&url).map_err(|e| {
+        failed(format!(
+            "cannot open {}: {e}; check the path and its permissions",
+            path.display()
+        ))
     })?;
+    // Waits, as the pool's connections do, for a process that is migrating the file.
+    probe
+        .batch_execute("PRAGMA busy_timeout = 15000")
+        .and_then(|()| diesel::sql_query("SELECT count(*) FROM sqlite_master").execute(&mut probe))
+        .map_err(|e| {
+            let is_not_db = matches!(
+                &e,
+                diesel::result::Error::DatabaseError(_, info)
+                    if info.message().contains("not a database")
+            );
+            failed(if is_not_db {
+                format!(
+                    "{} is not a SQLite database ({e}); point database.url at a jobsync database file, or at a new path to create one",
+                    path.display()
+                )
+            } else {
+                format!(
+                    "cannot read {}: {e}; check the path, its permissions and the disk",
+                    path.display()
+                )
+            })
+        })?;
+    drop(probe);
     let pool = Pool::builder()
         .max_size(4)
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(30))
         .connection_customizer(Box::new(SqlitePragmas))
+        .error_handler(Box::new(PoolErrorLog::Sqlite(path.clone())))
         .build_unchecked(ConnectionManager::new(url));
     Ok(Backend::Sqlite { pool, path })
 }
@@ -262,6 +323,45 @@ fn connect_pg(url: &str) -> Result<Backend, DbError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_file_is_not_a_database_and_stays_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "not a database, just some notes\n".repeat(100)).unwrap();
+        let err = Db::connect(&format!("sqlite://{}", path.display()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("{} is not a SQLite database", path.display()))
+                && err.contains("database.url"),
+            "{err}"
+        );
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "nothing written beside it");
+    }
+
+    #[test]
+    fn sqlite_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        let db = Db::open(&format!("sqlite://{}", path.display())).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let err = rt
+            .block_on(db.run(|conn| {
+                with_conn!(conn, |c| diesel::sql_query("SELECT * FROM nowhere")
+                    .execute(c))?;
+                Ok(())
+            }))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no such table") && err.contains(&path.display().to_string()),
+            "{err}"
+        );
+    }
 
     #[test]
     fn refuses_unknown_schemes() {
