@@ -1,5 +1,5 @@
 //! A runtime that tells the truth and leaves nothing behind: a wrong database path fails before
-//! any file is written, and a database password never reaches any output.
+//! any file is written, a database password never reaches any output, and PostgreSQL statements time out.
 
 mod common;
 
@@ -198,4 +198,56 @@ fn a_connection_error_keeps_the_user_and_host_but_not_the_password() {
         err.contains("postgres://someone:***@127.0.0.1:1/db"),
         "{err}"
     );
+}
+
+// --- PostgreSQL statement_timeout ---------------------------------------------------------------
+
+#[test]
+fn pooled_postgres_connections_carry_the_statement_timeout() {
+    use diesel::prelude::*;
+    use jobsync::db::{Conn, Db, DbOptions};
+    let Some((url, _schema)) = common::fresh_postgres_schema() else {
+        return;
+    };
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement_timeout: String,
+    }
+    let show = |db: &Db| {
+        let mut conn = db.conn().unwrap();
+        let Conn::Pg(c) = &mut conn else {
+            panic!("a PostgreSQL connection")
+        };
+        diesel::sql_query("SHOW statement_timeout")
+            .get_result::<Setting>(&mut **c)
+            .unwrap()
+            .statement_timeout
+    };
+    let options = DbOptions {
+        statement_timeout: Some(Duration::from_secs(7)),
+    };
+    let db = Db::open_with(&url, options).unwrap();
+    // Every connection of the pool, not only the first.
+    let held: Vec<Conn> = (0..3).map(|_| db.conn().unwrap()).collect();
+    assert_eq!(show(&db), "7s");
+    drop(held);
+    assert_eq!(show(&db), "7s");
+    assert_eq!(show(&Db::connect(&url).unwrap()), "10min", "the default");
+    // A statement that outlives it fails instead of hanging.
+    let short = Db::connect_with(
+        &url,
+        DbOptions {
+            statement_timeout: Some(Duration::from_millis(200)),
+        },
+    )
+    .unwrap();
+    let mut conn = short.conn().unwrap();
+    let Conn::Pg(c) = &mut conn else {
+        unreachable!()
+    };
+    let err = diesel::sql_query("SELECT pg_sleep(5)")
+        .execute(&mut **c)
+        .unwrap_err();
+    assert!(err.to_string().contains("statement timeout"), "{err}");
 }

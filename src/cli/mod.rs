@@ -17,8 +17,9 @@ mod status;
 pub use args::{Cli, Command, GlobalArgs, ImportArgs, ImportFormat, OutboxCommand};
 
 use crate::config::{self, Config, ConfigError, Overrides};
-use crate::db::{Db, DbError};
+use crate::db::{Db, DbError, DbOptions};
 use std::process::ExitCode;
+use std::time::Duration;
 
 /// A failure the user sees: its message and exit code.
 #[derive(Debug)]
@@ -132,10 +133,19 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received; finishing the work in flight");
 }
 
+/// How the configuration sets up database connections: PostgreSQL statements time out after
+/// `sync.stall_secs`, so a wedged one fails its cycle instead of hanging it.
+pub fn db_options(config: &Config) -> DbOptions {
+    DbOptions {
+        statement_timeout: Some(Duration::from_secs(config.sync.stall_secs)),
+    }
+}
+
 /// Connects and migrates (every command that touches the database migrates first).
 pub async fn open_db(config: &Config) -> Result<Db, CliError> {
     let url = config.database.url.clone();
-    tokio::task::spawn_blocking(move || Db::open(&url))
+    let options = db_options(config);
+    tokio::task::spawn_blocking(move || Db::open_with(&url, options))
         .await
         .map_err(|e| CliError::failed(format!("database task failed: {e}")))?
         .map_err(CliError::from)
@@ -143,7 +153,8 @@ pub async fn open_db(config: &Config) -> Result<Db, CliError> {
 
 async fn migrate(config: &Config) -> CliResult {
     let url = config.database.url.clone();
-    let applied = tokio::task::spawn_blocking(move || Db::connect(&url)?.migrate())
+    let options = db_options(config);
+    let applied = tokio::task::spawn_blocking(move || Db::connect_with(&url, options)?.migrate())
         .await
         .map_err(|e| CliError::failed(format!("database task failed: {e}")))??;
     println!(

@@ -68,7 +68,29 @@ enum Backend {
     Pg {
         pool: PgPool,
         url: Arc<str>,
+        statement_timeout: Option<Duration>,
     },
+}
+
+/// How the pools set up their connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DbOptions {
+    /// PostgreSQL `statement_timeout` of every pooled connection (`sync.stall_secs`): a wedged
+    /// statement fails its cycle instead of hanging it. `None` keeps the server's setting.
+    pub statement_timeout: Option<Duration>,
+}
+
+impl DbOptions {
+    /// The default of `sync.stall_secs`.
+    pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(600);
+}
+
+impl Default for DbOptions {
+    fn default() -> Self {
+        DbOptions {
+            statement_timeout: Some(Self::DEFAULT_STATEMENT_TIMEOUT),
+        }
+    }
 }
 
 /// The database handle: cheap to clone, shared by the engine, the server and the commands.
@@ -87,11 +109,22 @@ impl std::fmt::Debug for Db {
 }
 
 impl Db {
-    /// Connects (reporting the real cause of a failure), then applies pending migrations.
+    /// Connects (reporting the real cause of a failure), then applies pending migrations. With
+    /// the default [`DbOptions`].
     pub fn open(url: &str) -> Result<Db, DbError> {
-        let db = Db::connect(url)?;
+        Db::open_with(url, DbOptions::default())
+    }
+
+    /// [`Db::open`] with the given options.
+    pub fn open_with(url: &str, options: DbOptions) -> Result<Db, DbError> {
+        let db = Db::connect_with(url, options)?;
         db.migrate()?;
         Ok(db)
+    }
+
+    /// Connects without migrating, with the default [`DbOptions`].
+    pub fn connect(url: &str) -> Result<Db, DbError> {
+        Db::connect_with(url, DbOptions::default())
     }
 
     /// Connects without migrating. A SQLite file is opened and read once first, so that a path
@@ -99,16 +132,27 @@ impl Db {
     /// lock file) is written next to it. Pools open connections on demand only (`min_idle(0)`):
     /// r2d2's default fills the pool from background threads, and a process exiting while one of
     /// them is inside libpq's TLS/SCRAM handshake crashes in OpenSSL's exit-time cleanup.
-    pub fn connect(url: &str) -> Result<Db, DbError> {
+    pub fn connect_with(url: &str, options: DbOptions) -> Result<Db, DbError> {
         let parsed = DatabaseUrl::parse(url).map_err(|reason| DbError::Url {
             url: redact(url),
             reason,
         })?;
         let backend = match parsed {
             DatabaseUrl::Sqlite(path) => connect_sqlite(path)?,
-            DatabaseUrl::Postgres(url) => connect_pg(&url)?,
+            DatabaseUrl::Postgres(url) => connect_pg(&url, options)?,
         };
         Ok(Db { backend })
+    }
+
+    /// The `statement_timeout` PostgreSQL connections start with (`None` on SQLite, or when the
+    /// server's own setting is kept): what a session that changes it for a while returns to.
+    pub fn statement_timeout(&self) -> Option<Duration> {
+        match &self.backend {
+            Backend::Pg {
+                statement_timeout, ..
+            } => *statement_timeout,
+            Backend::Sqlite { .. } => None,
+        }
     }
 
     /// On SQLite, names the file in an error whose message does not (SQLite's own never do).
@@ -212,6 +256,27 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
     }
 }
 
+/// Sets each new PostgreSQL connection's `statement_timeout`.
+#[derive(Debug)]
+struct PgSession {
+    statement_timeout: Option<Duration>,
+}
+
+impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        match self.statement_timeout {
+            // In milliseconds; 0 would mean "no timeout", so at least 1.
+            Some(timeout) => conn
+                .batch_execute(&format!(
+                    "SET statement_timeout = {}",
+                    timeout.as_millis().clamp(1, i32::MAX as u128)
+                ))
+                .map_err(diesel::r2d2::Error::QueryError),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Logs the errors of the pool's own connection attempts (r2d2 would log them bare, through
 /// `log`): naming the SQLite file, or with the PostgreSQL password scrubbed.
 #[derive(Debug)]
@@ -299,7 +364,7 @@ fn connect_sqlite(path: PathBuf) -> Result<Backend, DbError> {
     Ok(Backend::Sqlite { pool, path })
 }
 
-fn connect_pg(url: &str) -> Result<Backend, DbError> {
+fn connect_pg(url: &str, options: DbOptions) -> Result<Backend, DbError> {
     PgConnection::establish(url).map_err(|e| DbError::Connect {
         backend: "postgres",
         // libpq repeats its message once per address tried; one line says it. It may quote the
@@ -315,9 +380,16 @@ fn connect_pg(url: &str) -> Result<Backend, DbError> {
         .max_size(6)
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(30))
+        .connection_customizer(Box::new(PgSession {
+            statement_timeout: options.statement_timeout,
+        }))
         .error_handler(Box::new(PoolErrorLog::Pg(url.clone())))
         .build_unchecked(ConnectionManager::new(&*url));
-    Ok(Backend::Pg { pool, url })
+    Ok(Backend::Pg {
+        pool,
+        url,
+        statement_timeout: options.statement_timeout,
+    })
 }
 
 #[cfg(test)]
@@ -360,6 +432,16 @@ mod tests {
         assert!(
             err.contains("no such table") && err.contains(&path.display().to_string()),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_default_statement_timeout_is_the_default_stall_budget() {
+        assert_eq!(
+            DbOptions::default().statement_timeout,
+            Some(Duration::from_secs(
+                crate::config::SyncConfig::default().stall_secs
+            ))
         );
     }
 
