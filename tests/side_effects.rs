@@ -1,5 +1,6 @@
 //! A runtime that tells the truth and leaves nothing behind: a wrong database path fails before
-//! any file is written, a database password never reaches any output, and PostgreSQL statements time out.
+//! any file is written, a database password never reaches any output, `database.url_file` reads the URL from a Secret mount, and
+//! PostgreSQL statements time out.
 
 mod common;
 
@@ -174,6 +175,28 @@ fn no_output_shows_a_database_password_given_by_flag_or_environment() {
 }
 
 #[test]
+fn no_output_shows_a_database_password_read_from_url_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("database-url");
+    let file_arg = file.display().to_string();
+    for url in secret_urls() {
+        std::fs::write(&file, format!("{url}\n")).unwrap();
+        // `demo` uses its own file unless given --database-url.
+        for command in COMMANDS.iter().filter(|c| **c != ["demo"]) {
+            let out = jobsync(
+                dir.path(),
+                command,
+                &[
+                    ("RUST_LOG", "debug"),
+                    ("JOBSYNC_DATABASE__URL_FILE", &file_arg),
+                ],
+            );
+            assert_no_password(&out, &format!("url_file holding {url}: {command:?}"));
+        }
+    }
+}
+
+#[test]
 fn a_malformed_postgres_url_is_a_configuration_error_naming_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("postgres://u:{PASSWORD}@[::1/db");
@@ -198,6 +221,144 @@ fn a_connection_error_keeps_the_user_and_host_but_not_the_password() {
         err.contains("postgres://someone:***@127.0.0.1:1/db"),
         "{err}"
     );
+}
+
+// --- database.url_file --------------------------------------------------------------------------
+
+#[test]
+fn url_file_names_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("from-secret.db");
+    let file = dir.path().join("url");
+    std::fs::write(&file, format!("  {}\n", sqlite_url(&db_path))).unwrap();
+    let file_arg = file.display().to_string();
+    let out = jobsync(
+        dir.path(),
+        &["status"],
+        &[("JOBSYNC_DATABASE__URL_FILE", &file_arg)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", everything(&out));
+    assert!(db_path.exists(), "{:?}", files_in(dir.path()));
+    assert!(!dir.path().join("jobsync.db").exists());
+
+    // From a configuration file too.
+    let toml = dir.path().join("jobsync.toml");
+    std::fs::write(&toml, format!("[database]\nurl_file = {file_arg:?}\n")).unwrap();
+    let out = jobsync(
+        dir.path(),
+        &["--config", &toml.display().to_string(), "migrate"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", everything(&out));
+    assert!(stdout(&out).contains("from-secret.db"), "{}", stdout(&out));
+}
+
+#[test]
+fn the_database_url_flag_wins_over_url_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let flagged = dir.path().join("flag.db");
+    let out = jobsync(
+        dir.path(),
+        &["--database-url", &sqlite_url(&flagged), "status"],
+        &[("JOBSYNC_DATABASE__URL_FILE", "/nonexistent/secret/url")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", everything(&out));
+    assert!(flagged.exists());
+}
+
+fn assert_config_error(out: &Output, expected: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(2), "{}", everything(out));
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    for part in expected {
+        assert!(err.contains(part), "expected {part:?} in {err}");
+    }
+    assert!(!err.contains(PASSWORD), "{err}");
+}
+
+#[test]
+fn url_and_url_file_together_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("url");
+    std::fs::write(&file, format!("postgres://u:{PASSWORD}@db/x")).unwrap();
+    let file_arg = file.display().to_string();
+    let other = sqlite_url(&dir.path().join("j.db"));
+    let out = jobsync(
+        dir.path(),
+        &["status"],
+        &[
+            ("JOBSYNC_DATABASE__URL", &other),
+            ("JOBSYNC_DATABASE__URL_FILE", &file_arg),
+        ],
+    );
+    assert_config_error(
+        &out,
+        &[
+            "database.url",
+            "database.url_file",
+            "keep one",
+            "JOBSYNC_DATABASE__URL",
+        ],
+    );
+    // A database.url written in a configuration file counts as set too.
+    let toml = dir.path().join("jobsync.toml");
+    std::fs::write(&toml, format!("[database]\nurl = {other:?}\n")).unwrap();
+    let toml_arg = toml.display().to_string();
+    let out = jobsync(
+        dir.path(),
+        &["--config", &toml_arg, "status"],
+        &[("JOBSYNC_DATABASE__URL_FILE", &file_arg)],
+    );
+    assert_config_error(&out, &["keep one", &toml_arg]);
+    assert!(files_in(dir.path()).iter().all(|f| f != "j.db"));
+}
+
+#[test]
+fn an_unreadable_empty_or_invalid_url_file_names_the_key_and_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let missing_arg = missing.display().to_string();
+    let out = jobsync(
+        dir.path(),
+        &["status"],
+        &[("JOBSYNC_DATABASE__URL_FILE", &missing_arg)],
+    );
+    assert_config_error(
+        &out,
+        &[
+            "`database.url_file`",
+            &missing_arg,
+            "JOBSYNC_DATABASE__URL_FILE",
+            "cannot be read",
+        ],
+    );
+
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, " \n").unwrap();
+    let empty_arg = empty.display().to_string();
+    let out = jobsync(
+        dir.path(),
+        &["status"],
+        &[("JOBSYNC_DATABASE__URL_FILE", &empty_arg)],
+    );
+    assert_config_error(&out, &["`database.url_file`", &empty_arg, "empty"]);
+
+    for bad in [
+        format!("postgres://u:{PASSWORD}@[::1/db"),
+        format!("host=db password={PASSWORD}"),
+        format!("mysql://root:{PASSWORD}@db/x"),
+    ] {
+        let file = dir.path().join("bad");
+        std::fs::write(&file, &bad).unwrap();
+        let file_arg = file.display().to_string();
+        let out = jobsync(
+            dir.path(),
+            &["status"],
+            &[("JOBSYNC_DATABASE__URL_FILE", &file_arg)],
+        );
+        assert_config_error(&out, &["`database.url_file`", &file_arg]);
+    }
+    assert_eq!(files_in(dir.path()), ["bad", "empty"]);
 }
 
 // --- PostgreSQL statement_timeout ---------------------------------------------------------------

@@ -1,7 +1,7 @@
 //! Builds the figment layers and turns every failure into a [`ConfigError`] that names the key,
 //! the value and where it came from.
 
-use super::types::Config;
+use super::types::{Config, DatabaseUrl};
 use super::validate::validate;
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::value::{Dict, Map};
@@ -54,9 +54,66 @@ pub enum ConfigError {
 /// Loads and validates the configuration.
 pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
     let figment = layers(overrides)?;
-    let config: Config = figment.extract().map_err(|e| from_figment(&figment, e))?;
+    let mut config: Config = figment.extract().map_err(|e| from_figment(&figment, e))?;
+    read_url_file(&figment, &mut config)?;
     validate(&config).map_err(|(key, reason)| invalid(&figment, key, reason))?;
     Ok(config)
+}
+
+/// `database.url_file`: the URL is the file's trimmed content. Set together with `database.url`
+/// in a file or the environment, it is refused ("keep one"), as for the token; the
+/// `--database-url` flag, the most specific layer, overrides it (and the file is not read).
+fn read_url_file(figment: &Figment, config: &mut Config) -> Result<(), ConfigError> {
+    const KEY: &str = "database.url_file";
+    let Some(path) = config.database.url_file.clone() else {
+        return Ok(());
+    };
+    let url_layer = figment.find_metadata("database.url");
+    match url_layer.map(|m| m.name.as_ref()) {
+        Some(FLAGS) => return Ok(()),
+        None | Some(DEFAULTS) => {}
+        Some(_) => {
+            let url_origin = url_layer
+                .map(|m| describe_source(m, &["database", "url"]))
+                .unwrap_or_default();
+            return Err(invalid(
+                figment,
+                KEY,
+                format!(
+                    "database.url is set too (from {url_origin}); keep one: the URL, or the file holding it (only the --database-url flag overrides the file)"
+                ),
+            ));
+        }
+    }
+    let url = match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().to_string(),
+        Err(e) => {
+            return Err(invalid(
+                figment,
+                KEY,
+                format!("the file cannot be read ({e}); check the Secret is mounted there"),
+            ));
+        }
+    };
+    if url.is_empty() {
+        return Err(invalid(
+            figment,
+            KEY,
+            "the file is empty; it must hold the database URL".into(),
+        ));
+    }
+    DatabaseUrl::parse(&url).map_err(|reason| {
+        invalid(
+            figment,
+            KEY,
+            format!(
+                "the file holds {}, which is not usable: {reason}",
+                crate::db::redact(&url)
+            ),
+        )
+    })?;
+    config.database.url = url;
+    Ok(())
 }
 
 fn layers(overrides: &Overrides) -> Result<Figment, ConfigError> {

@@ -48,13 +48,17 @@ impl Default for ApiConfig {
 #[derive(Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseConfig {
+    /// After loading, the URL in use: `url_file`'s content when that is what named it.
     pub url: String,
+    /// A file whose trimmed content is the URL (a Kubernetes Secret mount), read once at load.
+    pub url_file: Option<PathBuf>,
 }
 
 impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             url: "sqlite://jobsync.db".into(),
+            url_file: None,
         }
     }
 }
@@ -64,6 +68,7 @@ impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseConfig")
             .field("url", &crate::db::redact(&self.url))
+            .field("url_file", &self.url_file)
             .finish()
     }
 }
