@@ -1,5 +1,6 @@
 //! A runtime that tells the truth and leaves nothing behind: a wrong database path fails before
-//! any file is written, a database password never reaches any output, `database.url_file` reads the URL from a Secret mount, and
+//! any file is written, a database password never reaches any output, `demo` does not write into
+//! a database it did not create, `database.url_file` reads the URL from a Secret mount, and
 //! PostgreSQL statements time out.
 
 mod common;
@@ -221,6 +222,91 @@ fn a_connection_error_keeps_the_user_and_host_but_not_the_password() {
         err.contains("postgres://someone:***@127.0.0.1:1/db"),
         "{err}"
     );
+}
+
+// --- demo on a database it did not write --------------------------------------------------------
+
+fn demo(dir: &Path, url: &str, force: bool) -> Output {
+    let mut args = vec!["--database-url", url, "demo"];
+    if force {
+        args.push("--force");
+    }
+    jobsync(dir, &args, &[])
+}
+
+#[test]
+fn demo_refuses_a_database_holding_runs_it_did_not_write() {
+    use jobsync::db::repo::runs;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("production.db");
+    let url = sqlite_url(&path);
+    {
+        let db = jobsync::db::Db::open(&url).unwrap();
+        let mut c = db.conn().unwrap();
+        runs::start(&mut c, "once", jobsync::db::Ts::now()).unwrap();
+    }
+    let before = std::fs::read(&path).unwrap();
+    let out = demo(dir.path(), &url, false);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{}", everything(&out));
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(
+        err.contains("--force") && err.contains("1 sync run") && err.contains("demo"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the database is untouched"
+    );
+
+    let out = demo(dir.path(), &url, true);
+    assert_eq!(out.status.code(), Some(0), "{}", everything(&out));
+    assert!(
+        stdout(&out).contains("ok (incremental)"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn demo_refuses_a_database_holding_outbox_rows_it_did_not_write() {
+    use jobsync::db::models::NewOutboxRow;
+    use jobsync::db::repo::outbox;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("crm.db");
+    let url = sqlite_url(&path);
+    {
+        let db = jobsync::db::Db::open(&url).unwrap();
+        let mut c = db.conn().unwrap();
+        let row = NewOutboxRow {
+            op: "create".into(),
+            campaign: Some(28),
+            reference: Some("real-customer".into()),
+            job_id: None,
+            payload: "{}".into(),
+        };
+        outbox::insert(&mut c, &[row]).unwrap();
+    }
+    let out = demo(dir.path(), &url, false);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{}", everything(&out));
+    assert!(
+        err.contains("1 outbox row") && err.contains("--force"),
+        "{err}"
+    );
+}
+
+#[test]
+fn demo_runs_on_a_fresh_path_and_again_on_its_own_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir.path().join("tour.db"));
+    let out = demo(dir.path(), &url, false);
+    assert_eq!(out.status.code(), Some(0), "{}", everything(&out));
+    assert!(stdout(&out).contains("ok (full)"), "{}", stdout(&out));
+    // The demo's own database, written by the first tour: a second tour is welcome.
+    let out = demo(dir.path(), &url, false);
+    assert_eq!(out.status.code(), Some(0), "{}", everything(&out));
 }
 
 // --- database.url_file --------------------------------------------------------------------------

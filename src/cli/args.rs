@@ -73,7 +73,12 @@ pub enum Command {
     /// Run a faithful local stand-in for the Jobs API
     Simulate(crate::sim::SimulateArgs),
     /// A one-command tour: the simulator in-process, sync cycles into a local SQLite file
-    Demo,
+    Demo {
+        /// With --database-url: write the demo's jobs into that database even when it holds
+        /// data the demo did not write
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Args)]

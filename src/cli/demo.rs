@@ -1,11 +1,16 @@
 //! `jobsync demo`: the one-command tour. Starts the simulator in-process, syncs into a local
 //! SQLite file (`jobsync-demo.db`, or `--database-url`), lets the simulated dialer call some
 //! jobs, syncs again, and prints what happened — mirror, changefeed, runs.
+//!
+//! Pointed at a database with `--database-url`, it first makes sure that database is its own (a
+//! marker it writes when it starts on an empty one) or empty: it would otherwise write its demo
+//! jobs and outbox rows among real ones, and push them. `--force` overrides.
 
 use super::{CliError, CliResult, context, once};
 use crate::config::Config;
 use crate::db::models::NewOutboxRow;
-use crate::db::repo::{changes, jobs, outbox};
+use crate::db::repo::report::{self, DEMO_MARKER, Holdings};
+use crate::db::repo::{changes, jobs, outbox, state};
 use crate::db::{Db, redact};
 use crate::secret::Secret;
 use crate::sim::{SimConfig, SimHandle};
@@ -16,7 +21,7 @@ use serde_json::json;
 const DEMO_DB: &str = "sqlite://jobsync-demo.db";
 const CAMPAIGNS: [i64; 2] = [28, 29];
 
-pub async fn run(config: &Config, database_url_given: bool) -> CliResult {
+pub async fn run(config: &Config, database_url_given: bool, force: bool) -> CliResult {
     let url = if database_url_given {
         config.database.url.clone()
     } else {
@@ -26,10 +31,16 @@ pub async fn run(config: &Config, database_url_given: bool) -> CliResult {
         }
         DEMO_DB.to_string()
     };
-    println!(
-        "jobsync demo: a simulated Jobs API on loopback, mirrored into {}\n",
-        redact(&url)
-    );
+    let shown = redact(&url);
+    let found = inspect(config, &url).await?;
+    let ours = found.is_empty() || found.demo_marker.is_some();
+    if !ours && !force {
+        return Err(CliError::usage(format!(
+            "{shown} holds data the demo did not write ({}); the demo would write its demo jobs and outbox rows into it and push them: run `jobsync demo` without --database-url (a fresh ./jobsync-demo.db) or give it a new file, or add --force to write into this database anyway",
+            describe(&found)
+        )));
+    }
+    println!("jobsync demo: a simulated Jobs API on loopback, mirrored into {shown}\n");
     let sim = crate::sim::spawn(
         "127.0.0.1:0".parse().expect("a socket address"),
         SimConfig {
@@ -54,6 +65,12 @@ pub async fn run(config: &Config, database_url_given: bool) -> CliResult {
     demo.sync.campaigns = CAMPAIGNS.to_vec();
     let engine = context::engine(&demo, "demo", StopFlag::new()).await?;
     let db = engine.db.clone();
+    if found.is_empty() && found.demo_marker.is_none() {
+        // Later tours on this database know it is the demo's.
+        let now = crate::db::Ts::now().to_string();
+        db.run(move |c| state::set(c, DEMO_MARKER, &format!("created by jobsync demo at {now}")))
+            .await?;
+    }
     let seq_before = last_seq(&db).await?;
     cycle(
         &engine,
@@ -153,6 +170,34 @@ fn crm_changes() -> Vec<NewOutboxRow> {
         row("patch", None, Some(3), json!({"city": "Lyon"})),
         row("unqueue", None, Some(4), json!({})),
     ]
+}
+
+/// What the database holds, read before anything (the simulator, migrations) starts.
+async fn inspect(config: &Config, url: &str) -> Result<Holdings, CliError> {
+    let url = url.to_string();
+    let options = super::db_options(config);
+    tokio::task::spawn_blocking(move || {
+        let db = Db::connect_with(&url, options)?;
+        let mut conn = db.conn()?;
+        report::holdings(&mut conn)
+    })
+    .await
+    .map_err(|e| CliError::failed(format!("database task failed: {e}")))?
+    .map_err(CliError::from)
+}
+
+fn describe(found: &Holdings) -> String {
+    let plural = |n: i64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    [
+        (found.jobs, "job"),
+        (found.outbox_rows, "outbox row"),
+        (found.sync_runs, "sync run"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| plural(n, what))
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
 async fn last_seq(db: &Db) -> Result<i64, CliError> {

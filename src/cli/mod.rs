@@ -94,7 +94,7 @@ async fn dispatch(cli: Cli) -> CliResult {
     }
     let config = config::load(&overrides)?;
     // The demo is a printed tour: only warnings unless RUST_LOG asks for more.
-    let default_level = if matches!(command, Command::Demo) {
+    let default_level = if matches!(command, Command::Demo { .. }) {
         "warn"
     } else {
         "info"
@@ -111,7 +111,7 @@ async fn dispatch(cli: Cli) -> CliResult {
             changes::run(&open_db(&config).await?, since, follow).await
         }
         Command::Prune => prune::run(&config).await,
-        Command::Demo => demo::run(&config, cli_database_url).await,
+        Command::Demo { force } => demo::run(&config, cli_database_url, force).await,
         Command::Simulate(_) | Command::Check => unreachable!("handled above"),
     }
 }

@@ -43,3 +43,73 @@ pub fn read(conn: &mut Conn, recent: i64) -> Result<Report, DbError> {
 fn as_map<S: Serializer>(pairs: &[(String, i64)], s: S) -> Result<S::Ok, S::Error> {
     s.collect_map(pairs.iter().map(|(k, v)| (k, v)))
 }
+
+/// What a database holds of jobsync's, read without migrating it: a table not created yet counts
+/// as empty. `demo` asks before it writes into a database it was pointed at.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Holdings {
+    pub jobs: i64,
+    pub outbox_rows: i64,
+    pub sync_runs: i64,
+    /// `sync_state` value under [`DEMO_MARKER`], when `demo` created the database.
+    pub demo_marker: Option<String>,
+}
+
+impl Holdings {
+    pub fn is_empty(&self) -> bool {
+        self.jobs == 0 && self.outbox_rows == 0 && self.sync_runs == 0
+    }
+}
+
+/// The `sync_state` key `demo` writes when it starts on an empty database.
+pub const DEMO_MARKER: &str = "demo_database";
+
+pub fn holdings(conn: &mut Conn) -> Result<Holdings, DbError> {
+    use diesel::prelude::*;
+    use diesel::sql_types::{BigInt, Text};
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let mut exists = |table: &str| -> Result<bool, DbError> {
+        let found = match conn {
+            Conn::Sqlite(c) => diesel::sql_query(
+                "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = ?",
+            )
+            .bind::<Text, _>(table)
+            .get_result::<Count>(&mut **c)?,
+            // `to_regclass` follows the search path, as the unqualified queries below do.
+            Conn::Pg(c) => diesel::sql_query(
+                "SELECT count(*) AS n FROM (SELECT to_regclass($1) AS t) r WHERE t IS NOT NULL",
+            )
+            .bind::<Text, _>(table)
+            .get_result::<Count>(&mut **c)?,
+        };
+        Ok(found.n > 0)
+    };
+    let present: Vec<bool> = ["jobs", "outbox", "sync_runs", "sync_state"]
+        .into_iter()
+        .map(&mut exists)
+        .collect::<Result<_, _>>()?;
+    let mut count = |table: &str| -> Result<i64, DbError> {
+        let sql = format!("SELECT count(*) AS n FROM {table}");
+        Ok(crate::with_conn!(&mut *conn, |c| diesel::sql_query(&sql)
+            .get_result::<Count>(c))?
+        .n)
+    };
+    let mut holdings = Holdings::default();
+    if present[0] {
+        holdings.jobs = count("jobs")?;
+    }
+    if present[1] {
+        holdings.outbox_rows = count("outbox")?;
+    }
+    if present[2] {
+        holdings.sync_runs = count("sync_runs")?;
+    }
+    if present[3] {
+        holdings.demo_marker = state::get(conn, DEMO_MARKER)?;
+    }
+    Ok(holdings)
+}
