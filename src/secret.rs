@@ -1,8 +1,88 @@
 //! A string that must never be shown: the API token. `Debug` and `Display` print a placeholder,
 //! so the token cannot leak through logs, error messages or `status` output by accident.
+//!
+//! Text from outside (an API's error body, a library's error) may still quote a secret — a gateway
+//! echoing the request's `Authorization` header, libpq quoting a connection string. [`scrub`] is
+//! the one function every such text goes through before it reaches a log, `sync_runs.error`, an
+//! outbox row's `last_error`, `status`, `/status` or the terminal: it masks every secret this
+//! process knows ([`register`]: the token, the database password), any `Bearer …` credential, and
+//! caps the length.
 
 use serde::{Deserialize, Deserializer};
 use std::fmt;
+use std::sync::RwLock;
+
+/// Secrets [`scrub`] masks wherever they appear.
+static KNOWN: RwLock<Vec<String>> = RwLock::new(Vec::new());
+/// Shorter secrets are not masked in free text: masking every `abc` would garble messages, and
+/// such a secret protects nothing anyway.
+const MIN_SECRET_CHARS: usize = 4;
+/// The longest text [`scrub`] lets through.
+pub const MAX_TEXT_CHARS: usize = 1000;
+const MASK: &str = "***";
+
+/// Makes [`scrub`] mask `secret` from now on (the token, each time it is read; the database
+/// password).
+pub fn register(secret: &str) {
+    let secret = secret.trim();
+    if secret.chars().count() < MIN_SECRET_CHARS {
+        return;
+    }
+    let mut known = KNOWN.write().unwrap_or_else(|p| p.into_inner());
+    if !known.iter().any(|k| k == secret) {
+        known.push(secret.to_string());
+        // Longest first, so a secret containing another is masked whole.
+        known.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    }
+}
+
+/// `text` fit to show: known secrets and `Bearer` credentials masked, NUL characters (which
+/// PostgreSQL text cannot hold) replaced, at most [`MAX_TEXT_CHARS`] characters.
+pub fn scrub(text: &str) -> String {
+    let mut out = text.replace('\0', "\u{FFFD}");
+    for secret in KNOWN.read().unwrap_or_else(|p| p.into_inner()).iter() {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), MASK);
+        }
+    }
+    out = mask_bearer(&out);
+    if out.chars().count() > MAX_TEXT_CHARS {
+        let kept: String = out.chars().take(MAX_TEXT_CHARS).collect();
+        let cut = out.chars().count() - MAX_TEXT_CHARS;
+        out = format!("{kept}… ({cut} more characters)");
+    }
+    out
+}
+
+/// `Bearer abc.def` → `Bearer ***`, whatever the case of `Bearer`.
+fn mask_bearer(text: &str) -> String {
+    const WORD: &str = "bearer";
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut from = 0;
+    while let Some(found) = lower[from..].find(WORD) {
+        let start = from + found;
+        let after = start + WORD.len();
+        let gap = text[after..]
+            .char_indices()
+            .find(|(_, c)| !(c.is_whitespace() || *c == ':' || *c == '='))
+            .map_or(text.len() - after, |(i, _)| i);
+        let token_start = after + gap;
+        let token_len = text[token_start..]
+            .char_indices()
+            .find(|(_, c)| c.is_whitespace() || matches!(c, '"' | '\'' | ',' | ';' | '}'))
+            .map_or(text.len() - token_start, |(i, _)| i);
+        out.push_str(&text[from..token_start]);
+        if gap > 0 && token_len > 0 {
+            out.push_str(MASK);
+        } else {
+            out.push_str(&text[token_start..token_start + token_len]);
+        }
+        from = token_start + token_len;
+    }
+    out.push_str(&text[from..]);
+    out
+}
 
 #[derive(Clone, PartialEq, Eq, Default)]
 pub struct Secret(String);
@@ -43,6 +123,24 @@ impl<'de> Deserialize<'de> for Secret {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrub_masks_known_secrets_bearer_credentials_and_caps_length() {
+        register("s3cr3t-token-value");
+        let echoed = "bad auth Bearer s3cr3t-token-value; again: s3cr3t-token-value";
+        let shown = scrub(echoed);
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("Bearer ***"), "{shown}");
+        assert_eq!(
+            scrub("authorization: bearer abc.def-ghi, next"),
+            "authorization: bearer ***, next"
+        );
+        assert_eq!(scrub("no secret here"), "no secret here");
+        assert_eq!(scrub("x\0y"), "x\u{FFFD}y");
+        let long = scrub(&"a".repeat(5000));
+        assert!(long.starts_with(&"a".repeat(MAX_TEXT_CHARS)));
+        assert!(long.ends_with("(4000 more characters)"), "{long}");
+    }
 
     #[test]
     fn never_prints_the_value() {

@@ -498,3 +498,121 @@ fn pooled_postgres_connections_carry_the_statement_timeout() {
         .unwrap_err();
     assert!(err.to_string().contains("statement timeout"), "{err}");
 }
+
+// --- an API token echoed back by a gateway -------------------------------------------------------
+
+const TOKEN: &str = "Tok-EchoedBack-8f3a2c";
+
+/// A gateway that echoes the request's `Authorization` header in its 502 answers: to bulk creates
+/// always, and to listings once `fail_listings` is set.
+async fn echoing_gateway(fail_listings: std::sync::Arc<std::sync::atomic::AtomicBool>) -> String {
+    use axum::http::{HeaderMap, StatusCode, header};
+    use axum::response::IntoResponse;
+    use axum::routing::{get, post};
+    use std::sync::atomic::Ordering;
+    let echo = |headers: HeaderMap| {
+        let auth = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        (
+            StatusCode::BAD_GATEWAY,
+            [(
+                header::DATE,
+                chrono::Utc::now()
+                    .format("%a, %d %b %Y %H:%M:%S GMT")
+                    .to_string(),
+            )],
+            format!(
+                "{{\"message\": \"upstream refused: bad auth {auth} (token {})\"}}",
+                auth.trim_start_matches("Bearer ")
+            ),
+        )
+            .into_response()
+    };
+    let app = axum::Router::new()
+        .route(
+            "/j/jobs",
+            get(move |headers: HeaderMap| async move {
+                if fail_listings.load(Ordering::SeqCst) {
+                    return echo(headers);
+                }
+                let date = chrono::Utc::now()
+                    .format("%a, %d %b %Y %H:%M:%S GMT")
+                    .to_string();
+                (
+                    [
+                        (header::DATE, date),
+                        (header::CONTENT_TYPE, "application/json".into()),
+                    ],
+                    "[]",
+                )
+                    .into_response()
+            }),
+        )
+        .route(
+            "/j/jobs/bulk/create",
+            post(move |headers: HeaderMap| async move { echo(headers) }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}")
+}
+
+#[test]
+fn a_token_echoed_by_the_api_reaches_no_output_table_or_status() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let fail_listings = std::sync::Arc::new(AtomicBool::new(false));
+    let api = rt.block_on(echoing_gateway(fail_listings.clone()));
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(&dir.path().join("jobsync.db"));
+    let env = [
+        ("JOBSYNC_API__BASE_URL", api.as_str()),
+        ("JOBSYNC_API__TOKEN", TOKEN),
+        ("JOBSYNC_DATABASE__URL", url.as_str()),
+        ("RUST_LOG", "debug"),
+    ];
+    let file = dir.path().join("one.ndjson");
+    std::fs::write(
+        &file,
+        r#"{"op":"create","campaign":28,"reference":"echo-1","payload":{"name":"A"}}"#,
+    )
+    .unwrap();
+    let mut outputs = vec![jobsync(
+        dir.path(),
+        &["import", file.to_str().unwrap()],
+        &env,
+    )];
+    // The create's answer echoes the token (the row is in doubt, its last_error quotes the
+    // answer); then a listing's does (the run fails, its error quotes the answer).
+    outputs.push(jobsync(dir.path(), &["--once"], &env));
+    fail_listings.store(true, Ordering::SeqCst);
+    outputs.push(jobsync(dir.path(), &["--once"], &env));
+    outputs.push(jobsync(dir.path(), &["status"], &env));
+    outputs.push(jobsync(dir.path(), &["outbox", "list"], &env));
+    outputs.push(jobsync(dir.path(), &["check"], &env));
+    let shown: String = outputs.iter().map(everything).collect();
+    assert!(
+        shown.contains("upstream refused: bad auth Bearer ***"),
+        "the echo itself is reported, masked:\n{shown}"
+    );
+    assert!(!shown.contains(TOKEN), "the token leaked:\n{shown}");
+    // Every text column of every table.
+    let dump = std::process::Command::new("sqlite3")
+        .arg(dir.path().join("jobsync.db"))
+        .arg(".dump")
+        .output()
+        .expect("sqlite3 is installed");
+    let dump = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        dump.contains("upstream refused"),
+        "the errors were recorded:\n{dump}"
+    );
+    assert!(
+        !dump.contains(TOKEN),
+        "the token is in the database:\n{dump}"
+    );
+}

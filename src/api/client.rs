@@ -558,8 +558,17 @@ async fn error_answer(endpoint: &str, response: Response) -> ApiError {
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, Utc::now()));
-    let body = response.bytes().await.unwrap_or_default();
-    let message = body_message(&body);
+    // Only the start of an error body is read: its message is all that is kept.
+    let mut response = response;
+    let mut body = Vec::new();
+    while body.len() < 64 * 1024 {
+        match response.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    // A gateway may echo the request, `Authorization` header included.
+    let message = crate::secret::scrub(&body_message(&body));
     let endpoint = endpoint.to_owned();
     match status {
         401 | 403 => ApiError::Auth {

@@ -54,6 +54,8 @@ impl TokenProvider {
         let modified = modified.map_err(|e| read_error(path, &e))?;
         let text = std::fs::read_to_string(path).map_err(|e| read_error(path, &e))?;
         let token = Secret::new(text.trim());
+        // A rotated token is masked in error text as the first one was.
+        crate::secret::register(token.expose());
         if token.is_empty() {
             return Err(ApiError::Token(format!(
                 "`api.token_file` {} is empty; put the API token in it",

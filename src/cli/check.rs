@@ -7,7 +7,10 @@ use crate::db::Db;
 
 pub async fn run(overrides: &Overrides) -> CliResult {
     let config = match config::load(overrides) {
-        Ok(config) => config,
+        Ok(config) => {
+            super::register_secrets(&config);
+            config
+        }
         Err(e) => {
             println!("FAIL configuration: {e}");
             return Err(CliError::usage("configuration check failed"));

@@ -66,7 +66,7 @@ pub async fn run(cli: Cli) -> ExitCode {
     match dispatch(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", e.message);
+            eprintln!("error: {}", crate::secret::scrub(&e.message));
             ExitCode::from(e.code)
         }
     }
@@ -93,6 +93,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         return check::run(&overrides).await;
     }
     let config = config::load(&overrides)?;
+    register_secrets(&config);
     // The demo is a printed tour: only warnings unless RUST_LOG asks for more.
     let default_level = if matches!(command, Command::Demo { .. }) {
         "warn"
@@ -113,6 +114,17 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Prune => prune::run(&config).await,
         Command::Demo { force } => demo::run(&config, cli_database_url, force).await,
         Command::Simulate(_) | Command::Check => unreachable!("handled above"),
+    }
+}
+
+/// Tells [`crate::secret::scrub`] the secrets of this configuration, so that no error text from
+/// outside (an API body echoing the request, a library quoting a URL) shows them.
+pub fn register_secrets(config: &Config) {
+    if let Some(token) = &config.api.token {
+        crate::secret::register(token.expose());
+    }
+    for secret in crate::db::url_secrets(&config.database.url) {
+        crate::secret::register(&secret);
     }
 }
 

@@ -297,7 +297,7 @@ fn mask_keywords(input: &str, pairs: &Pairs) -> String {
 /// Every string of `input` that may be a password, raw and percent-decoded, read generously: by
 /// libpq's rules, and by the looser ones a reader might assume (the last `@`), whether or not the
 /// input parses.
-fn secrets(input: &str) -> Vec<String> {
+pub fn secrets(input: &str) -> Vec<String> {
     let mut found: Vec<String> = Vec::new();
     if input.starts_with("sqlite://") {
         return found;

@@ -19,7 +19,7 @@ pub mod schema;
 mod status;
 mod time;
 
-pub use conninfo::{check_url, redact, scrub};
+pub use conninfo::{check_url, redact, scrub, secrets as url_secrets};
 pub use error::DbError;
 pub use time::Ts;
 

@@ -118,7 +118,7 @@ pub async fn run_cycle(engine: &Engine, trigger: Trigger) -> Result<CycleSummary
         duration: started.elapsed(),
         auth_failed: result.as_ref().err().is_some_and(SyncError::is_auth),
         stopped,
-        error: result.err().map(|e| e.to_string()),
+        error: result.err().map(|e| crate::secret::scrub(&e.to_string())),
         pull: pulled,
         push: pushed,
     };

@@ -339,6 +339,9 @@ pub fn update_each(conn: &mut Conn, updates: &[(i64, RowUpdate)]) -> Result<(), 
     }
     for (mut shared, rows) in groups {
         shared.updated_at.get_or_insert_with(Ts::now);
+        if let Some(Some(error)) = &mut shared.last_error {
+            *error = crate::secret::scrub(error);
+        }
         for chunk in rows.chunks(CASE_ROWS) {
             update_with_job_ids(conn, chunk, &shared)?;
         }

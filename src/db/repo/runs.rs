@@ -44,7 +44,7 @@ pub fn finish(conn: &mut Conn, id: i64, outcome: &RunOutcome) -> Result<(), DbEr
                 sync_runs::pushed_ok.eq(outcome.pushed_ok),
                 sync_runs::pushed_failed.eq(outcome.pushed_failed),
                 sync_runs::api_calls.eq(outcome.api_calls),
-                sync_runs::error.eq(&outcome.error),
+                sync_runs::error.eq(outcome.error.as_deref().map(crate::secret::scrub)),
             ))
             .execute(c)?;
         Ok(())
