@@ -14,6 +14,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
 use serde_json::json;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -29,11 +30,17 @@ pub struct ServerContext {
 
 /// A running server; [`ServerHandle::stop`] ends it.
 pub struct ServerHandle {
+    addr: SocketAddr,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl ServerHandle {
+    /// The address bound (with the port chosen when `listen` asked for port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
@@ -64,7 +71,7 @@ pub async fn start(listen: &str, context: ServerContext) -> Result<ServerHandle,
             tracing::error!(error = %e, "the health server stopped");
         }
     });
-    Ok(ServerHandle { stop, task })
+    Ok(ServerHandle { addr, stop, task })
 }
 
 /// 200 while the process and its scheduler are alive and no running cycle has gone

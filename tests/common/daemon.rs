@@ -63,6 +63,14 @@ impl Daemon {
         self.child.id()
     }
 
+    /// `HOST:PORT` of the health server, for a test that speaks raw TCP to it.
+    pub fn health_addr(&self) -> &str {
+        self.health
+            .as_deref()
+            .and_then(|url| url.strip_prefix("http://"))
+            .unwrap()
+    }
+
     /// The next log line containing `needle`, within a deadline.
     pub fn wait_for_log(&mut self, needle: &str) -> String {
         self.wait_for_log_where(&format!("{needle:?}"), |line| line.contains(needle))
