@@ -1,0 +1,257 @@
+//! The health server against clients that misbehave (issue 11): a request whose headers never
+//! end, or a connection that sends nothing, is closed after the header-read timeout; connections
+//! beyond the limit wait for a free slot (they are not refused); a stop does not wait for a slow
+//! client beyond its bound. Every wait is a read deadline, never a sleep.
+
+mod common;
+
+use common::*;
+use jobsync::api::{ApiClient, ClientOptions, TokenSource};
+use jobsync::daemon::state::RunState;
+use jobsync::secret::Secret;
+use jobsync::server::{self, ServerContext, ServerHandle};
+use jobsync::sim::SimConfig;
+use std::io::{ErrorKind, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The documented header-read timeout and connection limit (README, "Health endpoints").
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_CONNECTIONS: usize = 64;
+/// The documented bound of a stop on connections still open.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+/// Allowance for a loaded machine on top of a timeout.
+const MARGIN: Duration = Duration::from_secs(3);
+
+/// A request cut short in its headers, as a slow-loris client sends it.
+const PARTIAL: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: jobsync\r\nUser-Agent: slo";
+const WHOLE: &[u8] = b"GET /healthz HTTP/1.1\r\nHost: jobsync\r\nConnection: close\r\n\r\n";
+
+/// How a connection stood at the end of a read, as the client sees it.
+enum Ending {
+    /// The server closed it (EOF or reset), after sending these bytes.
+    Closed(Vec<u8>),
+    /// Still open at the deadline, with these bytes received.
+    Open(Vec<u8>),
+}
+
+fn is_closed(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+    )
+}
+
+/// Reads until the server closes the connection or `deadline` passes.
+fn read_until_closed(stream: &mut std::net::TcpStream, deadline: Instant) -> Ending {
+    let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ending::Open(got);
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return Ending::Closed(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Ending::Open(got);
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if is_closed(&e) => return Ending::Closed(got),
+            Err(e) => panic!("reading failed: {e}"),
+        }
+    }
+}
+
+/// The same, for a tokio stream.
+async fn read_until_closed_async(stream: &mut tokio::net::TcpStream, deadline: Instant) -> Ending {
+    let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+    loop {
+        let read = tokio::time::timeout_at(deadline.into(), stream.read(&mut buf)).await;
+        match read {
+            Err(_elapsed) => return Ending::Open(got),
+            Ok(Ok(0)) => return Ending::Closed(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Ok(Err(e)) if is_closed(&e) => return Ending::Closed(got),
+            Ok(Err(e)) => panic!("reading failed: {e}"),
+        }
+    }
+}
+
+/// Closed by the server, and not with an answer to the request it never finished.
+fn assert_closed_without_an_answer(ending: Ending, what: &str) {
+    match ending {
+        Ending::Closed(got) => assert!(
+            !got.starts_with(b"HTTP/1.1 2"),
+            "{what}: answered although its headers never ended: {}",
+            String::from_utf8_lossy(&got)
+        ),
+        Ending::Open(got) => panic!(
+            "{what}: still open at the deadline (received {:?})",
+            String::from_utf8_lossy(&got)
+        ),
+    }
+}
+
+fn assert_answered_200(ending: Ending, what: &str) {
+    match ending {
+        Ending::Closed(got) => assert!(
+            got.starts_with(b"HTTP/1.1 200"),
+            "{what}: {}",
+            String::from_utf8_lossy(&got)
+        ),
+        Ending::Open(got) => panic!(
+            "{what}: no complete answer by the deadline (received {:?})",
+            String::from_utf8_lossy(&got)
+        ),
+    }
+}
+
+fn connect_and_send(addr: &str, bytes: &[u8]) -> std::net::TcpStream {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.write_all(bytes).unwrap();
+    stream
+}
+
+fn start_daemon(
+    rt: &tokio::runtime::Runtime,
+) -> (jobsync::sim::SimHandle, tempfile::TempDir, Daemon) {
+    let sim = rt.block_on(start_sim(SimConfig {
+        campaigns: vec![28],
+        jobs_per_campaign: 10,
+        ..SimConfig::default()
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(rt, &sim.base_url(), &dir.path().join("jobsync.db"), &[]);
+    (sim, dir, daemon)
+}
+
+#[test]
+fn a_request_whose_headers_never_end_is_closed_after_the_header_timeout() {
+    let rt = runtime();
+    let (_sim, _dir, daemon) = start_daemon(&rt);
+    let started = Instant::now();
+    let mut slow = connect_and_send(daemon.health_addr(), PARTIAL);
+    let mut silent = connect_and_send(daemon.health_addr(), b"");
+
+    // Meanwhile every route answers as before.
+    assert_eq!(daemon.get("/healthz").0, 200);
+    assert_eq!(daemon.get("/status").0, 200);
+    let (status, metrics) = daemon.get("/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("jobsync_runs_total"), "{metrics}");
+    daemon.wait_until("/readyz", |status, _| status == 200);
+    let mut whole = connect_and_send(daemon.health_addr(), WHOLE);
+    assert_answered_200(
+        read_until_closed(&mut whole, Instant::now() + MARGIN),
+        "a whole request beside the slow one",
+    );
+
+    let deadline = started + HEADER_TIMEOUT + MARGIN;
+    assert_closed_without_an_answer(read_until_closed(&mut slow, deadline), "half-sent headers");
+    assert_closed_without_an_answer(read_until_closed(&mut silent, deadline), "nothing sent");
+    assert_eq!(daemon.get("/healthz").0, 200);
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn beyond_the_connection_limit_a_request_is_answered_once_the_slow_ones_time_out() {
+    let rt = runtime();
+    let (_sim, _dir, daemon) = start_daemon(&rt);
+    let addr = daemon.health_addr().to_string();
+    let started = Instant::now();
+    let mut slow: Vec<_> = (0..MAX_CONNECTIONS + 6)
+        .map(|_| connect_and_send(&addr, PARTIAL))
+        .collect();
+    // Queued behind the slow ones, not refused: answered when their header timeout frees slots.
+    let mut whole = connect_and_send(&addr, WHOLE);
+    assert_answered_200(
+        read_until_closed(&mut whole, started + HEADER_TIMEOUT + MARGIN),
+        "a whole request beyond the limit",
+    );
+    // Those that waited for a slot get a header timeout of their own once they have one.
+    let deadline = started + 2 * HEADER_TIMEOUT + MARGIN;
+    for (n, stream) in slow.iter_mut().enumerate() {
+        let ending = read_until_closed(stream, deadline);
+        assert_closed_without_an_answer(ending, &format!("slow connection #{n}"));
+    }
+    assert_eq!(daemon.get("/healthz").0, 200);
+    assert!(daemon.terminate().success());
+}
+
+/// The server in this process, on a fresh database, with a live scheduler as far as `/healthz`
+/// can tell.
+async fn start_in_process() -> (ServerHandle, TestDb) {
+    let db = TestDb::sqlite();
+    let run = Arc::new(RunState::default());
+    run.update(|s| {
+        s.started_at = Some(chrono::Utc::now());
+        s.scheduler_running = true;
+    });
+    let options = ClientOptions::new(
+        "http://127.0.0.1:9".parse().unwrap(),
+        TokenSource::Static(Secret::new("dev-token")),
+    );
+    let context = ServerContext {
+        db: db.db.clone(),
+        run,
+        api: ApiClient::new(options).unwrap(),
+        max_staleness_secs: 300,
+        stall_secs: 300,
+    };
+    let server = server::start("127.0.0.1:0", context).await.unwrap();
+    (server, db)
+}
+
+async fn connect_and_send_async(addr: std::net::SocketAddr, bytes: &[u8]) -> tokio::net::TcpStream {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_beyond_the_limit_waits_for_a_free_slot() {
+    let (server, _db) = start_in_process().await;
+    let addr = server.addr();
+    let mut slow = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        slow.push(connect_and_send_async(addr, PARTIAL).await);
+    }
+    let mut waiting = connect_and_send_async(addr, WHOLE).await;
+    // Every slot is held: no answer yet, and the connection is not refused either.
+    let deadline = Instant::now() + Duration::from_millis(500);
+    match read_until_closed_async(&mut waiting, deadline).await {
+        Ending::Open(got) if got.is_empty() => {}
+        Ending::Open(got) | Ending::Closed(got) => panic!(
+            "answered or closed beyond the limit: {:?}",
+            String::from_utf8_lossy(&got)
+        ),
+    }
+    // One slow client goes away: its slot goes to the request that waited.
+    drop(slow.pop());
+    let ending = read_until_closed_async(&mut waiting, Instant::now() + MARGIN).await;
+    assert_answered_200(ending, "the request that waited for a slot");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_is_not_held_up_by_a_slow_client() {
+    let (server, _db) = start_in_process().await;
+    let addr = server.addr();
+    let mut slow = connect_and_send_async(addr, PARTIAL).await;
+    let mut whole = connect_and_send_async(addr, WHOLE).await;
+    let ending = read_until_closed_async(&mut whole, Instant::now() + MARGIN).await;
+    assert_answered_200(ending, "a whole request");
+
+    let stopped = tokio::time::timeout(STOP_GRACE + MARGIN, server.stop()).await;
+    assert!(
+        stopped.is_ok(),
+        "the stop waited on a client that never finished its headers"
+    );
+    let ending = read_until_closed_async(&mut slow, Instant::now() + MARGIN).await;
+    assert_closed_without_an_answer(ending, "the slow client after the stop");
+    let refused = tokio::net::TcpStream::connect(addr).await;
+    assert!(refused.is_err(), "still accepting after the stop");
+}
