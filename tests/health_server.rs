@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The documented header-read timeout and connection limit (README, "Health endpoints").
-const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_CONNECTIONS: usize = 64;
-/// The documented bound of a stop on connections still open.
-const STOP_GRACE: Duration = Duration::from_secs(2);
+/// The documented header-read timeout, connection limit and bound of a stop (README, "Health
+/// endpoints").
+const HEADER_TIMEOUT: Duration = server::HEADER_READ_TIMEOUT;
+const MAX_CONNECTIONS: usize = server::MAX_CONNECTIONS;
+const STOP_GRACE: Duration = server::STOP_GRACE;
 /// Allowance for a loaded machine on top of a timeout.
 const MARGIN: Duration = Duration::from_secs(3);
 

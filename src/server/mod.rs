@@ -1,5 +1,7 @@
 //! The health server (`server.listen`): `/healthz`, `/readyz`, `/metrics`, `/status`. It reads
-//! the daemon's run state and the database; it never drives the engine.
+//! the daemon's run state and the database; it never drives the engine. Clients cannot hold it
+//! open: headers must arrive within [`HEADER_READ_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are
+//! served at once.
 
 mod metrics;
 
@@ -13,10 +15,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use chrono::Utc;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::sync::oneshot;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -27,6 +36,24 @@ pub struct ServerContext {
     pub max_staleness_secs: u64,
     pub stall_secs: u64,
 }
+
+/// The longest a client may take to send a request's headers, counted from the moment the
+/// server starts waiting for them: when a connection is accepted, and again after each answer
+/// on a kept-alive connection. A connection that sends nothing, half a request line, or its
+/// headers a byte at a time ("slow loris") is closed when it runs out, without an answer.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The most connections served at once. Beyond it the server stops accepting: a new connection
+/// waits in the listen backlog (the kernel has completed its handshake, so the client sees
+/// neither a refusal nor a reset) and is served when a slot frees — at the latest when a slot
+/// holder that sends no complete request reaches [`HEADER_READ_TIMEOUT`]. Waiting rather than
+/// closing at once means a burst of probes and scrapes is answered late instead of failed;
+/// the limit only bounds the memory and descriptors that idle clients can hold.
+pub const MAX_CONNECTIONS: usize = 64;
+
+/// How long [`ServerHandle::stop`] lets open connections finish their answers once it has
+/// stopped accepting; those still open then (a slow client mid-headers) are closed.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// A running server; [`ServerHandle::stop`] ends it.
 pub struct ServerHandle {
@@ -41,13 +68,16 @@ impl ServerHandle {
         self.addr
     }
 
+    /// Stops accepting, closes idle connections, lets answers in progress finish for up to
+    /// [`STOP_GRACE`], then closes what is left.
     pub async fn stop(self) {
         let _ = self.stop.send(());
         let _ = self.task.await;
     }
 }
 
-/// Binds `listen` and serves in the background.
+/// Binds `listen` and serves in the background: HTTP/1.1, with [`HEADER_READ_TIMEOUT`] and at
+/// most [`MAX_CONNECTIONS`] at once.
 pub async fn start(listen: &str, context: ServerContext) -> Result<ServerHandle, String> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -61,17 +91,76 @@ pub async fn start(listen: &str, context: ServerContext) -> Result<ServerHandle,
         .route("/status", get(status))
         .with_state(context);
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stopped.await;
-            })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "the health server stopped");
-        }
-    });
+    let task = tokio::spawn(serve(listener, app, stopped));
     Ok(ServerHandle { addr, stop, task })
+}
+
+/// The accept loop (axum's `serve` has no header-read timeout): a connection is accepted only
+/// with a free slot, and served by hyper with the header timeout. On `stop` it stops accepting,
+/// asks every connection to end after its answer in progress, and waits up to [`STOP_GRACE`].
+async fn serve(listener: TcpListener, app: Router, mut stop: oneshot::Receiver<()>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let stopping = CancellationToken::new();
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            (slot, accepted) = async {
+                let slot = slots.clone().acquire_owned().await;
+                (slot, listener.accept().await)
+            } => {
+                let Ok(slot) = slot else { break };
+                match accepted {
+                    Ok((stream, _peer)) => {
+                        let _ = stream.set_nodelay(true);
+                        let (app, stopping) = (app.clone(), stopping.clone());
+                        connections.spawn(async move {
+                            serve_connection(stream, app, stopping).await;
+                            drop(slot);
+                        });
+                    }
+                    Err(error) => {
+                        // Usually out of file descriptors: wait instead of spinning.
+                        tracing::warn!(%error, "the health server could not accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            }
+        }
+    }
+    drop(listener);
+    stopping.cancel();
+    let drained = tokio::time::timeout(STOP_GRACE, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(
+            open = connections.len(),
+            "health server connections still open after the stop grace are closed"
+        );
+    }
+    connections.shutdown().await;
+}
+
+async fn serve_connection(stream: TcpStream, app: Router, stopping: CancellationToken) {
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+    tokio::pin!(connection);
+    let served = tokio::select! {
+        served = connection.as_mut() => served,
+        _ = stopping.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(error) = served {
+        // A header timeout, a client gone mid-request: the client's doing, not the server's.
+        tracing::debug!(%error, "health server connection closed");
+    }
 }
 
 /// 200 while the process and its scheduler are alive and no running cycle has gone
