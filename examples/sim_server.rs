@@ -13,5 +13,5 @@ struct Cli {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    jobsync::sim::run_cli(Cli::parse().args, None).await
+    Ok(jobsync::sim::run_cli(Cli::parse().args, None).await?)
 }

@@ -85,9 +85,10 @@ async fn dispatch(cli: Cli) -> CliResult {
         let token = config::load(&overrides)
             .ok()
             .and_then(|c| c.api.token.map(|t| t.expose().to_string()));
-        return crate::sim::run_cli(args, token)
-            .await
-            .map_err(|e| CliError::failed(format!("{e:#}")));
+        return crate::sim::run_cli(args, token).await.map_err(|e| match e {
+            crate::sim::SimulateError::Invalid(reason) => CliError::usage(reason),
+            failed @ crate::sim::SimulateError::Failed(_) => CliError::failed(failed.to_string()),
+        });
     }
     if let Command::Check = command {
         return check::run(&overrides).await;

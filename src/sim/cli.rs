@@ -1,8 +1,8 @@
 //! `jobsync simulate`: the simulator as a command, serving until SIGINT or SIGTERM.
 
 use super::clock::{MAX_OFFSET_HOURS, check_offset_hours};
-use super::faults::{MAX_DELAY_MS, check_rate};
-use super::{Faults, SimConfig, spawn};
+use super::faults::{MAX_DELAY_MS, MAX_RETRY_AFTER_SECS, check_rate};
+use super::{Faults, MAX_SEEDED_JOBS, SimConfig, repeated_campaign, seeded_jobs, spawn};
 use std::io::Write;
 use std::net::SocketAddr;
 
@@ -14,17 +14,23 @@ pub struct SimulateArgs {
     /// Bearer token clients must send (default: the configured api.token, else `dev-token`).
     #[arg(long)]
     pub token: Option<String>,
-    /// The campaigns that exist, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "28,29")]
+    /// The campaigns that exist, comma-separated positive ids, each listed once.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "28,29",
+        value_parser = campaign_id,
+        allow_negative_numbers = true
+    )]
     pub campaigns: Vec<i64>,
-    /// Jobs seeded in each campaign at start.
-    #[arg(long, default_value_t = 0)]
+    /// Jobs seeded in each campaign at start, at most 10000000 in all.
+    #[arg(long, default_value_t = 0, value_parser = jobs_per_campaign, allow_negative_numbers = true)]
     pub jobs_per_campaign: usize,
     /// Seed for the seeded jobs, the dialer, edits and faults.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// Every this many milliseconds the dialer moves some jobs (0 = off).
-    #[arg(long, default_value_t = 0)]
+    /// Every this many milliseconds the dialer moves some jobs (0 = off), at most 600000.
+    #[arg(long, default_value_t = 0, value_parser = delay_ms, allow_negative_numbers = true)]
     pub dial_interval_ms: u64,
     /// Share of API requests answered 500.
     #[arg(long, default_value_t = 0.0, value_parser = rate)]
@@ -32,8 +38,8 @@ pub struct SimulateArgs {
     /// Share of API requests answered 429.
     #[arg(long, default_value_t = 0.0, value_parser = rate)]
     pub throttle_rate: f64,
-    /// `Retry-After` seconds sent with a 429.
-    #[arg(long, default_value_t = 1)]
+    /// `Retry-After` seconds sent with a 429, 0 to 86400.
+    #[arg(long, default_value_t = 1, value_parser = retry_after_secs, allow_negative_numbers = true)]
     pub retry_after_secs: u64,
     /// Share of API requests whose connection is closed without an answer.
     #[arg(long, default_value_t = 0.0, value_parser = rate)]
@@ -86,6 +92,32 @@ fn delay_ms(raw: &str) -> Result<u64, String> {
     Ok(ms)
 }
 
+fn retry_after_secs(raw: &str) -> Result<u64, String> {
+    let secs: u64 = raw.parse().map_err(|_| {
+        format!("`{raw}` is not a whole number of seconds between 0 and {MAX_RETRY_AFTER_SECS}")
+    })?;
+    super::faults::check_retry_after("a Retry-After", secs)?;
+    Ok(secs)
+}
+
+fn jobs_per_campaign(raw: &str) -> Result<usize, String> {
+    let range = format!("a whole number of jobs between 0 and {MAX_SEEDED_JOBS}");
+    match raw.parse::<usize>() {
+        Ok(n) if n <= MAX_SEEDED_JOBS => Ok(n),
+        Ok(n) => Err(format!("{n} is more than {MAX_SEEDED_JOBS}: {range}")),
+        Err(_) => Err(format!("`{raw}` is not {range}")),
+    }
+}
+
+fn campaign_id(raw: &str) -> Result<i64, String> {
+    match raw.parse::<i64>() {
+        Ok(id) if id > 0 => Ok(id),
+        _ => Err(format!(
+            "`{raw}` is not a campaign id: ids are positive integers, as in 28,29"
+        )),
+    }
+}
+
 fn offset_hours(raw: &str) -> Result<f64, String> {
     let hours: f64 = raw.parse().map_err(|_| {
         format!(
@@ -97,6 +129,23 @@ fn offset_hours(raw: &str) -> Result<f64, String> {
 }
 
 impl SimulateArgs {
+    /// What clap cannot check flag by flag: a campaign listed twice (its seeded references
+    /// would collide) and the jobs to seed in all.
+    fn check_together(&self) -> Result<(), String> {
+        if let Some(twice) = repeated_campaign(&self.campaigns) {
+            return Err(format!("--campaigns lists campaign {twice} twice"));
+        }
+        if seeded_jobs(self.campaigns.len(), self.jobs_per_campaign).is_none() {
+            return Err(format!(
+                "--campaigns × --jobs-per-campaign is {} × {} jobs to seed, more than \
+                 {MAX_SEEDED_JOBS}",
+                self.campaigns.len(),
+                self.jobs_per_campaign
+            ));
+        }
+        Ok(())
+    }
+
     pub fn into_config(self, default_token: Option<String>) -> SimConfig {
         SimConfig {
             token: self
@@ -125,11 +174,33 @@ impl SimulateArgs {
     }
 }
 
+/// Why `jobsync simulate` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    /// Settings out of range or at odds with each other: a usage error (exit 2).
+    #[error("{0}")]
+    Invalid(String),
+    /// It could not serve (the address is taken, a signal handler failed): exit 1.
+    #[error("{0:#}")]
+    Failed(anyhow::Error),
+}
+
 /// Runs the simulator until SIGINT or SIGTERM. The first line on stdout is `listening on ADDR`,
 /// so a script or test that passed port 0 learns the port.
-pub async fn run_cli(args: SimulateArgs, default_token: Option<String>) -> anyhow::Result<()> {
+pub async fn run_cli(
+    args: SimulateArgs,
+    default_token: Option<String>,
+) -> Result<(), SimulateError> {
+    args.check_together().map_err(SimulateError::Invalid)?;
     let listen = args.listen;
     let cfg = args.into_config(default_token);
+    // The flags were checked one by one and together; this is what `spawn` checks too, said
+    // before it is taken for an address problem.
+    cfg.validate().map_err(SimulateError::Invalid)?;
+    serve(listen, cfg).await.map_err(SimulateError::Failed)
+}
+
+async fn serve(listen: SocketAddr, cfg: SimConfig) -> anyhow::Result<()> {
     let handle = spawn(listen, cfg)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}; choose another --listen"))?;
@@ -273,5 +344,71 @@ mod tests {
             "600000",
         ]);
         assert_eq!(edge.args.clock_offset_hours, -100_000.0);
+    }
+
+    /// The flags that had no range: the dialer's period, `Retry-After`, the jobs to seed, the
+    /// campaign ids; and what only the flags together tell.
+    #[test]
+    fn periods_counts_and_campaigns_out_of_range_are_refused() {
+        let refused = |args: &[&str], flag: &str, range: &str| {
+            let argv = [&["sim"], args].concat();
+            let err = Cli::try_parse_from(argv).err().unwrap();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            let text = err.to_string();
+            let first = text.lines().next().unwrap();
+            assert!(first.contains(flag) && first.contains(range), "{text}");
+        };
+        refused(
+            &["--dial-interval-ms", "600001"],
+            "--dial-interval-ms",
+            "600000",
+        );
+        refused(
+            &["--retry-after-secs", "86401"],
+            "--retry-after-secs",
+            "86400",
+        );
+        refused(&["--retry-after-secs", "-1"], "--retry-after-secs", "86400");
+        for n in ["10000001", "18446744073709551615", "-3", "1e7"] {
+            refused(
+                &["--jobs-per-campaign", n],
+                "--jobs-per-campaign",
+                "10000000",
+            );
+        }
+        for ids in ["0", "-5", "28,-1", "28,x", "1e3"] {
+            refused(&["--campaigns", ids], "--campaigns", "positive");
+        }
+        let edge = Cli::parse_from([
+            "sim",
+            "--dial-interval-ms",
+            "600000",
+            "--retry-after-secs",
+            "86400",
+            "--campaigns",
+            "1",
+            "--jobs-per-campaign",
+            "10000000",
+        ])
+        .args;
+        assert!(edge.check_together().is_ok());
+        assert!(edge.into_config(None).validate().is_ok());
+
+        let together = |args: &[&str]| {
+            let argv = [&["sim"], args].concat();
+            Cli::parse_from(argv).args.check_together()
+        };
+        let twice = together(&["--campaigns", "28,29,28"]).unwrap_err();
+        assert!(
+            twice.contains("--campaigns") && twice.contains("28"),
+            "{twice}"
+        );
+        let many = together(&["--campaigns", "1,2", "--jobs-per-campaign", "5000001"]);
+        let many = many.unwrap_err();
+        assert!(
+            many.contains("--jobs-per-campaign") && many.contains("10000000"),
+            "{many}"
+        );
+        assert!(together(&["--campaigns", "1,2", "--jobs-per-campaign", "5000000"]).is_ok());
     }
 }

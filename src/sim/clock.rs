@@ -22,15 +22,10 @@ pub fn check_offset_hours(hours: f64) -> Result<(), String> {
     if hours.is_finite() && hours.abs() <= MAX_OFFSET_HOURS {
         Ok(())
     } else {
-        // 1e308 written out is 309 digits: large values are shown in scientific notation.
-        let given = if hours.abs() < 1e9 {
-            hours.to_string()
-        } else {
-            format!("{hours:e}")
-        };
         Err(format!(
             "the clock offset must be a number of hours between -{MAX_OFFSET_HOURS} and \
-             {MAX_OFFSET_HOURS}, not {given}"
+             {MAX_OFFSET_HOURS}, not {}",
+            super::shown(hours)
         ))
     }
 }

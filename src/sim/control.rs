@@ -3,7 +3,8 @@
 //! read the request log, and see how many slow commits are still to land.
 
 use super::body::{bad_request, error, job, job_array};
-use super::faults::{FAULT_KEYS, FaultUpdate};
+use super::clock::MAX_OFFSET_HOURS;
+use super::faults::{FaultUpdate, fault_ranges};
 use super::{Sim, dialer, lock};
 use crate::api::models::Job;
 use axum::extract::rejection::JsonRejection;
@@ -98,11 +99,18 @@ async fn set_clock(
     State(sim): State<Arc<Sim>>,
     body: Result<Json<ClockUpdate>, JsonRejection>,
 ) -> Response {
-    let Ok(Json(update)) = body else {
-        return bad_request("expected {\"offset_hours\": <number>}");
+    let update = match body {
+        Ok(Json(update)) => update,
+        Err(rejection) => {
+            return bad_request(format!(
+                "{}; expected {{\"offset_hours\": <number of hours between -{MAX_OFFSET_HOURS} \
+                 and {MAX_OFFSET_HOURS}>}}",
+                rejection.body_text()
+            ));
+        }
     };
     if let Err(reason) = sim.clock.set_offset_hours(update.offset_hours) {
-        return bad_request(reason);
+        return bad_request(format!("offset_hours: {reason}"));
     }
     tracing::info!(offset_hours = update.offset_hours, "simulated clock moved");
     clock(State(sim)).await
@@ -116,8 +124,15 @@ async fn set_faults(
     State(sim): State<Arc<Sim>>,
     body: Result<Json<FaultUpdate>, JsonRejection>,
 ) -> Response {
-    let Ok(Json(update)) = body else {
-        return bad_request(format!("expected any of {FAULT_KEYS}"));
+    let update = match body {
+        Ok(Json(update)) => update,
+        Err(rejection) => {
+            return bad_request(format!(
+                "{}; expected any of {}",
+                rejection.body_text(),
+                fault_ranges()
+            ));
+        }
     };
     let mut settings = lock(&sim.faults);
     if let Err(reason) = settings.update(&update) {

@@ -46,6 +46,10 @@ pub struct Faults {
 /// delay beyond any client's timeout shows nothing more.
 pub const MAX_DELAY_MS: u64 = 600_000;
 
+/// The longest `Retry-After` a 429 may ask for (a day, as a daily quota would): longer is a
+/// typo. The client caps what it honours anyway (`api.retry_after_cap`).
+pub const MAX_RETRY_AFTER_SECS: u64 = 86_400;
+
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct FaultSettings {
     #[serde(flatten)]
@@ -73,11 +77,6 @@ pub struct FaultUpdate {
     allow_duplicate_references: Option<bool>,
 }
 
-/// The keys `POST /_sim/faults` takes, for its error message.
-pub const FAULT_KEYS: &str = "fail_rate, throttle_rate, retry_after_secs, drop_rate, \
-    applied_drop_rate, applied_fail_rate, late_apply_rate, late_apply_ms, latency_ms, \
-    allow_duplicate_references";
-
 impl FaultSettings {
     /// Applies `update` whole, or — when any value is out of range — not at all.
     pub fn update(&mut self, update: &FaultUpdate) -> Result<(), String> {
@@ -101,8 +100,8 @@ impl FaultSettings {
         Ok(())
     }
 
-    /// Every rate within 0..=1 and every delay within [`MAX_DELAY_MS`]; the error names the
-    /// first setting out of range.
+    /// Every rate within 0..=1, every delay within [`MAX_DELAY_MS`] and the `Retry-After`
+    /// within [`MAX_RETRY_AFTER_SECS`]; the error names the first setting out of range.
     pub fn check(&self) -> Result<(), String> {
         let f = &self.faults;
         let rates = [
@@ -117,16 +116,43 @@ impl FaultSettings {
             check_rate(name, rate)?;
         }
         check_delay("latency_ms", self.latency_ms)?;
-        check_delay("late_apply_ms", f.late_apply_ms)
+        check_delay("late_apply_ms", f.late_apply_ms)?;
+        check_retry_after("retry_after_secs", f.retry_after_secs)
     }
 }
 
+/// A rate is a probability: within 0..=1, so never NaN nor infinite either.
 pub fn check_rate(name: &str, rate: f64) -> Result<(), String> {
     if (0.0..=1.0).contains(&rate) {
         Ok(())
     } else {
-        Err(format!("{name} must be between 0 and 1, not {rate}"))
+        Err(format!(
+            "{name} must be between 0 and 1, not {}",
+            super::shown(rate)
+        ))
     }
+}
+
+pub fn check_retry_after(name: &str, secs: u64) -> Result<(), String> {
+    if secs <= MAX_RETRY_AFTER_SECS {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name} must be between 0 and {MAX_RETRY_AFTER_SECS} seconds, not {secs}"
+        ))
+    }
+}
+
+/// The keys `POST /_sim/faults` takes and their ranges, said after a body it could not read, so
+/// that a value of the wrong type (or beyond what a number can hold) gets them with the
+/// parser's words.
+pub fn fault_ranges() -> String {
+    format!(
+        "the rates fail_rate, throttle_rate, drop_rate, applied_drop_rate, applied_fail_rate and \
+         late_apply_rate between 0 and 1; latency_ms and late_apply_ms whole milliseconds \
+         between 0 and {MAX_DELAY_MS}; retry_after_secs whole seconds between 0 and \
+         {MAX_RETRY_AFTER_SECS}; allow_duplicate_references true or false"
+    )
 }
 
 pub fn check_delay(name: &str, ms: u64) -> Result<(), String> {
@@ -464,6 +490,7 @@ mod tests {
             (r#"{"late_apply_rate": 2}"#, "late_apply_rate"),
             (r#"{"late_apply_ms": 600001}"#, "late_apply_ms"),
             (r#"{"latency_ms": 600001, "fail_rate": 0.5}"#, "latency_ms"),
+            (r#"{"retry_after_secs": 86401}"#, "retry_after_secs"),
         ] {
             let update: FaultUpdate = serde_json::from_str(bad).unwrap();
             let err = settings.update(&update).unwrap_err();

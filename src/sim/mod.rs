@@ -21,7 +21,7 @@ mod server;
 mod state;
 mod validate;
 
-pub use cli::{SimulateArgs, run_cli};
+pub use cli::{SimulateArgs, SimulateError, run_cli};
 pub use faults::Faults;
 
 use clock::SimClock;
@@ -99,12 +99,59 @@ impl SimConfig {
         }
     }
 
-    /// Rates within 0..=1, delays within ten minutes, the clock offset finite and within
-    /// ±100,000 hours: the same bounds the flags and the control routes hold to, so that a
-    /// configuration built in code cannot start a simulator that panics on its first request.
+    /// Rates within 0..=1, delays (and the dialer's period) within ten minutes, `Retry-After`
+    /// within a day, the clock offset finite and within ±100,000 hours, campaigns positive and
+    /// listed once, at most [`MAX_SEEDED_JOBS`] to seed: the same bounds the flags and the
+    /// control routes hold to, so that a configuration built in code cannot start a simulator
+    /// that panics while seeding or on its first request, or seeds until memory runs out.
     pub fn validate(&self) -> Result<(), String> {
+        if let Some(bad) = self.campaigns.iter().find(|&&id| id <= 0) {
+            return Err(format!(
+                "campaigns: campaign ids are positive integers, not {bad}"
+            ));
+        }
+        if let Some(twice) = repeated_campaign(&self.campaigns) {
+            return Err(format!("campaigns: campaign {twice} is listed twice"));
+        }
+        if seeded_jobs(self.campaigns.len(), self.jobs_per_campaign).is_none() {
+            return Err(format!(
+                "jobs_per_campaign: {} campaigns × {} jobs is more than the {MAX_SEEDED_JOBS} \
+                 jobs that may be seeded",
+                self.campaigns.len(),
+                self.jobs_per_campaign
+            ));
+        }
+        faults::check_delay("dial_interval_ms", self.dial_interval_ms)?;
         self.fault_settings().check()?;
         clock::check_offset_hours(self.clock_offset_hours)
+    }
+}
+
+/// The most jobs seeded at start, all campaigns together: ten million is beyond any benchmark
+/// this machine's memory holds (a million take a few hundred MB); more is a typo that would
+/// seed until memory runs out.
+pub const MAX_SEEDED_JOBS: usize = 10_000_000;
+
+/// The first campaign listed more than once, if any (its seeded references would collide).
+fn repeated_campaign(campaigns: &[i64]) -> Option<i64> {
+    let mut seen = std::collections::HashSet::new();
+    campaigns.iter().copied().find(|id| !seen.insert(*id))
+}
+
+/// How many jobs `campaigns × per_campaign` seeds, or `None` beyond [`MAX_SEEDED_JOBS`].
+fn seeded_jobs(campaigns: usize, per_campaign: usize) -> Option<usize> {
+    campaigns
+        .checked_mul(per_campaign)
+        .filter(|&total| total <= MAX_SEEDED_JOBS)
+}
+
+/// A number as a message shows it: 1e308 written out is 309 digits, so large values are shown
+/// in scientific notation.
+fn shown(x: f64) -> String {
+    if x.abs() < 1e9 || !x.is_finite() {
+        x.to_string()
+    } else {
+        format!("{x:e}")
     }
 }
 
