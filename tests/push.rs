@@ -20,6 +20,7 @@ on_both_backends!(
     a_create_of_a_job_the_mirror_knows_becomes_a_patch_of_what_differs,
     a_bad_item_fails_alone_and_its_batch_mates_succeed,
     invalid_rows_fail_with_their_reason_and_block_nothing,
+    a_payload_with_a_nul_character_fails_alone_before_it_is_sent,
 );
 
 fn seeded(n: usize) -> SimConfig {
@@ -427,5 +428,90 @@ fn invalid_rows_fail_with_their_reason_and_block_nothing(t: &TestDb) {
             reasons[3]
         );
         assert_eq!(rows[4].status, "done");
+    })
+}
+
+/// A NUL character (U+0000) as a JSON serializer writes it (`\u0000`): PostgreSQL's text holds
+/// that escape, but not the job the API would return, which the mirror could not record.
+fn a_payload_with_a_nul_character_fails_alone_before_it_is_sent(t: &TestDb) {
+    block_on(async {
+        let sim = start_sim(seeded(0)).await;
+        let client = client(&sim);
+        insert(
+            &t.db,
+            &[
+                create(28, "clean-1", json!({"name": "Fine"})),
+                create(28, "nul", json!({"name": "x\u{0}y"})),
+                create(28, "clean-2", json!({"name": "Fine too"})),
+                patch_ref(28, "clean-1", json!({"data": {"note": "a\u{0}"}})),
+            ],
+        );
+        assert!(all_rows(&t.db)[1].payload.contains("\\u0000"));
+        let stats = push(&t.db, &client).await;
+        assert_eq!((stats.ok, stats.failed), (2, 2));
+        let rows = all_rows(&t.db);
+        let states: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+        assert_eq!(states, ["done", "failed", "done", "failed"]);
+        for failed in [&rows[1], &rows[3]] {
+            let reason = failed.last_error.clone().unwrap();
+            assert!(reason.contains("NUL"), "{reason}");
+        }
+        let upstream = sim_by_ref(&sim).await;
+        assert!(
+            !upstream.contains_key(&(28, "nul".to_string())),
+            "never sent"
+        );
+        assert_eq!(upstream.len(), 2);
+    })
+}
+
+/// SQLite stores whatever a CRM writes, raw NUL characters too (PostgreSQL's text refuses them
+/// at the CRM's own INSERT): in the payload's text or in the reference, the row fails alone.
+#[test]
+fn sqlite_a_raw_nul_written_in_sql_fails_alone_before_it_is_sent() {
+    use diesel::RunQueryDsl;
+    let t = TestDb::sqlite();
+    {
+        let mut c = t.db.conn().unwrap();
+        let jobsync::db::Conn::Sqlite(c) = &mut c else {
+            unreachable!()
+        };
+        diesel::sql_query(
+            "INSERT INTO outbox (op, campaign, reference, payload) VALUES \
+             ('create', 28, 'clean-1', '{\"name\": \"Fine\"}'), \
+             ('create', 28, 'raw', '{\"name\": \"x' || char(0) || 'y\"}'), \
+             ('create', 28, 'r' || char(0) || 'ef', '{\"name\": \"Ref\"}'), \
+             ('create', 28, 'clean-2', '{\"name\": \"Fine too\"}')",
+        )
+        .execute(&mut **c)
+        .unwrap();
+    }
+    let rows = all_rows(&t.db);
+    assert!(
+        rows[1].payload.contains('\0'),
+        "SQLite kept the NUL: {:?}",
+        rows[1].payload
+    );
+    assert_eq!(rows[2].reference.as_deref(), Some("r\0ef"));
+    block_on(async {
+        let sim = start_sim(seeded(0)).await;
+        let client = client(&sim);
+        let stats = push(&t.db, &client).await;
+        assert_eq!((stats.ok, stats.failed), (2, 2));
+        let rows = all_rows(&t.db);
+        let states: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+        assert_eq!(states, ["done", "failed", "failed", "done"]);
+        let payload_reason = rows[1].last_error.clone().unwrap();
+        assert!(payload_reason.contains("NUL"), "{payload_reason}");
+        let reference_reason = rows[2].last_error.clone().unwrap();
+        assert!(
+            reference_reason.contains("NUL") && reference_reason.contains("reference"),
+            "{reference_reason}"
+        );
+        assert_eq!(
+            sim_by_ref(&sim).await.len(),
+            2,
+            "only the clean rows were sent"
+        );
     })
 }
