@@ -21,7 +21,7 @@ mod resolve;
 mod send;
 mod validate;
 
-pub use validate::{Intent, Op, RowInput, Target, validate};
+pub use validate::{Intent, Op, RowInput, Target, validate, validate_fields};
 
 use super::{StopFlag, SyncError};
 use crate::api::ApiClient;

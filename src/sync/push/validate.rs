@@ -74,17 +74,69 @@ impl<'a> From<&'a NewOutboxRow> for RowInput<'a> {
 
 /// Checks one row; the error is the reason stored in `last_error` (or printed by `import`).
 pub fn validate(row: RowInput<'_>) -> Result<Intent, String> {
-    let op = match row.op {
-        "create" => Op::Create,
-        "patch" => Op::Patch,
-        "unqueue" => Op::Unqueue,
-        other => {
-            return Err(format!(
-                "unknown op `{other}`; expected create, patch or unqueue"
-            ));
-        }
-    };
+    let op = parse_op(row.op)?;
+    check_reference(row.reference)?;
+    if row.payload.contains('\0') {
+        // Raw, as SQLite can store it (inside a JSON string it would also be invalid JSON).
+        return Err(format!("payload {NUL_REASON}"));
+    }
     let fields = parse_payload(row.payload)?;
+    validate_parsed(op, row, fields)
+}
+
+/// [`validate`] for a row whose payload the caller has already parsed into `fields`
+/// (`row.payload` is not read): `import` decodes a line's payload with the line.
+pub fn validate_fields(row: RowInput<'_>, fields: JobFields) -> Result<Intent, String> {
+    let op = parse_op(row.op)?;
+    check_reference(row.reference)?;
+    validate_parsed(op, row, fields)
+}
+
+/// Why a NUL character is refused: PostgreSQL text cannot hold one, so a job carrying it could
+/// not be recorded in the mirror after the API applied it (and a CRM on PostgreSQL could not
+/// read it back).
+const NUL_REASON: &str = "contains a NUL character (U+0000, `\\u0000` in JSON), which the \
+                          database cannot store; remove it";
+
+fn parse_op(op: &str) -> Result<Op, String> {
+    match op {
+        "create" => Ok(Op::Create),
+        "patch" => Ok(Op::Patch),
+        "unqueue" => Ok(Op::Unqueue),
+        other => Err(format!(
+            "unknown op `{}`; expected create, patch or unqueue",
+            other.escape_debug()
+        )),
+    }
+}
+
+fn check_reference(reference: Option<&str>) -> Result<(), String> {
+    if reference.is_some_and(|r| r.contains('\0')) {
+        return Err(format!("reference {NUL_REASON}"));
+    }
+    Ok(())
+}
+
+/// Whether a NUL character is anywhere in `value`: a string, an object's key, at any depth.
+fn holds_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(holds_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || holds_nul(v)),
+        Value::Null | Value::Bool(_) | Value::Number(_) => false,
+    }
+}
+
+fn validate_parsed(op: Op, row: RowInput<'_>, fields: JobFields) -> Result<Intent, String> {
+    if let Some((key, _)) = fields
+        .iter()
+        .find(|(k, v)| k.contains('\0') || holds_nul(v))
+    {
+        return Err(format!(
+            "payload field `{}` {NUL_REASON}",
+            key.escape_debug()
+        ));
+    }
     if let Some(campaign) = row.campaign
         && campaign <= 0
     {
@@ -274,11 +326,47 @@ mod tests {
             ),
             (row("unqueue", None, None, None, "{}"), "missing target"),
             (row("unqueue", None, None, Some(0), "{}"), "job_id"),
+            (
+                row("create", Some(1), Some("r"), None, r#"{"name":"x\u0000y"}"#),
+                "payload field `name` contains a NUL character",
+            ),
+            (
+                row("patch", None, None, Some(3), r#"{"data":{"a":["\u0000"]}}"#),
+                "payload field `data` contains a NUL",
+            ),
+            (
+                row("patch", None, None, Some(3), r#"{"data":{"k\u0000":1}}"#),
+                "payload field `data` contains a NUL",
+            ),
+            (
+                row("create", Some(1), Some("r"), None, "{\"name\":\"x\0y\"}"),
+                "payload contains a NUL character",
+            ),
+            (
+                row("create", Some(1), Some("r\0"), None, "{}"),
+                "reference contains a NUL character",
+            ),
+            (
+                row("bo\0gus", None, None, Some(3), "{}"),
+                "unknown op `bo\\0gus`",
+            ),
         ];
         for (input, expected) in cases {
             let err = validate(input).unwrap_err();
             assert!(err.contains(expected), "{input:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_pre_parsed_payload_is_checked_the_same() {
+        let fields = |text: &str| parse_payload(text).unwrap();
+        let input = row("create", Some(28), Some("r1"), None, "ignored");
+        let intent = validate_fields(input, fields(r#"{"name":"A"}"#)).unwrap();
+        assert_eq!(intent.fields["reference"], "r1");
+        let err = validate_fields(input, fields(r#"{"state":2}"#)).unwrap_err();
+        assert!(err.contains("read-only"), "{err}");
+        let err = validate_fields(input, fields(r#"{"city":"\u0000"}"#)).unwrap_err();
+        assert!(err.contains("NUL"), "{err}");
     }
 
     #[test]
