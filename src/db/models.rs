@@ -274,8 +274,12 @@ pub struct OpenRow {
 }
 
 /// What a CRM (or `import`) writes: every other column has a default.
+///
+/// `None` is bound as NULL (these columns default to NULL anyway), not written `DEFAULT`: on
+/// SQLite, which has no `DEFAULT` in `VALUES`, Diesel would otherwise insert the rows of a batch
+/// one statement each, and a statement's text would change with which fields are set.
 #[derive(Debug, Clone, PartialEq, Insertable, serde::Deserialize)]
-#[diesel(table_name = outbox)]
+#[diesel(table_name = outbox, treat_none_as_default_value = false)]
 pub struct NewOutboxRow {
     pub op: String,
     pub campaign: Option<i64>,

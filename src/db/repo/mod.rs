@@ -75,6 +75,24 @@ pub fn transaction<T>(
     conn: &mut Conn,
     work: impl FnOnce(&mut Conn) -> Result<T, DbError>,
 ) -> Result<T, DbError> {
+    begin(conn)?;
+    match work(conn) {
+        Ok(value) => {
+            commit(conn)?;
+            Ok(value)
+        }
+        Err(e) => {
+            let _ = rollback(conn);
+            Err(e)
+        }
+    }
+}
+
+/// Begins the write transaction of [`transaction`] (`BEGIN IMMEDIATE` on SQLite when outermost,
+/// a savepoint when nested), for work that cannot be one closure (`import` streams a file through
+/// it, and rolls back at the first bad line while it goes on checking the rest). Every `begin`
+/// needs its [`commit`] or [`rollback`].
+pub fn begin(conn: &mut Conn) -> Result<(), DbError> {
     // The closure needs the enum (repository functions take `&mut Conn`), so the transaction is
     // driven through the connection's transaction manager rather than `Connection::transaction`.
     use diesel::connection::{AnsiTransactionManager, TransactionManager};
@@ -95,14 +113,19 @@ pub fn transaction<T>(
             AnsiTransactionManager::begin_transaction(c)?;
         }
     }
-    match work(conn) {
-        Ok(value) => {
-            with_conn!(conn, |c| AnsiTransactionManager::commit_transaction(c))?;
-            Ok(value)
-        }
-        Err(e) => {
-            let _ = with_conn!(conn, |c| AnsiTransactionManager::rollback_transaction(c));
-            Err(e)
-        }
-    }
+    Ok(())
+}
+
+/// Commits what [`begin`] began.
+pub fn commit(conn: &mut Conn) -> Result<(), DbError> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    with_conn!(conn, |c| AnsiTransactionManager::commit_transaction(c))?;
+    Ok(())
+}
+
+/// Rolls back what [`begin`] began.
+pub fn rollback(conn: &mut Conn) -> Result<(), DbError> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    with_conn!(conn, |c| AnsiTransactionManager::rollback_transaction(c))?;
+    Ok(())
 }

@@ -4,7 +4,7 @@
 //! `retry_later`, `in_doubt`, `lookup_failed`, `absent`, `linked`, `waiting_for_token`, plus
 //! [`retry`] for an operator's re-queue and [`fail_unreadable`]); no other module writes a status.
 
-use super::{IDS_PER_STATEMENT, ROWS_PER_STATEMENT, transaction};
+use super::{IDS_PER_STATEMENT, insert_in_fixed_batches, transaction};
 use crate::db::models::{NewOutboxRow, OpenRow, OutboxRow, OutboxStatus};
 use crate::db::schema::outbox;
 use crate::db::{Conn, DbError, Ts};
@@ -15,17 +15,22 @@ use OutboxStatus::{Done, Failed, InFlight, Pending, Superseded};
 
 /// Appends rows in one transaction, in order; all or nothing.
 pub fn insert(conn: &mut Conn, rows: &[NewOutboxRow]) -> Result<usize, DbError> {
-    transaction(conn, |conn| {
-        with_conn!(conn, |c| {
-            let mut n = 0;
-            for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-                n += diesel::insert_into(outbox::table)
-                    .values(chunk)
-                    .execute(c)?;
-            }
-            Ok(n)
-        })
-    })
+    transaction(conn, |conn| append(conn, rows))
+}
+
+/// Appends rows, in order, in the caller's transaction (`import` streams a file through one).
+/// PostgreSQL takes them in one `COPY` (binary); SQLite in multi-row statements of a fixed size,
+/// which Diesel prepares once.
+pub fn append(conn: &mut Conn, rows: &[NewOutboxRow]) -> Result<usize, DbError> {
+    match conn {
+        Conn::Pg(c) => Ok(diesel::copy_from(outbox::table)
+            .from_insertable(rows)
+            .execute(&mut **c)?),
+        Conn::Sqlite(_) => {
+            let inserted: Result<(), DbError> = insert_in_fixed_batches!(conn, outbox::table, rows);
+            inserted.map(|()| rows.len())
+        }
+    }
 }
 
 /// Rows, newest first, optionally of one status.
