@@ -278,13 +278,13 @@ fn a_file_that_is_not_utf8_names_the_line_and_asks_for_utf8(t: &TestDb) {
         b"op,campaign,reference,payload\ncreate,28,a,{}\ncreate,28,f,\"{\"\"name\"\":\"\"Fran\xe7ois\"\"}\"\n",
     )
     .unwrap();
-    for file in [&ndjson, &csv] {
+    for (file, line) in [(&ndjson, 2), (&csv, 3)] {
         let out = jobsync(t, &["import", file.to_str().unwrap()], None);
         assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
         let stderr = text(&out.stderr);
         assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
         assert!(
-            stderr.contains(&format!("{}:2:", file.display())),
+            stderr.contains(&format!("{}:{line}:", file.display())),
             "names the file and line: {stderr}"
         );
         assert!(stderr.contains("save the file as UTF-8"), "{stderr}");

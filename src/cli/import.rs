@@ -1,23 +1,36 @@
 //! `jobsync import FILE [--format ndjson|csv] [--dry-run]`: appends CRM changes to the outbox.
 //!
-//! Every row is checked first with the push's own validation; a file with any bad line inserts
-//! nothing (every bad line is reported with its line number, exit 2). A good file goes in as one
-//! transaction, so a CRM never sees half an import pushed. Checking shows a progress bar on a
-//! terminal, and progress log lines otherwise.
+//! The file is streamed: read, checked with the push's own validation, and inserted
+//! [`BATCH_ROWS`] rows at a time, so memory does not grow with the file. All of it goes in one
+//! write transaction, begun at the first insert and committed after the last line, so a CRM (and
+//! the push, which cannot read uncommitted rows) never sees half an import. A file with any bad
+//! line inserts nothing: the transaction is rolled back at the first bad line, and the rest of
+//! the file is still read and checked so that every bad line is reported with its line number
+//! (the first [`MAX_REPORTED`] in full, the rest counted), exit 2. A file that is not UTF-8 stops
+//! at its first such line. Checking shows a progress bar on a terminal, and progress log lines
+//! otherwise.
 
 use super::{CliError, CliResult, ImportArgs, ImportFormat, open_db};
 use crate::config::Config;
 use crate::db::models::NewOutboxRow;
-use crate::db::repo::outbox;
-use crate::sync::push::{RowInput, validate};
+use crate::db::repo::{self, outbox};
+use crate::db::{Conn, Db};
+use crate::sync::push::{RowInput, validate, validate_fields};
 use crate::telemetry::progress::Progress;
 use serde::Deserialize;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// Bad lines printed in full; the rest are counted.
-const MAX_REPORTED: usize = 1000;
+const MAX_REPORTED: u64 = 1000;
+
+/// Rows checked, then inserted, at a time: what the import holds in memory.
+const BATCH_ROWS: usize = 2000;
+
+/// The UTF-8 byte order mark that some editors (Excel, Notepad) write at the start of a file.
+const BOM: &[u8] = b"\xef\xbb\xbf";
 
 /// One NDJSON line (CSV rows use the same names as headers).
 #[derive(Debug, Deserialize)]
@@ -36,40 +49,163 @@ struct Line {
 }
 
 impl Line {
-    fn into_row(self) -> NewOutboxRow {
-        let payload = match self.payload {
-            None | Some(Value::Null) => "{}".to_string(),
-            Some(Value::String(text)) if text.trim().is_empty() => "{}".to_string(),
-            Some(Value::String(text)) => text,
-            Some(other) => other.to_string(),
-        };
-        NewOutboxRow {
-            op: self.op,
+    /// The row to insert, checked with the push's rules; the error is the line's reason.
+    fn check(self) -> Result<NewOutboxRow, String> {
+        let reference = self.reference.filter(|r| !r.is_empty());
+        let input = |payload| RowInput {
+            op: &self.op,
             campaign: self.campaign,
-            reference: self.reference.filter(|r| !r.is_empty()),
+            reference: reference.as_deref(),
             job_id: self.job_id,
             payload,
-        }
+        };
+        let payload = match self.payload {
+            // An object is already parsed: its text is written, the object checked as it is.
+            Some(Value::Object(fields)) => {
+                let text = serde_json::to_string(&fields)
+                    .map_err(|e| format!("payload cannot be written as JSON: {e}"))?;
+                validate_fields(input(&text), fields)?;
+                text
+            }
+            None | Some(Value::Null) => {
+                validate(input("{}"))?;
+                "{}".to_string()
+            }
+            Some(Value::String(text)) if text.trim().is_empty() => {
+                validate(input("{}"))?;
+                "{}".to_string()
+            }
+            Some(Value::String(text)) => {
+                validate(input(&text))?;
+                text
+            }
+            // Refused by the check, with the reason naming the type.
+            Some(other) => {
+                let text = other.to_string();
+                validate(input(&text))?;
+                text
+            }
+        };
+        Ok(NewOutboxRow {
+            op: self.op,
+            campaign: self.campaign,
+            reference,
+            job_id: self.job_id,
+            payload,
+        })
     }
 }
 
-/// The rows of a file and its bad lines (line number, reason).
-#[derive(Debug, Default)]
-struct Parsed {
-    rows: Vec<NewOutboxRow>,
-    bad: Vec<(u64, String)>,
+/// What became of a whole file.
+struct Imported {
+    rows: u64,
+    /// How long the write transaction was open, and its commit took (`None` for a dry run, or an
+    /// empty file). On SQLite the commit includes the checkpoint that copies the log into the
+    /// database, which runs once the write lock is released.
+    transaction: Option<(Duration, Duration)>,
 }
 
-impl Parsed {
-    fn push(&mut self, line: u64, parsed: Result<Line, String>) {
-        let checked = parsed.and_then(|l| {
-            let row = l.into_row();
-            validate(RowInput::from(&row)).map(|_| row)
-        });
-        match checked {
-            Ok(row) => self.rows.push(row),
-            Err(reason) => self.bad.push((line, reason)),
+/// Takes the checked lines of a file, in order: inserts the good ones batch by batch in one
+/// transaction while no line was bad; reports the bad ones.
+struct Sink<'a> {
+    /// `None` for a dry run.
+    conn: Option<&'a mut Conn>,
+    source: &'a str,
+    batch: Vec<NewOutboxRow>,
+    /// When the write transaction began, while it is open.
+    began: Option<Instant>,
+    rows: u64,
+    bad: u64,
+    progress: Progress,
+}
+
+impl<'a> Sink<'a> {
+    fn new(conn: Option<&'a mut Conn>, source: &'a str) -> Self {
+        Sink {
+            conn,
+            source,
+            batch: Vec::with_capacity(BATCH_ROWS),
+            began: None,
+            rows: 0,
+            bad: 0,
+            progress: Progress::new("import: rows checked", None),
         }
+    }
+
+    fn line(&mut self, number: u64, checked: Result<NewOutboxRow, String>) -> CliResult {
+        self.rows += 1;
+        self.progress.add(1);
+        match checked {
+            Ok(row) if self.bad == 0 => {
+                self.batch.push(row);
+                if self.batch.len() >= BATCH_ROWS {
+                    self.flush()?;
+                }
+            }
+            // Nothing will be inserted: the rest of the file is only checked.
+            Ok(_) => {}
+            Err(reason) => {
+                self.bad += 1;
+                if self.bad <= MAX_REPORTED {
+                    let source = self.source;
+                    self.progress
+                        .suspend(|| eprintln!("{source}:{number}: {reason}"));
+                }
+                if self.bad == 1 {
+                    self.batch = Vec::new();
+                    self.abandon()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts the batch, beginning the transaction at the first one.
+    fn flush(&mut self) -> CliResult {
+        if let Some(conn) = self.conn.as_deref_mut()
+            && !self.batch.is_empty()
+        {
+            if self.began.is_none() {
+                repo::begin(conn)?;
+                self.began = Some(Instant::now());
+            }
+            outbox::append(conn, &self.batch)?;
+        }
+        self.batch.clear();
+        Ok(())
+    }
+
+    /// Rolls back what was inserted, if anything.
+    fn abandon(&mut self) -> CliResult {
+        if let (Some(conn), Some(_)) = (self.conn.as_deref_mut(), self.began.take()) {
+            repo::rollback(conn)?;
+        }
+        Ok(())
+    }
+
+    /// After the last line: commits, or reports the bad lines.
+    fn finish(&mut self) -> Result<Imported, CliError> {
+        if self.bad > 0 {
+            if self.bad > MAX_REPORTED {
+                eprintln!("… and {} more bad lines", self.bad - MAX_REPORTED);
+            }
+            return Err(CliError::usage(format!(
+                "{} bad line(s) in {} (of {}); nothing was inserted — fix them and import the \
+                 file again",
+                self.bad, self.source, self.rows
+            )));
+        }
+        self.flush()?;
+        let mut transaction = None;
+        if let (Some(conn), Some(began)) = (self.conn.as_deref_mut(), self.began.take()) {
+            let committing = Instant::now();
+            repo::commit(conn)?;
+            transaction = Some((began.elapsed(), committing.elapsed()));
+        }
+        Ok(Imported {
+            rows: self.rows,
+            transaction,
+        })
     }
 }
 
@@ -84,36 +220,53 @@ pub async fn run(config: &Config, args: ImportArgs) -> CliResult {
                 .map_err(|e| CliError::usage(format!("cannot read {source}: {e}")))?,
         )
     };
-    let parsed = tokio::task::spawn_blocking(move || match format {
-        ImportFormat::Ndjson => parse_ndjson(input),
-        ImportFormat::Csv => parse_csv(input),
-    })
-    .await
-    .map_err(|e| CliError::failed(format!("import task failed: {e}")))??;
-    if !parsed.bad.is_empty() {
-        for (line, reason) in parsed.bad.iter().take(MAX_REPORTED) {
-            eprintln!("{source}:{line}: {reason}");
-        }
-        if parsed.bad.len() > MAX_REPORTED {
-            eprintln!("… and {} more bad lines", parsed.bad.len() - MAX_REPORTED);
-        }
-        return Err(CliError::usage(format!(
-            "{} bad line(s) in {source} (of {}); nothing was inserted — fix them and import the \
-             file again",
-            parsed.bad.len(),
-            parsed.bad.len() + parsed.rows.len()
-        )));
-    }
-    let count = parsed.rows.len();
+    let db = if args.dry_run {
+        None
+    } else {
+        Some(open_db(config).await?)
+    };
+    let name = source.clone();
+    let imported = tokio::task::spawn_blocking(move || import(input, format, &name, db.as_ref()))
+        .await
+        .map_err(|e| CliError::failed(format!("import task failed: {e}")))??;
+    let count = imported.rows;
     if args.dry_run {
         println!("dry run: {count} row(s) of {source} are valid; nothing was inserted");
         return Ok(());
     }
-    let db = open_db(config).await?;
-    let rows = parsed.rows;
-    let inserted = db.run(move |c| outbox::insert(c, &rows)).await?;
-    println!("imported {inserted} row(s) from {source} into the outbox");
+    if let Some((held, commit)) = imported.transaction {
+        tracing::info!(
+            rows = count,
+            transaction_ms = held.as_millis() as u64,
+            commit_ms = commit.as_millis() as u64,
+            "import committed"
+        );
+    }
+    println!("imported {count} row(s) from {source} into the outbox");
     Ok(())
+}
+
+/// Streams `input` into the outbox (`db`), or only checks it (`None`).
+fn import(
+    input: Box<dyn Read + Send>,
+    format: ImportFormat,
+    source: &str,
+    db: Option<&Db>,
+) -> Result<Imported, CliError> {
+    let mut conn = db.map(Db::conn).transpose()?;
+    let mut sink = Sink::new(conn.as_mut(), source);
+    let read = match format {
+        ImportFormat::Ndjson => read_ndjson(input, source, |n, row| sink.line(n, row)),
+        ImportFormat::Csv => read_csv(input, source, |n, row| sink.line(n, row)),
+    };
+    let outcome = read.and_then(|()| sink.finish());
+    if outcome.is_err() {
+        // A read or database error, or bad lines: nothing stays inserted.
+        let _ = sink.abandon();
+    }
+    let Sink { progress, .. } = sink;
+    progress.finish();
+    outcome
 }
 
 fn describe(file: &Path) -> String {
@@ -146,83 +299,142 @@ fn format_of(args: &ImportArgs) -> Result<ImportFormat, CliError> {
     }
 }
 
-fn parse_ndjson(input: Box<dyn Read + Send>) -> Result<Parsed, CliError> {
-    let mut parsed = Parsed::default();
-    let mut progress = Progress::new("import: rows checked", None);
-    for (index, line) in BufReader::new(input).lines().enumerate() {
-        let number = index as u64 + 1;
-        let line = line.map_err(|e| CliError::usage(format!("line {number}: cannot read: {e}")))?;
-        if line.trim().is_empty() {
+/// The one-line error for bytes that are not UTF-8 at `line` (`bytes[..valid]` are).
+fn not_utf8(source: &str, line: u64, what: &str, bytes: &[u8], valid: usize) -> CliError {
+    if line == 1 && (bytes.starts_with(b"\xff\xfe") || bytes.starts_with(b"\xfe\xff")) {
+        return CliError::usage(format!(
+            "{source}:1: the file is UTF-16 text; save the file as UTF-8 and import it again"
+        ));
+    }
+    let column = String::from_utf8_lossy(&bytes[..valid]).chars().count() + 1;
+    let byte = bytes.get(valid).copied().unwrap_or_default();
+    CliError::usage(format!(
+        "{source}:{line}: {what}byte 0x{byte:02X} at character {column} is not UTF-8 (a Latin-1 \
+         or Windows-1252 file?); save the file as UTF-8 and import it again"
+    ))
+}
+
+/// Reads NDJSON lines, passing each non-blank line's number and checked row to `emit`.
+fn read_ndjson(
+    input: impl Read,
+    source: &str,
+    mut emit: impl FnMut(u64, Result<NewOutboxRow, String>) -> CliResult,
+) -> CliResult {
+    let mut reader = BufReader::with_capacity(64 * 1024, input);
+    let mut buf = Vec::with_capacity(1024);
+    let mut number = 0u64;
+    loop {
+        buf.clear();
+        let read = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| CliError::usage(format!("cannot read {source}: {e}")))?;
+        if read == 0 {
+            return Ok(());
+        }
+        number += 1;
+        let mut bytes = buf.as_slice();
+        if number == 1 {
+            bytes = bytes.strip_prefix(BOM).unwrap_or(bytes);
+        }
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| not_utf8(source, number, "", bytes, e.valid_up_to()))?;
+        let text = text.trim();
+        if text.is_empty() {
             continue;
         }
-        let decoded =
-            serde_json::from_str::<Line>(&line).map_err(|e| format!("not a valid row: {e}"));
-        parsed.push(number, decoded);
-        progress.add(1);
+        let checked = serde_json::from_str::<Line>(text)
+            .map_err(|e| format!("not a valid row: {e}"))
+            .and_then(Line::check);
+        emit(number, checked)?;
     }
-    progress.finish();
-    Ok(parsed)
 }
 
-fn parse_csv(input: Box<dyn Read + Send>) -> Result<Parsed, CliError> {
+/// The columns of an import CSV, in their usual order.
+const COLUMNS: [&str; 5] = ["op", "campaign", "reference", "job_id", "payload"];
+
+/// Reads CSV records, passing each one's line number and checked row to `emit`.
+fn read_csv(
+    input: impl Read,
+    source: &str,
+    mut emit: impl FnMut(u64, Result<NewOutboxRow, String>) -> CliResult,
+) -> CliResult {
+    // csv-core skips a UTF-8 byte order mark at the start.
     let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(input);
-    let headers = reader
-        .headers()
-        .map_err(|e| CliError::usage(format!("cannot read the CSV header: {e}")))?
+    let raw = reader
+        .byte_headers()
+        .map_err(|e| CliError::usage(format!("cannot read the CSV header of {source}: {e}")))?
         .clone();
-    const KNOWN: [&str; 5] = ["op", "campaign", "reference", "job_id", "payload"];
-    if let Some(unknown) = headers.iter().find(|h| !KNOWN.contains(&h.trim())) {
+    let mut headers = Vec::with_capacity(raw.len());
+    for field in &raw {
+        let name = std::str::from_utf8(field)
+            .map_err(|e| not_utf8(source, 1, "the header: ", field, e.valid_up_to()))?;
+        headers.push(name.trim());
+    }
+    if let Some(unknown) = headers.iter().find(|h| !COLUMNS.contains(h)) {
         return Err(CliError::usage(format!(
             "unknown CSV column `{unknown}`; the columns are {}",
-            KNOWN.join(", ")
+            COLUMNS.join(", ")
         )));
     }
-    if !headers.iter().any(|h| h.trim() == "op") {
+    for (i, name) in headers.iter().enumerate() {
+        if let Some(first) = headers[..i].iter().position(|h| h == name) {
+            return Err(CliError::usage(format!(
+                "the CSV header of {source} names `{name}` twice (columns {} and {}); keep one \
+                 `{name}` column and import the file again",
+                first + 1,
+                i + 1
+            )));
+        }
+    }
+    if !headers.contains(&"op") {
         return Err(CliError::usage("the CSV header has no `op` column"));
     }
-    let mut parsed = Parsed::default();
-    let mut progress = Progress::new("import: rows checked", None);
-    for record in reader.records() {
-        let (number, decoded) = match record {
-            Ok(record) => {
-                let number = record.position().map_or(0, |p| p.line());
-                (number, csv_line(&headers, &record))
+    let column = |name: &str| headers.iter().position(|h| *h == name);
+    let columns = COLUMNS.map(column);
+    let mut record = csv::ByteRecord::new();
+    loop {
+        let number;
+        let checked = match reader.read_byte_record(&mut record) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {
+                number = record.position().map_or(0, |p| p.line());
+                let mut cells: [Option<&str>; 5] = [None; 5];
+                for (cell, (index, name)) in cells.iter_mut().zip(columns.iter().zip(COLUMNS)) {
+                    let Some(bytes) = index.and_then(|i| record.get(i)) else {
+                        continue;
+                    };
+                    let text = std::str::from_utf8(bytes).map_err(|e| {
+                        let what = format!("column `{name}`: ");
+                        not_utf8(source, number, &what, bytes, e.valid_up_to())
+                    })?;
+                    *cell = Some(text.trim()).filter(|v| !v.is_empty());
+                }
+                csv_line(cells).and_then(Line::check)
             }
             Err(e) => {
-                let number = e.position().map_or(0, |p| p.line());
-                (number, Err(format!("not a valid CSV row: {e}")))
+                number = e.position().map_or(0, |p| p.line());
+                Err(format!("not a valid CSV row: {e}"))
             }
         };
-        parsed.push(number, decoded);
-        progress.add(1);
+        emit(number, checked)?;
     }
-    progress.finish();
-    Ok(parsed)
 }
 
-fn csv_line(headers: &csv::StringRecord, record: &csv::StringRecord) -> Result<Line, String> {
-    let cell = |name: &str| {
-        headers
-            .iter()
-            .position(|h| h.trim() == name)
-            .and_then(|i| record.get(i))
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
-    let number = |name: &str| -> Result<Option<i64>, String> {
-        cell(name)
-            .map(|v| {
-                v.parse::<i64>()
-                    .map_err(|_| format!("{name} `{v}` is not an integer"))
-            })
-            .transpose()
+/// A CSV record's cells, in the order of [`COLUMNS`], blank cells `None`.
+fn csv_line([op, campaign, reference, job_id, payload]: [Option<&str>; 5]) -> Result<Line, String> {
+    let number = |name: &str, cell: Option<&str>| -> Result<Option<i64>, String> {
+        cell.map(|v| {
+            v.parse::<i64>()
+                .map_err(|_| format!("{name} `{v}` is not an integer"))
+        })
+        .transpose()
     };
     Ok(Line {
-        op: cell("op").unwrap_or_default().to_string(),
-        campaign: number("campaign")?,
-        reference: cell("reference").map(str::to_string),
-        job_id: number("job_id")?,
-        payload: cell("payload").map(|p| Value::String(p.to_string())),
+        op: op.unwrap_or_default().to_string(),
+        campaign: number("campaign", campaign)?,
+        reference: reference.map(str::to_string),
+        job_id: number("job_id", job_id)?,
+        payload: payload.map(|p| Value::String(p.to_string())),
     })
 }
 
@@ -230,12 +442,40 @@ fn csv_line(headers: &csv::StringRecord, record: &csv::StringRecord) -> Result<L
 mod tests {
     use super::*;
 
+    /// The rows and the bad lines (line number, reason) of a text.
+    #[derive(Debug, Default)]
+    struct Parsed {
+        rows: Vec<NewOutboxRow>,
+        bad: Vec<(u64, String)>,
+    }
+
+    fn collect(
+        read: impl FnOnce(&mut dyn FnMut(u64, Result<NewOutboxRow, String>) -> CliResult) -> CliResult,
+    ) -> Parsed {
+        let mut parsed = Parsed::default();
+        read(&mut |line, checked| {
+            match checked {
+                Ok(row) => parsed.rows.push(row),
+                Err(reason) => parsed.bad.push((line, reason)),
+            }
+            Ok(())
+        })
+        .unwrap();
+        parsed
+    }
+
     fn ndjson(text: &str) -> Parsed {
-        parse_ndjson(Box::new(std::io::Cursor::new(text.to_string()))).unwrap()
+        collect(|emit| read_ndjson(text.as_bytes(), "t.ndjson", emit))
     }
 
     fn csv_text(text: &str) -> Parsed {
-        parse_csv(Box::new(std::io::Cursor::new(text.to_string()))).unwrap()
+        collect(|emit| read_csv(text.as_bytes(), "t.csv", emit))
+    }
+
+    fn csv_error(bytes: &[u8]) -> String {
+        let err = read_csv(bytes, "t.csv", |_, _| Ok(())).unwrap_err();
+        assert_eq!(err.code, 2);
+        err.message
     }
 
     #[test]
@@ -246,16 +486,77 @@ mod tests {
             r#"{"op":"patch","job_id":5,"payload":{"state":2}}"#,
             "\n",
             r#"{"op":"unqueue","campaign":28,"reference":"a"}"#,
-            "\n",
+            "\r\n",
             "not json\n",
             r#"{"op":"create","campaign":28,"reference":"b","colour":"red"}"#,
         ));
         assert_eq!(parsed.rows.len(), 2);
+        assert_eq!(parsed.rows[0].payload, r#"{"name":"A"}"#);
         assert_eq!(parsed.rows[1].payload, "{}");
         let lines: Vec<u64> = parsed.bad.iter().map(|b| b.0).collect();
         assert_eq!(lines, [3, 5, 6]);
         assert!(parsed.bad[0].1.contains("read-only"), "{:?}", parsed.bad);
         assert!(parsed.bad[2].1.contains("colour"), "{:?}", parsed.bad);
+    }
+
+    #[test]
+    fn ndjson_payload_as_text_or_other_types() {
+        let parsed = ndjson(concat!(
+            r#"{"op":"patch","job_id":5,"payload":"{\"city\": \"Lyon\"}"}"#,
+            "\n",
+            r#"{"op":"patch","job_id":5,"payload":[1]}"#,
+            "\n",
+            r#"{"op":"unqueue","job_id":5,"payload":null}"#,
+        ));
+        assert_eq!(parsed.rows.len(), 2);
+        assert_eq!(parsed.rows[0].payload, r#"{"city": "Lyon"}"#);
+        assert_eq!(parsed.bad.len(), 1);
+        assert!(parsed.bad[0].1.contains("not an array"), "{:?}", parsed.bad);
+    }
+
+    #[test]
+    fn a_byte_order_mark_counts_only_at_the_start() {
+        let line = r#"{"op":"unqueue","job_id":5}"#;
+        let parsed = ndjson(&format!("\u{FEFF}{line}\n\u{FEFF}{line}\n"));
+        assert_eq!(parsed.rows.len(), 1);
+        assert_eq!(parsed.bad[0].0, 2);
+        let parsed = csv_text("\u{FEFF}op,job_id\nunqueue,5\n");
+        assert_eq!((parsed.rows.len(), parsed.bad.len()), (1, 0));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_stop_the_file_naming_the_line() {
+        let err = read_ndjson(&b"{}\n\"Fran\xe7ois\"\n"[..], "t.ndjson", |_, _| Ok(()))
+            .unwrap_err()
+            .message;
+        assert!(
+            err.starts_with("t.ndjson:2: byte 0xE7 at character 6"),
+            "{err}"
+        );
+        assert!(err.contains("save the file as UTF-8"), "{err}");
+        let err = read_ndjson(&b"\xff\xfe{\x00"[..], "t.ndjson", |_, _| Ok(()))
+            .unwrap_err()
+            .message;
+        assert!(err.contains("UTF-16"), "{err}");
+        let err =
+            csv_error(b"op,job_id,payload\nunqueue,5,\"{\"\"name\"\": \"\"Fran\xe7ois\"\"}\"\n");
+        assert!(
+            err.starts_with("t.csv:2: column `payload`: byte 0xE7"),
+            "{err}"
+        );
+        let err = csv_error(b"op,r\xe9f\n");
+        assert!(err.starts_with("t.csv:1: the header: byte 0xE9"), "{err}");
+    }
+
+    #[test]
+    fn csv_headers_are_known_and_each_once() {
+        let err = csv_error(b"op,job_id,op\nunqueue,5,unqueue\n");
+        assert!(
+            err.contains("names `op` twice (columns 1 and 3); keep one `op` column"),
+            "{err}"
+        );
+        assert!(csv_error(b"op,colour\n").contains("unknown CSV column `colour`"));
+        assert!(csv_error(b"job_id\n5\n").contains("no `op` column"));
     }
 
     #[test]
@@ -273,5 +574,13 @@ mod tests {
         assert_eq!(parsed.bad.len(), 1);
         assert_eq!(parsed.bad[0].0, 4);
         assert!(parsed.bad[0].1.contains("job_id `x`"));
+    }
+
+    #[test]
+    fn csv_columns_in_any_order() {
+        let parsed = csv_text("payload,job_id,op\n,7,unqueue\n");
+        assert_eq!(parsed.rows.len(), 1);
+        assert_eq!(parsed.rows[0].job_id, Some(7));
+        assert_eq!(parsed.rows[0].op, "unqueue");
     }
 }

@@ -57,6 +57,14 @@ impl Progress {
         }
     }
 
+    /// Runs `print` (a line to the terminal) with the bar hidden, so that the two do not mix.
+    pub fn suspend<R>(&self, print: impl FnOnce() -> R) -> R {
+        match &self.bar {
+            Some(bar) => bar.suspend(print),
+            None => print(),
+        }
+    }
+
     pub fn finish(self) {
         if let Some(bar) = self.bar {
             bar.finish_and_clear();
