@@ -187,7 +187,9 @@ impl<'a> Sink<'a> {
     fn finish(&mut self) -> Result<Imported, CliError> {
         if self.bad > 0 {
             if self.bad > MAX_REPORTED {
-                eprintln!("… and {} more bad lines", self.bad - MAX_REPORTED);
+                let more = self.bad - MAX_REPORTED;
+                self.progress
+                    .suspend(|| eprintln!("… and {more} more bad lines"));
             }
             return Err(CliError::usage(format!(
                 "{} bad line(s) in {} (of {}); nothing was inserted — fix them and import the \
