@@ -101,9 +101,9 @@ impl Listing {
                 () = tokio::time::sleep_until(next_item_due.into()) => {
                     self.finished = true;
                     let jobs = self.splitter.items();
-                    return Err(ApiError::Network {
+                    return Err(ApiError::InvalidAnswer {
                         endpoint: self.endpoint.clone(),
-                        message: format!(
+                        detail: format!(
                             "the listing sent no complete job within {}s after {jobs} job(s) (a \
                              stalled or trickling answer; raise `api.timeout_secs` if the API is \
                              that slow)",
