@@ -63,8 +63,7 @@ fn the_daemon_syncs_on_schedule_reports_health_and_stops_cleanly_on_sigterm() {
         "{recent:?}"
     );
     assert!(
-        newest.status == "ok"
-            || newest.error.as_deref() == Some("stopped by a shutdown signal"),
+        newest.status == "ok" || newest.error.as_deref() == Some("stopped by a shutdown signal"),
         "{newest:?}"
     );
 }
