@@ -1,4 +1,4 @@
-//! Wire types of the Jobs API (`shared/jobs-api.md`), shared by the client and the simulator.
+//! Wire types of the Jobs API (`docs/jobs-api.md`), shared by the client and the simulator.
 //!
 //! Decoding is tolerant where the documentation allows it (unknown fields are ignored, optional
 //! fields may be `null` or missing) and strict where a wrong type would corrupt the mirror.
