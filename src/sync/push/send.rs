@@ -259,12 +259,13 @@ async fn send_chunk(
     let _writing = one_writer(db, writer).await;
     db.run(move |c| {
         transaction(c, |c| {
-            runs::count_into_current(c, counts)?;
             // The outbox first: the changefeed's append (in the upsert) holds PostgreSQL's
-            // one-writer lock until the commit, so it comes last.
+            // one-writer lock until the commit, so it comes last — with the run's counts, whose
+            // row lock would otherwise serialise the chunks' whole transactions.
             outbox::update_each(c, &updates)?;
             jobs::upsert_contents(c, returned, ChangeSource::Push, Ts::now(), false)?;
             jobs::mark_gone(c, &gone, gone_at)?;
+            runs::count_into_current(c, counts)?;
             Ok(())
         })
     })
