@@ -365,15 +365,21 @@ fn connect_sqlite(path: PathBuf) -> Result<Backend, DbError> {
 }
 
 fn connect_pg(url: &str, options: DbOptions) -> Result<Backend, DbError> {
-    PgConnection::establish(url).map_err(|e| DbError::Connect {
-        backend: "postgres",
-        // libpq repeats its message once per address tried; one line says it. It may quote the
-        // URL, or a part of it that holds the password.
-        reason: format!(
-            "{}: {}",
-            redact(url),
-            scrub(e.to_string().lines().next().unwrap_or_default().trim(), url)
-        ),
+    PgConnection::establish(url).map_err(|e| {
+        // libpq repeats its message once per address tried, and adds a second line of advice
+        // that the hint replaces; the first line says it. It may quote the URL, or a part of it
+        // that holds the password, and so may the hint (a database name): both are scrubbed.
+        let text = e.to_string();
+        let first = text.lines().next().unwrap_or_default();
+        let first = first.split_whitespace().collect::<Vec<_>>().join(" ");
+        let reason = match pg_hint(&first) {
+            Some(hint) => format!("{}: {first}; {hint}", redact(url)),
+            None => format!("{}: {first}", redact(url)),
+        };
+        DbError::Connect {
+            backend: "postgres",
+            reason: scrub(&reason, url),
+        }
     })?;
     let url: Arc<str> = Arc::from(url);
     let pool = Pool::builder()
@@ -392,9 +398,104 @@ fn connect_pg(url: &str, options: DbOptions) -> Result<Backend, DbError> {
     })
 }
 
+/// What to do about a libpq connection error (its first line), when the cause is one a user
+/// meets first: a wrong password, a server that is not there, a database not created yet.
+fn pg_hint(message: &str) -> Option<String> {
+    // `"NAME"` after `marker`, as libpq quotes names in its messages.
+    let quoted = |marker: &str| {
+        let rest = &message[message.find(marker)? + marker.len()..];
+        let rest = rest.strip_prefix('"')?;
+        Some(rest[..rest.find('"')?].to_string())
+    };
+    if message.contains("password authentication failed")
+        || message.contains("no password supplied")
+        || (message.contains("role \"") && message.contains("does not exist"))
+    {
+        return Some("check the user and password in database.url".into());
+    }
+    if let Some(name) = quoted("database ").filter(|_| message.contains("does not exist")) {
+        return Some(format!(
+            "create it (`createdb {name}`, as a user allowed to) or fix the name in database.url"
+        ));
+    }
+    if message.contains("no pg_hba.conf entry") {
+        return Some(
+            "the server does not accept this client, user or database: allow it in the \
+             server's pg_hba.conf, or check database.url"
+                .into(),
+        );
+    }
+    let unreachable = [
+        "Connection refused",
+        "could not translate host name",
+        "timeout expired",
+        "No route to host",
+        "Network is unreachable",
+        "No such file or directory",
+        "Connection timed out",
+    ];
+    if unreachable.iter().any(|m| message.contains(m)) {
+        // libpq names the place: `server at "HOST", port PORT`, `server on socket "PATH"`, or
+        // `host name "HOST"`.
+        const PORT: &str = "\", port ";
+        let place = match (quoted("server at "), message.find(PORT)) {
+            (Some(host), Some(at)) => {
+                let port: String = message[at + PORT.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                Some(format!("{host}:{port}"))
+            }
+            _ => quoted("server on socket ").or_else(|| quoted("host name ")),
+        };
+        return Some(match place {
+            Some(place) => format!(
+                "is the PostgreSQL server running and reachable at {place}? check the host and \
+                 port in database.url"
+            ),
+            None => "is the PostgreSQL server running and reachable? check the host and port in \
+                     database.url"
+                .into(),
+        });
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn postgres_connection_errors_get_a_hint() {
+        let hint = |m: &str| pg_hint(m).unwrap_or_default();
+        assert!(
+            hint(r#"connection to server at "127.0.0.1", port 5432 failed: FATAL: password authentication failed for user "u""#)
+                .contains("user and password in database.url")
+        );
+        assert!(
+            hint(
+                r#"connection to server at "db", port 5432 failed: FATAL: role "x" does not exist"#
+            )
+            .contains("user and password")
+        );
+        assert!(
+            hint(r#"connection to server at "::1", port 6543 failed: Connection refused"#)
+                .contains("reachable at ::1:6543?")
+        );
+        assert!(
+            hint(r#"connection to server on socket "/run/postgresql/.s.PGSQL.5432" failed: No such file or directory"#)
+                .contains("reachable at /run/postgresql/.s.PGSQL.5432?")
+        );
+        assert!(
+            hint(r#"could not translate host name "dbx" to address: Name or service not known"#)
+                .contains("reachable at dbx?")
+        );
+        assert!(
+            hint(r#"connection to server at "h", port 5432 failed: FATAL: database "crm" does not exist"#)
+                .contains("`createdb crm`")
+        );
+        assert_eq!(pg_hint("something else entirely"), None);
+    }
 
     #[test]
     fn a_text_file_is_not_a_database_and_stays_as_it_was() {
