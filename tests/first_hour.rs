@@ -139,3 +139,37 @@ fn a_missing_postgres_database_says_createdb() {
         "the hint: {err}"
     );
 }
+
+// --- the Jobs API -------------------------------------------------------------------------------
+
+#[test]
+fn a_base_url_with_a_wrong_path_says_the_base_url_is_likely_wrong() {
+    let rt = common::runtime();
+    let sim = rt.block_on(common::start_sim(SimConfig::default()));
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!("{}/api/v2", sim.base_url());
+    let env = [
+        ("JOBSYNC_API__TOKEN", "dev-token"),
+        ("JOBSYNC_API__BASE_URL", base.as_str()),
+    ];
+    let url = sqlite_url(dir.path());
+    let out = jobsync(dir.path(), &["--database-url", &url, "--once"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(err.contains("HTTP 404"), "{err}");
+    assert!(
+        err.contains("api.base_url is likely wrong")
+            && err.contains("the API root, e.g. https://api.example.com")
+            && err.contains("jobsync appends /j/jobs"),
+        "the hint: {err}"
+    );
+    assert!(err.contains("/api/v2/j/jobs"), "names the URL asked: {err}");
+    // `check` says the same.
+    let out = jobsync(dir.path(), &["--database-url", &url, "check"], &env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("api.base_url is likely wrong"),
+        "{}",
+        stdout(&out)
+    );
+}

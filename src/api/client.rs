@@ -286,7 +286,8 @@ impl ApiClient {
                 ApiError::is_retryable,
                 |n| self.send_once(&ep, &query, None, n, false),
             )
-            .await?;
+            .await
+            .map_err(|e| self.listing_not_found(&ep, e))?;
         if let Some(kind) = content_type(&response).filter(|t| t.contains("html")) {
             return Err(ApiError::InvalidAnswer {
                 endpoint: ep.name,
@@ -309,6 +310,36 @@ impl ApiClient {
             self.inner.stop.clone(),
             self.inner.timeout,
         ))
+    }
+
+    /// A 404 on the listing means no listing lives at that address: `api.base_url` names
+    /// something else than the API root (a path too many, or too few). (On `GET /j/jobs/:id` a
+    /// 404 means an unknown job, and says nothing about the base URL.)
+    fn listing_not_found(&self, ep: &Endpoint, e: ApiError) -> ApiError {
+        match e {
+            ApiError::Http {
+                endpoint,
+                status: 404,
+                message,
+                retry_after,
+            } => {
+                let mut asked = self.url(&ep.path);
+                // Credentials in a base URL stay out of messages.
+                let _ = asked.set_password(None);
+                let _ = asked.set_username("");
+                ApiError::Http {
+                    endpoint,
+                    status: 404,
+                    message: format!(
+                        "{message} — there is no listing at {}, so api.base_url is likely wrong: it \
+                     should be the API root, e.g. https://api.example.com (jobsync appends {})",
+                        asked, ep.path
+                    ),
+                    retry_after,
+                }
+            }
+            other => other,
+        }
     }
 
     pub async fn get_job(&self, id: i64) -> Result<Job, ApiError> {
