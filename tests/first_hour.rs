@@ -173,3 +173,111 @@ fn a_base_url_with_a_wrong_path_says_the_base_url_is_likely_wrong() {
         stdout(&out)
     );
 }
+
+#[test]
+fn check_says_at_once_that_an_api_refusing_connections_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let env = [
+        ("JOBSYNC_API__TOKEN", "dev-token"),
+        ("JOBSYNC_API__BASE_URL", "http://127.0.0.1:1"),
+    ];
+    let started = Instant::now();
+    let out = jobsync(dir.path(), &["--database-url", &url, "check"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no long retries"
+    );
+    let text = stdout(&out);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("FAIL api"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        line.contains("unreachable")
+            && line.contains("connection refused")
+            && line.contains("check api.base_url and the network"),
+        "{line}"
+    );
+}
+
+#[test]
+fn check_gives_a_silent_api_two_tries_of_five_seconds() {
+    // A port that takes connections and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, accepted) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+            let _ = tx.send(());
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let base = format!("http://{addr}");
+    let env = [
+        ("JOBSYNC_API__TOKEN", "dev-token"),
+        ("JOBSYNC_API__BASE_URL", base.as_str()),
+    ];
+    let started = Instant::now();
+    let out = jobsync(dir.path(), &["--database-url", &url, "check"], &env);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(accepted.try_iter().count(), 2, "two tries");
+    assert!(
+        took >= Duration::from_secs(9) && took < Duration::from_secs(20),
+        "two tries of 5 s, not 8 of 30 s: {took:?}"
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("unreachable")
+            && text.contains("no answer within 5s")
+            && text.contains("check api.base_url and the network"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_run_against_an_api_that_is_down_ends_in_one_short_line_and_logs_its_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let env = [
+        ("JOBSYNC_API__TOKEN", "dev-token"),
+        ("JOBSYNC_API__BASE_URL", "http://127.0.0.1:1"),
+        ("JOBSYNC_API__MAX_ATTEMPTS", "3"),
+    ];
+    let out = jobsync(dir.path(), &["--database-url", &url, "--once"], &env);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(
+        err.contains("connection refused")
+            && err.contains("127.0.0.1:1")
+            && err.contains("api.base_url"),
+        "the cause and what to check: {err}"
+    );
+    assert!(!err.contains("error sending request"), "{err}");
+    assert!(err.len() < 220, "short: {} characters: {err}", err.len());
+    // Each retry is logged at WARN, saying which try of how many it was.
+    let retries: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message"] == "API request failed, retrying")
+        .collect();
+    assert_eq!(retries.len(), 2, "{}", stderr(&out));
+    assert_eq!(retries[0]["level"], "WARN");
+    assert_eq!(
+        (&retries[0]["attempt"], &retries[0]["max_attempts"]),
+        (&serde_json::json!(1), &serde_json::json!(3))
+    );
+    assert!(
+        retries[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused"),
+        "{:?}",
+        retries[0]
+    );
+}

@@ -25,9 +25,11 @@ pub enum ApiError {
         status: u16,
         message: String,
     },
+    /// `message` is the address tried and the cause, e.g. `http://10.0.0.5:8080: connection
+    /// refused`.
     #[error(
-        "could not connect to the Jobs API for {endpoint}: {message}; nothing was sent — check \
-         `api.base_url` and that the API is reachable"
+        "cannot reach the Jobs API for {endpoint} ({message}); nothing was sent — check \
+         `api.base_url` and that the API is up and reachable"
     )]
     Connect { endpoint: String, message: String },
     #[error(
@@ -109,13 +111,32 @@ impl ApiError {
         }
     }
 
+    /// Why the API could not be reached at all, in a few words, for `jobsync check`: a refused
+    /// or failed connection, no answer in time, a connection that broke. `None` when the API
+    /// answered.
+    pub fn unreachable_cause(&self) -> Option<String> {
+        match self {
+            ApiError::Connect { message, .. } | ApiError::Network { message, .. } => {
+                Some(message.clone())
+            }
+            ApiError::Timeout { timeout, .. } => {
+                Some(format!("no answer within {}s", timeout.as_secs_f64()))
+            }
+            _ => None,
+        }
+    }
+
     /// Classifies a transport error from reqwest.
     pub(crate) fn from_reqwest(endpoint: &str, err: &reqwest::Error, timeout: Duration) -> Self {
         let endpoint = endpoint.to_owned();
         if err.is_connect() {
+            let cause = connect_cause(err);
             ApiError::Connect {
                 endpoint,
-                message: error_chain(err),
+                message: match err.url() {
+                    Some(url) => format!("{}: {cause}", url.origin().ascii_serialization()),
+                    None => cause,
+                },
             }
         } else if err.is_timeout() {
             ApiError::Timeout { endpoint, timeout }
@@ -140,6 +161,43 @@ fn error_chain(err: &reqwest::Error) -> String {
             text.push_str(&cause_text);
         }
         source = cause.source();
+    }
+    text
+}
+
+/// Why a connection could not be made, in a few words ("connection refused", "dns error:
+/// failed to lookup address information: Name or service not known"), without reqwest's own
+/// "error sending request for url (…)" that repeats the whole URL and query.
+fn connect_cause(err: &reqwest::Error) -> String {
+    let causes = std::iter::successors(err.source(), |&e| e.source());
+    for cause in causes.clone() {
+        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+                std::io::ErrorKind::TimedOut => return "the connection timed out".into(),
+                _ => {}
+            }
+        }
+    }
+    let mut text = String::new();
+    for cause in causes {
+        let cause = cause.to_string();
+        // hyper's wrapper says nothing its source does not.
+        if cause.starts_with("client error (") || text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    if text.is_empty() {
+        return error_chain(err);
+    }
+    // "… (os error 111)" means nothing to a reader.
+    match text.rfind(" (os error ") {
+        Some(at) if text.ends_with(')') => text.truncate(at),
+        _ => {}
     }
     text
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RetryPolicy {
     backoff: ExponentialBuilder,
+    max_attempts: u32,
     max_backoff: Duration,
     retry_after_cap: Duration,
 }
@@ -34,6 +35,7 @@ impl RetryPolicy {
             .with_max_times(retries);
         RetryPolicy {
             backoff,
+            max_attempts,
             max_backoff,
             retry_after_cap,
         }
@@ -118,6 +120,7 @@ impl RetryPolicy {
                 tracing::warn!(
                     endpoint,
                     attempt = counter.load(Ordering::Relaxed),
+                    max_attempts = self.max_attempts,
                     wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                     error = %err,
                     "API request failed, retrying"

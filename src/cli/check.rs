@@ -17,7 +17,7 @@ pub async fn run(overrides: &Overrides) -> CliResult {
         }
     };
     let mut failed = 0;
-    let client = match context::api_client(&config, "check") {
+    let client = match context::check_client(&config) {
         Ok(client) => {
             println!("ok   configuration");
             Some(client)
@@ -47,7 +47,17 @@ pub async fn run(overrides: &Overrides) -> CliResult {
         Some(client) => match client.check().await {
             Ok(()) => println!("ok   api {} (token accepted)", config.api.base_url),
             Err(e) => {
-                println!("FAIL api: {e}");
+                match e.unreachable_cause() {
+                    Some(cause) => println!(
+                        "FAIL api: unreachable: {cause} (tried {}); check api.base_url and \
+                         the network",
+                        match config.api.max_attempts.min(context::CHECK_MAX_ATTEMPTS) {
+                            1 => "once".to_string(),
+                            n => format!("{n} times"),
+                        }
+                    ),
+                    None => println!("FAIL api: {e}"),
+                }
                 failed += 1;
             }
         },

@@ -7,16 +7,35 @@ use crate::sync::StopFlag;
 use crate::sync::cycle::Engine;
 use std::time::Duration;
 
-/// The API client as `api.*` configures it. The configuration was validated at load.
-pub fn api_client(config: &Config, command: &str) -> Result<ApiClient, CliError> {
-    api_client_stopped_by(config, command, StopFlag::new())
+/// `jobsync check` answers in seconds, not after a cycle's patience: an API that is down
+/// fails the check after this many tries of at most [`CHECK_TIMEOUT`] each.
+pub const CHECK_MAX_ATTEMPTS: u32 = 2;
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The API client for `jobsync check`: `api.*`, with at most [`CHECK_MAX_ATTEMPTS`] tries of
+/// at most [`CHECK_TIMEOUT`].
+pub fn check_client(config: &Config) -> Result<ApiClient, CliError> {
+    build_client(config, "check", StopFlag::new(), |options| {
+        options.max_attempts = options.max_attempts.min(CHECK_MAX_ATTEMPTS);
+        options.timeout = options.timeout.min(CHECK_TIMEOUT);
+    })
 }
 
-/// The API client, its retries and requests ended by `stop`.
+/// The API client as `api.*` configures it (validated at load), its retries and requests
+/// ended by `stop`.
 fn api_client_stopped_by(
     config: &Config,
     command: &str,
     stop: StopFlag,
+) -> Result<ApiClient, CliError> {
+    build_client(config, command, stop, |_| {})
+}
+
+fn build_client(
+    config: &Config,
+    command: &str,
+    stop: StopFlag,
+    adjust: impl FnOnce(&mut ClientOptions),
 ) -> Result<ApiClient, CliError> {
     config.require_token(command)?;
     let api = &config.api;
@@ -36,6 +55,7 @@ fn api_client_stopped_by(
     options.concurrency = api.concurrency;
     options.bulk_size = api.bulk_size;
     options.stop = stop;
+    adjust(&mut options);
     ApiClient::new(options).map_err(|e| CliError::usage(e.to_string()))
 }
 
