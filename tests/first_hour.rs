@@ -70,10 +70,7 @@ fn with_password(url: &str, password: &str) -> String {
 /// `url` naming another database (the path after the host), its query kept.
 fn with_database(url: &str, database: &str) -> String {
     let start = url.find("://").unwrap() + 3;
-    let slash = start
-        + url[start..]
-            .find('/')
-            .expect("the test URL names a database");
+    let slash = start + url[start..].find('/').expect("the test URL names a database");
     let query = url[slash..].find('?').map_or("", |q| &url[slash + q..]);
     format!("{}/{database}{query}", &url[..slash])
 }
@@ -185,10 +182,7 @@ fn check_says_at_once_that_an_api_refusing_connections_is_unreachable() {
     let started = Instant::now();
     let out = jobsync(dir.path(), &["--database-url", &url, "check"], &env);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "no long retries"
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "no long retries");
     let text = stdout(&out);
     let line = text
         .lines()
@@ -280,4 +274,47 @@ fn a_run_against_an_api_that_is_down_ends_in_one_short_line_and_logs_its_retries
         "{:?}",
         retries[0]
     );
+}
+
+// --- configuration ------------------------------------------------------------------------------
+
+#[test]
+fn a_toml_syntax_error_names_the_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jobsync.toml");
+    std::fs::write(&file, "[api]\nbase_url = \"http://127.0.0.1:8080\ntoken = \"t\"\n").unwrap();
+    let out = jobsync(
+        dir.path(),
+        &["--config", "jobsync.toml", "--database-url", "sqlite://j.db", "status"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    assert!(
+        err.contains("the configuration file jobsync.toml has a syntax error at line 2"),
+        "{err}"
+    );
+    assert!(!err.contains("missing configuration"), "{err}");
+}
+
+#[test]
+fn api_token_and_token_file_both_set_say_keep_one() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("token"), "t\n").unwrap();
+    let out = jobsync(
+        dir.path(),
+        &["--database-url", "sqlite://j.db", "--once"],
+        &[
+            ("JOBSYNC_API__TOKEN", "t"),
+            ("JOBSYNC_API__TOKEN_FILE", "token"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(
+        err.contains("api.token and api.token_file are both set: keep one"),
+        "{err}"
+    );
+    assert!(!err.contains("missing configuration"), "{err}");
 }

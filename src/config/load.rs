@@ -47,8 +47,29 @@ pub enum ConfigError {
     },
     #[error("configuration file {path} cannot be read: {reason}")]
     File { path: String, reason: String },
+    /// A TOML file that does not parse.
+    #[error(
+        "the configuration file {path} has a syntax error at line {line}{column}: {reason}; fix \
+         it (config/default.toml in the repository shows the format)"
+    )]
+    Syntax {
+        path: String,
+        line: usize,
+        /// `, column N`, or empty when unknown.
+        column: String,
+        reason: String,
+    },
+    /// Both ways of giving the token.
+    #[error(
+        "api.token and api.token_file are both set: keep one (JOBSYNC_API__TOKEN or \
+         JOBSYNC_API__TOKEN_FILE, or the same keys in a configuration file)"
+    )]
+    TokenConflict,
     #[error("missing configuration: {0}")]
     Missing(String),
+    /// Anything else the layers could not be read for.
+    #[error("invalid configuration: {0}")]
+    Other(String),
 }
 
 /// Loads and validates the configuration.
@@ -231,7 +252,22 @@ fn from_figment(figment: &Figment, err: figment::Error) -> ConfigError {
     };
     match &err.kind {
         figment::error::Kind::Message(msg) if key.is_empty() => {
-            ConfigError::Missing(format!("{msg} (from {source})"))
+            let file = match err.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                Some(Source::File(path)) => Some(path.display().to_string()),
+                _ => None,
+            };
+            match (file, toml_syntax_error(msg)) {
+                (Some(path), Some((line, column, reason))) => ConfigError::Syntax {
+                    path,
+                    line,
+                    column: column.map_or(String::new(), |c| format!(", column {c}")),
+                    reason,
+                },
+                _ => ConfigError::Other(format!(
+                    "{} (from {source})",
+                    msg.split_whitespace().collect::<Vec<_>>().join(" ")
+                )),
+            }
         }
         _ => ConfigError::Invalid {
             key,
@@ -240,6 +276,46 @@ fn from_figment(figment: &Figment, err: figment::Error) -> ConfigError {
             reason,
         },
     }
+}
+
+/// The line, column and reason of a TOML parser's message, which spans several lines:
+///
+/// ```text
+/// TOML parse error at line 2, column 21
+///   |
+/// 2 | base_url = "http://x
+///   |                     ^
+/// invalid basic string
+/// ```
+///
+/// The quoted source line is left out: it may hold a secret (a token on that line).
+fn toml_syntax_error(msg: &str) -> Option<(usize, Option<usize>, String)> {
+    let number_after = |marker: &str| -> Option<usize> {
+        let rest = &msg[msg.find(marker)? + marker.len()..];
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        digits.parse().ok()
+    };
+    if !msg.starts_with("TOML parse error") {
+        return None;
+    }
+    let line = number_after(" at line ")?;
+    let column = number_after(", column ");
+    // What follows the caret line is the reason, possibly over several lines.
+    let lines: Vec<&str> = msg.lines().collect();
+    let caret = lines
+        .iter()
+        .rposition(|l| l.trim_start().starts_with('|') && l.contains('^'));
+    let reason: Vec<&str> = lines[caret.map_or(1, |c| c + 1)..]
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty() && !l.starts_with('|'))
+        .collect();
+    let reason = if reason.is_empty() {
+        "not valid TOML".to_string()
+    } else {
+        reason.join(": ")
+    };
+    Some((line, column, reason))
 }
 
 /// Never shows the token, nor a database password; strings are quoted so an empty value is
@@ -268,5 +344,29 @@ fn describe_source(metadata: &Metadata, path: &[&str]) -> String {
             )
         }
         _ => metadata.name.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_syntax_errors_give_line_column_and_reason_but_not_the_line_itself() {
+        let msg = "TOML parse error at line 2, column 21\n  |\n2 | token = \"s3cret\n  |                     ^\ninvalid basic string\n";
+        assert_eq!(
+            toml_syntax_error(msg),
+            Some((2, Some(21), "invalid basic string".to_string()))
+        );
+        let msg = "TOML parse error at line 3, column 1\n  |\n3 | [api]\n  | ^\ninvalid table header\nduplicate key `api` in document root\n";
+        assert_eq!(
+            toml_syntax_error(msg),
+            Some((
+                3,
+                Some(1),
+                "invalid table header: duplicate key `api` in document root".to_string()
+            ))
+        );
+        assert_eq!(toml_syntax_error("missing field `x`"), None);
     }
 }

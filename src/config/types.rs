@@ -244,9 +244,7 @@ impl Config {
             )))
         };
         match (&self.api.token, &self.api.token_file) {
-            (Some(_), Some(_)) => missing(
-                "both api.token and api.token_file are set; keep one (JOBSYNC_API__TOKEN or JOBSYNC_API__TOKEN_FILE)",
-            ),
+            (Some(_), Some(_)) => Err(super::ConfigError::TokenConflict),
             (Some(token), None) if token.is_empty() => {
                 missing("api.token is empty; set JOBSYNC_API__TOKEN")
             }
