@@ -216,6 +216,12 @@ fn outbox_rows_insert_list_count_and_retry(t: &TestDb) {
         Some(404)
     );
     assert_eq!(outbox::retry(&mut c, None).unwrap(), 1);
+    // By id: only the failed ones among them, by id.
+    assert_eq!(outbox::update(&mut c, &[due[0].id], &failed).unwrap(), 1);
+    assert_eq!(
+        outbox::retry_ids(&mut c, &[due[2].id, 9999, due[0].id]).unwrap(),
+        [due[0].id]
+    );
     assert_eq!(
         outbox::list(&mut c, Some(OutboxStatus::Pending), 10)
             .unwrap()

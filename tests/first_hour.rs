@@ -318,3 +318,66 @@ fn api_token_and_token_file_both_set_say_keep_one() {
     );
     assert!(!err.contains("missing configuration"), "{err}");
 }
+
+// --- outbox retry -------------------------------------------------------------------------------
+
+#[test]
+fn outbox_retry_without_ids_mentions_both_forms() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let out = jobsync(dir.path(), &["--database-url", &url, "outbox", "retry"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(
+        err.contains("give --id N (one or more) or --failed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn outbox_retry_of_rows_that_are_not_failed_exits_1_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    {
+        let db = Db::open(&url).unwrap();
+        let mut c = db.conn().unwrap();
+        let row = |reference: &str| jobsync::db::models::NewOutboxRow {
+            op: "create".into(),
+            campaign: Some(28),
+            reference: Some(reference.into()),
+            job_id: None,
+            payload: "{}".into(),
+        };
+        outbox::insert(&mut c, &[row("a"), row("b")]).unwrap();
+        let failed = outbox::RowUpdate::failed("bulk/create answered 400".into(), Some(400));
+        outbox::update(&mut c, &[1], &failed).unwrap();
+    }
+    let args = [
+        "--database-url",
+        &url,
+        "outbox",
+        "retry",
+        "--id",
+        "1",
+        "--id",
+        "2",
+        "--id",
+        "999",
+    ];
+    let out = jobsync(dir.path(), &args, &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).contains("re-queued 1 failed row(s)"), "{}", stdout(&out));
+    let err = error_line(&out);
+    assert!(
+        err.contains("2 (status is pending)") && err.contains("999 (no such row)"),
+        "{err}"
+    );
+    // Alone, an unknown id is an error too, not a silent success.
+    let out = jobsync(
+        dir.path(),
+        &["--database-url", &url, "outbox", "retry", "--id", "999"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(error_line(&out).contains("999 (no such row)"));
+}

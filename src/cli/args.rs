@@ -110,10 +110,10 @@ pub enum OutboxCommand {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
-    /// Re-queue failed rows
+    /// Re-queue failed rows: give --id N (one or more) or --failed
     Retry {
-        /// Row ids to re-queue
-        #[arg(long = "id", value_name = "N", required_unless_present = "failed")]
+        /// Row ids to re-queue (repeat for several)
+        #[arg(long = "id", value_name = "N")]
         ids: Vec<i64>,
         /// Re-queue every failed row
         #[arg(long, conflicts_with = "ids")]

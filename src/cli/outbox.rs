@@ -4,7 +4,7 @@
 use super::{CliError, CliResult, OutboxCommand, open_db};
 use crate::config::Config;
 use crate::db::models::{OutboxRow, OutboxStatus};
-use crate::db::repo::outbox;
+use crate::db::repo::{self, outbox};
 
 pub async fn run(config: &Config, cmd: OutboxCommand) -> CliResult {
     match cmd {
@@ -58,36 +58,53 @@ fn describe(row: &OutboxRow) -> String {
     line
 }
 
-async fn retry(config: &Config, ids: Vec<i64>, all_failed: bool) -> CliResult {
+async fn retry(config: &Config, mut ids: Vec<i64>, all_failed: bool) -> CliResult {
+    if ids.is_empty() && !all_failed {
+        // Checked here rather than by clap, whose message would name only one of the two forms.
+        return Err(CliError::usage(
+            "outbox retry: which rows? give --id N (one or more) or --failed (every failed row); \
+             `jobsync outbox list --status failed` shows them",
+        ));
+    }
     let db = open_db(config).await?;
     if all_failed {
         let n = db.run(|c| outbox::retry(c, None)).await?;
         println!("re-queued {n} failed row(s)");
         return Ok(());
     }
-    let wanted = ids.clone();
-    let (requeued, found) = db
+    ids.sort_unstable();
+    ids.dedup();
+    let (requeued, others) = db
         .run(move |c| {
-            let found = outbox::get_many(c, &wanted)?;
-            let failed: Vec<i64> = found
-                .iter()
-                .filter(|r| r.status == OutboxStatus::Failed)
-                .map(|r| r.id)
-                .collect();
-            Ok((outbox::retry(c, Some(&failed))?, found))
+            repo::transaction(c, |c| {
+                let requeued = outbox::retry_ids(c, &ids)?;
+                let others: Vec<i64> = ids
+                    .iter()
+                    .filter(|id| requeued.binary_search(id).is_err())
+                    .copied()
+                    .collect();
+                let found = outbox::get_many(c, &others)?;
+                let others: Vec<(i64, Option<OutboxStatus>)> = others
+                    .into_iter()
+                    .map(|id| (id, found.iter().find(|r| r.id == id).map(|r| r.status)))
+                    .collect();
+                Ok((requeued, others))
+            })
         })
         .await?;
-    println!("re-queued {requeued} failed row(s)");
-    let skipped: Vec<String> = ids
+    println!("re-queued {} failed row(s)", requeued.len());
+    if others.is_empty() {
+        return Ok(());
+    }
+    let why: Vec<String> = others
         .iter()
-        .filter_map(|id| match found.iter().find(|r| r.id == *id) {
-            None => Some(format!("{id} (no such row)")),
-            Some(r) if r.status != OutboxStatus::Failed => Some(format!("{id} ({})", r.status)),
-            Some(_) => None,
+        .map(|(id, status)| match status {
+            None => format!("{id} (no such row)"),
+            Some(status) => format!("{id} (status is {status})"),
         })
         .collect();
-    if !skipped.is_empty() {
-        println!("not re-queued, because not failed: {}", skipped.join(", "));
-    }
-    Ok(())
+    Err(CliError::failed(format!(
+        "not re-queued: {}; only failed rows are re-queued (`jobsync outbox list` shows the rows)",
+        why.join(", ")
+    )))
 }

@@ -611,22 +611,59 @@ pub fn update(conn: &mut Conn, ids: &[i64], change: &RowUpdate) -> Result<usize,
 /// `failed → pending`, an operator's re-queue: the given failed rows (or all), attempts reset.
 /// A create still in doubt stays so, and is looked up before it is sent again.
 pub fn retry(conn: &mut Conn, ids: Option<&[i64]>) -> Result<usize, DbError> {
-    let now = Ts::now();
-    let change = (
+    match ids {
+        Some(ids) => Ok(retry_ids(conn, ids)?.len()),
+        None => {
+            let change = requeue(Ts::now());
+            with_conn!(conn, |c| Ok(diesel::update(
+                outbox::table.filter(outbox::status.eq(Failed))
+            )
+            .set(change)
+            .execute(c)?))
+        }
+    }
+}
+
+/// [`retry`] of the given rows: the ids of those re-queued (the failed ones among them), in
+/// id order. The others do not exist or are not failed.
+pub fn retry_ids(conn: &mut Conn, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+    let change = requeue(Ts::now());
+    let mut requeued = with_conn!(conn, |c| {
+        let mut requeued: Vec<i64> = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            let failed = outbox::table
+                .filter(outbox::status.eq(Failed))
+                .filter(outbox::id.eq_any(chunk));
+            requeued.extend(
+                diesel::update(failed)
+                    .set(change)
+                    .returning(outbox::id)
+                    .get_results::<i64>(c)?,
+            );
+        }
+        Ok::<_, DbError>(requeued)
+    })?;
+    requeued.sort_unstable();
+    requeued.dedup();
+    Ok(requeued)
+}
+
+/// The columns an operator's re-queue sets.
+#[allow(clippy::type_complexity)]
+fn requeue(
+    now: Ts,
+) -> (
+    diesel::dsl::Eq<outbox::status, OutboxStatus>,
+    diesel::dsl::Eq<outbox::attempts, i32>,
+    diesel::dsl::Eq<outbox::next_attempt_at, Ts>,
+    diesel::dsl::Eq<outbox::updated_at, Ts>,
+) {
+    (
         outbox::status.eq(Pending),
         outbox::attempts.eq(0),
         outbox::next_attempt_at.eq(now),
         outbox::updated_at.eq(now),
-    );
-    with_conn!(conn, |c| {
-        let failed = outbox::table.filter(outbox::status.eq(Failed));
-        Ok(match ids {
-            Some(ids) => diesel::update(failed.filter(outbox::id.eq_any(ids)))
-                .set(change)
-                .execute(c)?,
-            None => diesel::update(failed).set(change).execute(c)?,
-        })
-    })
+    )
 }
 
 /// Rows by id (those that exist).
