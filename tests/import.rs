@@ -184,12 +184,15 @@ fn outbox_list_and_retry(t: &TestDb) {
         ],
         None,
     );
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // Ids that were not re-queued are named, and make it exit 1 (issue 13).
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let said = text(&out.stdout);
     assert!(said.contains("re-queued 1 failed row(s)"), "{said}");
+    let err = text(&out.stderr);
     assert!(
-        said.contains(&format!("{} (pending)", ids[1])) && said.contains("999 (no such row)"),
-        "{said}"
+        err.contains(&format!("{} (status is pending)", ids[1]))
+            && err.contains("999 (no such row)"),
+        "{err}"
     );
     let rows = all_rows(&t.db);
     assert_eq!((rows[0].status.as_str(), rows[0].attempts), ("pending", 0));

@@ -63,7 +63,7 @@ async fn retry(config: &Config, mut ids: Vec<i64>, all_failed: bool) -> CliResul
         // Checked here rather than by clap, whose message would name only one of the two forms.
         return Err(CliError::usage(
             "outbox retry: which rows? give --id N (one or more) or --failed (every failed row); \
-             `jobsync outbox list --status failed` shows them",
+             `outbox list --status failed` shows them",
         ));
     }
     let db = open_db(config).await?;
@@ -104,7 +104,7 @@ async fn retry(config: &Config, mut ids: Vec<i64>, all_failed: bool) -> CliResul
         })
         .collect();
     Err(CliError::failed(format!(
-        "not re-queued: {}; only failed rows are re-queued (`jobsync outbox list` shows the rows)",
+        "not re-queued: {}; only failed rows are re-queued",
         why.join(", ")
     )))
 }
