@@ -381,3 +381,49 @@ fn outbox_retry_of_rows_that_are_not_failed_exits_1_naming_them() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(error_line(&out).contains("999 (no such row)"));
 }
+
+// --- import -------------------------------------------------------------------------------------
+
+#[test]
+fn a_csv_piped_as_ndjson_says_add_format_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = sqlite_url(dir.path());
+    let mut child = command(dir.path(), &["--database-url", &url, "import", "-"], &[])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"op,campaign,reference,job_id,payload\nunqueue,,,5,\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(err.contains("stdin:1"), "{err}");
+    assert!(err.contains("if this is CSV, add --format csv"), "{err}");
+}
+
+#[test]
+fn a_latin1_file_is_named_and_the_fix_given() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("crm.csv"),
+        b"op,campaign,reference,job_id,payload\ncreate,28,Fran\xe7ois,,\n",
+    )
+    .unwrap();
+    let out = jobsync(
+        dir.path(),
+        &["--database-url", &sqlite_url(dir.path()), "import", "crm.csv"],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = error_line(&out);
+    assert!(
+        err.contains("crm.csv:2") && err.contains("save the file as UTF-8"),
+        "{err}"
+    );
+}

@@ -325,6 +325,7 @@ fn read_ndjson(
     let mut reader = BufReader::with_capacity(64 * 1024, input);
     let mut buf = Vec::with_capacity(1024);
     let mut number = 0u64;
+    let mut seen_content = false;
     loop {
         buf.clear();
         let read = reader
@@ -344,11 +345,28 @@ fn read_ndjson(
         if text.is_empty() {
             continue;
         }
-        let checked = serde_json::from_str::<Line>(text)
+        let first = !seen_content;
+        seen_content = true;
+        let parsed = serde_json::from_str::<Line>(text);
+        if let Err(e) = &parsed
+            && first
+            && looks_like_csv(text)
+        {
+            // Every line would fail the same way: one line saying why is enough.
+            return Err(CliError::usage(format!(
+                "{source}:{number}: not an NDJSON row ({e}); if this is CSV, add --format csv"
+            )));
+        }
+        let checked = parsed
             .map_err(|e| format!("not a valid row: {e}"))
             .and_then(Line::check);
         emit(number, checked)?;
     }
+}
+
+/// Whether a line that is not NDJSON looks like a CSV header or row: commas, and no JSON object.
+fn looks_like_csv(line: &str) -> bool {
+    line.contains(',') && !line.contains('{')
 }
 
 /// The columns of an import CSV, in their usual order.
@@ -514,6 +532,28 @@ mod tests {
         assert_eq!(parsed.rows[0].payload, r#"{"city": "Lyon"}"#);
         assert_eq!(parsed.bad.len(), 1);
         assert!(parsed.bad[0].1.contains("not an array"), "{:?}", parsed.bad);
+    }
+
+    #[test]
+    fn csv_read_as_ndjson_stops_at_the_first_line_with_the_fix() {
+        let err = read_ndjson(
+            &b"\nop,campaign,reference,job_id,payload\nunqueue,,,5,\n"[..],
+            "stdin",
+            |_, _| Ok(()),
+        )
+        .unwrap_err();
+        assert_eq!(err.code, 2);
+        assert!(
+            err.message.starts_with("stdin:2: not an NDJSON row (")
+                && err.message.ends_with("if this is CSV, add --format csv"),
+            "{}",
+            err.message
+        );
+        // A bad JSON line, or a later line with commas, is only a bad line.
+        let parsed = ndjson("{\"op\": \"unqueue\", \"job_id\": 5}\na,b,c\n{\"op\",}\n");
+        assert_eq!(parsed.bad.iter().map(|b| b.0).collect::<Vec<_>>(), [2, 3]);
+        let parsed = ndjson("{\"op\": 1,\n");
+        assert_eq!(parsed.bad.len(), 1);
     }
 
     #[test]
