@@ -21,7 +21,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 trap 'exit 141' PIPE
 
-"$BIN" simulate --listen 127.0.0.1:0 --campaigns 28 --latency-ms "$LATENCY_MS" >"$WORK/sim.out" 2>"$WORK/sim.err" &
+"$BIN" simulate --listen 127.0.0.1:0 --campaigns 28 --jobs-per-campaign 0 --latency-ms "$LATENCY_MS" >"$WORK/sim.out" 2>"$WORK/sim.err" &
 SIM_PID=$!
 for _ in $(seq 100); do grep -q '^listening on ' "$WORK/sim.out" 2>/dev/null && break; sleep 0.1; done
 ADDR=$(sed -n 's/^listening on //p' "$WORK/sim.out" | head -1)

@@ -427,3 +427,57 @@ fn a_latin1_file_is_named_and_the_fix_given() {
         "{err}"
     );
 }
+
+// --- simulate and demo --------------------------------------------------------------------------
+
+/// Jobs per campaign that `jobsync simulate ARGS` serves.
+fn simulated_jobs(args: &[&str]) -> std::collections::BTreeMap<i64, usize> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = command(dir.path(), &["simulate", "--listen", "127.0.0.1:0"], &[])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let rt = common::runtime();
+    let state: serde_json::Value = rt.block_on(async {
+        reqwest::get(format!("http://{addr}/_sim/state"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let jobs = match state {
+        serde_json::Value::Array(jobs) => jobs,
+        other => other["jobs"].as_array().cloned().expect("jobs"),
+    };
+    let mut per_campaign = std::collections::BTreeMap::new();
+    for job in jobs {
+        *per_campaign
+            .entry(job["campaign"].as_i64().unwrap())
+            .or_default() += 1;
+    }
+    per_campaign
+}
+
+#[test]
+fn simulate_alone_serves_two_campaigns_of_500_jobs() {
+    assert_eq!(
+        simulated_jobs(&[]),
+        [(28, 500), (29, 500)].into_iter().collect()
+    );
+    assert!(simulated_jobs(&["--jobs-per-campaign", "0"]).is_empty());
+}

@@ -6,6 +6,10 @@ use super::{Faults, MAX_SEEDED_JOBS, SimConfig, repeated_campaign, seeded_jobs, 
 use std::io::Write;
 use std::net::SocketAddr;
 
+/// `jobsync simulate` alone serves something to sync: two campaigns of this many jobs (the
+/// library's `SimConfig` starts empty, for tests that seed their own).
+pub const DEFAULT_JOBS_PER_CAMPAIGN: usize = 500;
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct SimulateArgs {
     /// Address to listen on (port 0 picks a free port).
@@ -23,8 +27,8 @@ pub struct SimulateArgs {
         allow_negative_numbers = true
     )]
     pub campaigns: Vec<i64>,
-    /// Jobs seeded in each campaign at start, at most 10000000 in all.
-    #[arg(long, default_value_t = 0, value_parser = jobs_per_campaign, allow_negative_numbers = true)]
+    /// Jobs seeded in each campaign at start (0 for empty campaigns), at most 10000000 in all.
+    #[arg(long, default_value_t = DEFAULT_JOBS_PER_CAMPAIGN, value_parser = jobs_per_campaign, allow_negative_numbers = true)]
     pub jobs_per_campaign: usize,
     /// Seed for the seeded jobs, the dialer, edits and faults.
     #[arg(long, default_value_t = 1)]
@@ -201,12 +205,20 @@ pub async fn run_cli(
 }
 
 async fn serve(listen: SocketAddr, cfg: SimConfig) -> anyhow::Result<()> {
+    let cfg_summary = (cfg.campaigns.clone(), cfg.jobs_per_campaign);
     let handle = spawn(listen, cfg)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}; choose another --listen"))?;
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on {}", handle.addr)?;
+        let campaigns: Vec<String> = cfg_summary.0.iter().map(i64::to_string).collect();
+        writeln!(
+            stdout,
+            "campaigns {} with {} seeded jobs each; stop with Ctrl-C",
+            campaigns.join(", "),
+            cfg_summary.1
+        )?;
         stdout.flush()?;
     }
     wait_for_stop_signal().await?;
