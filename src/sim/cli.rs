@@ -212,14 +212,17 @@ async fn serve(listen: SocketAddr, cfg: SimConfig) -> anyhow::Result<()> {
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on {}", handle.addr)?;
+        stdout.flush()?;
+        // Best effort: a script may stop reading after the first line, and a closed pipe must
+        // not stop the simulator.
         let campaigns: Vec<String> = cfg_summary.0.iter().map(i64::to_string).collect();
-        writeln!(
+        let _ = writeln!(
             stdout,
             "campaigns {} with {} seeded jobs each; stop with Ctrl-C",
             campaigns.join(", "),
             cfg_summary.1
-        )?;
-        stdout.flush()?;
+        )
+        .and_then(|()| stdout.flush());
     }
     wait_for_stop_signal().await?;
     tracing::info!("stop signal received");
