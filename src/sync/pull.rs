@@ -38,6 +38,8 @@ pub const BATCH_SIZE: usize = 2000;
 pub struct PullStats {
     /// Whether any campaign was listed in full.
     pub full: bool,
+    /// Jobs received and stored or compared with the mirror; not those an incremental pass
+    /// reads for campaigns the same pull listed in full (it skips them).
     pub jobs_pulled: i64,
     /// Rows appended to the changefeed (created, updated, deleted).
     pub jobs_changed: i64,
@@ -390,9 +392,11 @@ async fn store_listing(
             }
             campaigns.extend(batch.campaigns);
             progress.add(batch.received as u64);
-            let received = batch.received as i64;
+            // Pulled: the jobs stored or compared with the mirror. Jobs of the skipped campaigns
+            // (listed in full earlier in the same pull) are read but not counted, so a backfill
+            // of N jobs reports N, not N plus those its incremental pass re-read.
+            let pulled = batch.store.len() as i64;
             if batch.store.is_empty() {
-                stats.jobs_pulled += received;
                 continue;
             }
             let store = batch.store;
@@ -405,7 +409,7 @@ async fn store_listing(
                             let up =
                                 jobs::upsert_contents(c, store, ChangeSource::Pull, now, touch)?;
                             let counts = RunCounts {
-                                jobs_pulled: received,
+                                jobs_pulled: pulled,
                                 jobs_changed: up.changes as i64,
                                 ..RunCounts::default()
                             };
@@ -417,7 +421,7 @@ async fn store_listing(
                 .await?;
             heartbeat.beat();
             // Counted once committed: a stopped pull reports what the mirror holds.
-            stats.jobs_pulled += received;
+            stats.jobs_pulled += pulled;
             stats.jobs_changed += upserted.changes as i64;
         }
         Ok(())
