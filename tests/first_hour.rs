@@ -481,3 +481,42 @@ fn simulate_alone_serves_two_campaigns_of_500_jobs() {
     );
     assert!(simulated_jobs(&["--jobs-per-campaign", "0"]).is_empty());
 }
+
+#[test]
+fn the_demo_counts_what_it_stored_prints_runnable_commands_and_cleans_up_its_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = jobsync(dir.path(), &["demo"], &[]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("run #1 ok (full): pulled 1000 jobs, 1000 changes"),
+        "a backfill of 1,000 jobs pulls 1,000: {text}"
+    );
+    for lock in ["jobsync-demo.db.lock", "jobsync-demo.db.migrate.lock"] {
+        assert!(!dir.path().join(lock).exists(), "{lock} is left behind");
+    }
+    assert!(dir.path().join("jobsync-demo.db").exists());
+    assert!(text.contains("README.md § Quick start"), "{text}");
+    // The commands it suggests run as written, from where it ran: the binary by its own path,
+    // since `jobsync` need not be on the PATH.
+    let exe = std::fs::canonicalize(env!("CARGO_BIN_EXE_jobsync")).unwrap();
+    let status = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.ends_with(" status"))
+        .unwrap_or_else(|| panic!("a status command: {text}"));
+    assert!(
+        status.starts_with(&exe.display().to_string()),
+        "{status} starts with {}",
+        exe.display()
+    );
+    let ran = Command::new("sh")
+        .arg("-c")
+        .arg(status)
+        .current_dir(dir.path())
+        .env_remove("JOBSYNC_DATABASE__URL")
+        .output()
+        .unwrap();
+    assert_eq!(ran.status.code(), Some(0), "{status}: {}", stderr(&ran));
+    assert!(stdout(&ran).contains("1002"), "{}", stdout(&ran));
+}

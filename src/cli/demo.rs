@@ -17,20 +17,33 @@ use crate::sim::{SimConfig, SimHandle};
 use crate::sync::StopFlag;
 use crate::sync::cycle::{Engine, Trigger, run_cycle};
 use serde_json::json;
+use std::path::Path;
 
 const DEMO_DB: &str = "sqlite://jobsync-demo.db";
 const CAMPAIGNS: [i64; 2] = [28, 29];
 
+/// The demo's own file, and the lock files beside it that the tour removes when it ends.
+const DEMO_FILE: &str = "jobsync-demo.db";
+const DEMO_LOCKS: [&str; 2] = [".lock", ".migrate.lock"];
+
 pub async fn run(config: &Config, database_url_given: bool, force: bool) -> CliResult {
-    let url = if database_url_given {
-        config.database.url.clone()
-    } else {
-        // The demo's own file: every tour starts from an empty mirror.
-        for suffix in ["", "-wal", "-shm", ".lock"] {
-            let _ = std::fs::remove_file(format!("jobsync-demo.db{suffix}"));
-        }
-        DEMO_DB.to_string()
-    };
+    if database_url_given {
+        return tour(config, config.database.url.clone(), true, force).await;
+    }
+    // The demo's own file: every tour starts from an empty mirror.
+    for suffix in ["", "-wal", "-shm", ".lock", ".migrate.lock"] {
+        let _ = std::fs::remove_file(format!("{DEMO_FILE}{suffix}"));
+    }
+    let toured = tour(config, DEMO_DB.to_string(), false, force).await;
+    // Every handle on the database is gone with the tour: its lock files (kept by a daemon for
+    // the next cycle) would only be litter in the directory.
+    for suffix in DEMO_LOCKS {
+        let _ = std::fs::remove_file(format!("{DEMO_FILE}{suffix}"));
+    }
+    toured
+}
+
+async fn tour(config: &Config, url: String, database_url_given: bool, force: bool) -> CliResult {
     let shown = redact(&url);
     let found = inspect(config, &url).await?;
     let ours = found.is_empty() || found.demo_marker.is_some();
@@ -74,7 +87,7 @@ pub async fn run(config: &Config, database_url_given: bool, force: bool) -> CliR
     let seq_before = last_seq(&db).await?;
     cycle(
         &engine,
-        "2. first cycle (a backfill: each campaign is listed in full)",
+        "2. first cycle (a backfill: each campaign is listed in full; every job is new, so each is a change)",
     )
     .await?;
 
@@ -119,14 +132,54 @@ pub async fn run(config: &Config, database_url_given: bool, force: bool) -> CliR
     println!(
         "\nmirror: {live} jobs ({deleted} deleted upstream); {total} changefeed rows written by this demo"
     );
-    let again = if database_url_given {
-        "--database-url URL".to_string()
+    // Commands to paste, as written: the binary by its own path (`jobsync` need not be on the
+    // PATH), the database as given (a URL with a password is not printed).
+    let exe = std::env::current_exe()
+        .ok()
+        .zip(std::env::current_dir().ok())
+        .map_or_else(
+            || "jobsync".to_string(),
+            |(exe, cwd)| command_path(&exe, &cwd),
+        );
+    let database = if !database_url_given {
+        DEMO_DB.to_string()
+    } else if redact(&demo.database.url) == demo.database.url {
+        shell_word(&demo.database.url)
     } else {
-        format!("--database-url {DEMO_DB}")
+        "URL".to_string()
     };
-    println!("next: `jobsync {again} status`, `… changes`, `jobsync simulate` + `jobsync --once`");
+    println!(
+        "
+next, from this directory:"
+    );
+    println!("   {exe} --database-url {database} status");
+    println!("   {exe} --database-url {database} changes --since {seq_mid}");
+    println!(
+        "next steps: README.md § Quick start (the simulator and jobsync as separate processes, a CSV import)"
+    );
     sim.shutdown().await;
     Ok(())
+}
+
+/// How to write `exe` in a command run from `cwd`: relative when it is under it
+/// (`target/release/jobsync`, `./jobsync`), else its absolute path; quoted for a shell if need be.
+fn command_path(exe: &Path, cwd: &Path) -> String {
+    let shown = match exe.strip_prefix(cwd) {
+        Ok(relative) if relative.components().count() == 1 => Path::new(".").join(relative),
+        Ok(relative) => relative.to_path_buf(),
+        Err(_) => exe.to_path_buf(),
+    };
+    shell_word(&shown.to_string_lossy())
+}
+
+/// `word` as one shell word: as it is when it holds only safe characters, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:@%=,".contains(c);
+    if !word.is_empty() && word.chars().all(safe) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
 }
 
 async fn cycle(engine: &Engine, title: &str) -> CliResult {
@@ -216,4 +269,26 @@ async fn sim_post(sim: &SimHandle, route: &str, n: usize) -> Result<usize, CliEr
         .await
         .map_err(|e| CliError::failed(format!("simulator {route}: {e}")))?;
     Ok(answer.as_array().map_or(0, Vec::len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_binary_is_shown_as_a_command_that_runs_from_here() {
+        let cwd = Path::new("/home/ada/jobsync");
+        let shown = |exe: &str| command_path(Path::new(exe), cwd);
+        assert_eq!(
+            shown("/home/ada/jobsync/target/release/jobsync"),
+            "target/release/jobsync"
+        );
+        assert_eq!(shown("/home/ada/jobsync/jobsync"), "./jobsync");
+        assert_eq!(shown("/usr/local/bin/jobsync"), "/usr/local/bin/jobsync");
+        assert_eq!(
+            shown("/home/ada/my tools/jobsync"),
+            "'/home/ada/my tools/jobsync'"
+        );
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+    }
 }
