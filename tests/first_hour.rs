@@ -70,7 +70,10 @@ fn with_password(url: &str, password: &str) -> String {
 /// `url` naming another database (the path after the host), its query kept.
 fn with_database(url: &str, database: &str) -> String {
     let start = url.find("://").unwrap() + 3;
-    let slash = start + url[start..].find('/').expect("the test URL names a database");
+    let slash = start
+        + url[start..]
+            .find('/')
+            .expect("the test URL names a database");
     let query = url[slash..].find('?').map_or("", |q| &url[slash + q..]);
     format!("{}/{database}{query}", &url[..slash])
 }
@@ -182,7 +185,10 @@ fn check_says_at_once_that_an_api_refusing_connections_is_unreachable() {
     let started = Instant::now();
     let out = jobsync(dir.path(), &["--database-url", &url, "check"], &env);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(started.elapsed() < Duration::from_secs(5), "no long retries");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "no long retries"
+    );
     let text = stdout(&out);
     let line = text
         .lines()
@@ -282,10 +288,20 @@ fn a_run_against_an_api_that_is_down_ends_in_one_short_line_and_logs_its_retries
 fn a_toml_syntax_error_names_the_file_and_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("jobsync.toml");
-    std::fs::write(&file, "[api]\nbase_url = \"http://127.0.0.1:8080\ntoken = \"t\"\n").unwrap();
+    std::fs::write(
+        &file,
+        "[api]\nbase_url = \"http://127.0.0.1:8080\ntoken = \"t\"\n",
+    )
+    .unwrap();
     let out = jobsync(
         dir.path(),
-        &["--config", "jobsync.toml", "--database-url", "sqlite://j.db", "status"],
+        &[
+            "--config",
+            "jobsync.toml",
+            "--database-url",
+            "sqlite://j.db",
+            "status",
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
@@ -325,7 +341,11 @@ fn api_token_and_token_file_both_set_say_keep_one() {
 fn outbox_retry_without_ids_mentions_both_forms() {
     let dir = tempfile::tempdir().unwrap();
     let url = sqlite_url(dir.path());
-    let out = jobsync(dir.path(), &["--database-url", &url, "outbox", "retry"], &[]);
+    let out = jobsync(
+        dir.path(),
+        &["--database-url", &url, "outbox", "retry"],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = error_line(&out);
     assert!(
@@ -366,7 +386,11 @@ fn outbox_retry_of_rows_that_are_not_failed_exits_1_naming_them() {
     ];
     let out = jobsync(dir.path(), &args, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stdout(&out).contains("re-queued 1 failed row(s)"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("re-queued 1 failed row(s)"),
+        "{}",
+        stdout(&out)
+    );
     let err = error_line(&out);
     assert!(
         err.contains("2 (status is pending)") && err.contains("999 (no such row)"),
@@ -417,7 +441,12 @@ fn a_latin1_file_is_named_and_the_fix_given() {
     .unwrap();
     let out = jobsync(
         dir.path(),
-        &["--database-url", &sqlite_url(dir.path()), "import", "crm.csv"],
+        &[
+            "--database-url",
+            &sqlite_url(dir.path()),
+            "import",
+            "crm.csv",
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
