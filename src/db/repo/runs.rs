@@ -69,24 +69,18 @@ pub fn count_into_current(conn: &mut Conn, counts: RunCounts) -> Result<(), DbEr
     if counts == RunCounts::default() {
         return Ok(());
     }
-    use diesel::dsl::max;
+    let Some(current) = newest_id(conn)? else {
+        return Ok(());
+    };
     with_conn!(conn, |c| {
-        let newest: Option<i64> = sync_runs::table.select(max(sync_runs::id)).first(c)?;
-        let Some(newest) = newest else {
-            return Ok(());
-        };
-        diesel::update(
-            sync_runs::table
-                .filter(sync_runs::id.eq(newest))
-                .filter(sync_runs::status.eq("running")),
-        )
-        .set((
-            sync_runs::jobs_pulled.eq(sync_runs::jobs_pulled + counts.jobs_pulled),
-            sync_runs::jobs_changed.eq(sync_runs::jobs_changed + counts.jobs_changed),
-            sync_runs::pushed_ok.eq(sync_runs::pushed_ok + counts.pushed_ok),
-            sync_runs::pushed_failed.eq(sync_runs::pushed_failed + counts.pushed_failed),
-        ))
-        .execute(c)?;
+        diesel::update(running(current))
+            .set((
+                sync_runs::jobs_pulled.eq(sync_runs::jobs_pulled + counts.jobs_pulled),
+                sync_runs::jobs_changed.eq(sync_runs::jobs_changed + counts.jobs_changed),
+                sync_runs::pushed_ok.eq(sync_runs::pushed_ok + counts.pushed_ok),
+                sync_runs::pushed_failed.eq(sync_runs::pushed_failed + counts.pushed_failed),
+            ))
+            .execute(c)?;
         Ok(())
     })
 }
@@ -94,21 +88,33 @@ pub fn count_into_current(conn: &mut Conn, counts: RunCounts) -> Result<(), DbEr
 /// Records that the run in progress lists campaigns in full (`mode = 'full'`), as the first
 /// full listing starts.
 pub fn mark_current_full(conn: &mut Conn) -> Result<(), DbError> {
-    use diesel::dsl::max;
+    let Some(current) = newest_id(conn)? else {
+        return Ok(());
+    };
     with_conn!(conn, |c| {
-        let newest: Option<i64> = sync_runs::table.select(max(sync_runs::id)).first(c)?;
-        let Some(newest) = newest else {
-            return Ok(());
-        };
-        diesel::update(
-            sync_runs::table
-                .filter(sync_runs::id.eq(newest))
-                .filter(sync_runs::status.eq("running")),
-        )
-        .set(sync_runs::mode.eq("full"))
-        .execute(c)?;
+        diesel::update(running(current))
+            .set(sync_runs::mode.eq("full"))
+            .execute(c)?;
         Ok(())
     })
+}
+
+/// The newest run's id, if any run was recorded.
+fn newest_id(conn: &mut Conn) -> Result<Option<i64>, DbError> {
+    use diesel::dsl::max;
+    with_conn!(conn, |c| Ok(sync_runs::table
+        .select(max(sync_runs::id))
+        .first(c)?))
+}
+
+type ById = diesel::dsl::Filter<sync_runs::table, diesel::dsl::Eq<sync_runs::id, i64>>;
+type Running = diesel::dsl::Filter<ById, diesel::dsl::Eq<sync_runs::status, &'static str>>;
+
+/// Run `id`, while it is still `running` (the in-progress run of [`count_into_current`]).
+fn running(id: i64) -> Running {
+    sync_runs::table
+        .filter(sync_runs::id.eq(id))
+        .filter(sync_runs::status.eq("running"))
 }
 
 /// Runs left `running` by a process that died are marked `failed`. Call only while holding the
