@@ -186,7 +186,7 @@ fn migrate_works_from_the_command_line_and_twice_is_a_no_op() {
         "{}",
         String::from_utf8_lossy(&first.stderr)
     );
-    assert!(String::from_utf8_lossy(&first.stdout).contains("2 applied"));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("3 applied"));
     let second = jobsync(dir.path(), &["--database-url", &url, "migrate"], &[]);
     assert!(String::from_utf8_lossy(&second.stdout).contains("0 applied"));
 }

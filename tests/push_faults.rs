@@ -134,10 +134,7 @@ fn leave_in_flight(t: &TestDb, ids: &[i64]) {
         .map(|&id| outbox::Sending {
             survivor: id,
             merged: vec![],
-            create: Some(outbox::CreateSend {
-                sent_payload: None,
-                first_send: true,
-            }),
+            create: Some(outbox::CreateSend { sent_payload: None }),
         })
         .collect();
     outbox::mark_sent(&mut c, &sending, sent, sent, sent).unwrap();

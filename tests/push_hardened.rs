@@ -239,10 +239,7 @@ fn a_lookup_that_keeps_failing_ends_the_row_failed(t: &TestDb) {
         let sending = [outbox::Sending {
             survivor: id,
             merged: vec![],
-            create: Some(outbox::CreateSend {
-                sent_payload: None,
-                first_send: true,
-            }),
+            create: Some(outbox::CreateSend { sent_payload: None }),
         }];
         outbox::mark_sent(&mut t.db.conn().unwrap(), &sending, sent, sent, sent).unwrap();
         set_faults(&sim, json!({"fail_rate": 1.0})).await;

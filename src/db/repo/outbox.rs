@@ -64,6 +64,23 @@ pub fn ceiling(conn: &mut Conn) -> Result<i64, DbError> {
     Ok(max.unwrap_or(0))
 }
 
+/// `status IN ('pending', 'in_flight')`, written as the `outbox_open` partial index's predicate
+/// so that both databases serve it from that index (they cannot prove a bound list implies it).
+fn is_open() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    debug_assert_eq!(OutboxStatus::OPEN, [Pending, InFlight]);
+    diesel::dsl::sql("outbox.status IN ('pending', 'in_flight')")
+}
+
+/// The id just before the first open (`pending` or `in_flight`) row, where a pass's windows
+/// start: an outbox of a million settled rows is not walked again on every cycle.
+pub fn before_first_open(conn: &mut Conn) -> Result<i64, DbError> {
+    let first: Option<i64> = with_conn!(conn, |c| outbox::table
+        .filter(is_open())
+        .select(diesel::dsl::min(outbox::id))
+        .first(c)?);
+    Ok(first.map_or(0, |id| id - 1))
+}
+
 /// Up to `limit` open (`pending` or `in_flight`) rows with `after < id <= ceiling`, in id order,
 /// whether due or not (a row not yet due still holds back the later rows of its target): one
 /// window of the push, so that its memory does not grow with the outbox.
@@ -82,13 +99,10 @@ pub fn open_window(
         .order(outbox::id.asc())
         .limit(limit);
     let mut rows: Vec<OpenRow> = match conn {
-        // `+status`: SQLite would otherwise read every open row through the status index and
-        // sort them all for each window (quadratic in a large outbox); the primary key range is
-        // what keyset pagination wants.
+        // The `outbox_open` partial index holds exactly the open rows in id order: a window is
+        // a range scan of it that stops at `limit`.
         Conn::Sqlite(c) => window
-            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
-                "+outbox.status IN ('pending', 'in_flight')",
-            ))
+            .filter(is_open())
             .select((
                 outbox::id,
                 outbox::op,
@@ -110,7 +124,7 @@ pub fn open_window(
             .map(OpenRow::from)
             .collect(),
         Conn::Pg(c) => window
-            .filter(outbox::status.eq_any(OutboxStatus::OPEN))
+            .filter(is_open())
             .select(OpenRow::as_select())
             .load(&mut **c)?,
     };
@@ -219,14 +233,13 @@ pub struct Sending {
     pub survivor: i64,
     pub merged: Vec<i64>,
     /// For a create: the body as sent when it is not the survivor's own payload (rows were
-    /// merged into it, or it was linked), and whether it was never sent before.
+    /// merged into it, or it was linked).
     pub create: Option<CreateSend>,
 }
 
 #[derive(Debug, Clone)]
 pub struct CreateSend {
     pub sent_payload: Option<String>,
-    pub first_send: bool,
 }
 
 /// The transition `pending → in_flight`, written before the request leaves, so that a crash at
@@ -244,16 +257,12 @@ pub fn mark_sent(
 ) -> Result<(), DbError> {
     let mut plain: Vec<i64> = Vec::new();
     let mut creates: Vec<i64> = Vec::new();
-    let mut first_sends: Vec<i64> = Vec::new();
     let mut with_body: Vec<(i64, &str)> = Vec::new();
     let mut merged: Vec<(i64, &[i64])> = Vec::new();
     for op in ops {
         match &op.create {
             Some(create) => {
                 creates.push(op.survivor);
-                if create.first_send {
-                    first_sends.push(op.survivor);
-                }
                 if let Some(body) = &create.sent_payload {
                     with_body.push((op.survivor, body));
                 }
@@ -275,6 +284,13 @@ pub fn mark_sent(
                     .set((outbox::status.eq(InFlight), outbox::updated_at.eq(now)))
                     .execute(c)?;
             }
+            // One statement, so that each row is rewritten once: `first_sent_at` is kept when
+            // set (a create's first send is when it is set, and only then).
+            use diesel::sql_types::{Nullable, Timestamp};
+            let first_sent_at =
+                diesel::dsl::sql::<Nullable<Timestamp>>("COALESCE(outbox.first_sent_at, ")
+                    .bind::<Timestamp, _>(server_now)
+                    .sql(")");
             for chunk in creates.chunks(IDS_PER_STATEMENT) {
                 diesel::update(outbox::table.filter(outbox::id.eq_any(chunk)))
                     .set((
@@ -282,17 +298,9 @@ pub fn mark_sent(
                         outbox::in_doubt.eq(true),
                         outbox::updated_at.eq(now),
                         outbox::next_attempt_at.eq(look_after),
+                        outbox::first_sent_at.eq(first_sent_at.clone()),
                     ))
                     .execute(c)?;
-            }
-            for chunk in first_sends.chunks(IDS_PER_STATEMENT) {
-                diesel::update(
-                    outbox::table
-                        .filter(outbox::id.eq_any(chunk))
-                        .filter(outbox::first_sent_at.is_null()),
-                )
-                .set(outbox::first_sent_at.eq(server_now))
-                .execute(c)?;
             }
             for (id, body) in &with_body {
                 diesel::update(outbox::table.find(*id))
@@ -423,7 +431,7 @@ pub fn counts(conn: &mut Conn) -> Result<Vec<(String, i64)>, DbError> {
 /// When the oldest pending row was written.
 pub fn oldest_pending(conn: &mut Conn) -> Result<Option<Ts>, DbError> {
     with_conn!(conn, |c| Ok(outbox::table
-        .filter(outbox::status.eq_any(OutboxStatus::OPEN))
+        .filter(is_open())
         .select(diesel::dsl::min(outbox::created_at))
         .first::<Option<Ts>>(c)?))
 }

@@ -178,6 +178,9 @@ async fn push_windows(
     Ok(())
 }
 
+/// A window's rows are read from at most this many windows' worth of ids.
+const WINDOW_SPAN: i64 = 4;
+
 /// One pass over the outbox, window by window, its bulk calls pipelined across windows. A target
 /// met in an earlier window of the pass is held in the later ones (its rows there wait for the
 /// next pass, after the earlier ones settled). Returns whether another pass has work.
@@ -193,16 +196,24 @@ async fn push_pass(
     let mut pipeline = send::Pipeline::new(db, client, limits, stop);
     let mut touched = Held::new();
     let mut more = false;
-    let mut after = 0;
+    let mut after = db.run(outbox::before_first_open).await?;
     loop {
         if stop.is_set() || pipeline.must_end() {
             break;
         }
+        // A window reads ids from a bounded range: whatever plan the database picks (PostgreSQL,
+        // with stale statistics, sorted every open row above `after` for each window), the work
+        // of one window stays that of a few windows' rows.
+        let upto = ceiling.min(after.saturating_add(window.saturating_mul(WINDOW_SPAN)));
         let mut rows = db
-            .run(move |c| outbox::open_window(c, after, ceiling, window))
+            .run(move |c| outbox::open_window(c, after, upto, window))
             .await?;
         let Some(last) = rows.last().map(|r| r.id) else {
-            break;
+            if upto >= ceiling {
+                break;
+            }
+            after = upto;
+            continue;
         };
         let max_attempts = limits.max_row_attempts;
         if resolve::resolve_in_doubt(db, client, &rows, st, max_attempts, limits.tuning).await? {

@@ -315,7 +315,6 @@ fn sending(group: &Group) -> Sending {
         // The body is kept when rows were merged into it: the lookup needs the reference sent.
         sent_payload: (!group.merged.is_empty())
             .then(|| serde_json::Value::Object(group.fields.clone()).to_string()),
-        first_send: group.first_send,
     });
     Sending {
         survivor: group.survivor.id,

@@ -1,0 +1,2 @@
+DROP INDEX outbox_open;
+CREATE INDEX outbox_status_due ON outbox (status, next_attempt_at, id);
