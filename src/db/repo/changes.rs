@@ -19,14 +19,21 @@ pub fn append(conn: &mut Conn, changes: &[ChangeRow]) -> Result<(), DbError> {
     if changes.is_empty() {
         return Ok(());
     }
-    if let Conn::Pg(c) = conn {
-        diesel::sql_query(format!(
-            "SELECT {}",
-            PG_CHANGES_LOCK.call("pg_advisory_xact_lock")
-        ))
-        .execute(&mut **c)?;
+    match conn {
+        // One `COPY` (binary): `seq` follows the rows' order, as with an `INSERT`.
+        Conn::Pg(c) => {
+            diesel::sql_query(format!(
+                "SELECT {}",
+                PG_CHANGES_LOCK.call("pg_advisory_xact_lock")
+            ))
+            .execute(&mut **c)?;
+            diesel::copy_from(job_changes::table)
+                .from_insertable(changes)
+                .execute(&mut **c)?;
+            Ok(())
+        }
+        Conn::Sqlite(_) => super::insert_in_fixed_batches!(conn, job_changes::table, changes),
     }
-    super::insert_in_fixed_batches!(conn, job_changes::table, changes)
 }
 
 /// The highest `seq` written so far (0 when the feed is empty).

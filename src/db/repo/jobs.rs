@@ -151,9 +151,74 @@ fn plan_writes(
     plan
 }
 
-/// Inserts new rows, many per (cached) statement.
+/// Inserts new rows: PostgreSQL takes them in one `COPY` (binary), several times cheaper for it
+/// than multi-row `INSERT`s, whose thousands of bound parameters it parses one by one; SQLite in
+/// many per (cached) statement.
 fn insert_rows(conn: &mut Conn, rows: &[NewMirrorRow]) -> Result<(), DbError> {
-    super::insert_in_fixed_batches!(conn, jobs::table, rows)
+    match conn {
+        Conn::Pg(c) if !rows.is_empty() => {
+            let flat: Vec<CopyRow<'_>> = rows.iter().map(CopyRow::from).collect();
+            diesel::copy_from(jobs::table)
+                .from_insertable(&flat)
+                .execute(&mut **c)?;
+            Ok(())
+        }
+        _ => super::insert_in_fixed_batches!(conn, jobs::table, rows),
+    }
+}
+
+/// A mirror row flattened for `COPY`: Diesel's binary `COPY` takes no embedded struct.
+#[derive(Insertable)]
+#[diesel(table_name = jobs, treat_none_as_default_value = false)]
+struct CopyRow<'a> {
+    id: i64,
+    campaign: i64,
+    reference: Option<&'a str>,
+    name: Option<&'a str>,
+    email: Option<&'a str>,
+    numbers: Option<&'a str>,
+    address_lines: Option<&'a str>,
+    postal_code: Option<&'a str>,
+    city: Option<&'a str>,
+    country: Option<&'a str>,
+    appointment: Option<Ts>,
+    data: Option<&'a str>,
+    label: Option<&'a str>,
+    url: Option<&'a str>,
+    value: Option<f64>,
+    state: i32,
+    created_at: Option<Ts>,
+    first_seen_at: Ts,
+    last_seen_at: Ts,
+    remote_deleted_at: Option<Ts>,
+}
+
+impl<'a> From<&'a NewMirrorRow> for CopyRow<'a> {
+    fn from(row: &'a NewMirrorRow) -> Self {
+        let c = &row.content;
+        CopyRow {
+            id: c.id,
+            campaign: c.campaign,
+            reference: c.reference.as_deref(),
+            name: c.name.as_deref(),
+            email: c.email.as_deref(),
+            numbers: c.numbers.as_deref(),
+            address_lines: c.address_lines.as_deref(),
+            postal_code: c.postal_code.as_deref(),
+            city: c.city.as_deref(),
+            country: c.country.as_deref(),
+            appointment: c.appointment,
+            data: c.data.as_deref(),
+            label: c.label.as_deref(),
+            url: c.url.as_deref(),
+            value: c.value,
+            state: c.state,
+            created_at: c.created_at,
+            first_seen_at: row.first_seen_at,
+            last_seen_at: row.last_seen_at,
+            remote_deleted_at: row.remote_deleted_at,
+        }
+    }
 }
 
 /// Replaces stored rows, many per statement.
