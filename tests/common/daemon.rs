@@ -1,7 +1,7 @@
 //! The daemon as operators run it: the real binary (`jobsync run`) with its health server on a
 //! free port, its JSON log read line by line, signals sent by pid, killed when dropped.
 
-use super::process::jobsync_command;
+use super::process::{jobsync_command, jobsync_command_with_url};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, ExitStatus, Stdio};
@@ -24,7 +24,31 @@ impl Daemon {
         db_path: &std::path::Path,
         extra: &[(&str, &str)],
     ) -> Daemon {
-        let mut child = jobsync_command(base_url, db_path)
+        Daemon::spawn(rt, jobsync_command(base_url, db_path), extra)
+    }
+
+    /// [`Daemon::start`] on any database URL (e.g. several replicas on one PostgreSQL
+    /// database), run in `dir`.
+    pub fn start_with_url(
+        rt: &tokio::runtime::Runtime,
+        base_url: &str,
+        database_url: &str,
+        dir: &std::path::Path,
+        extra: &[(&str, &str)],
+    ) -> Daemon {
+        Daemon::spawn(
+            rt,
+            jobsync_command_with_url(base_url, database_url, dir),
+            extra,
+        )
+    }
+
+    fn spawn(
+        rt: &tokio::runtime::Runtime,
+        mut command: std::process::Command,
+        extra: &[(&str, &str)],
+    ) -> Daemon {
+        let mut child = command
             .arg("run")
             .env("JOBSYNC_SERVER__LISTEN", "127.0.0.1:0")
             .env("JOBSYNC_SYNC__SCHEDULE", "*/1 * * * * *")
