@@ -8,7 +8,7 @@ pub mod state;
 use crate::config::RetentionConfig;
 use crate::db::repo::{retention, state as sync_state};
 use crate::server::{self, ServerContext};
-use crate::sync::cycle::{CycleError, Engine, Trigger, run_cycle};
+use crate::sync::cycle::{CycleError, Engine, Trigger, run_cycle_then};
 use state::RunState;
 use std::future::Future;
 use std::sync::Arc;
@@ -158,7 +158,10 @@ async fn tick(engine: &Engine, state: &RunState, lock: &Mutex<()>) {
         return;
     };
     state.update(|s| s.cycle_running = true);
-    match run_cycle(engine, Trigger::Schedule).await {
+    // Active from the moment this process holds the sync lock: a replica that took over and is
+    // pushing a backlog is the active syncer, not a follower until its cycle ends.
+    let holding = || state.update(|s| s.active_syncer = Some(true));
+    match run_cycle_then(engine, Trigger::Schedule, holding).await {
         Ok(summary) => state.record_cycle(&summary),
         Err(CycleError::Busy(message)) => {
             // A follower replica on PostgreSQL says this every tick: INFO, not a warning.

@@ -19,8 +19,8 @@ pub struct Snapshot {
     /// Ticks skipped because another process held the sync lock (a follower replica on
     /// PostgreSQL does this every tick: not a fault).
     pub ticks_as_follower: u64,
-    /// Whether this process ran the last cycle (`Some(true)`), found another process syncing
-    /// (`Some(false)`), or has not tried yet.
+    /// Whether this process runs or ran the last cycle (`Some(true)`, set when the cycle takes
+    /// the sync lock), found another process syncing (`Some(false)`), or has not tried yet.
     pub active_syncer: Option<bool>,
     pub run_seconds_sum: f64,
     pub last_run_seconds: f64,

@@ -62,7 +62,7 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
     );
     out.gauge(
         "jobsync_active_syncer",
-        "1 when this process ran the last cycle, 0 when another process holds the sync lock.",
+        "1 when this process runs or ran the last cycle, 0 when another process holds the sync lock.",
         [(
             vec![],
             if s.active_syncer == Some(true) {

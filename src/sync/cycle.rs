@@ -65,6 +65,17 @@ pub enum CycleError {
 /// Runs one cycle. A cycle that starts but fails (API down, undecodable answer) returns `Ok` with
 /// `ok: false`: the failure is recorded in `sync_runs` like any outcome.
 pub async fn run_cycle(engine: &Engine, trigger: Trigger) -> Result<CycleSummary, CycleError> {
+    run_cycle_then(engine, trigger, || {}).await
+}
+
+/// [`run_cycle`], calling `on_locked` as soon as this process holds the sync lock and has
+/// recorded its run, before any pull or push: the daemon reports itself the active syncer from
+/// there, not only once the cycle (a long push, a backfill) has ended.
+pub async fn run_cycle_then(
+    engine: &Engine,
+    trigger: Trigger,
+    on_locked: impl FnOnce(),
+) -> Result<CycleSummary, CycleError> {
     let db = engine.db.clone();
     let (lock, run_id) = tokio::task::spawn_blocking(move || {
         let lock = match SyncLock::try_acquire(&db) {
@@ -88,6 +99,7 @@ pub async fn run_cycle(engine: &Engine, trigger: Trigger) -> Result<CycleSummary
     .await
     .map_err(|e| DbError::Task(e.to_string()))??
     .map_err(CycleError::Busy)?;
+    on_locked();
     let started = Instant::now();
     engine.client.heartbeat().beat();
     let calls_before = engine.client.stats().total();
