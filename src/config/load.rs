@@ -129,7 +129,7 @@ fn read_url_file(figment: &Figment, config: &mut Config) -> Result<(), ConfigErr
             KEY,
             format!(
                 "the file holds {}, which is not usable: {reason}",
-                crate::db::redact(&url)
+                super::conninfo::redact(&url)
             ),
         )
     })?;
@@ -326,7 +326,7 @@ fn shown_value(key: &str, value: &figment::value::Value) -> String {
     }
     match value {
         figment::value::Value::String(_, s) if key == "database.url" => {
-            format!("{:?}", crate::db::redact(s))
+            format!("{:?}", super::conninfo::redact(s))
         }
         figment::value::Value::String(_, s) => format!("{s:?}"),
         other => serde_json::to_string(other).unwrap_or_else(|_| format!("{other:?}")),

@@ -5,6 +5,7 @@
 //!
 //! The result is validated once at start ([`validate`]) and handed down as typed values.
 
+pub mod conninfo;
 mod load;
 mod types;
 mod validate;

@@ -67,7 +67,7 @@ impl Default for DatabaseConfig {
 impl std::fmt::Debug for DatabaseConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DatabaseConfig")
-            .field("url", &crate::db::redact(&self.url))
+            .field("url", &super::conninfo::redact(&self.url))
             .field("url_file", &self.url_file)
             .finish()
     }
@@ -196,7 +196,7 @@ impl DatabaseUrl {
             Ok(DatabaseUrl::Sqlite(PathBuf::from(path)))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             // Refused here rather than handed to libpq, whose error would quote it.
-            crate::db::check_url(url)?;
+            super::conninfo::check_url(url)?;
             Ok(DatabaseUrl::Postgres(url.to_string()))
         } else if !url.contains("://") && url.contains('=') {
             Err("a libpq keyword string is not accepted; write it as a URL, `postgres://USER:PASSWORD@HOST:PORT/DB`".into())

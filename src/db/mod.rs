@@ -9,7 +9,6 @@
 //! Diesel is blocking: [`Db::run`] executes work on tokio's blocking pool, never on the async
 //! executor threads.
 
-mod conninfo;
 mod error;
 pub mod lock;
 mod migrate;
@@ -19,7 +18,7 @@ pub mod schema;
 mod status;
 mod time;
 
-pub use conninfo::{check_url, redact, scrub, secrets as url_secrets};
+pub use crate::config::conninfo::{check_url, redact, scrub, secrets as url_secrets};
 pub use error::DbError;
 pub use time::Ts;
 

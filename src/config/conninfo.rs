@@ -7,6 +7,9 @@
 //! which holds a path), libpq keyword strings (`host=… password=…`), and `user:password@host`
 //! without a scheme. A URL whose structure is unclear is shown as `scheme://*** (unparseable)`:
 //! guessing which part is the password could echo it.
+//!
+//! It lives in `config`, where the URL is read and validated, and `db` re-exports it: the two
+//! modules must not import each other.
 
 const MASK: &str = "***";
 /// Parameters whose value is a secret (libpq: `password`, and `sslpassword` for the client key).
