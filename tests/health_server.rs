@@ -7,10 +7,10 @@ mod common;
 
 use common::*;
 use jobsync::api::{ApiClient, ClientOptions, TokenSource};
-use jobsync::daemon::state::RunState;
 use jobsync::secret::Secret;
 use jobsync::server::{self, ServerContext, ServerHandle};
 use jobsync::sim::SimConfig;
+use jobsync::telemetry::RunState;
 use std::io::{ErrorKind, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

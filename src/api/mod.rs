@@ -10,12 +10,12 @@ mod listing;
 pub mod models;
 mod retry;
 mod split;
-mod stats;
 mod token;
 
+/// The request counters live with the rest of the observation, in [`crate::telemetry`].
+pub use crate::telemetry::ApiStats;
 pub use bulk::{Halt, ItemOutcome};
 pub use client::{ApiClient, ClientOptions, ListQuery};
 pub use error::ApiError;
 pub use listing::Listing;
-pub use stats::ApiStats;
 pub use token::TokenSource;

@@ -3,8 +3,8 @@
 //! to a cap.
 
 use super::error::ApiError;
-use super::stats::ApiStats;
 use crate::shutdown::StopFlag;
+use crate::telemetry::ApiStats;
 use backon::{ExponentialBuilder, Retryable};
 use chrono::{DateTime, Utc};
 use std::future::Future;

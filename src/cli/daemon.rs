@@ -1,21 +1,50 @@
-//! `jobsync run`: the daemon.
+//! `jobsync run`: the daemon, and the health server alongside it. This face owns both: the
+//! daemon records its cycles in a [`RunState`], the server reads it; neither imports the other.
 
 use super::{CliError, CliResult, context};
 use crate::config::Config;
 use crate::daemon::{self, DaemonSettings};
+use crate::server::{self, ServerContext};
 use crate::sync::StopFlag;
+use crate::telemetry::RunState;
+use std::sync::Arc;
 
 pub async fn run(config: &Config) -> CliResult {
     let engine = context::engine(config, "run", StopFlag::new()).await?;
     let settings = DaemonSettings {
         schedule: config.sync.schedule.clone(),
         retention: config.retention.clone(),
-        listen: config.server.listen.clone(),
-        max_staleness_secs: config.sync.max_staleness_secs,
-        stall_secs: config.sync.stall_secs,
         drain: config.server.drain_deadline(),
     };
-    daemon::run(engine, settings, super::shutdown_signal())
+    let run_state = Arc::new(RunState::default());
+    let (db, api) = (engine.db.clone(), engine.client.clone());
+    let daemon = daemon::start(engine, settings, run_state.clone())
         .await
-        .map_err(|e| CliError::failed(e.to_string()))
+        .map_err(|e| CliError::failed(e.to_string()))?;
+    // The server starts after the scheduler, so its first answer to /healthz is already true.
+    let listen = &config.server.listen;
+    let server = if listen.is_empty() {
+        None
+    } else {
+        let context = ServerContext {
+            db,
+            run: run_state,
+            api,
+            max_staleness_secs: config.sync.max_staleness_secs,
+            stall_secs: config.sync.stall_secs,
+        };
+        Some(server::start(listen, context).await.map_err(|reason| {
+            CliError::failed(format!(
+                "cannot serve health and metrics on {listen}: {reason}; change server.listen, or set it to \"\" to disable the server"
+            ))
+        })?)
+    };
+    daemon.run(listen, super::shutdown_signal()).await;
+    if let Some(server) = server {
+        server.stop().await;
+    }
+    // Under the daemon's target, as before this face started the server: log filters such as
+    // `RUST_LOG=jobsync::daemon=info` still show it.
+    tracing::info!(target: "jobsync::daemon", "jobsync daemon stopped");
+    Ok(())
 }

@@ -1,15 +1,14 @@
 //! The long-lived worker (`jobsync run`): one cycle at start, then one per tick of
-//! `sync.schedule` (tokio-cron-scheduler, UTC), never two at once; the health server alongside;
-//! a two-phase stop on SIGTERM/SIGINT — readiness turns 503 first, then the cycle in flight
-//! stops at its next safe point and is recorded, then the process exits 0.
-
-pub mod state;
+//! `sync.schedule` (tokio-cron-scheduler, UTC), never two at once; a two-phase stop on
+//! SIGTERM/SIGINT — readiness turns 503 first, then the cycle in flight stops at its next safe
+//! point and is recorded. It records what it does in a [`RunState`] (in `telemetry`); the health
+//! server, which the command-line face starts alongside, reads it. The daemon does not know the
+//! server.
 
 use crate::config::RetentionConfig;
 use crate::db::repo::{retention, state as sync_state};
-use crate::server::{self, ServerContext};
-use crate::sync::cycle::{CycleError, Engine, Trigger, run_cycle_then};
-use state::RunState;
+use crate::sync::cycle::{CycleError, CycleSummary, Engine, Trigger, run_cycle_then};
+use crate::telemetry::{CycleOutcome, RunState};
 use std::future::Future;
 use std::sync::Arc;
 use tokio::sync::Mutex;
@@ -18,10 +17,6 @@ use tokio_cron_scheduler::{Job, JobScheduler};
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error(
-        "cannot serve health and metrics on {listen}: {reason}; change server.listen, or set it to \"\" to disable the server"
-    )]
-    Listen { listen: String, reason: String },
     #[error("the scheduler failed: {0}")]
     Scheduler(String),
 }
@@ -30,27 +25,33 @@ pub enum DaemonError {
 pub struct DaemonSettings {
     pub schedule: String,
     pub retention: RetentionConfig,
-    pub listen: String,
-    pub max_staleness_secs: u64,
-    /// A running cycle with no progress for this long fails liveness.
-    pub stall_secs: u64,
     /// How long requests in flight may finish once a stop is requested.
     pub drain: std::time::Duration,
 }
 
-/// Runs until `shutdown` resolves.
-pub async fn run(
+/// A daemon whose scheduler is running; [`Daemon::run`] runs the first cycle and waits for the
+/// stop.
+pub struct Daemon {
     engine: Engine,
     settings: DaemonSettings,
-    shutdown: impl Future<Output = ()>,
-) -> Result<(), DaemonError> {
-    let run_state = Arc::new(RunState::default());
+    run_state: Arc<RunState>,
+    scheduler: JobScheduler,
+    cycle_lock: Arc<Mutex<()>>,
+}
+
+/// Starts the scheduler, recording into `run_state` (from now on `scheduler_running`, so a
+/// health server started after this call answers `/healthz` with 200 at once).
+pub async fn start(
+    engine: Engine,
+    settings: DaemonSettings,
+    run_state: Arc<RunState>,
+) -> Result<Daemon, DaemonError> {
     run_state.update(|s| s.started_at = Some(chrono::Utc::now()));
     let cycle_lock = Arc::new(Mutex::new(()));
 
     let scheduler_error =
         |e: tokio_cron_scheduler::JobSchedulerError| DaemonError::Scheduler(e.to_string());
-    let mut scheduler = JobScheduler::new().await.map_err(scheduler_error)?;
+    let scheduler = JobScheduler::new().await.map_err(scheduler_error)?;
     let (tick_engine, tick_state, tick_lock) =
         (engine.clone(), run_state.clone(), cycle_lock.clone());
     let keep = settings.retention.clone();
@@ -66,54 +67,51 @@ pub async fn run(
     scheduler.add(job).await.map_err(scheduler_error)?;
     scheduler.start().await.map_err(scheduler_error)?;
     run_state.update(|s| s.scheduler_running = true);
-    // The server starts after the scheduler, so its first answer to /healthz is already true.
-    let server = if settings.listen.is_empty() {
-        None
-    } else {
-        let context = ServerContext {
-            db: engine.db.clone(),
-            run: run_state.clone(),
-            api: engine.client.clone(),
-            max_staleness_secs: settings.max_staleness_secs,
-            stall_secs: settings.stall_secs,
+    Ok(Daemon {
+        engine,
+        settings,
+        run_state,
+        scheduler,
+        cycle_lock,
+    })
+}
+
+impl Daemon {
+    /// Runs the first cycle now and the scheduled ones until `shutdown` resolves, then stops:
+    /// readiness first, then the cycle in flight. `listen` is only logged.
+    pub async fn run(self, listen: &str, shutdown: impl Future<Output = ()>) {
+        let Daemon {
+            engine,
+            settings,
+            run_state,
+            mut scheduler,
+            cycle_lock,
+        } = self;
+        tracing::info!(schedule = %settings.schedule, listen = %listen, "jobsync daemon started");
+
+        // The first cycle runs now rather than at the first tick, so a fresh deployment is ready
+        // soon.
+        let first = {
+            let (engine, state, lock) = (engine.clone(), run_state.clone(), cycle_lock.clone());
+            tokio::spawn(async move { tick(&engine, &state, &lock).await })
         };
-        Some(
-            server::start(&settings.listen, context)
-                .await
-                .map_err(|reason| DaemonError::Listen {
-                    listen: settings.listen.clone(),
-                    reason,
-                })?,
-        )
-    };
-    tracing::info!(schedule = %settings.schedule, listen = %settings.listen, "jobsync daemon started");
 
-    // The first cycle runs now rather than at the first tick, so a fresh deployment is ready soon.
-    let first = {
-        let (engine, state, lock) = (engine.clone(), run_state.clone(), cycle_lock.clone());
-        tokio::spawn(async move { tick(&engine, &state, &lock).await })
-    };
-
-    shutdown.await;
-    tracing::info!(
-        drain_secs = settings.drain.as_secs(),
-        "stopping: readiness now reports 503; no new request leaves, and those in flight get \
-         until the deadline"
-    );
-    run_state.update(|s| s.shutting_down = true);
-    engine.stop.stop_within(settings.drain);
-    if let Err(e) = scheduler.shutdown().await {
-        tracing::warn!(error = %e, "the scheduler did not stop cleanly");
+        shutdown.await;
+        tracing::info!(
+            drain_secs = settings.drain.as_secs(),
+            "stopping: readiness now reports 503; no new request leaves, and those in flight get \
+             until the deadline"
+        );
+        run_state.update(|s| s.shutting_down = true);
+        engine.stop.stop_within(settings.drain);
+        if let Err(e) = scheduler.shutdown().await {
+            tracing::warn!(error = %e, "the scheduler did not stop cleanly");
+        }
+        run_state.update(|s| s.scheduler_running = false);
+        let _ = first.await;
+        // Waits for a scheduled cycle still in flight; it was told to stop.
+        let _idle = cycle_lock.lock().await;
     }
-    run_state.update(|s| s.scheduler_running = false);
-    let _ = first.await;
-    // Waits for a scheduled cycle still in flight; it was told to stop.
-    let _idle = cycle_lock.lock().await;
-    if let Some(server) = server {
-        server.stop().await;
-    }
-    tracing::info!("jobsync daemon stopped");
-    Ok(())
 }
 
 /// Applies the retention settings when the last prune is a day old (or never happened).
@@ -162,7 +160,7 @@ async fn tick(engine: &Engine, state: &RunState, lock: &Mutex<()>) {
     // pushing a backlog is the active syncer, not a follower until its cycle ends.
     let holding = || state.update(|s| s.active_syncer = Some(true));
     match run_cycle_then(engine, Trigger::Schedule, holding).await {
-        Ok(summary) => state.record_cycle(&summary),
+        Ok(summary) => state.record_cycle(&outcome(&summary)),
         Err(CycleError::Busy(message)) => {
             // A follower replica on PostgreSQL says this every tick: INFO, not a warning.
             tracing::info!(%message, "tick skipped: another process is the active syncer");
@@ -180,5 +178,19 @@ async fn tick(engine: &Engine, state: &RunState, lock: &Mutex<()>) {
                 s.last_error = Some(e.to_string());
             });
         }
+    }
+}
+
+/// What the run state counts of a finished cycle.
+fn outcome(summary: &CycleSummary) -> CycleOutcome {
+    CycleOutcome {
+        ok: summary.ok,
+        duration: summary.duration,
+        jobs_pulled: summary.pull.jobs_pulled,
+        jobs_changed: summary.pull.jobs_changed,
+        pushed_ok: summary.push.ok,
+        pushed_failed: summary.push.failed,
+        auth_failed: summary.auth_failed,
+        error: summary.error.clone(),
     }
 }

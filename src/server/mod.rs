@@ -1,14 +1,14 @@
 //! The health server (`server.listen`): `/healthz`, `/readyz`, `/metrics`, `/status`. It reads
-//! the daemon's run state and the database; it never drives the engine. Clients cannot hold it
-//! open: headers must arrive within [`HEADER_READ_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are
-//! served at once.
+//! the daemon's run state (in `telemetry`) and the database; it never drives the engine, and does
+//! not know the daemon. Clients cannot hold it open: headers must arrive within
+//! [`HEADER_READ_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are served at once.
 
 mod metrics;
 
 use crate::api::ApiClient;
-use crate::daemon::state::RunState;
 use crate::db::Db;
 use crate::db::repo::{report, state};
+use crate::telemetry::RunState;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};

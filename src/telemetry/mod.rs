@@ -1,7 +1,15 @@
-//! Logging (and, later, metrics). Logs go to stderr: stdout belongs to command output
-//! (`changes` NDJSON, summaries, the simulator's `listening on` line).
+//! Observation: logging, the daemon's run state ([`RunState`]), the API request counters
+//! ([`ApiStats`]) and progress events ([`progress`]). The engine and the daemon record here; the
+//! faces render (the CLI's progress bar, log lines, the health server's `/metrics` and `/status`).
+//! Logs go to stderr: stdout belongs to command output (`changes` NDJSON, summaries, the
+//! simulator's `listening on` line).
 
+mod api_stats;
 pub mod progress;
+mod run_state;
+
+pub use api_stats::ApiStats;
+pub use run_state::{CycleOutcome, RunState, Snapshot};
 
 use crate::config::{LogConfig, LogFormat};
 use std::io::IsTerminal;

@@ -1,5 +1,6 @@
-//! Counters of every request the client sends, for the metrics endpoint and for `sync_runs.api_calls`
-//! (a run reads `total()` before and after).
+//! Counters of every request the API client sends, for the metrics endpoint and for
+//! `sync_runs.api_calls` (a run reads `total()` before and after). The client counts; the faces
+//! read.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -1,6 +1,6 @@
-//! What the daemon knows about its own cycles, shared with the health server.
+//! What the daemon knows about its own cycles: it records them, the health server reads them
+//! (`/healthz`, `/readyz`, `/status`, `/metrics`). Neither imports the other; both import this.
 
-use crate::sync::cycle::CycleSummary;
 use chrono::{DateTime, Utc};
 use std::sync::Mutex;
 
@@ -50,6 +50,21 @@ impl Snapshot {
     }
 }
 
+/// What a finished cycle adds to the counters: the daemon fills it from the engine's summary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CycleOutcome {
+    pub ok: bool,
+    pub duration: std::time::Duration,
+    pub jobs_pulled: i64,
+    pub jobs_changed: i64,
+    pub pushed_ok: i64,
+    pub pushed_failed: i64,
+    /// The cycle failed because the API refused the token.
+    pub auth_failed: bool,
+    pub error: Option<String>,
+}
+
+/// The [`Snapshot`] behind a lock, shared by the daemon (writer) and the health server (reader).
 #[derive(Debug, Default)]
 pub struct RunState {
     inner: Mutex<Snapshot>,
@@ -64,25 +79,25 @@ impl RunState {
         f(&mut self.lock());
     }
 
-    pub fn record_cycle(&self, summary: &CycleSummary) {
+    pub fn record_cycle(&self, outcome: &CycleOutcome) {
         self.update(|s| {
             s.cycle_running = false;
             s.active_syncer = Some(true);
             s.cycles_finished += 1;
-            s.last_run_seconds = summary.duration.as_secs_f64();
+            s.last_run_seconds = outcome.duration.as_secs_f64();
             s.run_seconds_sum += s.last_run_seconds;
-            s.jobs_pulled += summary.pull.jobs_pulled.max(0) as u64;
-            s.jobs_changed += summary.pull.jobs_changed.max(0) as u64;
-            s.pushed_ok += summary.push.ok.max(0) as u64;
-            s.pushed_failed += summary.push.failed.max(0) as u64;
-            s.auth_failed = summary.auth_failed;
-            if summary.ok {
+            s.jobs_pulled += outcome.jobs_pulled.max(0) as u64;
+            s.jobs_changed += outcome.jobs_changed.max(0) as u64;
+            s.pushed_ok += outcome.pushed_ok.max(0) as u64;
+            s.pushed_failed += outcome.pushed_failed.max(0) as u64;
+            s.auth_failed = outcome.auth_failed;
+            if outcome.ok {
                 s.runs_ok += 1;
                 s.last_success_at = Some(Utc::now());
                 s.last_error = None;
             } else {
                 s.runs_failed += 1;
-                s.last_error = summary.error.clone();
+                s.last_error = outcome.error.clone();
             }
         });
     }
