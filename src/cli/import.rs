@@ -10,13 +10,13 @@
 //! at its first such line. Checking shows a progress bar on a terminal, and progress log lines
 //! otherwise.
 
+use super::progress::Progress;
 use super::{CliError, CliResult, ImportArgs, ImportFormat, open_db};
 use crate::config::Config;
 use crate::db::models::NewOutboxRow;
 use crate::db::repo::{self, outbox};
 use crate::db::{Conn, Db};
 use crate::sync::push::{RowInput, validate, validate_fields};
-use crate::telemetry::progress::Progress;
 use serde::Deserialize;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};

@@ -11,6 +11,7 @@ mod demo;
 mod import;
 mod once;
 mod outbox;
+mod progress;
 mod prune;
 mod status;
 

@@ -1,9 +1,10 @@
 //! `jobsync --once`: exactly one cycle, a short summary, and the contract's exit code.
 
+use super::progress::TerminalProgress;
 use super::{CliError, CliResult, context};
 use crate::config::Config;
 use crate::sync::StopFlag;
-use crate::sync::cycle::{CycleError, CycleSummary, Trigger, run_cycle};
+use crate::sync::cycle::{CycleError, CycleSummary, Trigger, run_cycle_reporting};
 
 pub async fn run(config: &Config) -> CliResult {
     let stop = StopFlag::new();
@@ -19,7 +20,8 @@ pub async fn run(config: &Config) -> CliResult {
         );
         stop.stop_within(drain);
     });
-    let summary = run_cycle(&engine, Trigger::Once)
+    // A backfill's listings draw bars on a terminal with human logs (log lines otherwise).
+    let summary = run_cycle_reporting(&engine, Trigger::Once, &TerminalProgress::default())
         .await
         .map_err(|e| match e {
             CycleError::Busy(msg) => CliError::failed(msg),

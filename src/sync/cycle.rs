@@ -7,6 +7,7 @@ use crate::config::{PushConfig, SyncConfig};
 use crate::db::lock::SyncLock;
 use crate::db::repo::runs::{self, RunOutcome};
 use crate::db::{Db, DbError, Ts};
+use crate::telemetry::progress::{LogProgress, ProgressSink};
 use std::time::{Duration, Instant};
 
 /// What started a cycle (`sync_runs.trigger`).
@@ -63,17 +64,28 @@ pub enum CycleError {
 }
 
 /// Runs one cycle. A cycle that starts but fails (API down, undecodable answer) returns `Ok` with
-/// `ok: false`: the failure is recorded in `sync_runs` like any outcome.
+/// `ok: false`: the failure is recorded in `sync_runs` like any outcome. Progress goes to the
+/// log ([`LogProgress`]).
 pub async fn run_cycle(engine: &Engine, trigger: Trigger) -> Result<CycleSummary, CycleError> {
-    run_cycle_then(engine, trigger, || {}).await
+    run_cycle_reporting(engine, trigger, &LogProgress).await
 }
 
-/// [`run_cycle`], calling `on_locked` as soon as this process holds the sync lock and has
-/// recorded its run, before any pull or push: the daemon reports itself the active syncer from
-/// there, not only once the cycle (a long push, a backfill) has ended.
+/// [`run_cycle`], reporting the progress of long work (a backfill's listings) to `progress`.
+pub async fn run_cycle_reporting(
+    engine: &Engine,
+    trigger: Trigger,
+    progress: &dyn ProgressSink,
+) -> Result<CycleSummary, CycleError> {
+    run_cycle_then(engine, trigger, progress, || {}).await
+}
+
+/// [`run_cycle_reporting`], calling `on_locked` as soon as this process holds the sync lock and
+/// has recorded its run, before any pull or push: the daemon reports itself the active syncer
+/// from there, not only once the cycle (a long push, a backfill) has ended.
 pub async fn run_cycle_then(
     engine: &Engine,
     trigger: Trigger,
+    progress: &dyn ProgressSink,
     on_locked: impl FnOnce(),
 ) -> Result<CycleSummary, CycleError> {
     let db = engine.db.clone();
@@ -109,7 +121,7 @@ pub async fn run_cycle_then(
     let mut pushed = push::PushStats::default();
     let result: Result<(), SyncError> = async {
         let (db, client, stop) = (&engine.db, &engine.client, &engine.stop);
-        pull::run_counted(db, client, &engine.sync, stop, &mut pulled).await?;
+        pull::run_counted(db, client, &engine.sync, stop, progress, &mut pulled).await?;
         let tuning = push::PushTuning::default();
         push::run_counted(db, client, &engine.push, tuning, stop, &mut pushed).await?;
         Ok(())

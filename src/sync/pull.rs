@@ -18,7 +18,7 @@ use crate::db::repo::runs::{self, RunCounts};
 use crate::db::repo::{jobs, state, transaction, with_relaxed_durability};
 use crate::db::{Db, Ts};
 use crate::shutdown::Heartbeat;
-use crate::telemetry::progress::Progress;
+use crate::telemetry::progress::{LogProgress, ProgressSink, Tracker, Work};
 use chrono::{DateTime, Duration, Utc};
 use std::collections::BTreeSet;
 use std::time::Instant;
@@ -49,7 +49,7 @@ pub struct PullStats {
     pub incremental_refused: bool,
 }
 
-/// Runs one pull.
+/// Runs one pull, reporting its progress as log lines.
 pub async fn run(
     db: &Db,
     client: &ApiClient,
@@ -57,18 +57,19 @@ pub async fn run(
     stop: &StopFlag,
 ) -> Result<PullStats, SyncError> {
     let mut stats = PullStats::default();
-    run_counted(db, client, config, stop, &mut stats).await?;
+    run_counted(db, client, config, stop, &LogProgress, &mut stats).await?;
     Ok(stats)
 }
 
 /// Runs one pull, counting into `stats` as batches commit: when the pull fails or is stopped,
 /// `stats` holds what it committed. Each batch also adds its counts to the run in progress in
-/// `sync_runs`, in the batch's own transaction.
+/// `sync_runs`, in the batch's own transaction. Each listing reports its progress to `progress`.
 pub async fn run_counted(
     db: &Db,
     client: &ApiClient,
     config: &SyncConfig,
     stop: &StopFlag,
+    progress: &dyn ProgressSink,
     stats: &mut PullStats,
 ) -> Result<(), SyncError> {
     let configured = config.campaigns.clone();
@@ -119,14 +120,14 @@ pub async fn run_counted(
         db,
         client,
         &first_round,
-        stop,
+        (stop, progress),
         stats,
         &mut listed,
         &mut pull_started,
     )
     .await?;
 
-    let incremental = pull_incremental(db, client, since, &listed, stop, stats).await?;
+    let incremental = pull_incremental(db, client, since, &listed, (stop, progress), stats).await?;
     pull_started = pull_started.or(incremental.server_time);
     let discovered: Vec<i64> = incremental.campaigns.into_iter().collect();
     let newly_tracked = discovered.clone();
@@ -146,7 +147,7 @@ pub async fn run_counted(
         db,
         client,
         &second_round,
-        stop,
+        (stop, progress),
         stats,
         &mut listed,
         &mut pull_started,
@@ -193,7 +194,7 @@ async fn list_campaigns(
     db: &Db,
     client: &ApiClient,
     campaigns: &[i64],
-    stop: &StopFlag,
+    (stop, progress): (&StopFlag, &dyn ProgressSink),
     stats: &mut PullStats,
     listed: &mut BTreeSet<i64>,
     pull_started: &mut Option<DateTime<Utc>>,
@@ -202,7 +203,8 @@ async fn list_campaigns(
         if stop.is_set() {
             return Err(SyncError::Stopped);
         }
-        let server_time = pull_campaign_listing(db, client, campaign, stop, stats).await?;
+        let server_time =
+            pull_campaign_listing(db, client, campaign, (stop, progress), stats).await?;
         pull_started.get_or_insert(server_time);
         listed.insert(campaign);
     }
@@ -229,7 +231,7 @@ async fn pull_incremental(
     client: &ApiClient,
     since: DateTime<Utc>,
     listed: &BTreeSet<i64>,
-    stop: &StopFlag,
+    (stop, progress): (&StopFlag, &dyn ProgressSink),
     stats: &mut PullStats,
 ) -> Result<IncrementalResult, SyncError> {
     let query = ListQuery {
@@ -252,7 +254,7 @@ async fn pull_incremental(
         Err(e) => return Err(e.into()),
     };
     let server_time = start_of_pull(listing.server_date, started);
-    let progress = Progress::new("changes since the watermark", None);
+    let progress = Tracker::start(progress, Work::ChangesSinceWatermark);
     // Jobs of campaigns listed in full earlier in this pull are already stored as of a moment
     // after the new watermark; a change made since comes back in the next pull (which reaches
     // back to that watermark), so they are not written twice.
@@ -280,7 +282,7 @@ async fn pull_campaign_listing(
     db: &Db,
     client: &ApiClient,
     campaign: i64,
-    stop: &StopFlag,
+    (stop, progress): (&StopFlag, &dyn ProgressSink),
     stats: &mut PullStats,
 ) -> Result<DateTime<Utc>, SyncError> {
     if !stats.full {
@@ -298,7 +300,7 @@ async fn pull_campaign_listing(
     let server_time =
         start_of_pull(listing.server_date, started).unwrap_or(Utc::now() - CLOCK_SKEW_MARGIN);
     tracing::info!(campaign, "listing campaign in full");
-    let progress = Progress::new(format!("campaign {campaign}"), None);
+    let progress = Tracker::start(progress, Work::Campaign(campaign));
     let seen = store_listing(
         db,
         listing,
@@ -356,7 +358,7 @@ async fn store_listing(
     skip: BTreeSet<i64>,
     (stop, heartbeat): (&StopFlag, &Heartbeat),
     stats: &mut PullStats,
-    mut progress: Progress,
+    mut progress: Tracker<'_>,
 ) -> Result<BTreeSet<i64>, SyncError> {
     // Conversion to stored form happens here, on the decoding side, so the database thread only
     // compares and writes.

@@ -1,7 +1,10 @@
-//! Progress of long work (a backfill, a large import): a bar on a terminal with human logs; with
-//! no terminal, or with JSON logs, a progress log line every [`LOG_EVERY`] items instead.
+//! Progress of long work (a backfill, a large import) as events: the engine says what it started,
+//! how many items it has done, and when it finished, to a [`ProgressSink`]; the faces render
+//! them. [`LogProgress`] (the daemon's) writes a progress log line every [`LOG_EVERY`] items; the
+//! command line draws a bar on a terminal with human logs (`cli::progress`). No terminal code
+//! here: the engine imports this module.
 
-use indicatif::{ProgressBar, ProgressStyle};
+use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Items between two progress log lines when no bar is shown.
@@ -14,60 +17,104 @@ pub(crate) fn allow_bars(allowed: bool) {
     BARS_ALLOWED.store(allowed, Ordering::Relaxed);
 }
 
-/// Counts items of one piece of work.
-pub struct Progress {
-    what: String,
-    done: u64,
-    bar: Option<ProgressBar>,
+/// Whether a face may draw progress bars (stderr is a terminal and logs are human).
+pub fn bars_allowed() -> bool {
+    BARS_ALLOWED.load(Ordering::Relaxed)
 }
 
-impl Progress {
-    /// `total`, when known, draws a bar with an ETA; otherwise a counter with a rate.
-    pub fn new(what: impl Into<String>, total: Option<u64>) -> Progress {
-        let what = what.into();
-        let bar = BARS_ALLOWED.load(Ordering::Relaxed).then(|| {
-            let (bar, template) = match total {
-                Some(n) => (
-                    ProgressBar::new(n),
-                    "{msg} [{bar:30}] {human_pos}/{human_len} ({per_sec}, {eta} left)",
-                ),
-                None => (
-                    ProgressBar::no_length(),
-                    "{spinner} {msg}: {human_pos} ({per_sec})",
-                ),
-            };
-            if let Ok(style) = ProgressStyle::with_template(template) {
-                bar.set_style(style.progress_chars("=> "));
-            }
-            bar.set_message(what.clone());
-            bar
+/// A piece of long work.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Work {
+    /// The incremental listing of a pull (`modified_since` the watermark).
+    ChangesSinceWatermark,
+    /// A full listing of one campaign.
+    Campaign(i64),
+}
+
+impl fmt::Display for Work {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Work::ChangesSinceWatermark => f.write_str("changes since the watermark"),
+            Work::Campaign(campaign) => write!(f, "campaign {campaign}"),
+        }
+    }
+}
+
+/// What happened to a piece of work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProgressEvent<'a> {
+    /// The work started; its total is not known in advance.
+    Started { work: &'a Work },
+    /// `items` more were done, `done` in all.
+    Advanced {
+        work: &'a Work,
+        items: u64,
+        done: u64,
+    },
+    /// The work ended (finished, failed or stopped).
+    Finished { work: &'a Work, done: u64 },
+}
+
+/// Where the engine sends its progress events.
+pub trait ProgressSink: Send + Sync {
+    fn event(&self, event: ProgressEvent<'_>);
+}
+
+/// Log lines only: `progress` at INFO every [`LOG_EVERY`] items of one piece of work.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogProgress;
+
+impl ProgressSink for LogProgress {
+    fn event(&self, event: ProgressEvent<'_>) {
+        if let ProgressEvent::Advanced { work, items, done } = event {
+            log_line(&work.to_string(), done - items.min(done), done);
+        }
+    }
+}
+
+/// The progress log line, when the count went from `before` to `done` across a multiple of
+/// [`LOG_EVERY`]; shared by every face that renders progress as log lines.
+pub fn log_line(what: &str, before: u64, done: u64) {
+    if done / LOG_EVERY > before / LOG_EVERY {
+        tracing::info!(what = %what, done, "progress");
+    }
+}
+
+/// Counts the items of one piece of work and reports them to a sink: `Started` now, `Advanced`
+/// on [`Tracker::add`], `Finished` on [`Tracker::finish`] or when dropped.
+pub struct Tracker<'s> {
+    sink: &'s dyn ProgressSink,
+    work: Work,
+    done: u64,
+}
+
+impl<'s> Tracker<'s> {
+    pub fn start(sink: &'s dyn ProgressSink, work: Work) -> Tracker<'s> {
+        sink.event(ProgressEvent::Started { work: &work });
+        Tracker {
+            sink,
+            work,
+            done: 0,
+        }
+    }
+
+    pub fn add(&mut self, items: u64) {
+        self.done += items;
+        self.sink.event(ProgressEvent::Advanced {
+            work: &self.work,
+            items,
+            done: self.done,
         });
-        Progress { what, done: 0, bar }
     }
 
-    pub fn add(&mut self, n: u64) {
-        let before = self.done;
-        self.done += n;
-        match &self.bar {
-            Some(bar) => bar.inc(n),
-            None if self.done / LOG_EVERY > before / LOG_EVERY => {
-                tracing::info!(what = %self.what, done = self.done, "progress");
-            }
-            None => {}
-        }
-    }
+    pub fn finish(self) {}
+}
 
-    /// Runs `print` (a line to the terminal) with the bar hidden, so that the two do not mix.
-    pub fn suspend<R>(&self, print: impl FnOnce() -> R) -> R {
-        match &self.bar {
-            Some(bar) => bar.suspend(print),
-            None => print(),
-        }
-    }
-
-    pub fn finish(self) {
-        if let Some(bar) = self.bar {
-            bar.finish_and_clear();
-        }
+impl Drop for Tracker<'_> {
+    fn drop(&mut self) {
+        self.sink.event(ProgressEvent::Finished {
+            work: &self.work,
+            done: self.done,
+        });
     }
 }
