@@ -118,3 +118,51 @@ impl Drop for Tracker<'_> {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl ProgressSink for Recorder {
+        fn event(&self, event: ProgressEvent<'_>) {
+            let line = match event {
+                ProgressEvent::Started { work } => format!("started {work}"),
+                ProgressEvent::Advanced { work, items, done } => {
+                    format!("{work} +{items} = {done}")
+                }
+                ProgressEvent::Finished { work, done } => format!("finished {work} at {done}"),
+            };
+            self.0.lock().unwrap().push(line);
+        }
+    }
+
+    #[test]
+    fn a_tracker_reports_start_running_totals_and_end() {
+        let sink = Recorder::default();
+        let mut tracker = Tracker::start(&sink, Work::Campaign(28));
+        tracker.add(2000);
+        tracker.add(500);
+        tracker.finish();
+        {
+            // Dropped early (a failed or stopped listing): still finished.
+            let mut tracker = Tracker::start(&sink, Work::ChangesSinceWatermark);
+            tracker.add(7);
+        }
+        assert_eq!(
+            sink.0.into_inner().unwrap(),
+            [
+                "started campaign 28",
+                "campaign 28 +2000 = 2000",
+                "campaign 28 +500 = 2500",
+                "finished campaign 28 at 2500",
+                "started changes since the watermark",
+                "changes since the watermark +7 = 7",
+                "finished changes since the watermark at 7",
+            ]
+        );
+    }
+}
