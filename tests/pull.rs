@@ -120,6 +120,11 @@ fn a_backfill_equals_the_simulator_field_for_field(t: &TestDb) {
             ("ok", "full", "once")
         );
         assert_eq!(run.jobs_changed, 1200);
+        // PostgreSQL stores two listings at once: still one `created` change per job.
+        let changes = changes_after(t, 0);
+        assert_eq!(changes.len(), 1200);
+        let changed: BTreeSet<i64> = changes.iter().map(|c| c.job_id).collect();
+        assert_eq!(changed, upstream.keys().copied().collect());
         assert!(
             run.api_calls >= 4,
             "one incremental + three listings: {}",
@@ -365,8 +370,9 @@ fn a_complete_listing_marks_exactly_the_removed_jobs_deleted(t: &TestDb) {
 
 fn a_failed_listing_marks_nothing_deleted_and_keeps_the_watermark(t: &TestDb) {
     rt().block_on(async {
-        let sim = start_sim(seeded(vec![28], 50)).await;
-        let mut e = engine(t, &sim, &[28], 300);
+        // Two campaigns: on PostgreSQL their listings run at once, and both fail.
+        let sim = start_sim(seeded(vec![28, 29], 50)).await;
+        let mut e = engine(t, &sim, &[28, 29], 300);
         cycle(&e).await;
         let watermark = state::get_time(&mut t.db.conn().unwrap(), state::WATERMARK).unwrap();
         reqwest::Client::new()
@@ -391,7 +397,7 @@ fn a_failed_listing_marks_nothing_deleted_and_keeps_the_watermark(t: &TestDb) {
         let mut c = t.db.conn().unwrap();
         assert_eq!(
             jobs::counts(&mut c).unwrap(),
-            (50, 0),
+            (100, 0),
             "nothing marked deleted"
         );
         assert_eq!(
@@ -404,6 +410,6 @@ fn a_failed_listing_marks_nothing_deleted_and_keeps_the_watermark(t: &TestDb) {
         // The next good cycle converges.
         clear_faults(&sim).await;
         cycle(&e).await;
-        assert_eq!(jobs::counts(&mut t.db.conn().unwrap()).unwrap(), (49, 1));
+        assert_eq!(jobs::counts(&mut t.db.conn().unwrap()).unwrap(), (99, 1));
     });
 }

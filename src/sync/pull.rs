@@ -30,6 +30,8 @@ const API_WINDOW: Duration = Duration::hours(48);
 const WINDOW_MARGIN: Duration = Duration::hours(2);
 /// Without a `Date` header, the local clock minus this stands in for the server's.
 const CLOCK_SKEW_MARGIN: Duration = Duration::seconds(60);
+/// Full listings stored at once on PostgreSQL.
+const PG_LISTINGS_AT_ONCE: usize = 2;
 /// Jobs per database transaction while streaming a listing.
 pub const BATCH_SIZE: usize = 2000;
 
@@ -188,8 +190,8 @@ async fn server_clock(client: &ApiClient) -> Result<DateTime<Utc>, SyncError> {
     }
 }
 
-/// Lists campaigns in full, one after the other, remembering which were listed and the server's
-/// time at the first listing.
+/// Lists campaigns in full (two at a time on PostgreSQL), remembering which were listed and the
+/// server's time at the first listing.
 async fn list_campaigns(
     db: &Db,
     client: &ApiClient,
@@ -199,14 +201,68 @@ async fn list_campaigns(
     listed: &mut BTreeSet<i64>,
     pull_started: &mut Option<DateTime<Utc>>,
 ) -> Result<(), SyncError> {
-    for &campaign in campaigns {
-        if stop.is_set() {
-            return Err(SyncError::Stopped);
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    if campaigns.is_empty() {
+        return Ok(());
+    }
+    if !stats.full {
+        // The run is a full one from the moment a full listing starts, stopped or not.
+        stats.full = true;
+        db.run(runs::mark_current_full).await?;
+    }
+    // PostgreSQL stores two listings at once, one connection each, so that its server works on
+    // both of a small machine's cores (a listing's writes keep one busy); the changefeed's
+    // appends still take turns under its lock. SQLite has one writer: one listing at a time.
+    let width = if db.is_sqlite() {
+        1
+    } else {
+        PG_LISTINGS_AT_ONCE
+    };
+    let first_new = stats.campaigns_listed.len();
+    let mut waiting = campaigns.iter().copied();
+    let mut running = FuturesUnordered::new();
+    let mut failure = None;
+    loop {
+        while failure.is_none() && running.len() < width && !stop.is_set() {
+            let Some(campaign) = waiting.next() else {
+                break;
+            };
+            running.push(async move {
+                let mut own = PullStats {
+                    full: true,
+                    ..PullStats::default()
+                };
+                let result =
+                    pull_campaign_listing(db, client, campaign, (stop, progress), &mut own).await;
+                (campaign, result, own)
+            });
         }
-        let server_time =
-            pull_campaign_listing(db, client, campaign, (stop, progress), stats).await?;
-        pull_started.get_or_insert(server_time);
-        listed.insert(campaign);
+        let Some((campaign, result, own)) = running.next().await else {
+            break;
+        };
+        // Counted whether the listing ended well or not: a stopped or failed pull reports what
+        // it committed.
+        stats.jobs_pulled += own.jobs_pulled;
+        stats.jobs_changed += own.jobs_changed;
+        stats.marked_deleted += own.marked_deleted;
+        stats.campaigns_listed.extend(own.campaigns_listed);
+        match result {
+            Ok(server_time) => {
+                *pull_started = Some(pull_started.map_or(server_time, |t| t.min(server_time)));
+                listed.insert(campaign);
+            }
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    let order = |c: &i64| campaigns.iter().position(|x| x == c);
+    stats.campaigns_listed[first_new..].sort_by_key(order);
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    if waiting.next().is_some() {
+        return Err(SyncError::Stopped);
     }
     Ok(())
 }
