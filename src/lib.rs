@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod db;
+pub mod job;
 pub mod secret;
 pub mod server;
 pub mod shutdown;

@@ -2,91 +2,16 @@
 //!
 //! Decoding is tolerant where the documentation allows it (unknown fields are ignored, optional
 //! fields may be `null` or missing) and strict where a wrong type would corrupt the mirror.
+//!
+//! The job itself is the neutral model of [`crate::job`], re-exported here; which fields a create
+//! or patch may carry, and in which shape, comes from its table.
 
-use chrono::{DateTime, SubsecRound, Utc};
+use crate::job::{self, Access, Shape};
+use chrono::DateTime;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// One job exactly as the API returns it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Job {
-    pub id: i64,
-    pub campaign: i64,
-    #[serde(default)]
-    pub reference: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub email: Option<String>,
-    #[serde(default)]
-    pub numbers: Option<Vec<String>>,
-    #[serde(default)]
-    pub address_lines: Option<Vec<String>>,
-    #[serde(default)]
-    pub postal_code: Option<String>,
-    #[serde(default)]
-    pub city: Option<String>,
-    #[serde(default)]
-    pub country: Option<String>,
-    #[serde(default)]
-    pub appointment: Option<DateTime<Utc>>,
-    #[serde(default)]
-    pub data: Option<Map<String, Value>>,
-    #[serde(default)]
-    pub label: Option<String>,
-    #[serde(default)]
-    pub url: Option<String>,
-    #[serde(default)]
-    pub value: Option<f64>,
-    pub state: i32,
-    #[serde(default)]
-    pub created_at: Option<DateTime<Utc>>,
-}
-
-impl Job {
-    /// The job with its datetimes truncated to microseconds, the precision both database
-    /// backends keep (SPEC §3), so that a stored row and a fresh answer compare equal.
-    pub fn truncated_to_micros(mut self) -> Self {
-        self.appointment = self.appointment.map(|t| t.trunc_subsecs(6));
-        self.created_at = self.created_at.map(|t| t.trunc_subsecs(6));
-        self
-    }
-}
-
-/// Job states as the API numbers them.
-pub mod state {
-    pub const QUEUED: i32 = 0;
-    pub const CALLING: i32 = 1;
-    pub const SUCCEEDED: i32 = 2;
-    pub const FAILED: i32 = 3;
-    pub const CANCELLED: i32 = 4;
-
-    /// A job that the dialer will not touch again.
-    pub fn is_finished(state: i32) -> bool {
-        matches!(state, SUCCEEDED | FAILED | CANCELLED)
-    }
-}
-
-/// The fields of a job in the order the contract lists them (everything but `id`).
-/// `changed_fields` in the changefeed uses these names.
-pub const JOB_FIELDS: [&str; 16] = [
-    "campaign",
-    "reference",
-    "name",
-    "email",
-    "numbers",
-    "address_lines",
-    "postal_code",
-    "city",
-    "country",
-    "appointment",
-    "data",
-    "label",
-    "url",
-    "value",
-    "state",
-    "created_at",
-];
+pub use crate::job::{JOB_FIELDS, Job, state};
 
 /// One item of a bulk create (`campaign` and the writable fields) or a bulk patch (`id` and the
 /// writable fields). Kept as a JSON object so that PATCH semantics survive: a field absent is left
@@ -120,30 +45,34 @@ pub fn check_writable_fields(fields: &JobFields, allow_campaign: bool) -> Result
 }
 
 fn check_field(key: &str, value: &Value, allow_campaign: bool) -> Result<(), String> {
-    let ok = match key {
-        "campaign" if allow_campaign => value.as_i64().is_some_and(|c| c > 0),
-        "campaign" => return Err("field `campaign` cannot be changed by a patch".into()),
-        "id" | "state" | "created_at" => {
-            return Err(format!("field `{key}` is read-only"));
+    let Some(field) = job::field(key) else {
+        return Err(format!("unknown job field `{key}`"));
+    };
+    match field.access {
+        Access::ReadOnly => return Err(format!("field `{key}` is read-only")),
+        Access::CreateOnly if !allow_campaign => {
+            return Err(format!("field `{key}` cannot be changed by a patch"));
         }
-        "reference" | "name" | "email" | "postal_code" | "city" | "country" | "label" | "url" => {
-            value.is_null() || value.is_string()
-        }
-        "numbers" | "address_lines" => {
+        Access::CreateOnly | Access::Writable => {}
+    }
+    let ok = match field.shape {
+        Shape::Integer => value.is_i64(),
+        Shape::PositiveInteger => value.as_i64().is_some_and(|c| c > 0),
+        Shape::Text => value.is_null() || value.is_string(),
+        Shape::Strings | Shape::PhoneNumbers => {
             value.is_null()
                 || value
                     .as_array()
                     .is_some_and(|items| items.iter().all(Value::is_string))
         }
-        "appointment" => {
+        Shape::DateTime => {
             value.is_null()
                 || value
                     .as_str()
                     .is_some_and(|s| DateTime::parse_from_rfc3339(s).is_ok())
         }
-        "data" => value.is_null() || value.is_object(),
-        "value" => value.is_null() || value.is_number(),
-        other => return Err(format!("unknown job field `{other}`")),
+        Shape::Object => value.is_null() || value.is_object(),
+        Shape::Number => value.is_null() || value.is_number(),
     };
     if ok {
         Ok(())
@@ -151,7 +80,7 @@ fn check_field(key: &str, value: &Value, allow_campaign: bool) -> Result<(), Str
         Err(format!(
             "field `{key}` has the wrong type ({}); expected {}",
             type_name(value),
-            expected_type(key)
+            expected_type(field.shape)
         ))
     }
 }
@@ -167,14 +96,15 @@ fn type_name(value: &Value) -> &'static str {
     }
 }
 
-fn expected_type(key: &str) -> &'static str {
-    match key {
-        "campaign" => "a positive integer",
-        "numbers" | "address_lines" => "an array of strings",
-        "appointment" => "an RFC 3339 datetime string",
-        "data" => "an object",
-        "value" => "a number",
-        _ => "a string",
+fn expected_type(shape: Shape) -> &'static str {
+    match shape {
+        Shape::Integer => "an integer",
+        Shape::PositiveInteger => "a positive integer",
+        Shape::Strings | Shape::PhoneNumbers => "an array of strings",
+        Shape::DateTime => "an RFC 3339 datetime string",
+        Shape::Object => "an object",
+        Shape::Number => "a number",
+        Shape::Text => "a string",
     }
 }
 

@@ -1,35 +1,155 @@
-//! Rows as stored, and their conversion from the API's [`Job`].
+//! Rows as stored, and their conversion from the job model's [`Job`].
+//!
+//! A mirror row's job fields are generated from the job model's table (`crate::job`): each
+//! field's column holds its wire value in the stored form [`StoredField`] gives its wire type.
 
 use super::Ts;
 use super::schema::{job_changes, jobs, outbox, sync_runs};
 pub use super::status::OutboxStatus;
-use crate::api::models::Job;
+use crate::job::{Job, Object, Time, job_fields};
 use diesel::prelude::*;
 use serde_json::Value;
 
-/// A mirror row's content: every job field, in stored form. Two contents are equal exactly when
-/// the job did not change (JSON compared canonically, datetimes at microseconds).
-#[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
-#[diesel(table_name = jobs, treat_none_as_default_value = false)]
-pub struct JobContent {
-    pub id: i64,
-    pub campaign: i64,
-    pub reference: Option<String>,
-    pub name: Option<String>,
-    pub email: Option<String>,
-    pub numbers: Option<String>,
-    pub address_lines: Option<String>,
-    pub postal_code: Option<String>,
-    pub city: Option<String>,
-    pub country: Option<String>,
-    pub appointment: Option<Ts>,
-    pub data: Option<String>,
-    pub label: Option<String>,
-    pub url: Option<String>,
-    pub value: Option<f64>,
-    pub state: i32,
-    pub created_at: Option<Ts>,
+/// How a job field's wire type is stored in its `jobs` column: text as text, arrays and objects
+/// as canonical JSON text, datetimes as [`Ts`] (microseconds), numbers as they are.
+pub trait StoredField: Sized {
+    /// The column's value as Diesel reads and writes it.
+    type Stored: std::fmt::Debug + Clone + PartialEq;
+    /// The column's value borrowed from a [`JobContent`], for PostgreSQL's `COPY`.
+    type Borrowed<'a>;
+    /// The stored form; `field` names the field in `nul_replaced` when a NUL character had to
+    /// be replaced (see [`JobContent::from_job`]).
+    fn to_stored(&self, field: &'static str, nul_replaced: &mut Vec<&'static str>) -> Self::Stored;
+    /// Back to the wire value.
+    fn from_stored(stored: &Self::Stored) -> Self;
+    fn borrow(stored: &Self::Stored) -> Self::Borrowed<'_>;
 }
+
+/// Integers and floats: stored as they are.
+macro_rules! stored_as_is {
+    ($($ty:ty),*) => {$(
+        impl StoredField for $ty {
+            type Stored = $ty;
+            type Borrowed<'a> = $ty;
+            fn to_stored(&self, _: &'static str, _: &mut Vec<&'static str>) -> $ty {
+                *self
+            }
+            fn from_stored(stored: &$ty) -> $ty {
+                *stored
+            }
+            fn borrow(stored: &$ty) -> $ty {
+                *stored
+            }
+        }
+    )*};
+}
+stored_as_is!(i64, i32, Option<f64>);
+
+/// Plain text. PostgreSQL text cannot hold the NUL character (U+0000): see
+/// [`JobContent::from_job`].
+impl StoredField for Option<String> {
+    type Stored = Option<String>;
+    type Borrowed<'a> = Option<&'a str>;
+    fn to_stored(&self, field: &'static str, nul_replaced: &mut Vec<&'static str>) -> Self {
+        match self {
+            Some(v) if v.contains('\0') => {
+                nul_replaced.push(field);
+                Some(v.replace('\0', "\u{FFFD}"))
+            }
+            other => other.clone(),
+        }
+    }
+    fn from_stored(stored: &Self) -> Self {
+        stored.clone()
+    }
+    fn borrow(stored: &Self) -> Option<&str> {
+        stored.as_deref()
+    }
+}
+
+/// Arrays and objects: canonical JSON text (a NUL character stays, escaped as `\u0000`).
+macro_rules! stored_as_json {
+    ($($ty:ty),*) => {$(
+        impl StoredField for Option<$ty> {
+            type Stored = Option<String>;
+            type Borrowed<'a> = Option<&'a str>;
+            fn to_stored(&self, _: &'static str, _: &mut Vec<&'static str>) -> Option<String> {
+                self.clone().map(|v| canonical_json(&Value::from(v)))
+            }
+            fn from_stored(stored: &Option<String>) -> Self {
+                stored.as_deref().and_then(|t| serde_json::from_str(t).ok())
+            }
+            fn borrow(stored: &Option<String>) -> Option<&str> {
+                stored.as_deref()
+            }
+        }
+    )*};
+}
+stored_as_json!(Vec<String>, Object);
+
+/// Datetimes: at microsecond precision.
+impl StoredField for Option<Time> {
+    type Stored = Option<Ts>;
+    type Borrowed<'a> = Option<Ts>;
+    fn to_stored(&self, _: &'static str, _: &mut Vec<&'static str>) -> Option<Ts> {
+        self.map(Ts::from)
+    }
+    fn from_stored(stored: &Option<Ts>) -> Self {
+        stored.map(Ts::as_utc)
+    }
+    fn borrow(stored: &Option<Ts>) -> Option<Ts> {
+        *stored
+    }
+}
+
+macro_rules! job_content {
+    (
+        key $id:ident : $id_ty:ty = $($id_rule:ident)*;
+        $( $(#[$attr:meta])* $f:ident : $ty:ty = $($rule:ident)* ),* $(,)?
+    ) => {
+        /// A mirror row's content: every job field, in stored form. Two contents are equal
+        /// exactly when the job did not change (JSON compared canonically, datetimes at
+        /// microseconds).
+        #[derive(Debug, Clone, PartialEq, Queryable, Selectable, Insertable)]
+        #[diesel(table_name = jobs, treat_none_as_default_value = false)]
+        pub struct JobContent {
+            pub $id: <$id_ty as StoredField>::Stored,
+            $( pub $f: <$ty as StoredField>::Stored, )*
+        }
+
+        impl JobContent {
+            /// Every field in stored form; the fields whose NUL characters were replaced are
+            /// added to `nul_replaced`.
+            fn stored(job: &Job, nul_replaced: &mut Vec<&'static str>) -> Self {
+                JobContent {
+                    $id: job.$id.to_stored(stringify!($id), nul_replaced),
+                    $( $f: job.$f.to_stored(stringify!($f), nul_replaced), )*
+                }
+            }
+
+            /// The names of the fields (of [`crate::job::JOB_FIELDS`], in that order) that
+            /// differ.
+            pub fn changed_fields(&self, old: &JobContent) -> Vec<&'static str> {
+                let mut changed = Vec::new();
+                $(
+                    if self.$f != old.$f {
+                        changed.push(stringify!($f));
+                    }
+                )*
+                changed
+            }
+
+            /// Back to the model's shape.
+            pub fn to_job(&self) -> Job {
+                Job {
+                    $id: StoredField::from_stored(&self.$id),
+                    $( $f: StoredField::from_stored(&self.$f), )*
+                }
+            }
+        }
+    };
+}
+job_fields!(job_content);
 
 /// Jobs stored with a NUL character replaced (see [`JobContent::from_job`]), for `/metrics`.
 pub static NUL_REPLACED_JOBS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -41,34 +161,8 @@ impl JobContent {
     /// `jobsync_jobs_nul_replaced_total`. JSON columns (`numbers`, `address_lines`, `data`) keep
     /// it exactly, escaped as `\u0000`. One such job never costs the others of its batch.
     pub fn from_job(job: &Job) -> Self {
-        let json = |v: Value| canonical_json(&v);
         let mut replaced: Vec<&'static str> = Vec::new();
-        let mut text = |field: &'static str, value: &Option<String>| match value {
-            Some(v) if v.contains('\0') => {
-                replaced.push(field);
-                Some(v.replace('\0', "\u{FFFD}"))
-            }
-            other => other.clone(),
-        };
-        let content = JobContent {
-            id: job.id,
-            campaign: job.campaign,
-            reference: text("reference", &job.reference),
-            name: text("name", &job.name),
-            email: text("email", &job.email),
-            numbers: job.numbers.clone().map(|n| json(n.into())),
-            address_lines: job.address_lines.clone().map(|a| json(a.into())),
-            postal_code: text("postal_code", &job.postal_code),
-            city: text("city", &job.city),
-            country: text("country", &job.country),
-            appointment: job.appointment.map(Ts::from),
-            data: job.data.clone().map(|d| json(Value::Object(d))),
-            label: text("label", &job.label),
-            url: text("url", &job.url),
-            value: job.value,
-            state: job.state,
-            created_at: job.created_at.map(Ts::from),
-        };
+        let content = JobContent::stored(job, &mut replaced);
         if !replaced.is_empty() {
             NUL_REPLACED_JOBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(
@@ -78,33 +172,6 @@ impl JobContent {
             );
         }
         content
-    }
-
-    /// The names of the fields (of [`crate::api::models::JOB_FIELDS`]) that differ.
-    pub fn changed_fields(&self, old: &JobContent) -> Vec<&'static str> {
-        let mut changed = Vec::new();
-        let mut check = |name: &'static str, differs: bool| {
-            if differs {
-                changed.push(name);
-            }
-        };
-        check("campaign", self.campaign != old.campaign);
-        check("reference", self.reference != old.reference);
-        check("name", self.name != old.name);
-        check("email", self.email != old.email);
-        check("numbers", self.numbers != old.numbers);
-        check("address_lines", self.address_lines != old.address_lines);
-        check("postal_code", self.postal_code != old.postal_code);
-        check("city", self.city != old.city);
-        check("country", self.country != old.country);
-        check("appointment", self.appointment != old.appointment);
-        check("data", self.data != old.data);
-        check("label", self.label != old.label);
-        check("url", self.url != old.url);
-        check("value", self.value != old.value);
-        check("state", self.state != old.state);
-        check("created_at", self.created_at != old.created_at);
-        changed
     }
 }
 
@@ -122,29 +189,7 @@ pub struct MirrorRow {
 impl MirrorRow {
     /// Back to the API's shape (for comparing the mirror with the API, and for `status`).
     pub fn to_job(&self) -> Job {
-        fn parse<T: serde::de::DeserializeOwned>(text: &Option<String>) -> Option<T> {
-            text.as_deref().and_then(|t| serde_json::from_str(t).ok())
-        }
-        let c = &self.content;
-        Job {
-            id: c.id,
-            campaign: c.campaign,
-            reference: c.reference.clone(),
-            name: c.name.clone(),
-            email: c.email.clone(),
-            numbers: parse(&c.numbers),
-            address_lines: parse(&c.address_lines),
-            postal_code: c.postal_code.clone(),
-            city: c.city.clone(),
-            country: c.country.clone(),
-            appointment: c.appointment.map(Ts::as_utc),
-            data: parse(&c.data),
-            label: c.label.clone(),
-            url: c.url.clone(),
-            value: c.value,
-            state: c.state,
-            created_at: c.created_at.map(Ts::as_utc),
-        }
+        self.content.to_job()
     }
 }
 

@@ -106,7 +106,6 @@ fn seeded_job(
         postal_code: with_address.then(|| postal_code.to_string()),
         city: with_address.then(|| city.to_string()),
         country: with_address.then(|| "FR".to_string()),
-        appointment: None,
         data: rng.percent(25).then(|| seeded_data(rng)),
         label: rng.percent(25).then(|| rng.pick(&LABELS).to_string()),
         url: Some(format!("https://crm.example.com/customers/{reference}")),
@@ -115,6 +114,9 @@ fn seeded_job(
             .then(|| (100 + rng.below(99_900)) as f64 / 100.0),
         state: seeded_state(rng),
         created_at: Some(created_at),
+        // Every other field of the job model (`appointment`, and any field added to its table)
+        // starts null.
+        ..Job::default()
     };
     (job, modified_at)
 }

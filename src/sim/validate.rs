@@ -1,9 +1,12 @@
 //! The simulator's own reading of a create, patch or unqueue item, following `jobs-api.md`.
 //!
 //! Deliberately independent of `api::models::check_writable_fields`: the simulator exists to
-//! catch the client's mistakes, so it must not share the client's idea of what is valid.
+//! catch the client's mistakes, so it must not share the client's idea of what is valid. Both
+//! take only the documented list of fields from the job model (`crate::job`): each field's
+//! access and JSON shape; the checks of a shape are the simulator's own.
 
 use super::phone::normalize_number;
+use crate::job::{self, Access, Shape};
 use chrono::DateTime;
 use serde_json::{Map, Value};
 
@@ -20,9 +23,6 @@ pub struct PatchItem {
     pub id: i64,
     pub fields: Map<String, Value>,
 }
-
-/// Fields the API sets itself; a request that carries one of them is refused.
-const READ_ONLY: [&str; 3] = ["id", "state", "created_at"];
 
 pub fn parse_create(item: &Value) -> Result<CreateItem, String> {
     let object = as_object(item)?;
@@ -79,7 +79,10 @@ fn required_id(object: &Map<String, Value>) -> Result<i64, String> {
 
 /// The value to store for a writable field, or why the field is refused.
 fn writable_value(key: &str, value: &Value) -> Result<Value, String> {
-    if READ_ONLY.contains(&key) {
+    let Some(field) = job::field(key) else {
+        return Err(format!("unknown field `{key}`"));
+    };
+    if field.access != Access::Writable {
         return Err(format!("field `{key}` is read-only"));
     }
     let wrong = |expected: &str| {
@@ -88,47 +91,50 @@ fn writable_value(key: &str, value: &Value) -> Result<Value, String> {
             kind(value)
         ))
     };
-    match key {
-        "reference" | "name" | "email" | "postal_code" | "city" | "country" | "label" | "url" => {
-            match value {
-                Value::Null | Value::String(_) => Ok(value.clone()),
-                _ => wrong("a string"),
-            }
-        }
-        "address_lines" => match value {
+    match field.shape {
+        Shape::Text => match value {
+            Value::Null | Value::String(_) => Ok(value.clone()),
+            _ => wrong("a string"),
+        },
+        Shape::Strings => match value {
             Value::Null => Ok(value.clone()),
             Value::Array(lines) if lines.iter().all(Value::is_string) => Ok(value.clone()),
             _ => wrong("an array of strings"),
         },
-        "numbers" => match value {
+        Shape::PhoneNumbers => match value {
             Value::Null => Ok(value.clone()),
             Value::Array(numbers) => numbers
                 .iter()
                 .map(|n| match n {
                     Value::String(raw) => normalize_number(raw).map(Value::String),
-                    _ => Err(format!(
-                        "field `numbers` must hold strings, not {}",
-                        kind(n)
-                    )),
+                    _ => Err(format!("field `{key}` must hold strings, not {}", kind(n))),
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Value::Array),
             _ => wrong("an array of strings"),
         },
-        "appointment" => match value {
+        Shape::DateTime => match value {
             Value::Null => Ok(value.clone()),
             Value::String(s) if DateTime::parse_from_rfc3339(s).is_ok() => Ok(value.clone()),
             _ => wrong("an RFC 3339 datetime"),
         },
-        "data" => match value {
+        Shape::Object => match value {
             Value::Null | Value::Object(_) => Ok(value.clone()),
             _ => wrong("an object"),
         },
-        "value" => match value {
+        Shape::Number => match value {
             Value::Null | Value::Number(_) => Ok(value.clone()),
             _ => wrong("a number"),
         },
-        other => Err(format!("unknown field `{other}`")),
+        Shape::Integer => match value {
+            Value::Null => Ok(value.clone()),
+            Value::Number(n) if n.is_i64() => Ok(value.clone()),
+            _ => wrong("an integer"),
+        },
+        Shape::PositiveInteger => match value {
+            Value::Number(n) if n.as_i64().is_some_and(|n| n > 0) => Ok(value.clone()),
+            _ => wrong("a positive integer"),
+        },
     }
 }
 

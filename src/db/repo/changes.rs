@@ -1,10 +1,10 @@
 //! The changefeed: appended by one writer at a time, read in `seq` order.
 
-use crate::api::models::JOB_FIELDS;
 use crate::db::lock::PgLock;
 use crate::db::models::ChangeRow;
 use crate::db::schema::job_changes;
 use crate::db::{Conn, DbError, Ts};
+use crate::job::JOB_FIELDS;
 use crate::with_conn;
 use diesel::prelude::*;
 

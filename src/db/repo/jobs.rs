@@ -2,10 +2,12 @@
 //! changefeed, in the same transaction.
 
 use super::{IDS_PER_STATEMENT, ROWS_PER_STATEMENT, changes, transaction};
-use crate::api::models::{JOB_FIELDS, Job};
-use crate::db::models::{ChangeRow, ChangeSource, JobContent, MirrorRow, NewMirrorRow};
+use crate::db::models::{
+    ChangeRow, ChangeSource, JobContent, MirrorRow, NewMirrorRow, StoredField,
+};
 use crate::db::schema::jobs;
 use crate::db::{Conn, DbError, Ts};
+use crate::job::{JOB_FIELDS, Job, job_fields};
 use crate::with_conn;
 use diesel::prelude::*;
 use diesel::upsert::excluded;
@@ -167,98 +169,59 @@ fn insert_rows(conn: &mut Conn, rows: &[NewMirrorRow]) -> Result<(), DbError> {
     }
 }
 
-/// A mirror row flattened for `COPY`: Diesel's binary `COPY` takes no embedded struct.
-#[derive(Insertable)]
-#[diesel(table_name = jobs, treat_none_as_default_value = false)]
-struct CopyRow<'a> {
-    id: i64,
-    campaign: i64,
-    reference: Option<&'a str>,
-    name: Option<&'a str>,
-    email: Option<&'a str>,
-    numbers: Option<&'a str>,
-    address_lines: Option<&'a str>,
-    postal_code: Option<&'a str>,
-    city: Option<&'a str>,
-    country: Option<&'a str>,
-    appointment: Option<Ts>,
-    data: Option<&'a str>,
-    label: Option<&'a str>,
-    url: Option<&'a str>,
-    value: Option<f64>,
-    state: i32,
-    created_at: Option<Ts>,
-    first_seen_at: Ts,
-    last_seen_at: Ts,
-    remote_deleted_at: Option<Ts>,
-}
-
-impl<'a> From<&'a NewMirrorRow> for CopyRow<'a> {
-    fn from(row: &'a NewMirrorRow) -> Self {
-        let c = &row.content;
-        CopyRow {
-            id: c.id,
-            campaign: c.campaign,
-            reference: c.reference.as_deref(),
-            name: c.name.as_deref(),
-            email: c.email.as_deref(),
-            numbers: c.numbers.as_deref(),
-            address_lines: c.address_lines.as_deref(),
-            postal_code: c.postal_code.as_deref(),
-            city: c.city.as_deref(),
-            country: c.country.as_deref(),
-            appointment: c.appointment,
-            data: c.data.as_deref(),
-            label: c.label.as_deref(),
-            url: c.url.as_deref(),
-            value: c.value,
-            state: c.state,
-            created_at: c.created_at,
-            first_seen_at: row.first_seen_at,
-            last_seen_at: row.last_seen_at,
-            remote_deleted_at: row.remote_deleted_at,
+macro_rules! mirror_columns {
+    (
+        key $id:ident : $id_ty:ty = $($id_rule:ident)*;
+        $( $(#[$attr:meta])* $f:ident : $ty:ty = $($rule:ident)* ),* $(,)?
+    ) => {
+        /// A mirror row flattened for `COPY`: Diesel's binary `COPY` takes no embedded struct.
+        #[derive(Insertable)]
+        #[diesel(table_name = jobs, treat_none_as_default_value = false)]
+        struct CopyRow<'a> {
+            $id: <$id_ty as StoredField>::Borrowed<'a>,
+            $( $f: <$ty as StoredField>::Borrowed<'a>, )*
+            first_seen_at: Ts,
+            last_seen_at: Ts,
+            remote_deleted_at: Option<Ts>,
         }
-    }
-}
 
-/// Replaces stored rows, many per statement.
-fn write_rows(conn: &mut Conn, rows: &[NewMirrorRow]) -> Result<(), DbError> {
-    with_conn!(conn, |c| {
-        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            diesel::insert_into(jobs::table)
-                .values(chunk)
-                .on_conflict(jobs::id)
-                .do_update()
-                .set((
-                    (
-                        jobs::campaign.eq(excluded(jobs::campaign)),
-                        jobs::reference.eq(excluded(jobs::reference)),
-                        jobs::name.eq(excluded(jobs::name)),
-                        jobs::email.eq(excluded(jobs::email)),
-                        jobs::numbers.eq(excluded(jobs::numbers)),
-                        jobs::address_lines.eq(excluded(jobs::address_lines)),
-                        jobs::postal_code.eq(excluded(jobs::postal_code)),
-                        jobs::city.eq(excluded(jobs::city)),
-                        jobs::country.eq(excluded(jobs::country)),
-                        jobs::appointment.eq(excluded(jobs::appointment)),
-                    ),
-                    (
-                        jobs::data.eq(excluded(jobs::data)),
-                        jobs::label.eq(excluded(jobs::label)),
-                        jobs::url.eq(excluded(jobs::url)),
-                        jobs::value.eq(excluded(jobs::value)),
-                        jobs::state.eq(excluded(jobs::state)),
-                        jobs::created_at.eq(excluded(jobs::created_at)),
-                        jobs::first_seen_at.eq(excluded(jobs::first_seen_at)),
-                        jobs::last_seen_at.eq(excluded(jobs::last_seen_at)),
-                        jobs::remote_deleted_at.eq(excluded(jobs::remote_deleted_at)),
-                    ),
-                ))
-                .execute(c)?;
+        impl<'a> From<&'a NewMirrorRow> for CopyRow<'a> {
+            fn from(row: &'a NewMirrorRow) -> Self {
+                let c = &row.content;
+                CopyRow {
+                    $id: <$id_ty as StoredField>::borrow(&c.$id),
+                    $( $f: <$ty as StoredField>::borrow(&c.$f), )*
+                    first_seen_at: row.first_seen_at,
+                    last_seen_at: row.last_seen_at,
+                    remote_deleted_at: row.remote_deleted_at,
+                }
+            }
         }
-        Ok(())
-    })
+
+        /// Replaces stored rows, many per statement.
+        fn write_rows(conn: &mut Conn, rows: &[NewMirrorRow]) -> Result<(), DbError> {
+            with_conn!(conn, |c| {
+                for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+                    diesel::insert_into(jobs::table)
+                        .values(chunk)
+                        .on_conflict(jobs::$id)
+                        .do_update()
+                        .set((
+                            ( $( jobs::$f.eq(excluded(jobs::$f)), )* ),
+                            (
+                                jobs::first_seen_at.eq(excluded(jobs::first_seen_at)),
+                                jobs::last_seen_at.eq(excluded(jobs::last_seen_at)),
+                                jobs::remote_deleted_at.eq(excluded(jobs::remote_deleted_at)),
+                            ),
+                        ))
+                        .execute(c)?;
+                }
+                Ok(())
+            })
+        }
+    };
 }
+job_fields!(mirror_columns);
 
 fn touch_rows(conn: &mut Conn, ids: &[i64], now: Ts) -> Result<(), DbError> {
     with_conn!(conn, |c| {

@@ -25,6 +25,7 @@ use super::validate::{Intent, Op, RowInput, Target, validate};
 use crate::api::models::JobFields;
 use crate::db::Ts;
 use crate::db::models::{MirrorRow, OpenRow, OutboxStatus, canonical_json};
+use crate::job::{self, Shape};
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -519,7 +520,7 @@ pub fn fields_that_differ(fields: JobFields, job: &MirrorRow) -> JobFields {
 }
 
 fn same_value(key: &str, old: &Value, new: &Value) -> bool {
-    if key == "appointment" {
+    if job::field(key).is_some_and(|f| f.shape == Shape::DateTime) {
         let instant = |v: &Value| v.as_str().and_then(|s| s.parse::<DateTime<Utc>>().ok());
         if let (Some(a), Some(b)) = (instant(old), instant(new)) {
             return Ts::from(a) == Ts::from(b);
