@@ -56,7 +56,7 @@ fn check_field(key: &str, value: &Value, allow_campaign: bool) -> Result<(), Str
         Access::CreateOnly | Access::Writable => {}
     }
     let ok = match field.shape {
-        Shape::Integer => value.is_i64(),
+        Shape::Integer => value.is_null() || value.is_i64(),
         Shape::PositiveInteger => value.as_i64().is_some_and(|c| c > 0),
         Shape::Text => value.is_null() || value.is_string(),
         Shape::Strings | Shape::PhoneNumbers => {

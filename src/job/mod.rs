@@ -1,4 +1,4 @@
-//! A job: its fields, listed once in [`job_fields!`], and what follows from that list alone —
+//! A job: its fields, listed once in `job_fields!`, and what follows from that list alone —
 //! the wire model [`Job`], the changefeed's field names [`JOB_FIELDS`], and who may write each
 //! field and in which JSON shape ([`field`]).
 //!
