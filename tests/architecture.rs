@@ -34,7 +34,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("server", &["api", "config", "db", "telemetry"]),
     (
         "sync",
-        &["api", "config", "db", "job", "secret", "shutdown", "telemetry"],
+        &[
+            "api",
+            "config",
+            "db",
+            "job",
+            "secret",
+            "shutdown",
+            "telemetry",
+        ],
     ),
     ("sim", &["api", "job"]),
     ("api", &["job", "secret", "shutdown", "telemetry"]),
