@@ -18,7 +18,7 @@ mod push_support;
 use common::*;
 use diesel::prelude::*;
 use jobsync::db::Db;
-use jobsync::db::lock::PgLock;
+use jobsync::db::lock::sync_lock_holder_name;
 use jobsync::db::models::OutboxRow;
 use jobsync::db::repo::{changes, outbox, runs};
 use jobsync::sim::{SimConfig, SimHandle};
@@ -422,28 +422,12 @@ fn role_of(replica: &Daemon) -> (String, f64, f64) {
 /// The pid of the process whose session holds the sync lock, as it names itself in
 /// `pg_stat_activity` ("pid N on HOST, since T").
 fn sync_lock_holder(pg: &mut PgConnection) -> Option<u32> {
-    #[derive(QueryableByName)]
-    struct Holder {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        name: String,
-    }
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let holder = diesel::sql_query(format!(
-            "SELECT a.application_name AS name FROM pg_locks l \
-             JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
-             AND l.classid = {}::oid AND l.objid = hashtext(current_schema())::oid \
-             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            PgLock::Sync as i32
-        ))
-        .get_result::<Holder>(pg)
-        .optional()
-        .unwrap();
+        let holder = sync_lock_holder_name(pg).unwrap();
         // The name is set just after the lock is granted.
-        let pid = holder.and_then(|h| {
-            h.name
-                .strip_prefix("pid ")?
+        let pid = holder.and_then(|name| {
+            name.strip_prefix("pid ")?
                 .split_whitespace()
                 .next()?
                 .parse()

@@ -184,23 +184,35 @@ impl SyncLock {
                 .execute(&mut **c)?;
             return Ok(SyncLock::Pg(conn));
         }
-        let holder = diesel::sql_query(format!(
-            "SELECT a.application_name AS name FROM pg_locks l \
-             JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
-             AND l.classid = {}::oid AND l.objid = hashtext(current_schema())::oid \
-             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            PgLock::Sync as i32
-        ))
-        .get_result::<HolderName>(&mut **c)
-        .ok()
-        .map(|h| h.name)
-        .filter(|name| name.starts_with("pid "))
-        .unwrap_or_else(|| "another session".into());
+        let holder = sync_lock_holder_name(c)
+            .ok()
+            .flatten()
+            .filter(|name| name.starts_with("pid "))
+            .unwrap_or_else(|| "another session".into());
         Err(DbError::Locked(format!(
             "another jobsync process ({holder}) is the active syncer for this PostgreSQL database (advisory lock held); wait for it to finish, or let the daemon's replicas take turns"
         )))
     }
+}
+
+/// The `application_name` of the session holding the sync lock on this database and schema, if
+/// any. A holder that took the lock names itself there ("pid N on HOST, since T") just after it
+/// is granted, so for a moment the name may still be the connection's default.
+pub fn sync_lock_holder_name(
+    conn: &mut diesel::PgConnection,
+) -> diesel::QueryResult<Option<String>> {
+    use diesel::prelude::*;
+    diesel::sql_query(format!(
+        "SELECT a.application_name AS name FROM pg_locks l \
+         JOIN pg_stat_activity a ON a.pid = l.pid \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+         AND l.classid = {}::oid AND l.objid = hashtext(current_schema())::oid \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        PgLock::Sync as i32
+    ))
+    .get_result::<HolderName>(conn)
+    .optional()
+    .map(|holder| holder.map(|h| h.name))
 }
 
 #[derive(diesel::QueryableByName)]
