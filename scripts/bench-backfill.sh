@@ -12,6 +12,7 @@
 # into it instead, the sqlite3 comparison is skipped, and the no-change cycle's writes are
 # counted by PostgreSQL triggers.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 CAMPAIGNS=${CAMPAIGNS:-10}
 JOBS=${JOBS:-100000}
@@ -39,12 +40,8 @@ daemon_second_cycle_calls() {
   grep '"cycle finished"' "$work/daemon.log" | sed -n 2p | sed -n 's/.*"api_calls":\([0-9]*\).*/\1/p'
 }
 
-"$bin" simulate --listen 127.0.0.1:0 --campaigns "$campaign_list" --jobs-per-campaign "$JOBS" \
-  >"$work/sim.out" 2>"$work/sim.err" &
-sim_pid=$!
-for _ in $(seq 1 600); do grep -q '^listening on' "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
-addr=$(sed -n 's/^listening on //p' "$work/sim.out")
-[[ -n "$addr" ]] || { echo "the simulator did not start"; cat "$work/sim.err"; exit 1; }
+start_sim "$bin" "$work" --campaigns "$campaign_list" --jobs-per-campaign "$JOBS"
+sim_pid=$SIM_PID addr=$SIM_ADDR
 echo "simulator on $addr: $CAMPAIGNS campaigns × $JOBS jobs"
 
 pg_url=${DATABASE_URL:-}
@@ -81,33 +78,31 @@ export JOBSYNC_API__BASE_URL="http://$addr" JOBSYNC_API__TOKEN=dev-token \
 "$bin" migrate >/dev/null
 /usr/bin/time -f '%e %M' -o "$work/jobsync.time" "$bin" --once >"$work/once1.out"
 read -r jobsync_secs jobsync_kb <"$work/jobsync.time"
+# SQL on the mirror, whichever the backend.
+mirror_sql() {
+  if [[ -n "$pg_url" ]]; then psql -qtA "$pg_url" -c "$1"; else sqlite3 "$work/jobsync.db" "$1"; fi
+}
+jobsync_rows=$(mirror_sql 'SELECT count(*) FROM jobs')
+# A no-change incremental cycle: count every row written to jobs and job_changes, by triggers.
 if [[ -n "$pg_url" ]]; then
-  jobsync_rows=$(psql -qtA "$pg_url" -c 'SELECT count(*) FROM jobs')
-  # A no-change incremental cycle: count every row written to jobs and job_changes.
-  psql -q "$pg_url" >/dev/null <<'SQL'
-CREATE TABLE bench_writes (tbl TEXT);
+  mirror_sql "CREATE TABLE bench_writes (tbl TEXT);
 CREATE FUNCTION bench_count() RETURNS trigger LANGUAGE plpgsql AS
-  $$ BEGIN INSERT INTO bench_writes VALUES (TG_TABLE_NAME); RETURN NULL; END $$;
+  \$\$ BEGIN INSERT INTO bench_writes VALUES (TG_TABLE_NAME); RETURN NULL; END \$\$;
 CREATE TRIGGER bench_jobs AFTER INSERT OR UPDATE OR DELETE ON jobs FOR EACH ROW EXECUTE FUNCTION bench_count();
-CREATE TRIGGER bench_changes AFTER INSERT ON job_changes FOR EACH ROW EXECUTE FUNCTION bench_count();
-SQL
-  "$bin" --once >"$work/once2.out"
-  daemon_calls=$(daemon_second_cycle_calls)
-  writes=$(psql -qtA "$pg_url" -c 'SELECT count(*) FROM bench_writes')
-  psql -q "$pg_url" -c 'DROP TABLE bench_writes; DROP TRIGGER bench_jobs ON jobs; DROP TRIGGER bench_changes ON job_changes; DROP FUNCTION bench_count()' >/dev/null
+CREATE TRIGGER bench_changes AFTER INSERT ON job_changes FOR EACH ROW EXECUTE FUNCTION bench_count();" >/dev/null
 else
-  jobsync_rows=$(sqlite3 "$work/jobsync.db" 'SELECT count(*) FROM jobs')
-  # A no-change incremental cycle: count every row written to jobs and job_changes.
-  sqlite3 "$work/jobsync.db" <<'SQL'
-CREATE TABLE bench_writes (tbl TEXT);
+  mirror_sql "CREATE TABLE bench_writes (tbl TEXT);
 CREATE TRIGGER bench_jobs_ins AFTER INSERT ON jobs BEGIN INSERT INTO bench_writes VALUES ('jobs'); END;
 CREATE TRIGGER bench_jobs_upd AFTER UPDATE ON jobs BEGIN INSERT INTO bench_writes VALUES ('jobs'); END;
 CREATE TRIGGER bench_jobs_del AFTER DELETE ON jobs BEGIN INSERT INTO bench_writes VALUES ('jobs'); END;
-CREATE TRIGGER bench_changes_ins AFTER INSERT ON job_changes BEGIN INSERT INTO bench_writes VALUES ('job_changes'); END;
-SQL
-  "$bin" --once >"$work/once2.out"
-  daemon_calls=$(daemon_second_cycle_calls)
-  writes=$(sqlite3 "$work/jobsync.db" 'SELECT count(*) FROM bench_writes')
+CREATE TRIGGER bench_changes_ins AFTER INSERT ON job_changes BEGIN INSERT INTO bench_writes VALUES ('job_changes'); END;"
+fi
+"$bin" --once >"$work/once2.out"
+daemon_calls=$(daemon_second_cycle_calls)
+writes=$(mirror_sql 'SELECT count(*) FROM bench_writes')
+if [[ -n "$pg_url" ]]; then
+  # The database outlives the script: leave no trigger behind.
+  mirror_sql 'DROP TABLE bench_writes; DROP TRIGGER bench_jobs ON jobs; DROP TRIGGER bench_changes ON job_changes; DROP FUNCTION bench_count()' >/dev/null
 fi
 calls=$(sed -n 's/.* \([0-9]*\) API calls.*/\1/p' "$work/once2.out")
 pulled=$(sed -n 's/.*pulled \([0-9]*\) jobs.*/\1/p' "$work/once1.out")

@@ -46,6 +46,7 @@
 # 0.40.x; meltanolabs-target-postgres 0.8.1: 0.54.x). jobsync's migrations run before its timed
 # runs, as in bench-backfill.sh; the target creates its tables inside its first run.
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 CAMPAIGNS=${CAMPAIGNS:-10}
 JOBS=${JOBS:-10000}
@@ -98,12 +99,8 @@ versions="tap-rest-api-msdk $(installed "$venv/tap" tap-rest-api-msdk) (singer-s
 
 # The listings, once, from the simulator, into files.
 campaign_list=$(seq -s, 1 "$CAMPAIGNS")
-"$bin" simulate --listen 127.0.0.1:0 --campaigns "$campaign_list" --jobs-per-campaign "$JOBS" \
-  >"$work/sim.out" 2>"$work/sim.err" &
-sim_pid=$!
-for _ in $(seq 1 600); do grep -q '^listening on' "$work/sim.out" 2>/dev/null && break; sleep 0.1; done
-addr=$(sed -n 's/^listening on //p' "$work/sim.out")
-[[ -n "$addr" ]] || { echo "the simulator did not start"; cat "$work/sim.err"; exit 1; }
+start_sim "$bin" "$work" --campaigns "$campaign_list" --jobs-per-campaign "$JOBS"
+sim_pid=$SIM_PID addr=$SIM_ADDR
 mkdir "$work/listings"
 for c in $(seq 1 "$CAMPAIGNS"); do
   curl -sf -H 'Authorization: Bearer dev-token' "http://$addr/j/jobs?campaign=$c" -o "$work/listings/campaign-$c.json"

@@ -8,6 +8,7 @@
 # Env:   JOBSYNC_BIN (default target/release/jobsync), LATENCY_MS, CONCURRENCY (default 4),
 #        DATABASE_URL (default a fresh SQLite file in a temp dir), BENCH_LOG (keep the run's log)
 set -euo pipefail
+source "$(dirname "$0")/lib.sh"
 
 N=${1:-100000}
 LATENCY_MS=${LATENCY_MS:-100}
@@ -21,11 +22,8 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 trap 'exit 141' PIPE
 
-"$BIN" simulate --listen 127.0.0.1:0 --campaigns 28 --jobs-per-campaign 0 --latency-ms "$LATENCY_MS" >"$WORK/sim.out" 2>"$WORK/sim.err" &
-SIM_PID=$!
-for _ in $(seq 100); do grep -q '^listening on ' "$WORK/sim.out" 2>/dev/null && break; sleep 0.1; done
-ADDR=$(sed -n 's/^listening on //p' "$WORK/sim.out" | head -1)
-[ -n "$ADDR" ] || { echo "the simulator did not start:"; cat "$WORK/sim.err"; exit 1; }
+start_sim "$BIN" "$WORK" --campaigns 28 --jobs-per-campaign 0 --latency-ms "$LATENCY_MS"
+ADDR=$SIM_ADDR
 BASE="http://$ADDR"
 
 seq 0 $((N - 1)) | awk '{printf "{\"op\":\"create\",\"campaign\":28,\"reference\":\"bench-%d\",\"payload\":{\"name\":\"Bench %d\",\"numbers\":[\"+33612345678\"],\"value\":%d}}\n", $1, $1, $1}' >"$WORK/rows.ndjson"
