@@ -13,7 +13,7 @@ use crate::db::repo::report::{self, DEMO_MARKER, Holdings};
 use crate::db::repo::{changes, jobs, outbox, state};
 use crate::db::{Db, redact};
 use crate::secret::Secret;
-use crate::sim::{SimConfig, SimHandle};
+use crate::sim::SimConfig;
 use crate::sync::StopFlag;
 use crate::sync::cycle::{Engine, Trigger, run_cycle};
 use serde_json::json;
@@ -91,7 +91,8 @@ async fn tour(config: &Config, url: String, database_url_given: bool, force: boo
     )
     .await?;
 
-    let dialled = sim_post(&sim, "/_sim/dial", 25).await? + sim_post(&sim, "/_sim/edit", 5).await?;
+    // The simulator runs in this process: its handle acts on it directly, no HTTP needed.
+    let dialled = sim.dial(25) + sim.edit(5);
     println!(
         "\n3. the simulated dialer called jobs and an agent edited some: {dialled} jobs changed upstream"
     );
@@ -255,20 +256,6 @@ fn describe(found: &Holdings) -> String {
 
 async fn last_seq(db: &Db) -> Result<i64, CliError> {
     Ok(db.run(changes::last_seq).await?)
-}
-
-async fn sim_post(sim: &SimHandle, route: &str, n: usize) -> Result<usize, CliError> {
-    let answer: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}{route}", sim.base_url()))
-        .json(&serde_json::json!({ "n": n }))
-        .send()
-        .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| CliError::failed(format!("simulator {route}: {e}")))?
-        .json()
-        .await
-        .map_err(|e| CliError::failed(format!("simulator {route}: {e}")))?;
-    Ok(answer.as_array().map_or(0, Vec::len))
 }
 
 #[cfg(test)]

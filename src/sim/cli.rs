@@ -2,6 +2,7 @@
 
 use super::clock::{MAX_OFFSET_HOURS, check_offset_hours};
 use super::faults::{MAX_DELAY_MS, MAX_RETRY_AFTER_SECS, check_rate};
+use super::gate::Hold;
 use super::{Faults, MAX_SEEDED_JOBS, SimConfig, repeated_campaign, seeded_jobs, spawn};
 use std::io::Write;
 use std::net::SocketAddr;
@@ -64,6 +65,13 @@ pub struct SimulateArgs {
     /// jobs.
     #[arg(long)]
     pub allow_duplicate_references: bool,
+    /// Hold API requests unanswered until `POST /_sim/release`: "[METHOD ]PREFIX", matched
+    /// against the path and query as sent (e.g. "POST /j/jobs/bulk/create").
+    #[arg(long, value_parser = hold_rule)]
+    pub hold: Option<Hold>,
+    /// Let this many requests matching --hold through before holding the next ones.
+    #[arg(long, default_value_t = 0, requires = "hold")]
+    pub hold_after: u64,
     /// Delay added before answering each API request, 0 to 600000 ms.
     #[arg(long, default_value_t = 0, value_parser = delay_ms, allow_negative_numbers = true)]
     pub latency_ms: u64,
@@ -120,6 +128,15 @@ fn campaign_id(raw: &str) -> Result<i64, String> {
             "`{raw}` is not a campaign id: ids are positive integers, as in 28,29"
         )),
     }
+}
+
+fn hold_rule(raw: &str) -> Result<Hold, String> {
+    let rule = match raw.trim().split_once(' ') {
+        Some((method, prefix)) => Hold::new(Some(method), prefix.trim()),
+        None => Hold::new(None, raw.trim()),
+    };
+    rule.check()?;
+    Ok(rule)
 }
 
 fn offset_hours(raw: &str) -> Result<f64, String> {
@@ -197,18 +214,25 @@ pub async fn run_cli(
 ) -> Result<(), SimulateError> {
     args.check_together().map_err(SimulateError::Invalid)?;
     let listen = args.listen;
+    let hold = args.hold.clone().map(|rule| rule.after(args.hold_after));
     let cfg = args.into_config(default_token);
     // The flags were checked one by one and together; this is what `spawn` checks too, said
     // before it is taken for an address problem.
     cfg.validate().map_err(SimulateError::Invalid)?;
-    serve(listen, cfg).await.map_err(SimulateError::Failed)
+    serve(listen, cfg, hold)
+        .await
+        .map_err(SimulateError::Failed)
 }
 
-async fn serve(listen: SocketAddr, cfg: SimConfig) -> anyhow::Result<()> {
+async fn serve(listen: SocketAddr, cfg: SimConfig, hold: Option<Hold>) -> anyhow::Result<()> {
     let cfg_summary = (cfg.campaigns.clone(), cfg.jobs_per_campaign);
     let handle = spawn(listen, cfg)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}; choose another --listen"))?;
+    if let Some(rule) = hold {
+        // Checked by its parser already.
+        handle.hold(rule).map_err(anyhow::Error::new)?;
+    }
     {
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "listening on {}", handle.addr)?;
@@ -310,6 +334,33 @@ mod tests {
         assert!(Cli::try_parse_from(["sim", "--throttle-rate", "x"]).is_err());
         assert!(Cli::try_parse_from(["sim", "--applied-fail-rate", "-0.1"]).is_err());
         assert!(Cli::try_parse_from(["sim", "--late-apply-rate", "2"]).is_err());
+    }
+
+    #[test]
+    fn a_hold_is_read_and_checked() {
+        let args = Cli::parse_from([
+            "sim",
+            "--hold",
+            "POST /j/jobs/bulk/create",
+            "--hold-after",
+            "3",
+        ])
+        .args;
+        assert_eq!(
+            args.hold,
+            Some(Hold::new(Some("POST"), "/j/jobs/bulk/create"))
+        );
+        assert_eq!(args.hold_after, 3);
+        let any = Cli::parse_from(["sim", "--hold", "/j/jobs?campaign=3"]).args;
+        assert_eq!(any.hold, Some(Hold::new(None, "/j/jobs?campaign=3")));
+        assert_eq!(Cli::parse_from(["sim"]).args.hold, None, "off by default");
+        for bad in ["GET /_sim/state", "post /j/jobs", "jobs"] {
+            assert!(
+                Cli::try_parse_from(["sim", "--hold", bad]).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Cli::try_parse_from(["sim", "--hold-after", "2"]).is_err());
     }
 
     #[test]

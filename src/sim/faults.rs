@@ -3,6 +3,7 @@
 //! after a delay, added latency — and the log of every `/j/` request with what it was answered.
 
 use super::body::error;
+use super::gate::Hold;
 use super::routes::MAX_BODY_BYTES;
 use super::{Sim, lock};
 use axum::body::{Body, Bytes};
@@ -50,7 +51,8 @@ pub const MAX_DELAY_MS: u64 = 600_000;
 /// typo. The client caps what it honours anyway (`api.retry_after_cap`).
 pub const MAX_RETRY_AFTER_SECS: u64 = 86_400;
 
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+/// Every fault setting (`GET /_sim/faults`).
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct FaultSettings {
     #[serde(flatten)]
     pub faults: Faults,
@@ -59,28 +61,42 @@ pub struct FaultSettings {
     /// becomes two jobs, as on an API that does not enforce it (the documented API refuses the
     /// second one). Not a random fault: it holds for every request while set.
     pub allow_duplicate_references: bool,
+    /// The gate (see `gate`): matching requests are held unanswered until released. Off (and
+    /// absent from the JSON) by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
 }
 
-/// `POST /_sim/faults`: the settings given replace the current ones, the others stay.
-#[derive(Debug, Default, Deserialize)]
+/// `POST /_sim/faults` (or `SimHandle::set_faults`): the settings given replace the current
+/// ones, the others stay.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultUpdate {
-    fail_rate: Option<f64>,
-    throttle_rate: Option<f64>,
-    retry_after_secs: Option<u64>,
-    drop_rate: Option<f64>,
-    applied_drop_rate: Option<f64>,
-    applied_fail_rate: Option<f64>,
-    late_apply_rate: Option<f64>,
-    late_apply_ms: Option<u64>,
-    latency_ms: Option<u64>,
-    allow_duplicate_references: Option<bool>,
+    pub fail_rate: Option<f64>,
+    pub throttle_rate: Option<f64>,
+    pub retry_after_secs: Option<u64>,
+    pub drop_rate: Option<f64>,
+    pub applied_drop_rate: Option<f64>,
+    pub applied_fail_rate: Option<f64>,
+    pub late_apply_rate: Option<f64>,
+    pub late_apply_ms: Option<u64>,
+    pub latency_ms: Option<u64>,
+    pub allow_duplicate_references: Option<bool>,
+    /// `Some(None)` (JSON `null`) opens the gate; `Some(rule)` sets a new one. Either releases
+    /// the requests held so far.
+    #[serde(default, deserialize_with = "given")]
+    pub hold: Option<Option<Hold>>,
+}
+
+/// A key given as `null` is `Some(None)`, told apart from a key not given (`None`).
+fn given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Hold>>, D::Error> {
+    Option::<Hold>::deserialize(d).map(Some)
 }
 
 impl FaultSettings {
     /// Applies `update` whole, or — when any value is out of range — not at all.
     pub fn update(&mut self, update: &FaultUpdate) -> Result<(), String> {
-        let mut next = *self;
+        let mut next = self.clone();
         let f = &mut next.faults;
         let keep = |given: Option<f64>, current: f64| given.unwrap_or(current);
         f.fail_rate = keep(update.fail_rate, f.fail_rate);
@@ -95,6 +111,9 @@ impl FaultSettings {
         next.allow_duplicate_references = update
             .allow_duplicate_references
             .unwrap_or(next.allow_duplicate_references);
+        if let Some(hold) = &update.hold {
+            next.hold = hold.clone();
+        }
         next.check()?;
         *self = next;
         Ok(())
@@ -117,7 +136,8 @@ impl FaultSettings {
         }
         check_delay("latency_ms", self.latency_ms)?;
         check_delay("late_apply_ms", f.late_apply_ms)?;
-        check_retry_after("retry_after_secs", f.retry_after_secs)
+        check_retry_after("retry_after_secs", f.retry_after_secs)?;
+        self.hold.as_ref().map_or(Ok(()), Hold::check)
     }
 }
 
@@ -151,7 +171,8 @@ pub fn fault_ranges() -> String {
         "the rates fail_rate, throttle_rate, drop_rate, applied_drop_rate, applied_fail_rate and \
          late_apply_rate between 0 and 1; latency_ms and late_apply_ms whole milliseconds \
          between 0 and {MAX_DELAY_MS}; retry_after_secs whole seconds between 0 and \
-         {MAX_RETRY_AFTER_SECS}; allow_duplicate_references true or false"
+         {MAX_RETRY_AFTER_SECS}; allow_duplicate_references true or false; hold null or \
+         {{\"method\": <GET, POST…, optional>, \"prefix\": \"/j/…\", \"after\": <count, optional>}}"
     )
 }
 
@@ -169,9 +190,34 @@ pub fn check_delay(name: &str, ms: u64) -> Result<(), String> {
 #[derive(Clone, Copy, Debug)]
 pub struct DropConnection;
 
-/// One `/j/` request as the simulator saw it.
-#[derive(Clone, Debug, Serialize)]
-pub struct LoggedRequest {
+/// A fault injected into one request, as the request log names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InjectedFault {
+    Fail,
+    Throttle,
+    Drop,
+    AppliedDrop,
+    AppliedFail,
+    LateApply,
+}
+
+impl InjectedFault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InjectedFault::Fail => "fail",
+            InjectedFault::Throttle => "throttle",
+            InjectedFault::Drop => "drop",
+            InjectedFault::AppliedDrop => "applied_drop",
+            InjectedFault::AppliedFail => "applied_fail",
+            InjectedFault::LateApply => "late_apply",
+        }
+    }
+}
+
+/// One `/j/` request as the simulator saw it (`GET /_sim/requests`, `SimHandle::requests`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestRecord {
     pub seq: u64,
     /// Simulated time the request arrived.
     pub at: DateTime<Utc>,
@@ -183,7 +229,7 @@ pub struct LoggedRequest {
     pub dropped: bool,
     /// The fault injected, if any: `fail`, `throttle`, `drop`, `applied_drop`, `applied_fail`
     /// or `late_apply`.
-    pub fault: Option<&'static str>,
+    pub fault: Option<InjectedFault>,
     /// For a create (`POST /j/jobs/bulk/create`, `POST /j/jobs`): the `reference` of each item
     /// that has one, in order, whatever became of the request — so that a test can count how
     /// often each reference was sent. Empty for every other request.
@@ -193,14 +239,14 @@ pub struct LoggedRequest {
 /// The most recent requests (bounded, so a long demo does not grow without end).
 #[derive(Debug, Default)]
 pub struct RequestLog {
-    entries: VecDeque<LoggedRequest>,
+    entries: VecDeque<RequestRecord>,
     next_seq: u64,
 }
 
 const LOG_CAPACITY: usize = 100_000;
 
 impl RequestLog {
-    fn push(&mut self, mut entry: LoggedRequest) {
+    fn push(&mut self, mut entry: RequestRecord) {
         self.next_seq += 1;
         entry.seq = self.next_seq;
         if self.entries.len() == LOG_CAPACITY {
@@ -209,7 +255,7 @@ impl RequestLog {
         self.entries.push_back(entry);
     }
 
-    pub fn entries(&self) -> Vec<LoggedRequest> {
+    pub fn entries(&self) -> Vec<RequestRecord> {
         self.entries.iter().cloned().collect()
     }
 
@@ -221,12 +267,12 @@ impl RequestLog {
     }
 }
 
-/// Middleware of the `/j/` routes: references noted, latency, then the faults drawn before the
-/// route, then the route itself (now or late), then the faults drawn after it, then logging.
+/// Middleware of the `/j/` routes: references noted, latency, the gate (`hold`), then the
+/// faults drawn before the route, then the route itself (now or late), then the faults drawn
+/// after it, then logging.
 pub async fn inject(State(sim): State<Arc<Sim>>, request: Request, next: Next) -> Response {
     let mut entry = arriving(&sim, &request);
-    let is_post = request.method() == Method::POST;
-    let request = if is_post && is_create(&entry.path) {
+    let request = if request.method() == Method::POST && is_create(&entry.path) {
         match buffered(request).await {
             Ok((request, body)) => {
                 entry.references = references(&entry.path, &body);
@@ -237,38 +283,80 @@ pub async fn inject(State(sim): State<Arc<Sim>>, request: Request, next: Next) -
     } else {
         request
     };
-    let settings = *lock(&sim.faults);
-    if settings.latency_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(settings.latency_ms)).await;
+    let latency_ms = lock(&sim.faults).latency_ms;
+    if latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(latency_ms)).await;
     }
-    let faults = settings.faults;
+    // The rule is read and the request caught under the faults lock, so that a release cannot
+    // slip in between and leave the request held by a rule already gone.
+    let (faults, ticket) = {
+        let settings = lock(&sim.faults);
+        let ticket = sim.gate.catch(
+            settings.hold.as_ref(),
+            &entry.method,
+            &entry.path,
+            entry.query.as_deref(),
+        );
+        (settings.faults, ticket)
+    };
+    let Some(mut ticket) = ticket else {
+        return faulted(sim, entry, request, next, faults).await;
+    };
+    // Held: the rest runs in a task of its own that holds the whole body, so that a request the
+    // API received is applied once released even if its client has gone meanwhile.
+    let request = match buffered(request).await {
+        Ok((request, _)) => request,
+        Err(refused) => return logged(&sim, entry, refused),
+    };
+    let task = tokio::spawn(async move {
+        ticket.released().await;
+        // The faults as they are now: a test clears them before it releases.
+        let faults = lock(&sim.faults).faults;
+        let response = faulted(sim, entry, request, next, faults).await;
+        drop(ticket);
+        response
+    });
+    task.await.unwrap_or_else(|_| {
+        fault_answer(StatusCode::INTERNAL_SERVER_ERROR, "the held request failed")
+    })
+}
+
+/// The faults drawn before the route, the route (now or late), the faults drawn after it.
+async fn faulted(
+    sim: Arc<Sim>,
+    mut entry: RequestRecord,
+    request: Request,
+    next: Next,
+    faults: Faults,
+) -> Response {
+    let is_post = entry.method == Method::POST.as_str();
     if let Some((fault, response)) = before_applying(&sim, &faults) {
         entry.fault = Some(fault);
         return logged(&sim, entry, response);
     }
     if is_post && draw(&sim, faults.late_apply_rate) {
-        entry.fault = Some("late_apply");
+        entry.fault = Some(InjectedFault::LateApply);
         return late_apply(sim, entry, request, next, faults.late_apply_ms).await;
     }
     let mut response = next.run(request).await;
     if is_post && draw(&sim, faults.applied_drop_rate) {
-        entry.fault = Some("applied_drop");
+        entry.fault = Some(InjectedFault::AppliedDrop);
         response = dropped();
     } else if is_post && draw(&sim, faults.applied_fail_rate) {
-        entry.fault = Some("applied_fail");
+        entry.fault = Some(InjectedFault::AppliedFail);
         response = bad_gateway();
     }
     logged(&sim, entry, response)
 }
 
 /// The log entry of a request that just arrived, before anything is known of its fate.
-fn arriving(sim: &Sim, request: &Request) -> LoggedRequest {
+fn arriving(sim: &Sim, request: &Request) -> RequestRecord {
     // Under `nest("/j")` the request's own URI has lost its prefix; log the path as sent.
     let uri = request
         .extensions()
         .get::<OriginalUri>()
         .map_or_else(|| request.uri().clone(), |original| original.0.clone());
-    LoggedRequest {
+    RequestRecord {
         seq: 0,
         at: sim.clock.now(),
         method: request.method().to_string(),
@@ -288,19 +376,19 @@ fn draw(sim: &Sim, rate: f64) -> bool {
 }
 
 /// The faults that answer instead of the route: nothing is applied.
-fn before_applying(sim: &Sim, faults: &Faults) -> Option<(&'static str, Response)> {
+fn before_applying(sim: &Sim, faults: &Faults) -> Option<(InjectedFault, Response)> {
     if draw(sim, faults.drop_rate) {
-        Some(("drop", dropped()))
+        Some((InjectedFault::Drop, dropped()))
     } else if draw(sim, faults.fail_rate) {
         let response = fault_answer(StatusCode::INTERNAL_SERVER_ERROR, "simulated server error");
-        Some(("fail", response))
+        Some((InjectedFault::Fail, response))
     } else if draw(sim, faults.throttle_rate) {
         let mut response = fault_answer(StatusCode::TOO_MANY_REQUESTS, "simulated throttling");
         response.headers_mut().insert(
             header::RETRY_AFTER,
             HeaderValue::from(faults.retry_after_secs),
         );
-        Some(("throttle", response))
+        Some((InjectedFault::Throttle, response))
     } else {
         None
     }
@@ -312,7 +400,7 @@ fn before_applying(sim: &Sim, faults: &Faults) -> Option<(&'static str, Response
 /// was already committing would.
 async fn late_apply(
     sim: Arc<Sim>,
-    entry: LoggedRequest,
+    entry: RequestRecord,
     request: Request,
     next: Next,
     delay_ms: u64,
@@ -352,7 +440,7 @@ impl Drop for PendingLateApply {
 }
 
 /// Records `response` in the entry and the entry in the log; answers the response.
-fn logged(sim: &Sim, mut entry: LoggedRequest, response: Response) -> Response {
+fn logged(sim: &Sim, mut entry: RequestRecord, response: Response) -> Response {
     entry.dropped = response.extensions().get::<DropConnection>().is_some();
     entry.status = if entry.dropped {
         0
@@ -363,7 +451,7 @@ fn logged(sim: &Sim, mut entry: LoggedRequest, response: Response) -> Response {
         method = %entry.method,
         path = %entry.path,
         status = entry.status,
-        fault = entry.fault,
+        fault = entry.fault.map(InjectedFault::as_str),
         "api request"
     );
     lock(&sim.log).push(entry);
@@ -482,7 +570,7 @@ mod tests {
         assert_eq!((f.applied_fail_rate, f.late_apply_rate), (0.25, 1.0));
         assert_eq!(f.late_apply_ms, 1500);
         assert!(settings.allow_duplicate_references);
-        let shown = serde_json::to_value(settings).unwrap();
+        let shown = serde_json::to_value(&settings).unwrap();
         assert_eq!(shown["late_apply_ms"], 1500);
         assert_eq!(shown["allow_duplicate_references"], true);
         for (bad, named) in [
@@ -526,7 +614,7 @@ mod tests {
     #[test]
     fn the_log_is_bounded_and_numbered() {
         let mut log = RequestLog::default();
-        let entry = LoggedRequest {
+        let entry = RequestRecord {
             seq: 0,
             at: Utc::now(),
             method: "GET".into(),

@@ -11,8 +11,11 @@ mod clock;
 mod control;
 mod dialer;
 mod faults;
+mod gate;
 #[cfg(test)]
 mod gateway_tests;
+#[cfg(test)]
+mod handle_tests;
 mod json;
 mod phone;
 mod routes;
@@ -22,10 +25,14 @@ mod state;
 mod validate;
 
 pub use cli::{SimulateArgs, SimulateError, run_cli};
-pub use faults::Faults;
+pub use control::{ClockReading, Pending, Refused};
+pub use faults::{FaultSettings, FaultUpdate, Faults, InjectedFault, RequestRecord};
+pub use gate::{Hold, HoldStatus};
 
+use crate::api::models::Job;
 use clock::SimClock;
-use faults::{FaultSettings, RequestLog};
+use faults::RequestLog;
+use gate::Gate;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use state::Store;
@@ -96,6 +103,7 @@ impl SimConfig {
             faults: self.faults,
             latency_ms: self.latency_ms,
             allow_duplicate_references: self.allow_duplicate_references,
+            hold: None,
         }
     }
 
@@ -166,6 +174,8 @@ struct Sim {
     log: Mutex<RequestLog>,
     /// Slow commits started and not yet applied (`GET /_sim/pending`).
     late_applies: AtomicUsize,
+    /// Requests held by the `hold` fault.
+    gate: Gate,
 }
 
 impl Sim {
@@ -190,6 +200,7 @@ impl Sim {
             rng: Mutex::new(StdRng::seed_from_u64(cfg.seed ^ 0x5eed_fa17)),
             log: Mutex::new(RequestLog::default()),
             late_applies: AtomicUsize::new(0),
+            gate: Gate::default(),
         })
     }
 
@@ -210,8 +221,12 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// A running simulator. Dropping the handle (or calling `shutdown`) stops it.
+///
+/// Its methods control the simulator directly, as the `/_sim/` routes do over HTTP (the same
+/// functions behind both): a test or the demo in the same process needs no HTTP for them.
 pub struct SimHandle {
     pub addr: SocketAddr,
+    sim: Arc<Sim>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -222,23 +237,145 @@ impl SimHandle {
         format!("http://{}", self.addr)
     }
 
+    /// Every job (`GET /_sim/state`).
+    pub fn state(&self) -> Vec<Job> {
+        parse_jobs(self.sim.all_jobs())
+    }
+
+    /// Every job exactly as the API answers it, each a JSON value (`GET /_sim/state`).
+    pub fn state_json(&self) -> Vec<serde_json::Value> {
+        self.sim
+            .all_jobs()
+            .iter()
+            .map(|json| serde_json::from_slice(json).expect("the simulator stores JSON"))
+            .collect()
+    }
+
+    /// Inserts jobs as given, without the API's validation (`POST /_sim/jobs`): `id`, `state`
+    /// and `created_at` are optional, an extra `modified_at` sets when the job counts as last
+    /// modified. Answers the jobs inserted.
+    pub fn insert_jobs(
+        &self,
+        jobs: Vec<serde_json::Map<String, serde_json::Value>>,
+    ) -> Result<Vec<Job>, Refused> {
+        self.sim.insert_jobs(jobs).map(parse_jobs)
+    }
+
+    /// Removes a job (`DELETE /_sim/jobs/ID`); answers it as it was, if it existed.
+    pub fn delete_job(&self, id: i64) -> Option<Job> {
+        self.sim.delete_job(id).map(|json| parse_job(&json))
+    }
+
+    /// The simulated clock (`GET /_sim/clock`).
+    pub fn clock(&self) -> ClockReading {
+        self.sim.clock_reading()
+    }
+
+    /// Shifts the simulated clock from real time (`POST /_sim/clock`).
+    pub fn set_clock(&self, offset_hours: f64) -> Result<ClockReading, Refused> {
+        self.sim.set_clock(offset_hours)
+    }
+
+    /// The fault settings (`GET /_sim/faults`).
+    pub fn faults(&self) -> FaultSettings {
+        self.sim.fault_settings()
+    }
+
+    /// Changes the settings given, all or none (`POST /_sim/faults`); answers them all.
+    pub fn set_faults(&self, update: &FaultUpdate) -> Result<FaultSettings, Refused> {
+        self.sim.set_faults(update)
+    }
+
+    /// Holds matching requests from now on, releasing those held so far (`POST /_sim/hold`).
+    pub fn hold(&self, rule: Hold) -> Result<(), Refused> {
+        self.sim.set_hold(Some(rule)).map(drop)
+    }
+
+    /// Opens the gate: every held request goes on (`POST /_sim/release`). Answers how many
+    /// were held.
+    pub fn release(&self) -> usize {
+        self.sim
+            .set_hold(None)
+            .expect("opening the gate is always accepted")
+    }
+
+    /// The gate's rule and how many requests it holds (`GET /_sim/hold`).
+    pub fn hold_status(&self) -> HoldStatus {
+        self.sim.hold_status()
+    }
+
+    /// Requests held (or released and not yet answered).
+    pub fn held(&self) -> usize {
+        self.sim.gate.held()
+    }
+
+    /// Waits until the count of held requests satisfies `done` (at once if it already does);
+    /// answers the count. No deadline: a test wraps it in its own.
+    pub async fn wait_held(&self, mut done: impl FnMut(usize) -> bool) -> usize {
+        let mut held = self.sim.gate.watch_held();
+        let count = *held
+            .wait_for(|n| done(*n))
+            .await
+            .expect("the gate lives as long as the simulator");
+        count
+    }
+
+    /// Moves up to `n` queued or calling jobs one step, as the dialer does (`POST /_sim/dial`);
+    /// answers how many moved.
+    pub fn dial(&self, n: usize) -> usize {
+        dialer::dial(&self.sim, n).len()
+    }
+
+    /// Changes up to `n` jobs as a person in the platform's UI would (`POST /_sim/edit`);
+    /// answers how many changed.
+    pub fn edit(&self, n: usize) -> usize {
+        dialer::edit(&self.sim, n).len()
+    }
+
+    /// The request log (`GET /_sim/requests`).
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.sim.requests()
+    }
+
+    /// Empties the request log (`POST /_sim/reset-log`); answers how many entries it held.
+    pub fn reset_log(&self) -> usize {
+        self.sim.reset_log()
+    }
+
+    /// Work started and not yet done (`GET /_sim/pending`).
+    pub fn pending(&self) -> Pending {
+        self.sim.pending()
+    }
+
     /// Stops accepting, closes open connections and the dialer, and waits until they are gone.
     pub async fn shutdown(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop();
         if let Some(task) = self.task.take() {
             let _ = task.await;
+        }
+    }
+
+    /// Held requests are let go, so that no task waits on a gate nobody will open.
+    fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+            self.release();
         }
     }
 }
 
 impl Drop for SimHandle {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop();
     }
+}
+
+fn parse_job(json: &[u8]) -> Job {
+    serde_json::from_slice(json).expect("the simulator stores each job as a Job")
+}
+
+fn parse_jobs(jobs: Vec<axum::body::Bytes>) -> Vec<Job> {
+    jobs.iter().map(|json| parse_job(json)).collect()
 }
 
 /// Binds `listen` (port 0 picks a free port), seeds the jobs and serves in a background task.
@@ -257,7 +394,7 @@ pub async fn spawn(listen: SocketAddr, cfg: SimConfig) -> std::io::Result<SimHan
         "simulator started"
     );
     let dialer = dialer::start(sim.clone(), cfg.dial_interval_ms);
-    let router = server::router(sim);
+    let router = server::router(sim.clone());
     let (stop, stopped) = oneshot::channel();
     let task = tokio::spawn(async move {
         server::serve(listener, router, stopped).await;
@@ -267,6 +404,7 @@ pub async fn spawn(listen: SocketAddr, cfg: SimConfig) -> std::io::Result<SimHan
     });
     Ok(SimHandle {
         addr,
+        sim,
         stop: Some(stop),
         task: Some(task),
     })
