@@ -1,9 +1,10 @@
 //! Shared helpers for tests against the real simulator: start one, build a fast-retrying client,
-//! and drive the control routes.
+//! and control it — through its handle when it runs in the test's process, through the `/_sim/`
+//! routes (`requests`, `sim_post`) when it may not.
 
 use jobsync::api::{ApiClient, ClientOptions, TokenSource};
 use jobsync::secret::Secret;
-use jobsync::sim::{SimConfig, SimHandle};
+use jobsync::sim::{FaultUpdate, Hold, RequestRecord, SimConfig, SimHandle};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -31,18 +32,13 @@ pub fn client(sim: &SimHandle) -> ApiClient {
     ApiClient::new(options(sim, "dev-token")).unwrap()
 }
 
+/// Changes the faults given as `POST /_sim/faults` takes them; panics when refused.
 pub async fn set_faults(sim: &SimHandle, faults: Value) {
-    let response = reqwest::Client::new()
-        .post(format!("{}/_sim/faults", sim.base_url()))
-        .json(&faults)
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        response.status().is_success(),
-        "{:?}",
-        response.text().await
-    );
+    let update: FaultUpdate = serde_json::from_value(faults.clone())
+        .unwrap_or_else(|e| panic!("not a fault setting: {faults}: {e}"));
+    if let Err(refused) = sim.set_faults(&update) {
+        panic!("{faults}: {refused}");
+    }
 }
 
 pub async fn clear_faults(sim: &SimHandle) {
@@ -52,6 +48,36 @@ pub async fn clear_faults(sim: &SimHandle) {
                "applied_drop_rate": 0.0, "latency_ms": 0}),
     )
     .await;
+}
+
+/// Holds the simulator's matching requests until `release` (the `hold` fault).
+pub fn hold(sim: &SimHandle, rule: Hold) {
+    sim.hold(rule).expect("a valid hold rule");
+}
+
+/// Lets every held request go on; answers how many were held.
+pub fn release(sim: &SimHandle) -> usize {
+    sim.release()
+}
+
+/// Waits until at least `n` requests are held at the simulator — they reached it and wait
+/// there. The deadline only keeps a broken test from hanging.
+pub async fn wait_held(sim: &SimHandle, n: usize) -> usize {
+    tokio::time::timeout(Duration::from_secs(60), sim.wait_held(|held| held >= n))
+        .await
+        .unwrap_or_else(|_| panic!("{n} requests never held at the simulator within 60 s"))
+}
+
+/// Waits until no request is held or still being answered after a release.
+pub async fn wait_none_held(sim: &SimHandle) {
+    tokio::time::timeout(Duration::from_secs(60), sim.wait_held(|held| held == 0))
+        .await
+        .expect("the released requests were answered within 60 s");
+}
+
+/// The request log of a simulator in this process.
+pub fn sim_requests(sim: &SimHandle) -> Vec<RequestRecord> {
+    sim.requests()
 }
 
 /// The simulator's request log: one object per `/j/` request with `method`, `path`, `status`,
@@ -72,18 +98,9 @@ pub fn matching<'a>(log: &'a [Value], method: &str, path: &str) -> Vec<&'a Value
         .collect()
 }
 
-/// Every job the simulator holds.
+/// Every job the simulator holds, as the API answers it.
 pub async fn sim_state(sim: &SimHandle) -> Vec<Value> {
-    let state: Value = reqwest::get(format!("{}/_sim/state", sim.base_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    match state {
-        Value::Array(jobs) => jobs,
-        other => other["jobs"].as_array().cloned().unwrap_or_default(),
-    }
+    sim.state_json()
 }
 
 pub fn fields(value: Value) -> serde_json::Map<String, Value> {
@@ -108,5 +125,5 @@ pub async fn sim_post(sim: &SimHandle, path: &str, body: Value) -> Value {
 
 /// Empties the simulator's request log.
 pub async fn reset_log(sim: &SimHandle) {
-    sim_post(sim, "/_sim/reset-log", json!({})).await;
+    sim.reset_log();
 }
