@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use jobsync::db::Db;
 use jobsync::db::repo::runs;
-use jobsync::sim::SimConfig;
+use jobsync::sim::{Hold, SimConfig};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -113,25 +113,43 @@ fn a_second_daemon_on_the_same_sqlite_file_never_syncs_concurrently() {
         jobs_per_campaign: 50,
         ..SimConfig::default()
     }));
-    // A cycle outlasts the one-second tick, so ticks collide with a cycle in flight.
-    rt.block_on(set_faults(&sim, serde_json::json!({"latency_ms": 1500})));
+    // The first cycle's listing is held at the simulator: that cycle stays in flight while the
+    // one-second ticks fire, and every tick collides with it — in its own daemon (running) or in
+    // the other one (follower, the lock taken).
+    hold(&sim, Hold::new(Some("GET"), "/j/jobs"));
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("jobsync.db");
     let first = Daemon::start(&rt, &sim.base_url(), &db_path, &[]);
     let second = Daemon::start(&rt, &sim.base_url(), &db_path, &[]);
+    rt.block_on(wait_held(&sim, 1));
+    let skipped = |a: &str, b: &str| {
+        let sum = |series: &str| metric(a, series) + metric(b, series);
+        sum("jobsync_ticks_skipped_total{reason=\"running\"}")
+            + sum("jobsync_ticks_skipped_total{reason=\"follower\"}")
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, a) = first.get("/metrics");
         let (_, b) = second.get("/metrics");
-        let sum = |series: &str| metric(&a, series) + metric(&b, series);
-        if sum("jobsync_runs_total{status=\"ok\"}") >= 2.0
-            && sum("jobsync_ticks_skipped_total{reason=\"running\"}")
-                + sum("jobsync_ticks_skipped_total{reason=\"follower\"}")
-                >= 2.0
-        {
+        if skipped(&a, &b) >= 2.0 {
             break;
         }
         assert!(Instant::now() < deadline, "no skipped ticks:\n{a}\n{b}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Still one cycle at the API: the other daemon's ticks were skipped, not run beside it.
+    assert_eq!(sim.held(), 1, "two cycles at once");
+    assert_eq!(sim.release(), 1);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, a) = first.get("/metrics");
+        let (_, b) = second.get("/metrics");
+        let ok = metric(&a, "jobsync_runs_total{status=\"ok\"}")
+            + metric(&b, "jobsync_runs_total{status=\"ok\"}");
+        if ok >= 2.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no second run:\n{a}\n{b}");
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(first.terminate().success());

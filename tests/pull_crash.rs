@@ -7,10 +7,8 @@ mod common;
 use common::*;
 use jobsync::db::Db;
 use jobsync::db::repo::{jobs, runs, state};
-use jobsync::sim::SimConfig;
-use serde_json::json;
+use jobsync::sim::{Hold, SimConfig};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_backfill_resumes_from_its_checkpoints() {
@@ -21,8 +19,9 @@ async fn a_killed_backfill_resumes_from_its_checkpoints() {
         ..SimConfig::default()
     })
     .await;
-    // Each listing waits, so the backfill is slow enough to be killed in the middle.
-    set_faults(&sim, json!({"latency_ms": 400})).await;
+    // Campaigns are listed in order, one at a time on SQLite: the listing of campaign 3 is
+    // held at the simulator, so the backfill stops there with campaigns 1 and 2 complete.
+    hold(&sim, Hold::new(Some("GET"), "/j/jobs?campaign=3"));
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("jobsync.db");
     let campaign_list = "1,2,3,4,5,6";
@@ -34,25 +33,15 @@ async fn a_killed_backfill_resumes_from_its_checkpoints() {
         .spawn()
         .unwrap();
 
-    // Wait (with a deadline) until two campaigns are listed completely, then kill for real.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let db = loop {
-        assert!(
-            Instant::now() < deadline,
-            "the backfill never got two campaigns done"
-        );
-        if let Ok(db) = Db::connect(&format!("sqlite://{}", db_path.display()))
-            && let Ok(mut c) = db.conn()
-            && let Ok(tracked) = state::tracked_campaigns(&mut c)
-            && tracked.iter().filter(|t| t.1.is_some()).count() >= 2
-        {
-            break db;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // The listing of campaign 3 reached the simulator: kill for real while it waits there.
+    wait_held(&sim, 1).await;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
+    // The held listing is answered to nobody, and logged before the log is reset below.
+    release(&sim);
+    wait_none_held(&sim).await;
 
+    let db = Db::connect(&format!("sqlite://{}", db_path.display())).unwrap();
     let mut c = db.conn().unwrap();
     let done_before: Vec<i64> = state::tracked_campaigns(&mut c)
         .unwrap()
@@ -60,9 +49,10 @@ async fn a_killed_backfill_resumes_from_its_checkpoints() {
         .filter(|t| t.1.is_some())
         .map(|t| t.0)
         .collect();
-    assert!(
-        done_before.len() >= 2 && done_before.len() < 6,
-        "{done_before:?}"
+    assert_eq!(
+        done_before,
+        [1, 2],
+        "the campaigns listed before the held one"
     );
     assert_eq!(
         state::get(&mut c, state::WATERMARK).unwrap(),
@@ -72,7 +62,6 @@ async fn a_killed_backfill_resumes_from_its_checkpoints() {
     assert_eq!(runs::recent(&mut c, 1).unwrap()[0].status, "running");
     drop(c);
 
-    set_faults(&sim, json!({"latency_ms": 0})).await;
     reset_log(&sim).await;
     let base = sim.base_url();
     let path = db_path.clone();
@@ -88,10 +77,9 @@ async fn a_killed_backfill_resumes_from_its_checkpoints() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let log = requests(&sim.base_url()).await;
-    let listed: Vec<i64> = log
+    let listed: Vec<i64> = sim_requests(&sim)
         .iter()
-        .filter_map(|r| r["query"].as_str()?.strip_prefix("campaign=")?.parse().ok())
+        .filter_map(|r| r.query.as_deref()?.strip_prefix("campaign=")?.parse().ok())
         .collect();
     for done in &done_before {
         assert!(

@@ -8,7 +8,7 @@ mod push_support;
 use common::*;
 use jobsync::api::models::Job;
 use jobsync::db::models::NewOutboxRow;
-use jobsync::sim::{SimConfig, SimHandle};
+use jobsync::sim::{Hold, SimConfig, SimHandle};
 use push_support::*;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -82,20 +82,36 @@ fn a_push_killed_midway_and_restarted_ends_like_an_uninterrupted_one(t: &TestDb)
         let expected = by_reference(sim_jobs(&calm).await);
 
         let sim = start_sim(SimConfig::default()).await;
-        set_faults(&sim, json!({"latency_ms": 150})).await;
+        // Ten bulk creates go through (200 rows); every later one is held at the simulator,
+        // unanswered and not yet applied, so the push stops there with rows in flight for as
+        // long as the test wants, however fast or slow the machine.
+        hold(
+            &sim,
+            Hold::new(Some("POST"), "/j/jobs/bulk/create").after(10),
+        );
         insert(&t.db, &workload());
         let mut child = once(t, &sim, logs.path(), "first.log");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            // A create held at the simulator: its rows are in flight until it is answered,
+            // which it is not before the kill. The rows of the creates answered are done once
+            // recorded.
             let rows = all_rows(&t.db);
-            if count_status(&rows, "in_flight") > 0 && count_status(&rows, "done") >= 200 {
+            if sim.held() > 0
+                && count_status(&rows, "in_flight") > 0
+                && count_status(&rows, "done") >= 200
+            {
                 break;
             }
             if let Some(status) = child.try_wait().unwrap() {
                 let log = std::fs::read_to_string(logs.path().join("first.log")).unwrap();
                 panic!("jobsync finished ({status}) before it could be killed:\n{log}");
             }
-            assert!(Instant::now() < deadline, "no push in progress within 60 s");
+            assert!(
+                Instant::now() < deadline,
+                "no create held with rows in flight within 60 s ({} held)",
+                sim.held()
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         child.kill().expect("SIGKILL");
@@ -104,8 +120,12 @@ fn a_push_killed_midway_and_restarted_ends_like_an_uninterrupted_one(t: &TestDb)
         let in_flight = count_status(&left, "in_flight");
         let unsettled = in_flight + count_status(&left, "pending");
         assert!(in_flight > 0, "killed mid-push");
+        // The creates held are applied now that their client is gone: the restart finds jobs
+        // upstream that it never got an answer for, and must look them up, not send them again.
+        let released = release(&sim);
+        wait_none_held(&sim).await;
+        assert!(released > 0);
 
-        clear_faults(&sim).await;
         // Restarted: each run settles what it can; the creates in doubt are looked up once
         // their wait has passed.
         let deadline = Instant::now() + Duration::from_secs(90);
@@ -143,6 +163,9 @@ fn a_push_killed_midway_and_restarted_ends_like_an_uninterrupted_one(t: &TestDb)
             "no duplicate upstream"
         );
         assert_eq!(got, expected, "same end state as the uninterrupted run");
-        eprintln!("killed with {in_flight} rows in flight and {unsettled} unsettled; converged");
+        eprintln!(
+            "killed with {in_flight} rows in flight and {unsettled} unsettled, {released} \
+             creates applied after the kill; converged"
+        );
     })
 }
