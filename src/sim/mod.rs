@@ -313,11 +313,10 @@ impl SimHandle {
     /// answers the count. No deadline: a test wraps it in its own.
     pub async fn wait_held(&self, mut done: impl FnMut(usize) -> bool) -> usize {
         let mut held = self.sim.gate.watch_held();
-        let count = *held
+        *held
             .wait_for(|n| done(*n))
             .await
-            .expect("the gate lives as long as the simulator");
-        count
+            .expect("the gate lives as long as the simulator")
     }
 
     /// Moves up to `n` queued or calling jobs one step, as the dialer does (`POST /_sim/dial`);
