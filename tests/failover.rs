@@ -13,7 +13,6 @@
 //! make real duplicates, which the test counts in the simulator.
 
 mod common;
-mod push_support;
 
 use common::*;
 use diesel::prelude::*;
@@ -22,7 +21,6 @@ use jobsync::db::lock::sync_lock_holder_name;
 use jobsync::db::models::OutboxRow;
 use jobsync::db::repo::{changes, outbox, runs};
 use jobsync::sim::{SimConfig, SimHandle};
-use push_support::*;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::process::ExitStatusExt;

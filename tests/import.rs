@@ -1,10 +1,8 @@
 //! `jobsync import` and `jobsync outbox` as a user runs them: the real binary, a real database.
 
 mod common;
-mod push_support;
 
 use common::*;
-use push_support::*;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 

@@ -3,11 +3,9 @@
 //! item-level failures that stay item-level.
 
 mod common;
-mod push_support;
 
 use common::*;
 use jobsync::sim::SimConfig;
-use push_support::*;
 use serde_json::json;
 
 on_both_backends!(

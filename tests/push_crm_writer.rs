@@ -5,7 +5,6 @@
 //! committed.)
 
 mod common;
-mod push_support;
 
 use common::*;
 use diesel::prelude::*;
@@ -16,7 +15,6 @@ use jobsync::db::repo::runs;
 use jobsync::sim::SimConfig;
 use jobsync::sync::StopFlag;
 use jobsync::sync::cycle::{Engine, Trigger, run_cycle};
-use push_support::*;
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -3,7 +3,6 @@
 //! refusals all converge to each reference existing exactly once upstream.
 
 mod common;
-mod push_support;
 
 use chrono::Utc;
 use common::*;
@@ -11,7 +10,6 @@ use jobsync::api::ApiClient;
 use jobsync::db::Ts;
 use jobsync::db::repo::outbox;
 use jobsync::sim::SimConfig;
-use push_support::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 

@@ -10,7 +10,6 @@
 //! simulator.
 
 mod common;
-mod push_support;
 
 use common::*;
 use jobsync::api::ApiClient;
@@ -20,7 +19,6 @@ use jobsync::db::models::{NewOutboxRow, OutboxRow};
 use jobsync::sim::{SimConfig, SimHandle};
 use jobsync::sync::StopFlag;
 use jobsync::sync::push::{self, PushTuning};
-use push_support::*;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};

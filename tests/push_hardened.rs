@@ -5,7 +5,6 @@
 //! upstream, outbox rows, the mirror.
 
 mod common;
-mod push_support;
 
 use axum::Json;
 use axum::extract::State;
@@ -18,7 +17,6 @@ use jobsync::db::repo::{jobs, outbox};
 use jobsync::sim::SimConfig;
 use jobsync::sync::StopFlag;
 use jobsync::sync::push;
-use push_support::*;
 use serde_json::{Value, json};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

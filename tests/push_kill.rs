@@ -3,13 +3,11 @@
 //! settled.
 
 mod common;
-mod push_support;
 
 use common::*;
 use jobsync::api::models::Job;
 use jobsync::db::models::NewOutboxRow;
 use jobsync::sim::{Hold, SimConfig, SimHandle};
-use push_support::*;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};

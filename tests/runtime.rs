@@ -8,7 +8,6 @@
 //! wall-clock limits (2 s, the grace plus 2 s) that a machine busy with the others would blur.
 
 mod common;
-mod push_support;
 
 use common::*;
 use diesel::prelude::*;
@@ -690,14 +689,14 @@ fn an_interrupted_push_records_what_it_committed(t: &TestDb) {
     rt.block_on(set_faults(&sim, json!({"latency_ms": 300})));
     let rows: Vec<_> = (0..3000)
         .map(|n| {
-            push_support::create(
+            common::push::create(
                 28,
                 &format!("r-{n}"),
                 json!({"name": format!("R {n}"), "numbers": ["+33612345678"]}),
             )
         })
         .collect();
-    push_support::insert(&t.db, &rows);
+    common::push::insert(&t.db, &rows);
     let dir = tempfile::tempdir().unwrap();
     let mut once = start_once(
         t,

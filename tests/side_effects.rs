@@ -564,7 +564,7 @@ async fn echoing_gateway(fail_listings: std::sync::Arc<std::sync::atomic::Atomic
 #[test]
 fn a_token_echoed_by_the_api_reaches_no_output_table_or_status() {
     use std::sync::atomic::{AtomicBool, Ordering};
-    let rt = tokio::runtime::Runtime::new().unwrap();
+    let rt = common::runtime();
     let fail_listings = std::sync::Arc::new(AtomicBool::new(false));
     let api = rt.block_on(echoing_gateway(fail_listings.clone()));
     let dir = tempfile::tempdir().unwrap();

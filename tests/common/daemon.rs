@@ -203,15 +203,6 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
-/// A runtime for the harness's HTTP calls and the simulator.
-pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// The value of one Prometheus series.
 pub fn metric(body: &str, series: &str) -> f64 {
     body.lines()

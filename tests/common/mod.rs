@@ -1,14 +1,19 @@
-//! Shared test helpers: fresh databases on both backends, the real simulator, the real daemon.
+//! Shared test helpers: fresh databases on both backends, the real simulator, the real daemon,
+//! outbox rows and push runs against the simulator, and runtimes for `fn` tests.
 #![allow(dead_code, unused_imports)]
 
 pub mod daemon;
 pub mod db;
 pub mod process;
 pub mod proxy;
+pub mod push;
+pub mod rt;
 pub mod sim;
 
 pub use daemon::*;
 pub use db::*;
 pub use process::*;
 pub use proxy::*;
+pub use push::*;
+pub use rt::*;
 pub use sim::*;

@@ -1,8 +1,7 @@
-//! Helpers shared by the push tests: outbox rows in, push runs, and what the simulator and the
-//! mirror hold afterwards.
-#![allow(dead_code)]
+//! Helpers for the push tests: outbox rows in, push runs, and what the simulator and the mirror
+//! hold afterwards.
 
-use crate::common::*;
+use super::{matching, requests, sim_state};
 use jobsync::api::ApiClient;
 use jobsync::api::models::Job;
 use jobsync::config::{PushConfig, SyncConfig};
@@ -14,18 +13,7 @@ use jobsync::sync::push::{self, PushStats, PushTuning};
 use jobsync::sync::{StopFlag, pull};
 use serde_json::Value;
 use std::collections::HashMap;
-use std::future::Future;
 use std::time::Duration;
-
-/// Runs an async test body on a fresh multi-threaded runtime (the backend macro wants `fn`).
-pub fn block_on<F: Future>(body: F) -> F::Output {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(body)
-}
 
 pub fn create(campaign: i64, reference: &str, payload: Value) -> NewOutboxRow {
     row("create", Some(campaign), Some(reference), None, payload)
