@@ -5,12 +5,10 @@ mod common;
 use chrono::{DateTime, Duration, Utc};
 use common::*;
 use jobsync::api::models::Job;
-use jobsync::config::{PushConfig, SyncConfig};
 use jobsync::db::models::ChangeRow;
 use jobsync::db::repo::{changes, jobs, runs, state};
 use jobsync::sim::{SimConfig, SimHandle};
-use jobsync::sync::StopFlag;
-use jobsync::sync::cycle::{CycleSummary, Engine, Trigger, run_cycle};
+use jobsync::sync::cycle::{Trigger, run_cycle};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,39 +20,9 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn engine(t: &TestDb, sim: &SimHandle, campaigns: &[i64], overlap_secs: u64) -> Engine {
-    Engine {
-        db: t.db.clone(),
-        client: client(sim),
-        sync: SyncConfig {
-            campaigns: campaigns.to_vec(),
-            overlap_secs,
-            ..SyncConfig::default()
-        },
-        push: PushConfig::default(),
-        stop: StopFlag::new(),
-    }
-}
-
-async fn cycle(engine: &Engine) -> CycleSummary {
-    let summary = run_cycle(engine, Trigger::Once)
-        .await
-        .expect("a cycle runs");
-    assert!(summary.ok, "cycle failed: {:?}", summary.error);
-    summary
-}
-
-async fn sim_jobs(sim: &SimHandle) -> BTreeMap<i64, Job> {
-    sim_state(sim)
-        .await
-        .into_iter()
-        .map(|v| {
-            serde_json::from_value::<Job>(v)
-                .unwrap()
-                .truncated_to_micros()
-        })
-        .map(|j| (j.id, j))
-        .collect()
+/// The simulator's jobs by id.
+async fn sim_jobs_by_id(sim: &SimHandle) -> BTreeMap<i64, Job> {
+    sim_jobs(sim).await.into_iter().map(|j| (j.id, j)).collect()
 }
 
 fn mirror(t: &TestDb) -> BTreeMap<i64, Job> {
@@ -111,7 +79,7 @@ fn a_backfill_equals_the_simulator_field_for_field(t: &TestDb) {
         let summary = cycle(&e).await;
         assert_eq!(summary.mode, "full");
         assert_eq!(summary.pull.campaigns_listed, [28, 29, 30]);
-        let upstream = sim_jobs(&sim).await;
+        let upstream = sim_jobs_by_id(&sim).await;
         assert_eq!(upstream.len(), 1200);
         assert_eq!(mirror(t), upstream);
         let run = &runs::recent(&mut t.db.conn().unwrap(), 1).unwrap()[0];
@@ -159,7 +127,7 @@ fn one_cycle_brings_exactly_the_upstream_changes(t: &TestDb) {
             assert_ne!(change.old_state, change.new_state);
             assert_eq!(change.source, "pull");
         }
-        assert_eq!(mirror(t), sim_jobs(&sim).await);
+        assert_eq!(mirror(t), sim_jobs_by_id(&sim).await);
     });
 }
 
@@ -251,7 +219,7 @@ fn concurrent_modifications_during_pulls_are_never_missed(t: &TestDb) {
         assert!(edits > 0);
         // One quiet cycle with no overlap: anything a racing pull missed would still differ.
         cycle(&e).await;
-        assert_eq!(mirror(t), sim_jobs(&sim).await);
+        assert_eq!(mirror(t), sim_jobs_by_id(&sim).await);
     });
 }
 
@@ -275,7 +243,7 @@ fn a_watermark_beyond_48_hours_falls_back_to_full_listings(t: &TestDb) {
             log.iter()
                 .any(|r| r["query"].as_str().is_some_and(|q| q == "campaign=28"))
         );
-        assert_eq!(mirror(t), sim_jobs(&sim).await);
+        assert_eq!(mirror(t), sim_jobs_by_id(&sim).await);
         // The new watermark is the server's clock: the next cycle is incremental again.
         let next = cycle(&e).await;
         assert_eq!(
@@ -322,7 +290,7 @@ fn a_full_cycle_still_discovers_untracked_campaigns(t: &TestDb) {
             [28, 31],
             "31 was discovered and listed in the same cycle"
         );
-        assert_eq!(mirror(t), sim_jobs(&sim).await);
+        assert_eq!(mirror(t), sim_jobs_by_id(&sim).await);
         let tracked: Vec<i64> = state::tracked_campaigns(&mut t.db.conn().unwrap())
             .unwrap()
             .iter()
@@ -364,7 +332,7 @@ fn a_complete_listing_marks_exactly_the_removed_jobs_deleted(t: &TestDb) {
             "{new:?}"
         );
         assert_eq!(new.len(), 3);
-        assert_eq!(mirror(t), sim_jobs(&sim).await);
+        assert_eq!(mirror(t), sim_jobs_by_id(&sim).await);
     });
 }
 

@@ -10,11 +10,10 @@ use common::*;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
 use jobsync::api::ApiClient;
-use jobsync::config::{PushConfig, SyncConfig};
+use jobsync::config::SyncConfig;
 use jobsync::db::repo::runs;
 use jobsync::sim::SimConfig;
-use jobsync::sync::StopFlag;
-use jobsync::sync::cycle::{Engine, Trigger, run_cycle};
+use jobsync::sync::cycle::{Trigger, run_cycle};
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,13 +40,7 @@ fn a_cycle_pushes_while_a_crm_writes_to_the_outbox() {
         let mut opts = options(&sim, "dev-token");
         opts.bulk_size = 100;
         opts.concurrency = 2;
-        let engine = Engine {
-            db: t.db.clone(),
-            client: ApiClient::new(opts).unwrap(),
-            sync: SyncConfig::default(),
-            push: PushConfig::default(),
-            stop: StopFlag::new(),
-        };
+        let engine = engine_with(&t.db, ApiClient::new(opts).unwrap(), SyncConfig::default());
 
         let backlog: Vec<_> = (0..BACKLOG)
             .map(|n| {

@@ -22,16 +22,6 @@ on_both_backends!(
     a_stop_request_is_honoured_before_the_next_round,
 );
 
-/// A client that gives up quickly, so that faults reach the push rather than being absorbed by
-/// the client's own retries.
-fn impatient_client(sim: &jobsync::sim::SimHandle) -> ApiClient {
-    let mut opts = options(sim, "dev-token");
-    opts.max_attempts = 2;
-    opts.bulk_size = 10;
-    opts.timeout = Duration::from_secs(5);
-    ApiClient::new(opts).unwrap()
-}
-
 fn repeated_pushes_under_faults_converge_without_duplicates_or_losses(t: &TestDb) {
     block_on(async {
         let sim = start_sim(SimConfig {
@@ -39,7 +29,7 @@ fn repeated_pushes_under_faults_converge_without_duplicates_or_losses(t: &TestDb
             ..SimConfig::default()
         })
         .await;
-        let client = impatient_client(&sim);
+        let client = impatient_client(&sim, Duration::from_secs(5), 10);
         pull(&t.db, &client).await;
         let seeded = sim_jobs(&sim).await;
         let mut rows = Vec::new();

@@ -193,16 +193,6 @@ fn reference(n: usize) -> String {
     format!("g-{n}")
 }
 
-/// A client that gives up quickly (two attempts, small calls), so that faults reach the push
-/// rather than being absorbed by the client's own retries.
-fn gateway_client(sim: &SimHandle, timeout: Duration, bulk_size: usize) -> ApiClient {
-    let mut opts = options(sim, "dev-token");
-    opts.max_attempts = 2;
-    opts.bulk_size = bulk_size;
-    opts.timeout = timeout;
-    ApiClient::new(opts).unwrap()
-}
-
 /// A simulator that keeps a duplicate reference as a second job.
 async fn start_gateway_sim(clock_offset_hours: f64) -> SimHandle {
     start_sim(SimConfig {
@@ -216,7 +206,7 @@ async fn start_gateway_sim(clock_offset_hours: f64) -> SimHandle {
 async fn converge_under(t: &TestDb, scenario: Scenario) {
     let started = Instant::now();
     let sim = start_gateway_sim(scenario.clock_offset_hours).await;
-    let client = gateway_client(&sim, scenario.timeout, scenario.bulk_size);
+    let client = impatient_client(&sim, scenario.timeout, scenario.bulk_size);
     let (rows, later) = create_rows();
     for part in rows.chunks(40) {
         insert(&t.db, part);
@@ -431,7 +421,7 @@ fn examples(items: &[String]) -> String {
 fn a_create_renamed_by_a_merged_patch_whose_answer_was_lost_exists_once(t: &TestDb) {
     block_on(async {
         let sim = start_gateway_sim(0.0).await;
-        let client = gateway_client(&sim, Duration::from_secs(2), 25);
+        let client = impatient_client(&sim, Duration::from_secs(2), 25);
         insert(
             &t.db,
             &[

@@ -1,9 +1,10 @@
 //! Shared test helpers: fresh databases on both backends, the real simulator, the real daemon,
-//! outbox rows and push runs against the simulator, and runtimes for `fn` tests.
+//! sync engines and push runs against the simulator, and runtimes for `fn` tests.
 #![allow(dead_code, unused_imports)]
 
 pub mod daemon;
 pub mod db;
+pub mod engine;
 pub mod process;
 pub mod proxy;
 pub mod push;
@@ -12,6 +13,7 @@ pub mod sim;
 
 pub use daemon::*;
 pub use db::*;
+pub use engine::*;
 pub use process::*;
 pub use proxy::*;
 pub use push::*;
