@@ -74,16 +74,16 @@ impl Scenario {
     }
 }
 
-fn creates_applied_then_answered_502_are_not_sent_again(t: &TestDb) {
+async fn creates_applied_then_answered_502_are_not_sent_again(t: &TestDb) {
     let scenario = Scenario::new(
         "applied_fail",
         json!({"applied_fail_rate": 0.3}),
         &["applied_fail"],
     );
-    block_on(converge_under(t, scenario));
+    converge_under(t, scenario).await;
 }
 
-fn slow_commits_past_the_client_timeout_are_not_sent_again(t: &TestDb) {
+async fn slow_commits_past_the_client_timeout_are_not_sent_again(t: &TestDb) {
     let scenario = Scenario {
         timeout: Duration::from_secs(1),
         ..Scenario::new(
@@ -92,33 +92,33 @@ fn slow_commits_past_the_client_timeout_are_not_sent_again(t: &TestDb) {
             &["late_apply"],
         )
     };
-    block_on(converge_under(t, scenario));
+    converge_under(t, scenario).await;
 }
 
-fn answers_dropped_after_applying_are_linked_not_sent_again(t: &TestDb) {
+async fn answers_dropped_after_applying_are_linked_not_sent_again(t: &TestDb) {
     let scenario = Scenario::new(
         "applied_drop",
         json!({"applied_drop_rate": 0.3}),
         &["applied_drop"],
     );
-    block_on(converge_under(t, scenario));
+    converge_under(t, scenario).await;
 }
 
-fn server_errors_before_applying_are_retried_to_exactly_one_job(t: &TestDb) {
+async fn server_errors_before_applying_are_retried_to_exactly_one_job(t: &TestDb) {
     let scenario = Scenario::new("fail", json!({"fail_rate": 0.3}), &["fail"]);
-    block_on(converge_under(t, scenario));
+    converge_under(t, scenario).await;
 }
 
-fn throttling_is_retried_to_exactly_one_job(t: &TestDb) {
+async fn throttling_is_retried_to_exactly_one_job(t: &TestDb) {
     let scenario = Scenario::new(
         "throttle",
         json!({"throttle_rate": 0.3, "retry_after_secs": 0}),
         &["throttle"],
     );
-    block_on(converge_under(t, scenario));
+    converge_under(t, scenario).await;
 }
 
-fn in_doubt_creates_are_found_with_the_api_clock_30_minutes_behind(t: &TestDb) {
+async fn in_doubt_creates_are_found_with_the_api_clock_30_minutes_behind(t: &TestDb) {
     let scenario = Scenario {
         clock_offset_hours: -0.5,
         ..Scenario::new(
@@ -127,10 +127,10 @@ fn in_doubt_creates_are_found_with_the_api_clock_30_minutes_behind(t: &TestDb) {
             &["applied_drop"],
         )
     };
-    block_on(converge_under(t, scenario));
+    converge_under(t, scenario).await;
 }
 
-fn in_doubt_creates_are_found_with_the_api_clock_30_minutes_ahead(t: &TestDb) {
+async fn in_doubt_creates_are_found_with_the_api_clock_30_minutes_ahead(t: &TestDb) {
     let scenario = Scenario {
         clock_offset_hours: 0.5,
         ..Scenario::new(
@@ -139,12 +139,12 @@ fn in_doubt_creates_are_found_with_the_api_clock_30_minutes_ahead(t: &TestDb) {
             &["applied_drop"],
         )
     };
-    block_on(converge_under(t, scenario));
+    converge_under(t, scenario).await;
 }
 
 /// Six faults share each request here, so calls of 5 items (thirty-odd POSTs) and high rates
 /// make every one of them fire, whatever the order the engine sends in.
-fn every_gateway_fault_at_once_converges_to_exactly_one_job_each(t: &TestDb) {
+async fn every_gateway_fault_at_once_converges_to_exactly_one_job_each(t: &TestDb) {
     let scenario = Scenario {
         clock_offset_hours: -0.5,
         timeout: Duration::from_secs(1),
@@ -163,7 +163,7 @@ fn every_gateway_fault_at_once_converges_to_exactly_one_job_each(t: &TestDb) {
             ],
         )
     };
-    block_on(converge_under(t, scenario));
+    converge_under(t, scenario).await;
 }
 
 /// Creates `g-0` … `g-149` in campaign 28; every tenth is patched by reference — the first half
@@ -418,56 +418,54 @@ fn examples(items: &[String]) -> String {
 /// A create of `old` merged with a later patch renaming it to `new` is sent as a create of
 /// `new`; its answer is lost. The lookup must look for what was sent, not for the row's own
 /// reference, or the job is never found and the create goes out again.
-fn a_create_renamed_by_a_merged_patch_whose_answer_was_lost_exists_once(t: &TestDb) {
-    block_on(async {
-        let sim = start_gateway_sim(0.0).await;
-        let client = impatient_client(&sim, Duration::from_secs(2), 25);
-        insert(
-            &t.db,
-            &[
-                create(28, "old", json!({"name": "Renamed"})),
-                patch_ref(28, "old", json!({"reference": "new"})),
-            ],
-        );
-        set_faults(&sim, json!({"applied_drop_rate": 1.0})).await;
-        push(&t.db, &client).await;
-        settle(&sim).await;
-        let runs = 1 + push_until_settled(&t.db, &client, &[]).await;
-        settle(&sim).await;
-        pull(&t.db, &client).await;
+async fn a_create_renamed_by_a_merged_patch_whose_answer_was_lost_exists_once(t: &TestDb) {
+    let sim = start_gateway_sim(0.0).await;
+    let client = impatient_client(&sim, Duration::from_secs(2), 25);
+    insert(
+        &t.db,
+        &[
+            create(28, "old", json!({"name": "Renamed"})),
+            patch_ref(28, "old", json!({"reference": "new"})),
+        ],
+    );
+    set_faults(&sim, json!({"applied_drop_rate": 1.0})).await;
+    push(&t.db, &client).await;
+    settle(&sim).await;
+    let runs = 1 + push_until_settled(&t.db, &client, &[]).await;
+    settle(&sim).await;
+    pull(&t.db, &client).await;
 
-        let log = requests(&sim.base_url()).await;
-        let fired = fault_counts(&log);
-        let upstream = sim_by_ref(&sim).await;
-        let count = |r: &str| upstream.get(&(28, r.to_string())).map_or(0, Vec::len);
-        let rows = all_rows(&t.db);
-        let create_row = rows.iter().find(|r| r.op == "create").unwrap();
-        let mut problems = unsettled_rows(&rows);
-        if count("new") != 1 || count("old") != 0 {
-            problems.insert(
-                0,
-                format!(
-                    "{} jobs under `new` and {} under `old`, wanted 1 and 0",
-                    count("new"),
-                    count("old")
-                ),
-            );
-        }
-        let new_id = upstream.get(&(28, "new".into())).map(|jobs| jobs[0].id);
-        if create_row.status != "done" || create_row.result_job_id != new_id {
-            problems.push(format!(
-                "the create row is {} on job {:?}, wanted done on {new_id:?}: {:?}",
-                create_row.status, create_row.result_job_id, create_row.last_error
-            ));
-        }
-        assert!(
-            problems.is_empty(),
-            "renamed create: {} (after {runs} push runs; faults fired: {fired:?})",
-            problems.join("; ")
+    let log = requests(&sim.base_url()).await;
+    let fired = fault_counts(&log);
+    let upstream = sim_by_ref(&sim).await;
+    let count = |r: &str| upstream.get(&(28, r.to_string())).map_or(0, Vec::len);
+    let rows = all_rows(&t.db);
+    let create_row = rows.iter().find(|r| r.op == "create").unwrap();
+    let mut problems = unsettled_rows(&rows);
+    if count("new") != 1 || count("old") != 0 {
+        problems.insert(
+            0,
+            format!(
+                "{} jobs under `new` and {} under `old`, wanted 1 and 0",
+                count("new"),
+                count("old")
+            ),
         );
-        assert!(fired.contains_key("applied_drop"), "{fired:?}");
-        assert_mirror_equals_sim(&t.db, &sim).await;
-    })
+    }
+    let new_id = upstream.get(&(28, "new".into())).map(|jobs| jobs[0].id);
+    if create_row.status != "done" || create_row.result_job_id != new_id {
+        problems.push(format!(
+            "the create row is {} on job {:?}, wanted done on {new_id:?}: {:?}",
+            create_row.status, create_row.result_job_id, create_row.last_error
+        ));
+    }
+    assert!(
+        problems.is_empty(),
+        "renamed create: {} (after {runs} push runs; faults fired: {fired:?})",
+        problems.join("; ")
+    );
+    assert!(fired.contains_key("applied_drop"), "{fired:?}");
+    assert_mirror_equals_sim(&t.db, &sim).await;
 }
 
 /// How long the API resets every connection.
@@ -476,96 +474,94 @@ const OUTAGE: Duration = Duration::from_secs(30);
 /// Every connection is reset after the request was read (nothing applied, nothing answered) for
 /// 30 s, then the API recovers. Pushes run all along, with a client that retries and rows that
 /// back off; the request log's `references` shows what each run sent.
-fn an_api_resetting_every_connection_gets_each_reference_once_per_run(t: &TestDb) {
-    block_on(async {
-        let sim = start_gateway_sim(0.0).await;
-        // A client as configured in production, with its own retries and backoff (shortened).
-        let mut opts = options(&sim, "dev-token");
-        opts.max_attempts = 4;
-        opts.min_backoff = Duration::from_millis(100);
-        opts.max_backoff = Duration::from_secs(1);
-        opts.bulk_size = 25;
-        opts.timeout = Duration::from_secs(2);
-        let client = ApiClient::new(opts).unwrap();
-        let tuning = PushTuning {
-            backoff_base: Duration::from_secs(1),
-            backoff_cap: Duration::from_secs(4),
-            lookup_margin: Duration::from_secs(1),
-            ..PushTuning::default()
-        };
-        let (rows, later) = create_rows();
-        insert(&t.db, &rows);
-        insert(&t.db, &later);
-        set_faults(&sim, json!({"drop_rate": 1.0})).await;
-        let recovery = Instant::now() + OUTAGE;
-        let deadline = recovery + Duration::from_secs(25);
-        let mut seen = 0;
-        let mut resent: Vec<String> = Vec::new();
-        let mut runs = 0;
-        let mut recovered = false;
-        loop {
-            if !recovered && Instant::now() >= recovery {
-                settle(&sim).await;
-                recovered = true;
-                // No lookup could succeed during the outage, so no create may have been sent
-                // again in it, in any run.
-                let outage_log = requests(&sim.base_url()).await;
-                resent.extend(
-                    sent_more_than_once(&outage_log, 0)
-                        .into_iter()
-                        .map(|(r, n)| format!("{r} ×{n} during the outage")),
-                );
-            }
-            push::run_tuned(
-                &t.db,
-                &client,
-                &PushConfig::default(),
-                tuning,
-                &StopFlag::new(),
-            )
-            .await
-            .expect("push runs");
-            runs += 1;
-            let log = requests(&sim.base_url()).await;
+async fn an_api_resetting_every_connection_gets_each_reference_once_per_run(t: &TestDb) {
+    let sim = start_gateway_sim(0.0).await;
+    // A client as configured in production, with its own retries and backoff (shortened).
+    let mut opts = options(&sim, "dev-token");
+    opts.max_attempts = 4;
+    opts.min_backoff = Duration::from_millis(100);
+    opts.max_backoff = Duration::from_secs(1);
+    opts.bulk_size = 25;
+    opts.timeout = Duration::from_secs(2);
+    let client = ApiClient::new(opts).unwrap();
+    let tuning = PushTuning {
+        backoff_base: Duration::from_secs(1),
+        backoff_cap: Duration::from_secs(4),
+        lookup_margin: Duration::from_secs(1),
+        ..PushTuning::default()
+    };
+    let (rows, later) = create_rows();
+    insert(&t.db, &rows);
+    insert(&t.db, &later);
+    set_faults(&sim, json!({"drop_rate": 1.0})).await;
+    let recovery = Instant::now() + OUTAGE;
+    let deadline = recovery + Duration::from_secs(25);
+    let mut seen = 0;
+    let mut resent: Vec<String> = Vec::new();
+    let mut runs = 0;
+    let mut recovered = false;
+    loop {
+        if !recovered && Instant::now() >= recovery {
+            settle(&sim).await;
+            recovered = true;
+            // No lookup could succeed during the outage, so no create may have been sent
+            // again in it, in any run.
+            let outage_log = requests(&sim.base_url()).await;
             resent.extend(
-                sent_more_than_once(&log, seen)
+                sent_more_than_once(&outage_log, 0)
                     .into_iter()
-                    .map(|(r, n)| format!("{r} ×{n} in run {runs}")),
+                    .map(|(r, n)| format!("{r} ×{n} during the outage")),
             );
-            seen = log
-                .iter()
-                .filter_map(|r| r["seq"].as_u64())
-                .max()
-                .unwrap_or(seen);
-            if (recovered && open_rows(&t.db) == 0) || Instant::now() > deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
-        settle(&sim).await;
-        pull(&t.db, &client).await;
-
+        push::run_tuned(
+            &t.db,
+            &client,
+            &PushConfig::default(),
+            tuning,
+            &StopFlag::new(),
+        )
+        .await
+        .expect("push runs");
+        runs += 1;
         let log = requests(&sim.base_url()).await;
-        let fired = fault_counts(&log);
-        let mut problems = Vec::new();
-        if !resent.is_empty() {
-            problems.push(format!(
-                "{} references sent again before a lookup could say they were absent (e.g. {})",
-                resent.len(),
-                examples(&resent)
-            ));
-        }
-        problems.extend(problems_with_references(&sim, &all_rows(&t.db)).await);
-        problems.extend(patches_lost(&sim).await);
-        assert!(
-            problems.is_empty(),
-            "outage: {} (after {runs} push runs; faults fired: {fired:?})",
-            problems.join("; ")
+        resent.extend(
+            sent_more_than_once(&log, seen)
+                .into_iter()
+                .map(|(r, n)| format!("{r} ×{n} in run {runs}")),
         );
-        assert!(fired.contains_key("drop"), "{fired:?}");
-        assert_mirror_equals_sim(&t.db, &sim).await;
-        eprintln!("outage: converged after {runs} push runs; faults fired: {fired:?}");
-    })
+        seen = log
+            .iter()
+            .filter_map(|r| r["seq"].as_u64())
+            .max()
+            .unwrap_or(seen);
+        if (recovered && open_rows(&t.db) == 0) || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    settle(&sim).await;
+    pull(&t.db, &client).await;
+
+    let log = requests(&sim.base_url()).await;
+    let fired = fault_counts(&log);
+    let mut problems = Vec::new();
+    if !resent.is_empty() {
+        problems.push(format!(
+            "{} references sent again before a lookup could say they were absent (e.g. {})",
+            resent.len(),
+            examples(&resent)
+        ));
+    }
+    problems.extend(problems_with_references(&sim, &all_rows(&t.db)).await);
+    problems.extend(patches_lost(&sim).await);
+    assert!(
+        problems.is_empty(),
+        "outage: {} (after {runs} push runs; faults fired: {fired:?})",
+        problems.join("; ")
+    );
+    assert!(fired.contains_key("drop"), "{fired:?}");
+    assert_mirror_equals_sim(&t.db, &sim).await;
+    eprintln!("outage: converged after {runs} push runs; faults fired: {fired:?}");
 }
 
 /// References that creates logged after `after_seq` carried more than once.

@@ -5,6 +5,7 @@
 
 use jobsync::api::models::Job;
 use jobsync::db::Db;
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub const PG_URL_VAR: &str = "JOBSYNC_TEST_POSTGRES_URL";
@@ -95,19 +96,59 @@ fn run_sql(url: &str, sql: &str) {
     diesel::sql_query(sql).execute(&mut conn).expect(sql);
 }
 
-/// Declares each listed `fn(&TestDb)` as a test on SQLite and on PostgreSQL.
+/// Declares each listed test body as a test on SQLite and on PostgreSQL.
+///
+/// A body is a `fn(&TestDb)` or an `async fn(&TestDb)` (run on a fresh runtime, see
+/// [`block_on`](super::block_on)); one list may mix both. The PostgreSQL tests skip when
+/// `JOBSYNC_TEST_POSTGRES_URL` is unset (see [`postgres_url`]).
 #[macro_export]
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
-            $(#[test] fn $name() { super::$name(&$crate::common::TestDb::sqlite()) })*
+            $(#[test] fn $name() {
+                $crate::common::run_on(super::$name, &$crate::common::TestDb::sqlite())
+            })*
         }
         mod postgres {
             $(#[test] fn $name() {
-                if let Some(db) = $crate::common::TestDb::postgres() { super::$name(&db) }
+                if let Some(db) = $crate::common::TestDb::postgres() {
+                    $crate::common::run_on(super::$name, &db)
+                }
             })*
         }
     };
+}
+
+/// Runs one test body on `db`, whether it is a `fn(&TestDb)` or an `async fn(&TestDb)`.
+pub fn run_on<'a, Kind>(body: impl TestBody<'a, Kind>, db: &'a TestDb) {
+    body.run(db)
+}
+
+/// A test body `on_both_backends!` can run; `Kind` tells a plain `fn` from an `async fn`.
+pub trait TestBody<'a, Kind> {
+    fn run(self, db: &'a TestDb);
+}
+
+/// The `Kind` of a plain `fn(&TestDb)`.
+pub struct PlainBody;
+
+/// The `Kind` of an `async fn(&TestDb)`.
+pub struct AsyncBody;
+
+impl<'a, F: FnOnce(&'a TestDb)> TestBody<'a, PlainBody> for F {
+    fn run(self, db: &'a TestDb) {
+        self(db)
+    }
+}
+
+impl<'a, F, Fut> TestBody<'a, AsyncBody> for F
+where
+    F: FnOnce(&'a TestDb) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    fn run(self, db: &'a TestDb) {
+        super::block_on(self(db))
+    }
 }
 
 /// A plausible job as the API would return it.
