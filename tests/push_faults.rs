@@ -64,10 +64,7 @@ async fn repeated_pushes_under_faults_converge_without_duplicates_or_losses(t: &
     loop {
         push(&t.db, &client).await;
         runs += 1;
-        let open = all_rows(&t.db)
-            .iter()
-            .filter(|r| r.status == "pending" || r.status == "in_flight")
-            .count();
+        let open = open_rows(&t.db);
         if open == 0 {
             break;
         }

@@ -266,13 +266,6 @@ async fn push_until_settled(db: &Db, client: &ApiClient, later: &[NewOutboxRow])
     }
 }
 
-fn open_rows(db: &Db) -> usize {
-    all_rows(db)
-        .iter()
-        .filter(|r| r.status == "pending" || r.status == "in_flight")
-        .count()
-}
-
 /// Clears every fault (duplicates stay allowed) and waits for every slow commit to land, so that
 /// what is counted upstream is final.
 async fn settle(sim: &SimHandle) {

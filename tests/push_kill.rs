@@ -132,10 +132,7 @@ fn a_push_killed_midway_and_restarted_ends_like_an_uninterrupted_one(t: &TestDb)
             let status = once(t, &sim, logs.path(), &name).wait().unwrap();
             let log = std::fs::read_to_string(logs.path().join(&name)).unwrap();
             assert!(status.success(), "the restarted run succeeds:\n{log}");
-            let open = all_rows(&t.db)
-                .iter()
-                .filter(|r| r.status == "pending" || r.status == "in_flight")
-                .count();
+            let open = open_rows(&t.db);
             if open == 0 {
                 break;
             }

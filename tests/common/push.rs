@@ -156,3 +156,9 @@ pub async fn bulk_calls(sim: &SimHandle, kind: &str) -> usize {
 pub fn count_status(rows: &[OutboxRow], status: &str) -> usize {
     rows.iter().filter(|r| r.status == status).count()
 }
+
+/// Outbox rows still to push: `pending` or `in_flight`.
+pub fn open_rows(db: &Db) -> usize {
+    let rows = all_rows(db);
+    count_status(&rows, "pending") + count_status(&rows, "in_flight")
+}
