@@ -8,6 +8,7 @@ use super::split::ArraySplitter;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{BoxStream, StreamExt};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 /// The largest job a listing may hold: far above any real job (about a kilobyte), and a bound on
@@ -27,6 +28,9 @@ pub struct Listing {
     /// or pads without end, fails instead of holding the cycle.
     item_timeout: Duration,
     last_item: Instant,
+    /// Campaigns whose jobs are only counted, not decoded (see [`Listing::skip_campaigns`]).
+    skip: BTreeSet<i64>,
+    skipped: usize,
 }
 
 impl std::fmt::Debug for Listing {
@@ -56,10 +60,27 @@ impl Listing {
             stop,
             item_timeout,
             last_item: Instant::now(),
+            skip: BTreeSet::new(),
+            skipped: 0,
         }
     }
 
-    /// Up to `max` more jobs (at least one), or `None` once the whole array has been read. An
+    /// Jobs of these campaigns are read for their `campaign` field only, counted in
+    /// [`Listing::skipped`] and not handed out: the pull's incremental pass skips the campaigns it
+    /// has just listed in full, and decoding each of their jobs only to drop it was most of that
+    /// pass's time. A job whose `campaign` cannot be read is decoded in full, so a malformed one
+    /// still fails the listing with its field named.
+    pub fn skip_campaigns(&mut self, skip: BTreeSet<i64>) {
+        self.skip = skip;
+    }
+
+    /// How many jobs so far belonged to a skipped campaign.
+    pub fn skipped(&self) -> usize {
+        self.skipped
+    }
+
+    /// Up to `max` more jobs (at least one, unless some were of skipped campaigns: skipped jobs
+    /// count towards `max`), or `None` once the whole array has been read. An
     /// error (malformed JSON, a wrong type, a truncated array, a broken connection) ends the
     /// listing: jobs handed out before it were valid, but the listing is not complete.
     pub async fn next_batch(&mut self, max: usize) -> Result<Option<Vec<Job>>, ApiError> {
@@ -68,10 +89,18 @@ impl Listing {
         }
         let max = max.max(1);
         let mut batch = Vec::with_capacity(max.min(4096));
+        // Skipped jobs count towards `max` too: a listing of skipped jobs only still returns
+        // (empty) batches as it goes, for the caller's progress and heartbeat.
+        let skipped_before = self.skipped;
         loop {
-            while batch.len() < max {
+            while batch.len() + (self.skipped - skipped_before) < max {
                 let index = self.splitter.items();
                 let decoded = match self.splitter.next_item() {
+                    Ok(Some(bytes)) if in_campaigns(bytes, &self.skip) => {
+                        self.skipped += 1;
+                        self.last_item = Instant::now();
+                        continue;
+                    }
                     Ok(Some(bytes)) => decode_item(bytes, index),
                     Ok(None) => break,
                     Err(detail) => Err(detail),
@@ -80,7 +109,7 @@ impl Listing {
                 self.last_item = Instant::now();
                 batch.push(job.truncated_to_micros());
             }
-            if batch.len() >= max {
+            if batch.len() + (self.skipped - skipped_before) >= max {
                 return Ok(Some(batch));
             }
             if self.splitter.buffered() > MAX_JOB_BYTES {
@@ -119,7 +148,8 @@ impl Listing {
                 None => {
                     self.finished = true;
                     self.splitter.finish().map_err(|detail| self.fail(detail))?;
-                    return Ok((!batch.is_empty()).then_some(batch));
+                    let any = !batch.is_empty() || self.skipped > skipped_before;
+                    return Ok(any.then_some(batch));
                 }
             }
         }
@@ -152,6 +182,18 @@ impl Listing {
     }
 }
 
+/// Whether the job in `bytes` belongs to one of `campaigns`, reading its `campaign` field only
+/// (serde skips the others without building them). `false` when it cannot tell.
+fn in_campaigns(bytes: &[u8], campaigns: &BTreeSet<i64>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct CampaignOf {
+        campaign: i64,
+    }
+    !campaigns.is_empty()
+        && serde_json::from_slice::<CampaignOf>(bytes)
+            .is_ok_and(|j| campaigns.contains(&j.campaign))
+}
+
 /// Decodes element `index` (0-based) of the array as a job, naming the field at fault.
 /// Plain serde first: tracking the path costs a seventh of a backfill's CPU, and is only needed
 /// to word the error of an item that does not decode.
@@ -167,6 +209,55 @@ fn decode_item(bytes: &[u8], index: usize) -> Result<Job, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn listing_of(body: &'static str) -> Listing {
+        let response = axum::http::Response::new(body);
+        Listing::new(
+            "GET /j/jobs".into(),
+            None,
+            reqwest::Response::from(response),
+            crate::shutdown::StopFlag::new(),
+            Duration::from_secs(5),
+        )
+    }
+
+    #[tokio::test]
+    async fn jobs_of_skipped_campaigns_are_counted_not_handed_out() {
+        // Job 1 would not decode (`numbers` of the wrong type), but its campaign is skipped.
+        let mut listing = listing_of(
+            r#"[{"id": 1, "campaign": 1, "state": 0, "numbers": [612]},
+                {"id": 2, "campaign": 2, "state": 0},
+                {"id": 3, "campaign": 1, "state": 0},
+                {"id": 4, "campaign": 3, "state": 0}]"#,
+        );
+        listing.skip_campaigns(BTreeSet::from([1]));
+        let first = listing.next_batch(2).await.unwrap().unwrap();
+        let ids: Vec<i64> = first.iter().map(|j| j.id).collect();
+        // Skipped jobs count towards the batch's size: 1 skipped + job 2.
+        assert_eq!(ids, [2]);
+        assert_eq!(listing.skipped(), 1);
+        let second = listing.next_batch(2).await.unwrap().unwrap();
+        assert_eq!(second.iter().map(|j| j.id).collect::<Vec<_>>(), [4]);
+        assert_eq!(listing.skipped(), 2);
+        assert!(listing.next_batch(2).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_job_whose_campaign_cannot_be_read_still_fails_with_its_field_named() {
+        let mut listing = listing_of(r#"[{"id": 1, "campaign": "one", "state": 0}]"#);
+        listing.skip_campaigns(BTreeSet::from([1]));
+        let err = listing.next_batch(10).await.unwrap_err().to_string();
+        assert!(err.contains("item 0") && err.contains("campaign"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_listing_of_skipped_jobs_only_still_reports_them() {
+        let mut listing = listing_of(r#"[{"id": 1, "campaign": 1, "state": 0}]"#);
+        listing.skip_campaigns(BTreeSet::from([1]));
+        assert!(listing.next_batch(10).await.unwrap().unwrap().is_empty());
+        assert_eq!(listing.skipped(), 1);
+        assert!(listing.next_batch(10).await.unwrap().is_none());
+    }
 
     #[test]
     fn names_the_item_and_field_of_a_wrong_type() {

@@ -405,8 +405,8 @@ fn start_of_pull(server_date: Option<DateTime<Utc>>, sent: Instant) -> Option<Da
 
 /// Streams a listing into the mirror: one task decodes batches while this one writes the previous
 /// batch, so the network, JSON decoding and the database work at the same time, and memory holds
-/// at most a few batches. Jobs of the `skip` campaigns are decoded but not stored. Returns the
-/// campaigns the listing contained.
+/// at most a few batches. Jobs of the `skip` campaigns are counted but neither decoded nor
+/// stored. Returns the campaigns of the jobs stored.
 async fn store_listing(
     db: &Db,
     mut listing: crate::api::Listing,
@@ -419,23 +419,22 @@ async fn store_listing(
     // Conversion to stored form happens here, on the decoding side, so the database thread only
     // compares and writes.
     let (tx, mut rx) = mpsc::channel::<Result<Decoded, ApiError>>(2);
+    listing.skip_campaigns(skip);
     let reader = tokio::spawn(async move {
+        let mut skipped = 0;
         loop {
             let next = listing.next_batch(BATCH_SIZE).await;
             let done = !matches!(next, Ok(Some(_)));
             let item = match next {
                 Ok(Some(batch)) => Ok(Decoded {
-                    received: batch.len(),
+                    received: batch.len() + (listing.skipped() - skipped),
                     campaigns: batch.iter().map(|j| j.campaign).collect(),
-                    store: batch
-                        .iter()
-                        .filter(|j| !skip.contains(&j.campaign))
-                        .map(JobContent::from_job)
-                        .collect(),
+                    store: batch.iter().map(JobContent::from_job).collect(),
                 }),
                 Ok(None) => break,
                 Err(e) => Err(e),
             };
+            skipped = listing.skipped();
             if tx.send(item).await.is_err() || done {
                 break;
             }
