@@ -295,7 +295,7 @@ async fn pull_incremental(
         modified_since: Some(since),
     };
     let started = Instant::now();
-    let listing = match client.list_jobs(query).await {
+    let mut listing = match client.list_jobs(query).await {
         Ok(listing) => listing,
         Err(ApiError::Http { status: 400, .. }) => {
             // The API refused the window (clock skew, a watermark older than it allows): full
@@ -314,12 +314,11 @@ async fn pull_incremental(
     // Jobs of campaigns listed in full earlier in this pull are already stored as of a moment
     // after the new watermark; a change made since comes back in the next pull (which reaches
     // back to that watermark), so they are not written twice.
-    let skip = listed.clone();
+    listing.skip_campaigns(listed.clone());
     let seen = store_listing(
         db,
         listing,
         false,
-        skip,
         (stop, client.heartbeat()),
         stats,
         progress,
@@ -361,7 +360,6 @@ async fn pull_campaign_listing(
         db,
         listing,
         true,
-        BTreeSet::new(),
         (stop, client.heartbeat()),
         stats,
         progress,
@@ -405,13 +403,14 @@ fn start_of_pull(server_date: Option<DateTime<Utc>>, sent: Instant) -> Option<Da
 
 /// Streams a listing into the mirror: one task decodes batches while this one writes the previous
 /// batch, so the network, JSON decoding and the database work at the same time, and memory holds
-/// at most a few batches. Jobs of the `skip` campaigns are counted but neither decoded nor
-/// stored. Returns the campaigns of the jobs stored.
+/// at most a few batches. Jobs of the campaigns the listing skips ([`Listing::skip_campaigns`])
+/// are counted but neither decoded nor stored. Returns the campaigns of the jobs stored.
+///
+/// [`Listing::skip_campaigns`]: crate::api::Listing::skip_campaigns
 async fn store_listing(
     db: &Db,
     mut listing: crate::api::Listing,
     touch: bool,
-    skip: BTreeSet<i64>,
     (stop, heartbeat): (&StopFlag, &Heartbeat),
     stats: &mut PullStats,
     mut progress: Tracker<'_>,
@@ -419,7 +418,6 @@ async fn store_listing(
     // Conversion to stored form happens here, on the decoding side, so the database thread only
     // compares and writes.
     let (tx, mut rx) = mpsc::channel::<Result<Decoded, ApiError>>(2);
-    listing.skip_campaigns(skip);
     let reader = tokio::spawn(async move {
         let mut skipped = 0;
         loop {
