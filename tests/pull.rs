@@ -73,6 +73,9 @@ async fn a_backfill_equals_the_simulator_field_for_field(t: &TestDb) {
     let upstream = sim_jobs_by_id(&sim).await;
     assert_eq!(upstream.len(), 1200);
     assert_eq!(mirror(t), upstream);
+    // Each job pulled once: the incremental pass that follows the listings receives the recently
+    // modified jobs of the same campaigns again, and must skip them uncounted.
+    assert_eq!(summary.pull.jobs_pulled, 1200);
     let run = &runs::recent(&mut t.db.conn().unwrap(), 1).unwrap()[0];
     assert_eq!(
         (run.status.as_str(), run.mode.as_str(), run.trigger.as_str()),
