@@ -202,7 +202,7 @@ fn outbox_rows_insert_list_count_and_retry(t: &TestDb) {
     )
     .unwrap();
     assert_eq!(n, 3);
-    let due = outbox::open_window(&mut c, 0, i64::MAX, 10).unwrap();
+    let (due, _) = outbox::open_window(&mut c, 0, i64::MAX, 10).unwrap();
     assert_eq!(
         due.iter().map(|r| r.op.as_str()).collect::<Vec<_>>(),
         ["create", "patch", "unqueue"]

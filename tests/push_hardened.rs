@@ -147,8 +147,25 @@ async fn a_payload_that_is_not_utf8_fails_alone(t: &TestDb) {
         .unwrap();
     }
     insert(&t.db, &[create(28, "after", json!({"name": "After"}))]);
-    let stats = push(&t.db, &client).await;
-    assert_eq!(stats.ok, 2);
+    drop(client);
+    // A whole cycle, as an operator runs it: its summary and its `sync_runs` row count the
+    // broken row among the failed, where `status`, the metrics and alerts read them.
+    let out = Command::new(env!("CARGO_BIN_EXE_jobsync"))
+        .args(["--once", "--database-url", &t.url])
+        .env("JOBSYNC_API__TOKEN", "dev-token")
+        .env("JOBSYNC_API__BASE_URL", sim.base_url())
+        .env("JOBSYNC_SERVER__LISTEN", "")
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{summary}");
+    let run = &jobsync::db::repo::runs::recent(&mut t.db.conn().unwrap(), 1).unwrap()[0];
+    assert_eq!(
+        (run.pushed_ok, run.pushed_failed),
+        (2, 1),
+        "the run counts the broken row as failed: {run:?}"
+    );
+    assert!(summary.contains("pushed 2 ok, 1 failed"), "{summary}");
     let rows = all_rows(&t.db);
     let broken = rows
         .iter()

@@ -4,7 +4,7 @@
 //! `retry_later`, `in_doubt`, `lookup_failed`, `absent`, `linked`, `waiting_for_token`, plus
 //! [`retry`] for an operator's re-queue and [`fail_unreadable`]); no other module writes a status.
 
-use super::{IDS_PER_STATEMENT, insert_in_fixed_batches, transaction};
+use super::{IDS_PER_STATEMENT, insert_in_fixed_batches, runs, transaction};
 use crate::db::models::{NewOutboxRow, OpenRow, OutboxRow, OutboxStatus};
 use crate::db::schema::outbox;
 use crate::db::{Conn, DbError, Ts};
@@ -86,13 +86,14 @@ pub fn before_first_open(conn: &mut Conn) -> Result<i64, DbError> {
 /// window of the push, so that its memory does not grow with the outbox.
 ///
 /// A row whose payload is not valid UTF-8 (SQLite stores whatever bytes a CRM writes) fails
-/// here, alone, and is left out.
+/// here, alone, and is left out: the second value is how many did, already counted into the run
+/// in progress.
 pub fn open_window(
     conn: &mut Conn,
     after: i64,
     ceiling: i64,
     limit: i64,
-) -> Result<Vec<OpenRow>, DbError> {
+) -> Result<(Vec<OpenRow>, i64), DbError> {
     let window = outbox::table
         .filter(outbox::id.gt(after))
         .filter(outbox::id.le(ceiling))
@@ -135,11 +136,12 @@ pub fn open_window(
         .filter(|r| r.payload.contains('\u{FFFD}'))
         .map(|r| r.id)
         .collect();
-    if !suspects.is_empty() {
-        let unreadable = fail_unreadable(conn, &suspects)?;
-        rows.retain(|r| !unreadable.contains(&r.id));
+    if suspects.is_empty() {
+        return Ok((rows, 0));
     }
-    Ok(rows)
+    let unreadable = fail_unreadable(conn, &suspects)?;
+    rows.retain(|r| !unreadable.contains(&r.id));
+    Ok((rows, unreadable.len() as i64))
 }
 
 /// On SQLite, the payload's bytes, even when a CRM stored bytes that are not UTF-8 (Diesel
@@ -193,8 +195,9 @@ impl From<OpenRowBytes> for OpenRow {
     }
 }
 
-/// Fails the rows among `ids` whose payload bytes are not UTF-8, naming the first bad byte;
-/// returns their ids.
+/// Fails the rows among `ids` whose payload bytes are not UTF-8, naming the first bad byte, and
+/// counts them into the run in progress (`pushed_failed`) in the same transaction; returns their
+/// ids.
 pub fn fail_unreadable(conn: &mut Conn, ids: &[i64]) -> Result<Vec<i64>, DbError> {
     use diesel::dsl::sql;
     use diesel::sql_types::Binary;
@@ -206,7 +209,7 @@ pub fn fail_unreadable(conn: &mut Conn, ids: &[i64]) -> Result<Vec<i64>, DbError
         .filter(outbox::id.eq_any(ids))
         .select((outbox::id, sql::<Binary>("CAST(payload AS BLOB)")))
         .load(&mut **c)?;
-    let mut failed = Vec::new();
+    let mut updates = Vec::new();
     for (id, bytes) in raw {
         let Err(e) = std::str::from_utf8(&bytes) else {
             continue;
@@ -216,13 +219,24 @@ pub fn fail_unreadable(conn: &mut Conn, ids: &[i64]) -> Result<Vec<i64>, DbError
              then re-queue with `jobsync outbox retry --id {id}`",
             e.valid_up_to()
         );
-        update_each(conn, &[(id, RowUpdate::failed(reason, None))])?;
         tracing::warn!(
             outbox_id = id,
             "outbox row with a payload that is not UTF-8 failed"
         );
-        failed.push(id);
+        updates.push((id, RowUpdate::failed(reason, None)));
     }
+    if updates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let failed: Vec<i64> = updates.iter().map(|(id, _)| *id).collect();
+    let counts = runs::RunCounts {
+        pushed_failed: failed.len() as i64,
+        ..runs::RunCounts::default()
+    };
+    transaction(conn, |c| {
+        runs::count_into_current(c, counts)?;
+        update_each(c, &updates)
+    })?;
     Ok(failed)
 }
 

@@ -205,9 +205,10 @@ async fn push_pass(
         // with stale statistics, sorted every open row above `after` for each window), the work
         // of one window stays that of a few windows' rows.
         let upto = ceiling.min(after.saturating_add(window.saturating_mul(WINDOW_SPAN)));
-        let mut rows = db
+        let (mut rows, unreadable) = db
             .run(move |c| outbox::open_window(c, after, upto, window))
             .await?;
+        st.stats.failed += unreadable;
         let Some(last) = rows.last().map(|r| r.id) else {
             if upto >= ceiling {
                 break;
@@ -217,9 +218,11 @@ async fn push_pass(
         };
         let max_attempts = limits.max_row_attempts;
         if resolve::resolve_in_doubt(db, client, &rows, st, max_attempts, limits.tuning).await? {
-            rows = db
+            let unreadable;
+            (rows, unreadable) = db
                 .run(move |c| outbox::open_window(c, after, last, i64::MAX))
                 .await?;
+            st.stats.failed += unreadable;
         }
         after = last;
         let (plan, open) = plan_with_mirror(db, rows, &st.blocked, &mut touched).await?;
