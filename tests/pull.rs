@@ -64,6 +64,38 @@ on_both_backends!(
     a_failed_listing_marks_nothing_deleted_and_keeps_the_watermark,
 );
 
+mod sqlite_only {
+    #[test]
+    fn a_backfill_keeps_the_write_ahead_log_bounded() {
+        crate::common::run_on(
+            super::a_backfill_keeps_the_write_ahead_log_bounded,
+            &crate::common::TestDb::sqlite(),
+        );
+    }
+}
+
+/// The pull's commits leave checkpoints to another thread; the log must still restart, or a
+/// backfill would grow the `-wal` file to the size of everything it wrote (a disk full on a
+/// small volume, and slower reads for the CRM meanwhile).
+async fn a_backfill_keeps_the_write_ahead_log_bounded(t: &TestDb) {
+    const JOBS: usize = 100_000;
+    let sim = start_sim(seeded(vec![28], JOBS)).await;
+    let e = engine(t, &sim, &[28], 300);
+    let summary = cycle(&e).await;
+    assert_eq!(summary.pull.jobs_pulled, JOBS as i64);
+    let path = t.url.strip_prefix("sqlite://").unwrap();
+    let size = |p: &str| std::fs::metadata(p).map_or(0, |m| m.len());
+    let (db, wal) = (size(path), size(&format!("{path}-wal")));
+    // The limit, plus a few batches written while the last checkpoint ran.
+    let bound = (jobsync::db::WAL_LIMIT_FRAMES as u64 + 3_000) * (4096 + 24);
+    eprintln!("database {db} bytes, log {wal} bytes, bound {bound}");
+    assert!(
+        db > bound,
+        "the backfill must write more than the bound: {db}"
+    );
+    assert!(wal <= bound, "the log grew to {wal} bytes");
+}
+
 async fn a_backfill_equals_the_simulator_field_for_field(t: &TestDb) {
     let sim = start_sim(seeded(vec![28, 29, 30], 400)).await;
     let e = engine(t, &sim, &[28, 29, 30], 300);

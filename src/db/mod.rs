@@ -28,6 +28,7 @@ use diesel::prelude::*;
 use diesel::r2d2::{ConnectionManager, CustomizeConnection, HandleError, Pool, PooledConnection};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 type SqlitePool = Pool<ConnectionManager<SqliteConnection>>;
@@ -62,6 +63,7 @@ enum Backend {
     Sqlite {
         pool: SqlitePool,
         path: PathBuf,
+        checkpointer: Arc<Checkpointer>,
     },
     /// `url` (password included) is kept to scrub it from the pool's errors.
     Pg {
@@ -195,6 +197,53 @@ impl Db {
         }
     }
 
+    /// On SQLite, copies the write-ahead log into the database file on another thread and
+    /// connection (a passive checkpoint, which never blocks the writer), unless one is running
+    /// already. For a writer whose commits do not checkpoint themselves
+    /// (`repo::with_relaxed_durability`): the pull's writer, the bottleneck of a backfill, then
+    /// spends none of its time copying pages (an eighth of it when it did).
+    ///
+    /// The log restarts from its beginning only when a write begins after a checkpoint copied all
+    /// of it, which a writer that never waits may not see for long. So once the log holds more
+    /// than [`WAL_LIMIT_FRAMES`], this waits for the running checkpoint and runs one more before
+    /// it returns, and the next write restarts the log: it stays within about that size (20 MiB
+    /// at most in a 1,000,000-job backfill, against 4 MiB with SQLite's own checkpoints). A
+    /// failed checkpoint leaves the log for the next one; nothing is lost. PostgreSQL: nothing
+    /// to do.
+    pub async fn checkpoint_behind(&self) {
+        let Backend::Sqlite { checkpointer, .. } = &self.backend else {
+            return;
+        };
+        let over_limit = checkpointer.log_frames.load(Ordering::Acquire) > WAL_LIMIT_FRAMES;
+        if let Some(previous) = checkpointer.take() {
+            if !previous.is_finished() && !over_limit {
+                checkpointer.put(previous);
+                return;
+            }
+            let _ = previous.await;
+        }
+        let db = self.clone();
+        let log_frames = Arc::clone(checkpointer);
+        let next = tokio::task::spawn_blocking(move || {
+            let checked = db.conn().and_then(|mut conn| match &mut conn {
+                Conn::Sqlite(c) => Ok(diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)")
+                    .get_result::<CheckpointResult>(&mut **c)?),
+                Conn::Pg(_) => Ok(CheckpointResult::default()),
+            });
+            match checked {
+                Ok(result) => log_frames.log_frames.store(result.log, Ordering::Release),
+                Err(e) => {
+                    tracing::debug!(error = %e, "background WAL checkpoint failed; the next one retries")
+                }
+            }
+        });
+        if over_limit {
+            let _ = next.await;
+        } else {
+            checkpointer.put(next);
+        }
+    }
+
     /// Runs blocking database work on tokio's blocking pool.
     pub async fn run<T, F>(&self, work: F) -> Result<T, DbError>
     where
@@ -223,6 +272,38 @@ impl Db {
     pub fn migrate(&self) -> Result<usize, DbError> {
         migrate::run(self).map_err(|e| self.name_file(e))
     }
+}
+
+/// How many pages the write-ahead log may hold before [`Db::checkpoint_behind`] waits for its
+/// checkpoint (16 MiB of 4 KiB pages; SQLite's own checkpoints start at 1,000).
+pub const WAL_LIMIT_FRAMES: i64 = 4096;
+
+/// The background checkpoint of [`Db::checkpoint_behind`]: the one running, and the size of the
+/// log the last one found.
+#[derive(Default)]
+struct Checkpointer {
+    running: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    log_frames: AtomicI64,
+}
+
+impl Checkpointer {
+    fn take(&self) -> Option<tokio::task::JoinHandle<()>> {
+        self.running.lock().ok().and_then(|mut r| r.take())
+    }
+
+    fn put(&self, running: tokio::task::JoinHandle<()>) {
+        if let Ok(mut slot) = self.running.lock() {
+            *slot = Some(running);
+        }
+    }
+}
+
+/// The row `PRAGMA wal_checkpoint` answers.
+#[derive(QueryableByName, Default)]
+struct CheckpointResult {
+    /// Pages in the log (`-1` when the database is not in WAL mode).
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    log: i64,
 }
 
 #[derive(Debug)]
@@ -360,7 +441,11 @@ fn connect_sqlite(path: PathBuf) -> Result<Backend, DbError> {
         .connection_customizer(Box::new(SqlitePragmas))
         .error_handler(Box::new(PoolErrorLog::Sqlite(path.clone())))
         .build_unchecked(ConnectionManager::new(url));
-    Ok(Backend::Sqlite { pool, path })
+    Ok(Backend::Sqlite {
+        pool,
+        path,
+        checkpointer: Arc::default(),
+    })
 }
 
 fn connect_pg(url: &str, options: DbOptions) -> Result<Backend, DbError> {

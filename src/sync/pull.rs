@@ -474,6 +474,7 @@ async fn store_listing(
                     })
                 })
                 .await?;
+            db.checkpoint_behind().await;
             heartbeat.beat();
             // Counted once committed: a stopped pull reports what the mirror holds.
             stats.jobs_pulled += pulled;

@@ -53,17 +53,28 @@ use crate::with_conn;
 /// backfill's writes. The memory is a batch's pages at most (a pull batch is 2,000 jobs); the
 /// setting is restored after, so a large statement elsewhere (a campaign's jobs all marked
 /// deleted, under a CRM's trigger) still spills its journal to a file.
+///
+/// Its commits do not checkpoint the write-ahead log either (`wal_autocheckpoint = 0`): the
+/// caller calls [`Db::checkpoint_behind`](crate::db::Db::checkpoint_behind) after each, which
+/// copies the log on another thread. Should it not, the next ordinary commit checkpoints as
+/// usual; the log only grows meanwhile.
 pub fn with_relaxed_durability<T>(
     conn: &mut Conn,
     work: impl FnOnce(&mut Conn) -> Result<T, DbError>,
 ) -> Result<T, DbError> {
     use diesel::connection::SimpleConnection;
     if let Conn::Sqlite(c) = conn {
-        c.batch_execute("PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY")?;
+        c.batch_execute(
+            "PRAGMA synchronous = NORMAL; PRAGMA temp_store = MEMORY; \
+             PRAGMA wal_autocheckpoint = 0",
+        )?;
     }
     let result = work(conn);
     if let Conn::Sqlite(c) = conn {
-        c.batch_execute("PRAGMA synchronous = FULL; PRAGMA temp_store = DEFAULT")?;
+        c.batch_execute(
+            "PRAGMA synchronous = FULL; PRAGMA temp_store = DEFAULT; \
+             PRAGMA wal_autocheckpoint = 1000",
+        )?;
     }
     result
 }
