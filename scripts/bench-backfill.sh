@@ -76,8 +76,29 @@ export JOBSYNC_API__BASE_URL="http://$addr" JOBSYNC_API__TOKEN=dev-token \
   JOBSYNC_DATABASE__URL="${pg_url:-sqlite://$work/jobsync.db}" JOBSYNC_SYNC__CAMPAIGNS="$campaign_list" \
   JOBSYNC_SERVER__LISTEN="" JOBSYNC_LOG__FORMAT=json RUST_LOG=warn
 "$bin" migrate >/dev/null
+curl -sf -X POST "http://$addr/_sim/reset-log" >/dev/null
 /usr/bin/time -f '%e %M' -o "$work/jobsync.time" "$bin" --once >"$work/once1.out"
 read -r jobsync_secs jobsync_kb <"$work/jobsync.time"
+
+# Listing bytes: every `GET /j/jobs` the backfill sent (from the simulator's request log), asked
+# again now that nothing changes, against one full listing of each campaign.
+curl -sf "http://$addr/_sim/requests" -o "$work/requests.json"
+listing_bytes() {
+  curl -sf -H "Authorization: Bearer dev-token" -o /dev/null -w '%{size_download}' \
+    "http://$addr/j/jobs?$1"
+}
+fetched_bytes=0 listings_bytes=0 listing_calls=0
+while read -r query; do
+  fetched_bytes=$((fetched_bytes + $(listing_bytes "$query")))
+  listing_calls=$((listing_calls + 1))
+done < <(sqlite3 :memory: "SELECT r.value->>'query' FROM json_each(readfile('$work/requests.json')) AS r
+  WHERE r.value->>'method' = 'GET' AND r.value->>'path' = '/j/jobs' AND r.value->>'status' = 200")
+for c in $(seq 1 "$CAMPAIGNS"); do
+  listings_bytes=$((listings_bytes + $(listing_bytes "campaign=$c")))
+done
+bytes_ratio=$(awk -v a="$fetched_bytes" -v b="$listings_bytes" 'BEGIN { printf "%.2f", a / b }')
+bytes_line="listing bytes fetched: $fetched_bytes in $listing_calls GET /j/jobs calls, \
+$bytes_ratio× the $listings_bytes bytes of one full listing of each campaign"
 # SQL on the mirror, whichever the backend.
 mirror_sql() {
   if [[ -n "$pg_url" ]]; then psql -qtA "$pg_url" -c "$1"; else sqlite3 "$work/jobsync.db" "$1"; fi
@@ -115,6 +136,7 @@ if [[ -n "$pg_url" ]]; then
 | jobsync --once (simulator on loopback) | ${jobsync_secs} s | $((jobsync_kb / 1024)) MiB | $jobsync_rows | $pulled |
 
 jobsync peak RSS target ≤ 64 MiB
+$bytes_line
 first cycle:  $(cat "$work/once1.out")
 no-change cycles (a --once, then two daemon ticks): $writes row(s) written to jobs and job_changes;
   the daemon's second tick made ${daemon_calls:-?} API call(s); the --once made $calls (a fresh
@@ -133,6 +155,7 @@ cat <<REPORT
 | jobsync --once (simulator on loopback) | ${jobsync_secs} s | $((jobsync_kb / 1024)) MiB | $jobsync_rows | $pulled |
 
 jobsync / sqlite3 time: ${ratio}× (target ≤ 0.70×); jobsync peak RSS target ≤ 64 MiB
+$bytes_line
 first cycle:  $(cat "$work/once1.out")
 no-change cycles (a --once, then two daemon ticks): $writes row(s) written to jobs and job_changes;
   the daemon's second tick made ${daemon_calls:-?} API call(s); the --once made $calls (a fresh
