@@ -18,6 +18,9 @@ pub enum DbError {
     Migration(String),
     #[error("{0}")]
     Locked(String),
+    /// This process held the sync lock and no longer does (contract §8, Fencing).
+    #[error("lost the sync lock: {0}")]
+    LockLost(String),
     #[error("database task failed: {0}")]
     Task(String),
     #[error("stored data is invalid: {0}")]

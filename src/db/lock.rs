@@ -10,6 +10,9 @@
 use super::DbError;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 #[derive(Debug)]
 pub struct FileLock {
@@ -91,6 +94,19 @@ impl FileLock {
         }
     }
 
+    /// Whether the lock file at `path` is no longer the file this lock holds (deleted, or
+    /// replaced by another): another process may lock the new one.
+    pub fn replaced(&self, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(mine) = self._file.metadata() else {
+            return false;
+        };
+        match std::fs::metadata(path) {
+            Ok(now) => now.ino() != mine.ino() || now.dev() != mine.dev(),
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
+    }
+
     /// Records who holds the lock. Best effort: the lock is the kernel's, the text only helps
     /// the operator reading a refusal.
     fn holding(mut file: File) -> FileLock {
@@ -145,26 +161,54 @@ impl PgLock {
 /// on PostgreSQL a session advisory lock held on a dedicated connection (replicas sharing the
 /// database elect the active syncer this way). Released on drop, or by the kernel / the server
 /// when the holder dies.
-pub enum SyncLock {
-    File(FileLock),
+///
+/// A lock can be lost while it is held: a PostgreSQL session ends (an idle timeout, a DBA, a
+/// failover, a network partition), a lock file is deleted and taken by another process. So
+/// taking it also raises the database's fence (`sync_fence.epoch`), and the cycle's writes check
+/// the fence ([`Fence::check`]): the database itself refuses a syncer whose lock another process
+/// took since (contract §8, Fencing). [`SyncLock::check_alive`] notices a dead session sooner,
+/// between chunks.
+pub struct SyncLock {
+    held: Held,
+    fence: Arc<Fence>,
+}
+
+enum Held {
+    File { lock: FileLock, path: PathBuf },
     Pg(super::Conn),
 }
 
 impl std::fmt::Debug for SyncLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SyncLock::File(_) => "SyncLock(file)",
-            SyncLock::Pg(_) => "SyncLock(postgres advisory)",
+        f.write_str(match self.held {
+            Held::File { .. } => "SyncLock(file)",
+            Held::Pg(_) => "SyncLock(postgres advisory)",
         })
     }
 }
 
+/// How long the lock's PostgreSQL session may stay idle before the server ends it (and so
+/// releases the lock): [`SyncLock::check_alive`] queries it every [`LOCK_CHECK_EVERY`], so only
+/// a holder that stopped answering (cut off from the server, frozen) stays idle this long. Ends
+/// an orphaned session without waiting for TCP keepalives (PostgreSQL 14 and later; older servers
+/// rely on the keepalives alone).
+pub const LOCK_IDLE_LIMIT: Duration = Duration::from_secs(20);
+/// How often a cycle checks that its lock's session is alive.
+pub const LOCK_CHECK_EVERY: Duration = Duration::from_secs(2);
+
 impl SyncLock {
-    /// Takes the lock, or explains who holds it ([`DbError::Locked`]).
+    /// Takes the lock, or explains who holds it ([`DbError::Locked`]), and raises the fence.
     pub fn try_acquire(db: &super::Db) -> Result<SyncLock, DbError> {
         use diesel::prelude::*;
         if let Some(path) = db.sqlite_path() {
-            return FileLock::try_acquire(path, LockPurpose::Sync).map(SyncLock::File);
+            let lock = FileLock::try_acquire(path, LockPurpose::Sync)?;
+            let mut conn = db.conn()?;
+            let fence = Fence::raise(&mut conn)?;
+            let path = FileLock::path_for(path, LockPurpose::Sync);
+            return Ok(SyncLock {
+                held: Held::File { lock, path },
+                fence,
+            });
         }
         let mut conn = db.conn()?;
         let super::Conn::Pg(c) = &mut conn else {
@@ -182,7 +226,41 @@ impl SyncLock {
             diesel::sql_query("SELECT set_config('application_name', $1, false)")
                 .bind::<diesel::sql_types::Text, _>(&name)
                 .execute(&mut **c)?;
-            return Ok(SyncLock::Pg(conn));
+            // A session that stops answering is ended by the server: see LOCK_IDLE_LIMIT.
+            // Refused by servers older than 14, which then rely on TCP keepalives alone.
+            let _ = diesel::sql_query(format!(
+                "SET idle_session_timeout = {}",
+                LOCK_IDLE_LIMIT.as_millis()
+            ))
+            .execute(&mut **c);
+            // A transaction-pooling proxy hands each statement to whichever server session is
+            // free: the lock stays with a session this connection no longer talks to.
+            if !holds_sync_lock(c).unwrap_or(false) {
+                let _ = diesel::sql_query(format!(
+                    "SELECT {}",
+                    PgLock::Sync.call("pg_advisory_unlock")
+                ))
+                .execute(&mut **c);
+                return Err(DbError::Locked(format!(
+                    "the sync lock this connection took is not held by the session that answers \
+                     it next: a transaction-pooling proxy (PgBouncer with pool_mode = \
+                     transaction or statement, or a cloud proxy in that mode) stands between \
+                     jobsync and PostgreSQL, and jobsync's session advisory lock needs a session; \
+                     connect to PostgreSQL directly, or through a pool in session mode \
+                     ({POOLER_HINT})"
+                )));
+            }
+            let held = Held::Pg(conn);
+            // Released by the drop if raising the fence fails.
+            let mut lock = SyncLock {
+                held,
+                fence: Arc::new(Fence::new(0)),
+            };
+            let Held::Pg(conn) = &mut lock.held else {
+                unreachable!("just built")
+            };
+            lock.fence = Fence::raise(conn)?;
+            return Ok(lock);
         }
         let holder = sync_lock_holder_name(c)
             .ok()
@@ -193,6 +271,174 @@ impl SyncLock {
             "another jobsync process ({holder}) is the active syncer for this PostgreSQL database (advisory lock held); wait for it to finish, or let the daemon's replicas take turns"
         )))
     }
+
+    /// The fence the cycle's writes check.
+    pub fn fence(&self) -> Arc<Fence> {
+        Arc::clone(&self.fence)
+    }
+
+    /// Checks that the lock is still held, as far as this process can tell on its own: on
+    /// PostgreSQL the session that answers its connection holds it (which a transaction-pooling
+    /// proxy breaks; the query also keeps the session from idling out); on SQLite
+    /// the lock file is still the one locked (not deleted or replaced). When it is not, the
+    /// fence is marked lost and the cycle stops sending. Blocking.
+    pub fn check_alive(&mut self) {
+        if self.fence.is_lost() {
+            return;
+        }
+        let lost = match &mut self.held {
+            Held::Pg(super::Conn::Pg(c)) => match holds_sync_lock(c) {
+                Ok(true) => None,
+                Ok(false) => Some(format!(
+                    "the PostgreSQL session that answers its connection no longer holds it \
+                     ({POOLER_HINT})"
+                )),
+                Err(e) => Some(format!("its PostgreSQL session ended ({e})")),
+            },
+            Held::Pg(super::Conn::Sqlite(_)) => None,
+            Held::File { lock, path } => lock
+                .replaced(path)
+                .then(|| format!("its lock file {} was removed or replaced", path.display())),
+        };
+        if let Some(why) = lost {
+            self.fence.mark_lost(why);
+        }
+    }
+}
+
+/// [`Fence::check`] when there is a fence (a handle of a cycle); nothing otherwise.
+pub fn check_fence(fence: Option<&Arc<Fence>>, conn: &mut super::Conn) -> Result<(), DbError> {
+    fence.map_or(Ok(()), |f| f.check(conn))
+}
+
+/// The fence of a sync lock taken by this process: the epoch it raised `sync_fence.epoch` to.
+/// A later holder raises it again, and every fenced write of this process is then refused.
+#[derive(Debug)]
+pub struct Fence {
+    epoch: i64,
+    lost: AtomicBool,
+    why: Mutex<Option<String>>,
+}
+
+#[derive(diesel::QueryableByName)]
+struct Epoch {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    epoch: i64,
+}
+
+impl Fence {
+    fn new(epoch: i64) -> Fence {
+        Fence {
+            epoch,
+            lost: AtomicBool::new(false),
+            why: Mutex::new(None),
+        }
+    }
+
+    /// Raises the database's fence for a lock just taken. On PostgreSQL the update waits for the
+    /// fenced transactions of a previous holder still open, so that none of them commits after
+    /// this process reads the outbox.
+    fn raise(conn: &mut super::Conn) -> Result<Arc<Fence>, DbError> {
+        use diesel::prelude::*;
+        let mut holder = holder_description();
+        holder.truncate(200);
+        let raised = crate::with_conn!(conn, |c| diesel::sql_query(
+            "UPDATE sync_fence SET epoch = epoch + 1, holder = $1, taken_at = $2 \
+             WHERE id = 1 RETURNING epoch"
+        )
+        .bind::<diesel::sql_types::Text, _>(&holder)
+        .bind::<diesel::sql_types::Timestamp, _>(super::Ts::now())
+        .get_result::<Epoch>(c))?;
+        Ok(Arc::new(Fence::new(raised.epoch)))
+    }
+
+    pub fn epoch(&self) -> i64 {
+        self.epoch
+    }
+
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// Records that the lock is lost, and why; logged once, as an ERROR.
+    pub fn mark_lost(&self, why: String) {
+        let mut slot = self.why.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_none() {
+            tracing::error!(
+                epoch = self.epoch,
+                "lost the sync lock: {why}; this process stops sending and competes for the lock \
+                 again"
+            );
+            *slot = Some(why);
+        }
+        self.lost.store(true, Ordering::Release);
+    }
+
+    /// Why the lock was lost.
+    pub fn reason(&self) -> String {
+        self.why
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| "another process took it".into())
+    }
+
+    fn lost_error(&self) -> DbError {
+        DbError::LockLost(self.reason())
+    }
+
+    /// Checks, inside the caller's write transaction, that the fence is still this process's;
+    /// [`DbError::LockLost`] when it is not (or when the lock was found lost before). On
+    /// PostgreSQL the fence row is read `FOR SHARE`: a new holder's raise waits for this
+    /// transaction, and this read waits for a raise under way and then sees it.
+    pub fn check(&self, conn: &mut super::Conn) -> Result<(), DbError> {
+        use diesel::prelude::*;
+        if self.is_lost() {
+            return Err(self.lost_error());
+        }
+        let current = match conn {
+            super::Conn::Sqlite(c) => {
+                diesel::sql_query("SELECT epoch FROM sync_fence WHERE id = 1")
+                    .get_result::<Epoch>(&mut **c)?
+            }
+            super::Conn::Pg(c) => {
+                diesel::sql_query("SELECT epoch FROM sync_fence WHERE id = 1 FOR SHARE")
+                    .get_result::<Epoch>(&mut **c)?
+            }
+        };
+        if current.epoch != self.epoch {
+            self.mark_lost(format!(
+                "another process took it (fence epoch {} since, this process's {})",
+                current.epoch, self.epoch
+            ));
+            return Err(self.lost_error());
+        }
+        Ok(())
+    }
+}
+
+/// Where the README says which poolers keep session locks.
+const POOLER_HINT: &str = "see the README's PostgreSQL section on connection poolers";
+
+/// Whether the session answering `conn` holds the sync lock (of this database and schema): the
+/// check between chunks, which also keeps the lock's session from idling out.
+fn holds_sync_lock(conn: &mut diesel::PgConnection) -> diesel::QueryResult<bool> {
+    use diesel::prelude::*;
+    #[derive(diesel::QueryableByName)]
+    struct Held {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        held: bool,
+    }
+    let held: Held = diesel::sql_query(format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+         AND l.pid = pg_backend_pid() AND l.objsubid = 2 AND l.classid = {}::oid \
+         AND l.objid = hashtext(current_schema())::oid \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())) \
+         AS held",
+        PgLock::Sync as i32
+    ))
+    .get_result(conn)?;
+    Ok(held.held)
 }
 
 /// The `application_name` of the session holding the sync lock on this database and schema, if
@@ -224,7 +470,7 @@ struct HolderName {
 impl Drop for SyncLock {
     fn drop(&mut self) {
         use diesel::prelude::*;
-        if let SyncLock::Pg(super::Conn::Pg(c)) = self {
+        if let Held::Pg(super::Conn::Pg(c)) = &mut self.held {
             // The connection goes back to the pool: the session lock and the name must not go
             // with it.
             let _ = diesel::sql_query(format!(
@@ -233,6 +479,7 @@ impl Drop for SyncLock {
             ))
             .execute(&mut **c);
             let _ = diesel::sql_query("RESET application_name").execute(&mut **c);
+            let _ = diesel::sql_query("RESET idle_session_timeout").execute(&mut **c);
         }
     }
 }

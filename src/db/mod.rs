@@ -98,6 +98,9 @@ impl Default for DbOptions {
 #[derive(Clone)]
 pub struct Db {
     backend: Backend,
+    /// The sync lock's fence, on the handle a cycle works through ([`Db::fenced`]): its writes
+    /// ([`Db::write`]) are refused once another process took the lock.
+    fence: Option<Arc<lock::Fence>>,
 }
 
 impl std::fmt::Debug for Db {
@@ -142,7 +145,49 @@ impl Db {
             DatabaseUrl::Sqlite(path) => connect_sqlite(path)?,
             DatabaseUrl::Postgres(url) => connect_pg(&url, options)?,
         };
-        Ok(Db { backend })
+        Ok(Db {
+            backend,
+            fence: None,
+        })
+    }
+
+    /// This handle, with its writes ([`Db::write`]) fenced by `fence`: each checks, in its own
+    /// transaction, that the sync lock taken with `fence` is still this process's.
+    pub fn fenced(&self, fence: Arc<lock::Fence>) -> Db {
+        Db {
+            backend: self.backend.clone(),
+            fence: Some(fence),
+        }
+    }
+
+    /// The fence this handle's writes check, if any.
+    pub fn fence(&self) -> Option<&Arc<lock::Fence>> {
+        self.fence.as_ref()
+    }
+
+    /// Whether this handle's sync lock is known to be lost (its session ended, or a write was
+    /// refused): the cycle stops sending.
+    pub fn lock_lost(&self) -> bool {
+        self.fence.as_ref().is_some_and(|f| f.is_lost())
+    }
+
+    /// Runs `work` in one write transaction ([`repo::transaction`]) on the blocking pool. On a
+    /// fenced handle ([`Db::fenced`]) the transaction first checks that the sync lock is still
+    /// this process's, and fails with [`DbError::LockLost`] without writing anything when it is
+    /// not: the database itself refuses a syncer that lost its lock (contract §8, Fencing).
+    pub async fn write<T, F>(&self, work: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut Conn) -> Result<T, DbError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let fence = self.fence.clone();
+        self.run(move |c| {
+            repo::transaction(c, |c| {
+                lock::check_fence(fence.as_ref(), c)?;
+                work(c)
+            })
+        })
+        .await
     }
 
     /// The `statement_timeout` PostgreSQL connections start with (`None` on SQLite, or when the
@@ -336,7 +381,9 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
     }
 }
 
-/// Sets each new PostgreSQL connection's `statement_timeout`.
+/// Sets each new PostgreSQL connection's `statement_timeout`, and the server's TCP keepalives on
+/// its session: the server ends the session of a process cut off from it (and so releases the
+/// sync lock it held) within about 25 s, rather than after the kernel's two hours.
 #[derive(Debug)]
 struct PgSession {
     statement_timeout: Option<Duration>,
@@ -344,6 +391,11 @@ struct PgSession {
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute(
+            "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
+             SET tcp_keepalives_count = 3",
+        )
+        .map_err(diesel::r2d2::Error::QueryError)?;
         match self.statement_timeout {
             // In milliseconds; 0 would mean "no timeout", so at least 1.
             Some(timeout) => conn
@@ -448,8 +500,37 @@ fn connect_sqlite(path: PathBuf) -> Result<Backend, DbError> {
     })
 }
 
+/// `url` with libpq's TCP keepalives and user timeout, unless it sets them itself: a server that
+/// vanished (a failover, a partition) fails this process's statements within about 30 s instead
+/// of the kernel's default of two hours (keepalives) or fifteen minutes (retransmissions).
+/// Ignored on a Unix socket.
+fn with_keepalives(url: &str) -> String {
+    const SETTINGS: [(&str, &str); 4] = [
+        ("keepalives_idle", "10"),
+        ("keepalives_interval", "5"),
+        ("keepalives_count", "3"),
+        ("tcp_user_timeout", "30000"),
+    ];
+    let missing = SETTINGS.iter().filter(|(key, _)| !url.contains(key));
+    let is_url = url.contains("://");
+    let mut out = url.to_string();
+    for (key, value) in missing {
+        let sep = match (is_url, out.contains('?')) {
+            (false, _) => ' ',
+            (true, true) => '&',
+            (true, false) => '?',
+        };
+        out.push(sep);
+        out.push_str(key);
+        out.push('=');
+        out.push_str(value);
+    }
+    out
+}
+
 fn connect_pg(url: &str, options: DbOptions) -> Result<Backend, DbError> {
-    PgConnection::establish(url).map_err(|e| {
+    let session_url = with_keepalives(url);
+    PgConnection::establish(&session_url).map_err(|e| {
         // libpq repeats its message once per address tried, and adds a second line of advice
         // that the hint replaces; the first line says it. It may quote the URL, or a part of it
         // that holds the password, and so may the hint (a database name): both are scrubbed.
@@ -474,7 +555,7 @@ fn connect_pg(url: &str, options: DbOptions) -> Result<Backend, DbError> {
             statement_timeout: options.statement_timeout,
         }))
         .error_handler(Box::new(PoolErrorLog::Pg(url.clone())))
-        .build_unchecked(ConnectionManager::new(&*url));
+        .build_unchecked(ConnectionManager::new(session_url));
     Ok(Backend::Pg {
         pool,
         url,
@@ -548,6 +629,25 @@ fn pg_hint(message: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_get_keepalives_unless_the_url_sets_them() {
+        assert_eq!(
+            with_keepalives("postgres://u@h/db"),
+            "postgres://u@h/db?keepalives_idle=10&keepalives_interval=5&keepalives_count=3\
+             &tcp_user_timeout=30000"
+        );
+        assert_eq!(
+            with_keepalives("postgres://u@h/db?sslmode=disable&keepalives_idle=60"),
+            "postgres://u@h/db?sslmode=disable&keepalives_idle=60&keepalives_interval=5\
+             &keepalives_count=3&tcp_user_timeout=30000"
+        );
+        assert_eq!(
+            with_keepalives("host=h dbname=db tcp_user_timeout=0"),
+            "host=h dbname=db tcp_user_timeout=0 keepalives_idle=10 keepalives_interval=5 \
+             keepalives_count=3"
+        );
+    }
 
     #[test]
     fn postgres_connection_errors_get_a_hint() {

@@ -4,10 +4,11 @@
 use super::{StopFlag, SyncError, pull, push};
 use crate::api::ApiClient;
 use crate::config::{PushConfig, SyncConfig};
-use crate::db::lock::SyncLock;
+use crate::db::lock::{LOCK_CHECK_EVERY, SyncLock};
 use crate::db::repo::runs::{self, RunOutcome};
 use crate::db::{Db, DbError, Ts};
 use crate::telemetry::progress::{LogProgress, ProgressSink};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// What started a cycle (`sync_runs.trigger`).
@@ -117,20 +118,36 @@ pub async fn run_cycle_then(
     let calls_before = engine.client.stats().total();
     tracing::info!(run_id, trigger = trigger.as_str(), "cycle started");
 
+    // Every write of the cycle goes through the fenced handle: once another process took the
+    // lock, the database refuses them (contract §8, Fencing). The keeper notices a dead lock
+    // session sooner, and its queries keep the session from idling out.
+    let fence = lock.fence();
+    let lock = Arc::new(Mutex::new(lock));
+    let (end_keeper, ended) = tokio::sync::oneshot::channel::<()>();
+    let keeper = tokio::spawn(keep_lock(Arc::clone(&lock), ended));
+    let fenced = Engine {
+        db: engine.db.fenced(Arc::clone(&fence)),
+        ..engine.clone()
+    };
     let mut pulled = pull::PullStats::default();
     let mut pushed = push::PushStats::default();
     let result: Result<(), SyncError> = async {
-        let (db, client, stop) = (&engine.db, &engine.client, &engine.stop);
-        pull::run_counted(db, client, &engine.sync, stop, progress, &mut pulled).await?;
+        let (db, client, stop) = (&fenced.db, &fenced.client, &fenced.stop);
+        pull::run_counted(db, client, &fenced.sync, stop, progress, &mut pulled).await?;
         let tuning = push::PushTuning::default();
-        push::run_counted(db, client, &engine.push, tuning, stop, &mut pushed).await?;
+        push::run_counted(db, client, &fenced.push, tuning, stop, &mut pushed).await?;
         Ok(())
     }
     .await;
+    // Ended and awaited, so that its hold on the lock is gone before the lock is released.
+    let _ = end_keeper.send(());
+    let _ = keeper.await;
     // Whatever error a stop request caused on its way out (a request abandoned, a retry cut
-    // short), the run was stopped: that is what it records.
-    let stopped = result.is_err() && engine.stop.is_set();
+    // short), the run was stopped: that is what it records. A lost lock is said as such, whatever
+    // error it surfaced as.
+    let stopped = result.is_err() && engine.stop.is_set() && !fence.is_lost();
     let result = match result {
+        Err(_) if fence.is_lost() => Err(SyncError::Db(DbError::LockLost(fence.reason()))),
         Err(_) if stopped => Err(SyncError::Stopped),
         other => other,
     };
@@ -176,4 +193,24 @@ pub async fn run_cycle_then(
         Some(error) => tracing::error!(run_id, error = %error, "cycle failed"),
     }
     Ok(summary)
+}
+
+/// Checks the cycle's lock every [`LOCK_CHECK_EVERY`] until told to end ([`SyncLock::check_alive`]):
+/// a lost lock is marked on its fence, which stops the cycle's writes.
+async fn keep_lock(lock: Arc<Mutex<SyncLock>>, mut end: tokio::sync::oneshot::Receiver<()>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(LOCK_CHECK_EVERY) => {}
+            _ = &mut end => return,
+        }
+        let lock = Arc::clone(&lock);
+        let checked = tokio::task::spawn_blocking(move || {
+            let mut lock = lock.lock().unwrap_or_else(|p| p.into_inner());
+            lock.check_alive();
+        })
+        .await;
+        if checked.is_err() {
+            return;
+        }
+    }
 }

@@ -13,6 +13,7 @@
 use super::{StopFlag, SyncError};
 use crate::api::{ApiClient, ApiError, ListQuery};
 use crate::config::SyncConfig;
+use crate::db::lock::check_fence;
 use crate::db::models::{ChangeSource, JobContent};
 use crate::db::repo::runs::{self, RunCounts};
 use crate::db::repo::{jobs, state, transaction, with_relaxed_durability};
@@ -372,10 +373,12 @@ async fn pull_campaign_listing(
         Ts::from(server_time),
         client.server_now().map_or_else(Ts::now, Ts::from),
     );
+    let fence = db.fence().cloned();
     let deleted = db
         .run(move |c| {
             state::track_campaigns(c, &foreign)?;
             transaction(c, |c| {
+                check_fence(fence.as_ref(), c)?;
                 let n = jobs::mark_missing_deleted(c, campaign, listing_started, deleted_at)?;
                 state::mark_campaign_listed(c, campaign, listed_at)?;
                 let counts = RunCounts {
@@ -455,11 +458,14 @@ async fn store_listing(
                 continue;
             }
             let store = batch.store;
+            let fence = db.fence().cloned();
             let upserted = db
                 .run(move |c| {
                     // Redone from the watermark after a power loss: no sync at each commit.
                     with_relaxed_durability(c, |c| {
                         transaction(c, |c| {
+                            // A pull that lost the sync lock writes no more of the mirror.
+                            check_fence(fence.as_ref(), c)?;
                             let now = Ts::now();
                             let up =
                                 jobs::upsert_contents(c, store, ChangeSource::Pull, now, touch)?;
