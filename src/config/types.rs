@@ -107,6 +107,10 @@ pub struct PushConfig {
     /// Outbox rows a push reads and plans at once: memory against throughput (each window's
     /// last calls drain before the next window's first ones leave).
     pub window_rows: u32,
+    /// A create in doubt that a lookup found absent is sent again only once a lookup at least
+    /// this long after its first send finds it absent too (contract §8): an API without a
+    /// uniqueness check can still duplicate a create whose commit takes longer than this.
+    pub settle_secs: u64,
 }
 
 impl Default for PushConfig {
@@ -114,6 +118,7 @@ impl Default for PushConfig {
         PushConfig {
             max_row_attempts: 20,
             window_rows: 3_000,
+            settle_secs: 300,
         }
     }
 }

@@ -47,6 +47,12 @@ pub(super) fn validate(c: &Config) -> Result<(), Failure> {
             "must be between 1 and 1000 (cycles in which a row's request failed retryably before the row becomes `failed`)".into(),
         ));
     }
+    if c.push.settle_secs > 86_400 {
+        return Err((
+            "push.settle_secs",
+            "must be between 0 and 86400 (seconds after a create's first send before a lookup that does not find it lets it be sent again)".into(),
+        ));
+    }
     if !(1000..=1_000_000).contains(&c.push.window_rows) {
         return Err((
             "push.window_rows",

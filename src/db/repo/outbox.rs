@@ -293,9 +293,17 @@ pub fn mark_sent(
     // create the API applied.
     transaction(conn, |conn| {
         with_conn!(conn, |c| {
+            // A patch or unqueue left in flight is sent again only after `look_after`: its
+            // request may still land until then (a process that died, or that lost the sync
+            // lock, with the request under way), and a re-send that landed first would then be
+            // overwritten by the older change.
             for chunk in plain.chunks(IDS_PER_STATEMENT) {
                 diesel::update(outbox::table.filter(outbox::id.eq_any(chunk)))
-                    .set((outbox::status.eq(InFlight), outbox::updated_at.eq(now)))
+                    .set((
+                        outbox::status.eq(InFlight),
+                        outbox::updated_at.eq(now),
+                        outbox::next_attempt_at.eq(look_after),
+                    ))
                     .execute(c)?;
             }
             // One statement, so that each row is rewritten once: `first_sent_at` is kept when
@@ -546,6 +554,16 @@ impl RowUpdate {
     pub fn lookup_failed(reason: String, attempts: i32, at: Ts) -> Self {
         RowUpdate {
             attempts: Some(attempts),
+            last_error: Some(Some(reason)),
+            next_attempt_at: Some(at),
+            ..RowUpdate::default()
+        }
+    }
+
+    /// Stays in doubt: a lookup did not find the job, but too soon after the first send to be
+    /// sure it never will (a slow commit); looked up again at `at`, before any re-send.
+    pub fn absent_so_far(reason: String, at: Ts) -> Self {
+        RowUpdate {
             last_error: Some(Some(reason)),
             next_attempt_at: Some(at),
             ..RowUpdate::default()

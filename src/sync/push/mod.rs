@@ -11,8 +11,9 @@
 //!    run as a pipeline across windows; each outcome is recorded with the jobs the API returned
 //!    going into the mirror in the same transaction.
 //!
-//! A target met in an earlier window of a pass is held in the later ones, and rows behind a
-//! target's prefix wait: both go in the next pass, after the pass's calls have ended. A pass
+//! A target met in an earlier window of a pass is held in the later ones (a Bloom filter sized
+//! for the pass, [`plan::Held`]), and rows behind a target's prefix wait: both go in the next
+//! pass, after the pass's calls have ended. A pass
 //! that leaves nothing waiting ends the push (one pass for a plain backlog of creates). A row
 //! left open by its outcome (backing off, in doubt) is not sent again in the same push.
 
@@ -27,9 +28,9 @@ use super::{StopFlag, SyncError};
 use crate::api::ApiClient;
 use crate::config::PushConfig;
 use crate::db::models::OpenRow;
+use crate::db::repo::jobs;
 use crate::db::repo::outbox::{self, RowUpdate};
 use crate::db::repo::runs::{self, RunCounts};
-use crate::db::repo::{jobs, transaction};
 use crate::db::{Db, DbError, Ts};
 use plan::{Held, Mirror, RoundPlan, plan_validated, targets_named, validate_all};
 use std::collections::HashSet;
@@ -97,9 +98,6 @@ struct RunState {
 /// A bound on passes, so that no surprise can turn a cycle into an endless loop (a pass is needed
 /// per row of the longest chain of one target that cannot merge, so real pushes end long before).
 const MAX_PASSES: usize = 1_000;
-/// Targets a pass remembers (a hash of 8 bytes each) before it leaves the rest of the outbox to
-/// the next pass.
-const MAX_HELD_TARGETS: usize = 200_000;
 
 /// Pushes every due outbox row. Fails only when the run cannot go on (authentication refused,
 /// database error, a stop request); item-level outcomes are recorded in the rows.
@@ -162,12 +160,18 @@ async fn push_windows(
     let limits = send::Limits {
         max_row_attempts: config.max_row_attempts.max(1),
         tuning,
+        settle: Duration::from_secs(config.settle_secs),
     };
     let ceiling = db.run(outbox::ceiling).await?;
     let window = tuning
         .window_rows
         .unwrap_or(i64::from(config.window_rows))
         .max(1);
+    // A pass reads every open row once: it never ends early (its memory of the targets it met
+    // does not grow with them), and another pass comes only when rows were ready but had to wait
+    // behind rows of their target sent in this one — as many passes as the longest chain of one
+    // target's rows that cannot merge. Rows blocked for the run (in doubt, backing off) hold
+    // back their targets without calling for another pass.
     for pass in 1..=MAX_PASSES {
         let more = push_pass(db, client, (ceiling, window), limits, stop, st).await?;
         tracing::debug!(pass, more, "push pass done");
@@ -194,11 +198,12 @@ async fn push_pass(
 ) -> Result<bool, SyncError> {
     let started = std::time::Instant::now();
     let mut pipeline = send::Pipeline::new(db, client, limits, stop);
-    let mut touched = Held::new();
-    let mut more = false;
     let mut after = db.run(outbox::before_first_open).await?;
+    let span = usize::try_from(ceiling.saturating_sub(after)).unwrap_or(usize::MAX);
+    let mut touched = Held::with_capacity(span);
+    let mut more = false;
     loop {
-        if stop.is_set() || pipeline.must_end() {
+        if stop.is_set() || pipeline.must_end() || db.lock_lost() {
             break;
         }
         // A window reads ids from a bounded range: whatever plan the database picks (PostgreSQL,
@@ -216,8 +221,7 @@ async fn push_pass(
             after = upto;
             continue;
         };
-        let max_attempts = limits.max_row_attempts;
-        if resolve::resolve_in_doubt(db, client, &rows, st, max_attempts, limits.tuning).await? {
+        if resolve::resolve_in_doubt(db, client, &rows, st, limits).await? {
             let unreadable;
             (rows, unreadable) = db
                 .run(move |c| outbox::open_window(c, after, last, i64::MAX))
@@ -227,10 +231,8 @@ async fn push_pass(
         after = last;
         let (plan, open) = plan_with_mirror(db, rows, &st.blocked, &mut touched).await?;
         more |= plan.more;
-        // Bounded memory: past this many targets, the rest of the outbox waits for the next
-        // pass (this window's operations still go).
-        let full = touched.len() > MAX_HELD_TARGETS;
-        more |= full;
+        // A pass that reads a long blocked backlog without sending still says it is alive.
+        client.heartbeat().beat();
         if !plan.is_empty() {
             tracing::info!(
                 window_end = last,
@@ -244,11 +246,11 @@ async fn push_pass(
             let groups = plan_groups(plan, db, st).await?;
             pipeline.send(groups).await?;
         }
-        if full {
-            break;
-        }
     }
     let sent = pipeline.drain().await?;
+    if db.lock_lost() {
+        return Err(send::lock_lost(db));
+    }
     st.stats += sent.stats;
     st.blocked.extend(sent.blocked);
     // Looked up (a create refused after an earlier send) or sent again (its job is gone) in
@@ -339,11 +341,10 @@ async fn plan_groups(
         st.stats.superseded += 1;
     }
     if !updates.is_empty() {
-        db.run(move |c| {
-            transaction(c, |c| {
-                runs::count_into_current(c, counts)?;
-                outbox::update_each(c, &updates)
-            })
+        // The outbox first, the run's counts last: the order of every push transaction.
+        db.write(move |c| {
+            outbox::update_each(c, &updates)?;
+            runs::count_into_current(c, counts)
         })
         .await?;
     }

@@ -14,20 +14,24 @@
 //!   when the job lacks some of the fields sent, linked to it and `pending`, so that the planner
 //!   sends those fields as a patch.
 //! - Absent: the create was never applied and goes back to `pending` — unless the API refused it
-//!   (a 400 after an earlier send), in which case the refusal stands and the row fails.
+//!   (a 400 after an earlier send), in which case the refusal stands and the row fails. Absence is
+//!   established only by a lookup at least `push.settle_secs` after the first send (on the API's
+//!   clock): an earlier lookup that finds nothing keeps the row in doubt until then, so that a
+//!   commit slower than the lookup delay is found rather than duplicated by a re-send on an API
+//!   without a uniqueness check.
 //! - The lookup failed: it backs off like any request and counts toward
 //!   `push.max_row_attempts`, then the row fails with the reason (still in doubt, so that an
 //!   `outbox retry` looks it up again). A row is never left in flight for good.
 
 use super::plan::{fields_that_differ, intent_of};
-use super::send::row_backoff;
+use super::send::{Limits, row_backoff};
 use super::{PushTuning, RunState};
 use crate::api::models::{Job, JobFields};
 use crate::api::{ApiClient, ApiError, ListQuery};
 use crate::db::models::{ChangeSource, JobContent, MirrorRow, OpenRow};
+use crate::db::repo::jobs;
 use crate::db::repo::outbox::{self, RowUpdate};
 use crate::db::repo::runs::{self, RunCounts};
-use crate::db::repo::{jobs, transaction};
 use crate::db::{Db, Ts};
 use crate::sync::SyncError;
 use chrono::{DateTime, Duration, Utc};
@@ -50,11 +54,21 @@ struct InDoubt<'a> {
 
 /// What a lookup decided for one row.
 enum Verdict {
-    Done { job: Job },
-    Linked { job: Job },
+    Done {
+        job: Job,
+    },
+    Linked {
+        job: Job,
+    },
+    /// Not found, too soon after the first send to be sure: looked up again at `at`.
+    AbsentSoFar {
+        at: Ts,
+    },
     Absent,
     Refused,
-    LookupFailed { error: String },
+    LookupFailed {
+        error: String,
+    },
 }
 
 /// Looks up every create of `rows` in doubt whose time has come and that this run has not
@@ -64,27 +78,42 @@ pub async fn resolve_in_doubt(
     client: &ApiClient,
     rows: &[OpenRow],
     st: &mut RunState,
-    max_row_attempts: u32,
-    tuning: PushTuning,
+    limits: Limits,
 ) -> Result<bool, SyncError> {
+    let Limits {
+        max_row_attempts,
+        tuning,
+        settle,
+    } = limits;
     let now = Ts::now();
     let mut by_campaign: BTreeMap<i64, Vec<InDoubt>> = BTreeMap::new();
+    let mut verdicts: Vec<(&OpenRow, Verdict)> = Vec::new();
     for row in rows {
         if !row.in_doubt || row.next_attempt_at > now || st.blocked.contains(&row.id) {
             continue;
         }
-        let Some(create) = in_doubt(row) else {
-            continue;
-        };
-        by_campaign.entry(create.campaign).or_default().push(create);
+        match in_doubt(row) {
+            Some(create) => by_campaign.entry(create.campaign).or_default().push(create),
+            // Sent (by an earlier version) without the campaign and reference a lookup needs:
+            // it backs off like a failed lookup and fails after `push.max_row_attempts`, so that
+            // it is never left in flight for good. (An invalid row is failed by the planner.)
+            None if intent_of(row).is_ok() => verdicts.push((
+                row,
+                Verdict::LookupFailed {
+                    error: "the create was sent without the campaign and reference it could be \
+                            looked up by"
+                        .into(),
+                },
+            )),
+            None => {}
+        }
     }
-    if by_campaign.is_empty() {
+    if by_campaign.is_empty() && verdicts.is_empty() {
         return Ok(false);
     }
     // Only a guard: without it the API itself refuses a window too old (400), and the lookup
     // then lists the whole campaign.
     let server_now = client.server_now();
-    let mut verdicts: Vec<(&OpenRow, Verdict)> = Vec::new();
     for (campaign, wanted) in by_campaign {
         match look_up(client, campaign, &wanted, server_now).await {
             Ok(found) => {
@@ -92,7 +121,10 @@ pub async fn resolve_in_doubt(
                     let verdict = match found.get(&create.reference) {
                         Some(job) => found_verdict(&create, job.clone()),
                         None if st.refused.contains(&create.row.id) => Verdict::Refused,
-                        None => Verdict::Absent,
+                        None => match settles_at(create.row, settle, server_now) {
+                            Some(at) => Verdict::AbsentSoFar { at },
+                            None => Verdict::Absent,
+                        },
                     };
                     verdicts.push((create.row, verdict));
                 }
@@ -114,6 +146,21 @@ pub async fn resolve_in_doubt(
     }
     record(db, verdicts, st, max_row_attempts, tuning).await?;
     Ok(true)
+}
+
+/// When absence can be established for a create in doubt that a lookup did not find: its first
+/// send plus `settle` on the API's clock, as a local time; `None` when that has passed.
+fn settles_at(
+    row: &OpenRow,
+    settle: std::time::Duration,
+    server_now: Option<DateTime<Utc>>,
+) -> Option<Ts> {
+    let settle = Duration::from_std(settle).unwrap_or(Duration::days(1));
+    let elapsed = match row.first_sent_at {
+        Some(first) => server_now.unwrap_or_else(Utc::now) - first.as_utc(),
+        None => Duration::zero(),
+    };
+    (elapsed < settle).then(|| Ts::from(Utc::now() + (settle - elapsed)))
 }
 
 /// The create a row in doubt sent, or `None` for a row the planner fails (invalid).
@@ -184,6 +231,15 @@ async fn record(
                 followers.push((id, Follow::Superseded(Some(job.id))));
                 found.push(job);
             }
+            Verdict::AbsentSoFar { at } => {
+                let reason = format!(
+                    "in doubt: not found upstream yet; looked up again at {at} (push.settle_secs \
+                     after its first send) before any re-send, in case its commit is slow"
+                );
+                updates.push((id, RowUpdate::absent_so_far(reason, at)));
+                st.blocked.insert(id);
+                st.stats.deferred += 1;
+            }
             Verdict::Absent => {
                 updates.push((id, RowUpdate::absent(now)));
                 followers.push((id, Follow::Absent));
@@ -229,24 +285,25 @@ async fn record(
         pushed_failed: st.stats.failed - before.failed,
         ..RunCounts::default()
     };
-    db.run(move |c| {
-        transaction(c, |c| {
-            runs::count_into_current(c, counts)?;
-            let contents: Vec<JobContent> = found.iter().map(JobContent::from_job).collect();
-            jobs::upsert_contents(c, contents, ChangeSource::Push, now, false)?;
-            for (row, survivor) in outbox::merged_into(c, &survivors)? {
-                let change = match follow[&survivor] {
-                    Follow::Superseded(job) => RowUpdate::superseded_by(survivor, None, job),
-                    Follow::Absent => RowUpdate::absent(now),
-                    Follow::Failed => RowUpdate::failed(
-                        format!("merged into outbox row {survivor}, which failed"),
-                        None,
-                    ),
-                };
-                updates.push((row, change));
-            }
-            outbox::update_each(c, &updates)
-        })
+    // One lock order for every push transaction on PostgreSQL: the outbox, then the mirror and
+    // the changefeed (whose append takes the changefeed's lock until the commit), then the run's
+    // counts. Taken the other way round here, a lookup and a chunk's commit deadlocked.
+    db.write(move |c| {
+        for (row, survivor) in outbox::merged_into(c, &survivors)? {
+            let change = match follow[&survivor] {
+                Follow::Superseded(job) => RowUpdate::superseded_by(survivor, None, job),
+                Follow::Absent => RowUpdate::absent(now),
+                Follow::Failed => RowUpdate::failed(
+                    format!("merged into outbox row {survivor}, which failed"),
+                    None,
+                ),
+            };
+            updates.push((row, change));
+        }
+        outbox::update_each(c, &updates)?;
+        let contents: Vec<JobContent> = found.iter().map(JobContent::from_job).collect();
+        jobs::upsert_contents(c, contents, ChangeSource::Push, now, false)?;
+        runs::count_into_current(c, counts)
     })
     .await?;
     Ok(())

@@ -17,9 +17,9 @@ use super::{PushStats, PushTuning};
 use crate::api::models::{Job, JobFields};
 use crate::api::{ApiClient, ApiError, ItemOutcome};
 use crate::db::models::{ChangeSource, JobContent};
+use crate::db::repo::jobs;
 use crate::db::repo::outbox::{self, CreateSend, RowUpdate, Sending};
 use crate::db::repo::runs::{self, RunCounts};
-use crate::db::repo::{jobs, transaction};
 use crate::db::{Db, Ts};
 use crate::sync::{StopFlag, SyncError};
 use chrono::Utc;
@@ -52,6 +52,8 @@ pub struct Sent {
 pub struct Limits {
     pub max_row_attempts: u32,
     pub tuning: PushTuning,
+    /// `push.settle_secs`: how long after its first send a create in doubt may be found absent.
+    pub settle: Duration,
 }
 
 /// The bulk calls of a pass over the outbox, as a pipeline: chunks are queued as windows are
@@ -109,6 +111,9 @@ impl Pipeline {
     async fn spawn(&mut self, chunk: Vec<Group>) -> Result<(), SyncError> {
         while self.tasks.len() >= self.width {
             self.join_one().await?;
+        }
+        if self.db.lock_lost() {
+            return Err(lock_lost(&self.db));
         }
         if self.stop.is_set() || self.total.abandoned || chunk.is_empty() {
             return Ok(());
@@ -205,7 +210,8 @@ async fn send_chunk(
     let lookup_from = look_after(client, limits.tuning);
     {
         let _writing = one_writer(db, writer).await;
-        db.run(move |c| outbox::mark_sent(c, &sending, Ts::now(), server_now, lookup_from))
+        // Fenced: a process that lost the sync lock marks (and so sends) nothing more.
+        db.write(move |c| outbox::mark_sent(c, &sending, Ts::now(), server_now, lookup_from))
             .await?;
     }
     let marked = started.elapsed();
@@ -257,17 +263,16 @@ async fn send_chunk(
         ..RunCounts::default()
     };
     let _writing = one_writer(db, writer).await;
-    db.run(move |c| {
-        transaction(c, |c| {
-            // The outbox first: the changefeed's append (in the upsert) holds PostgreSQL's
-            // one-writer lock until the commit, so it comes last — with the run's counts, whose
-            // row lock would otherwise serialise the chunks' whole transactions.
-            outbox::update_each(c, &updates)?;
-            jobs::upsert_contents(c, returned, ChangeSource::Push, Ts::now(), false)?;
-            jobs::mark_gone(c, &gone, gone_at)?;
-            runs::count_into_current(c, counts)?;
-            Ok(())
-        })
+    db.write(move |c| {
+        // The outbox first: the changefeed's append (in the upsert) holds PostgreSQL's one-writer
+        // lock until the commit, so it comes last — with the run's counts, whose row lock would
+        // otherwise serialise the chunks' whole transactions. Every push transaction takes them
+        // in this order.
+        outbox::update_each(c, &updates)?;
+        jobs::upsert_contents(c, returned, ChangeSource::Push, Ts::now(), false)?;
+        jobs::mark_gone(c, &gone, gone_at)?;
+        runs::count_into_current(c, counts)?;
+        Ok(())
     })
     .await?;
     client.heartbeat().beat();
@@ -281,6 +286,12 @@ async fn send_chunk(
         "push chunk"
     );
     Ok(sent)
+}
+
+/// The error of a push whose sync lock is lost: it sends nothing more.
+pub fn lock_lost(db: &Db) -> SyncError {
+    let why = db.fence().map_or_else(String::new, |f| f.reason());
+    SyncError::Db(crate::db::DbError::LockLost(why))
 }
 
 /// On SQLite, one writer at a time: its writers queue on the database lock anyway, and its busy
@@ -344,7 +355,7 @@ async fn waiting_for_token(
         .map(|m| (m.id, RowUpdate::waiting_for_token(now)))
         .collect();
     let _writing = one_writer(db, writer).await;
-    db.run(move |c| outbox::update_each(c, &updates)).await?;
+    db.write(move |c| outbox::update_each(c, &updates)).await?;
     Ok(Sent {
         auth: Some(error),
         ..Sent::default()

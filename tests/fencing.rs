@@ -1,0 +1,187 @@
+//! Fencing (contract §8): a syncer that lost its lock while pushing is refused by the database
+//! itself, stops sending, and records its run `failed` ("lost the sync lock"), while the process
+//! that took the lock over finishes the push — every reference exactly once upstream, counted in
+//! a simulator that accepts a reference twice (the damage a duplicate would do is real there).
+//!
+//! The lock is lost the ways a real deployment loses it: on PostgreSQL the lock's session is
+//! ended by the server (`pg_terminate_backend`, as a DBA, a failover or an idle timeout would);
+//! on SQLite the lock file is removed, so that a second process locks a new one.
+
+mod common;
+
+use common::*;
+use diesel::prelude::*;
+use jobsync::db::repo::runs;
+use jobsync::sim::{SimConfig, SimHandle};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+on_both_backends!(a_syncer_that_lost_its_lock_stops_and_nothing_is_sent_twice);
+
+const CAMPAIGN: i64 = 28;
+/// Creates the CRM writes: 40 bulk calls of 50, two at a time, a second each: a push of 20 s.
+const ROWS: usize = 2_000;
+
+fn once(t: &TestDb, sim: &SimHandle, logs: &Path, name: &str, env: &[(&str, &str)]) -> Child {
+    let log = std::fs::File::create(logs.join(name)).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_jobsync"))
+        .args(["--once", "--database-url", &t.url])
+        .env("JOBSYNC_API__TOKEN", "dev-token")
+        .env("JOBSYNC_API__BASE_URL", sim.base_url())
+        .env("JOBSYNC_SERVER__LISTEN", "")
+        .env("JOBSYNC_SYNC__CAMPAIGNS", CAMPAIGN.to_string())
+        .env("JOBSYNC_API__BULK_SIZE", "50")
+        .env("JOBSYNC_API__CONCURRENCY", "2")
+        .env("JOBSYNC_API__REQUESTS_PER_SECOND", "1000")
+        // Creates left in doubt are looked up this long plus 10 s after they were sent, and may
+        // be sent again once a lookup 15 s after their first send finds them absent (the chunks
+        // the first syncer marked and could not send).
+        .env("JOBSYNC_API__TIMEOUT_SECS", "3")
+        .env("JOBSYNC_PUSH__SETTLE_SECS", "15")
+        .env("JOBSYNC_LOG__FORMAT", "json")
+        .envs(env.iter().copied())
+        .stdout(Stdio::from(log.try_clone().unwrap()))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .expect("jobsync starts")
+}
+
+fn log_of(logs: &Path, name: &str) -> String {
+    std::fs::read_to_string(logs.join(name)).unwrap_or_default()
+}
+
+/// Ends the lock the running syncer holds, as the world would: its PostgreSQL session is
+/// terminated, or its SQLite lock file removed.
+fn take_the_lock_away(t: &TestDb) {
+    if t.url.starts_with("sqlite://") {
+        let path = format!("{}.lock", t.url.trim_start_matches("sqlite://"));
+        std::fs::remove_file(&path).expect("the lock file exists while a cycle runs");
+        return;
+    }
+    let mut pg = PgConnection::establish(&t.url).unwrap();
+    #[derive(QueryableByName)]
+    struct Ended {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let ended: Ended = diesel::sql_query(format!(
+        "SELECT count(pg_terminate_backend(l.pid)) AS n FROM pg_locks l \
+         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+         AND l.classid = {}::oid AND l.objid = hashtext(current_schema())::oid \
+         AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        jobsync::db::lock::PgLock::Sync as i32
+    ))
+    .get_result(&mut pg)
+    .unwrap();
+    assert_eq!(ended.n, 1, "one session held the sync lock");
+}
+
+
+async fn a_syncer_that_lost_its_lock_stops_and_nothing_is_sent_twice(t: &TestDb) {
+    let sim = start_sim(SimConfig {
+        campaigns: vec![CAMPAIGN],
+        jobs_per_campaign: 5,
+        allow_duplicate_references: true,
+        ..SimConfig::default()
+    })
+    .await;
+    set_faults(&sim, json!({"latency_ms": 1000})).await;
+    let rows: Vec<_> = (0..ROWS)
+        .map(|n| {
+            let payload = json!({"name": format!("Fenced {n}"), "numbers": ["+33612345678"]});
+            create(CAMPAIGN, &format!("f-{n}"), payload)
+        })
+        .collect();
+    insert(&t.db, &rows);
+    let logs = tempfile::tempdir().unwrap();
+
+    // The first syncer is pushing: some rows done, most still to send.
+    let mut first = once(t, &sim, logs.path(), "first.log", &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = all_rows(&t.db);
+        if count_status(&rows, "done") >= 200 && count_status(&rows, "pending") >= ROWS / 2 {
+            break;
+        }
+        if let Some(status) = first.try_wait().unwrap() {
+            panic!(
+                "the first syncer ended ({status}) before it lost its lock:\n{}",
+                log_of(logs.path(), "first.log")
+            );
+        }
+        assert!(Instant::now() < deadline, "no push under way within 60 s");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Its lock is taken away, and a second syncer takes it while the first still pushes.
+    take_the_lock_away(t);
+    let second = once(t, &sim, logs.path(), "second.log", &[]);
+    let first_status = wait_exit(&mut first, Duration::from_secs(60)).expect("the first ends");
+    let first_log = log_of(logs.path(), "first.log");
+    let mut second = second;
+    let second_status = wait_exit(&mut second, Duration::from_secs(120)).expect("second ends");
+    assert!(
+        second_status.success(),
+        "the syncer that took the lock over succeeds:\n{}",
+        log_of(logs.path(), "second.log")
+    );
+
+    // Later cycles settle the creates left in doubt (looked up after their timeout).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for run in 1.. {
+        let name = format!("run-{run}.log");
+        let status = once(t, &sim, logs.path(), &name, &[]).wait().unwrap();
+        assert!(status.success(), "{}", log_of(logs.path(), &name));
+        let open = open_rows(&t.db);
+        if open == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} rows still open after 120 s"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // Upstream, where a duplicate does its damage: every reference exactly once.
+    let mut upstream: BTreeMap<String, usize> = BTreeMap::new();
+    for job in sim_jobs(&sim).await {
+        if let Some(reference) = job.reference.filter(|r| r.starts_with("f-")) {
+            *upstream.entry(reference).or_default() += 1;
+        }
+    }
+    let twice: Vec<_> = upstream.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "{} references created more than once upstream, e.g. {:?}",
+        twice.len(),
+        twice.iter().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(upstream.len(), ROWS, "every reference created upstream");
+    let rows = all_rows(&t.db);
+    assert_eq!(count_status(&rows, "done"), ROWS, "every row done");
+
+    // The first syncer says what happened to it: its exit code, its log, its run.
+    assert!(
+        !first_status.success(),
+        "the syncer that lost its lock says so with its exit code:\n{first_log}"
+    );
+    assert!(
+        first_log.contains("lost the sync lock"),
+        "the syncer that lost its lock logs it:\n{first_log}"
+    );
+
+    let recent = runs::recent(&mut t.db.conn().unwrap(), 100).unwrap();
+    let first_run = recent.iter().min_by_key(|r| r.id).unwrap();
+    assert_eq!(first_run.status, "failed", "{first_run:?}");
+    assert!(
+        first_run
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("lost the sync lock")),
+        "{first_run:?}"
+    );
+}
