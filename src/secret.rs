@@ -21,29 +21,47 @@ const MIN_SECRET_CHARS: usize = 4;
 pub const MAX_TEXT_CHARS: usize = 1000;
 const MASK: &str = "***";
 
-/// Makes [`scrub`] mask `secret` from now on (the token, each time it is read; the database
-/// password).
+/// Makes [`scrub`] and the log sink ([`mask_known`]) mask `secret` from now on (the token, each
+/// time it is read; the database password; credentials in `api.base_url`). Its JSON-escaped
+/// form is registered too: a JSON log line holds a secret with a `"` or `\` escaped.
 pub fn register(secret: &str) {
     let secret = secret.trim();
     if secret.chars().count() < MIN_SECRET_CHARS {
         return;
     }
+    let escaped = serde_json::to_string(secret).unwrap_or_default();
+    let escaped = escaped.trim_matches('"');
     let mut known = KNOWN.write().unwrap_or_else(|p| p.into_inner());
-    if !known.iter().any(|k| k == secret) {
-        known.push(secret.to_string());
-        // Longest first, so a secret containing another is masked whole.
-        known.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    for form in [secret, escaped] {
+        if !form.is_empty() && !known.iter().any(|k| k == form) {
+            known.push(form.to_string());
+        }
     }
+    // Longest first, so a secret containing another is masked whole.
+    known.sort_by_key(|k| std::cmp::Reverse(k.len()));
+}
+
+/// `text` with every registered secret masked, or `None` when it holds none — the common case,
+/// which costs one substring search per secret and no allocation. This is what the log sink
+/// applies to every formatted line (see `telemetry`); [`scrub`] does more for stored text.
+pub fn mask_known(text: &str) -> Option<String> {
+    let known = KNOWN.read().unwrap_or_else(|p| p.into_inner());
+    let mut masked: Option<String> = None;
+    for secret in known.iter() {
+        let current = masked.as_deref().unwrap_or(text);
+        if current.contains(secret.as_str()) {
+            masked = Some(current.replace(secret.as_str(), MASK));
+        }
+    }
+    masked
 }
 
 /// `text` fit to show: known secrets and `Bearer` credentials masked, NUL characters (which
 /// PostgreSQL text cannot hold) replaced, at most [`MAX_TEXT_CHARS`] characters.
 pub fn scrub(text: &str) -> String {
     let mut out = text.replace('\0', "\u{FFFD}");
-    for secret in KNOWN.read().unwrap_or_else(|p| p.into_inner()).iter() {
-        if out.contains(secret.as_str()) {
-            out = out.replace(secret.as_str(), MASK);
-        }
+    if let Some(masked) = mask_known(&out) {
+        out = masked;
     }
     out = mask_bearer(&out);
     if out.chars().count() > MAX_TEXT_CHARS {
@@ -140,6 +158,21 @@ mod tests {
         let long = scrub(&"a".repeat(5000));
         assert!(long.starts_with(&"a".repeat(MAX_TEXT_CHARS)));
         assert!(long.ends_with("(4000 more characters)"), "{long}");
+    }
+
+    #[test]
+    fn mask_known_allocates_only_when_a_secret_is_there() {
+        register("sink-s3cret\"quoted");
+        assert_eq!(mask_known("nothing to hide"), None);
+        assert_eq!(
+            mask_known("a sink-s3cret\"quoted b").as_deref(),
+            Some("a *** b")
+        );
+        // As a JSON log line writes it.
+        assert_eq!(
+            mask_known(r#"{"error":"sink-s3cret\"quoted"}"#).as_deref(),
+            Some(r#"{"error":"***"}"#)
+        );
     }
 
     #[test]
