@@ -132,9 +132,71 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Text, or an integer taken as its digits: figment reads `JOBSYNC_API__TOKEN=98765432109876`
+/// as a number, and a TOML file may hold `token = 98765432109876`. Anything else is refused with
+/// a message that never quotes the value (serde's own would: "invalid type: floating point
+/// `1.5`"), since the value is the secret.
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
+        deserializer.deserialize_any(SecretVisitor)
+    }
+}
+
+/// What [`Secret`]'s error says instead of quoting the value.
+pub const NOT_TEXT: &str =
+    "must be text: write it in quotes (in TOML, `token = \"…\"`); the value is not shown";
+
+struct SecretVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("text")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+        Ok(Secret::new(v))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+        Ok(Secret(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+        Err(E::custom(NOT_TEXT))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+        Err(E::custom(NOT_TEXT))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Secret, E> {
+        Err(E::custom(NOT_TEXT))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+        Err(serde::de::Error::custom(NOT_TEXT))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+        Err(serde::de::Error::custom(NOT_TEXT))
     }
 }
 
@@ -173,6 +235,18 @@ mod tests {
             mask_known(r#"{"error":"sink-s3cret\"quoted"}"#).as_deref(),
             Some(r#"{"error":"***"}"#)
         );
+    }
+
+    #[test]
+    fn a_secret_is_text_or_an_integer_taken_as_its_digits() {
+        let read = |json: &str| serde_json::from_str::<Secret>(json).map_err(|e| e.to_string());
+        assert_eq!(read(r#""t0k""#).unwrap().expose(), "t0k");
+        assert_eq!(read("98765432109876").unwrap().expose(), "98765432109876");
+        assert_eq!(read("-42").unwrap().expose(), "-42");
+        for refused in ["9876.5", "true", "[9876]", r#"{"a": 9876}"#, "null"] {
+            let err = read(refused).unwrap_err();
+            assert!(err.contains("quotes") && !err.contains("9876"), "{err}");
+        }
     }
 
     #[test]

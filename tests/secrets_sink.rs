@@ -16,9 +16,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-on_both_backends!(a_gateway_resetting_a_large_bulk_body_does_not_kill_once,);
+on_both_backends!(
+    an_all_digit_token_from_the_environment_works_and_is_never_shown,
+    a_gateway_resetting_a_large_bulk_body_does_not_kill_once,
+);
 
 mod sqlite_only {
+    #[test]
+    fn a_token_written_as_a_toml_number_is_read_as_text() {
+        crate::common::run_on(
+            super::a_token_written_as_a_toml_number_is_read_as_text,
+            &crate::common::TestDb::sqlite(),
+        );
+    }
     #[test]
     fn a_reader_that_closes_stdout_ends_a_printing_command_quietly() {
         crate::common::run_on(
@@ -27,6 +37,8 @@ mod sqlite_only {
         );
     }
 }
+
+const DIGIT_TOKEN: &str = "98765432109876";
 
 /// `jobsync ARGS` on the test's database, with only the given settings, run to completion off
 /// the runtime (the simulator and the gateway keep answering meanwhile).
@@ -43,6 +55,128 @@ async fn jobsync(t: &TestDb, base_url: &str, args: &[&str], env: &[(&str, &str)]
     })
     .await
     .unwrap()
+}
+
+/// Everything a user could read after the runs: their output, `jobsync status`, and the text of
+/// the tables' error columns.
+struct Seen {
+    text: String,
+}
+
+impl Seen {
+    fn new() -> Self {
+        Seen {
+            text: String::new(),
+        }
+    }
+
+    fn output(&mut self, what: &str, out: &Output) {
+        self.text += &format!(
+            "--- {what} ({:?})\nstdout:\n{}\nstderr:\n{}\n",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `sync_runs.error` and `outbox.last_error`, read with the repositories the engine uses.
+    fn tables(&mut self, t: &TestDb) {
+        let mut c = t.db.conn().unwrap();
+        for run in runs::recent(&mut c, 100).unwrap() {
+            self.text += &format!("--- sync_runs #{}: {:?}\n", run.id, run.error);
+        }
+        for row in all_rows(&t.db) {
+            self.text += &format!("--- outbox #{}: {:?}\n", row.id, row.last_error);
+        }
+    }
+
+    fn assert_never(&self, secrets: &[&str]) {
+        for secret in secrets {
+            assert!(
+                !self.text.contains(secret),
+                "`{secret}` is shown:\n{}",
+                self.text
+            );
+        }
+    }
+}
+
+async fn an_all_digit_token_from_the_environment_works_and_is_never_shown(t: &TestDb) {
+    let sim = start_sim(SimConfig {
+        token: DIGIT_TOKEN.into(),
+        campaigns: vec![28],
+        jobs_per_campaign: 3,
+        ..SimConfig::default()
+    })
+    .await;
+    // Refused by the API (no campaign 99), so `last_error` holds an answer's text.
+    insert(
+        &t.db,
+        &[create(99, "no-such-campaign", json!({"name": "A"}))],
+    );
+    let token = [("JOBSYNC_API__TOKEN", DIGIT_TOKEN)];
+    let mut seen = Seen::new();
+    let run = jobsync(t, &sim.base_url(), &["--once"], &token).await;
+    seen.output("--once", &run);
+    let check = jobsync(t, &sim.base_url(), &["check"], &token).await;
+    seen.output("check", &check);
+    let status = jobsync(t, &sim.base_url(), &["status"], &token).await;
+    seen.output("status", &status);
+    seen.tables(t);
+    assert_eq!(run.status.code(), Some(0), "{}", seen.text);
+    assert_eq!(check.status.code(), Some(0), "{}", seen.text);
+    assert!(seen.text.contains("run #1 ok"), "{}", seen.text);
+    let rows = all_rows(&t.db);
+    assert!(
+        rows[0].status == "failed" && rows[0].last_error.is_some(),
+        "{rows:?}"
+    );
+    seen.assert_never(&[DIGIT_TOKEN]);
+}
+
+async fn a_token_written_as_a_toml_number_is_read_as_text(t: &TestDb) {
+    let sim = start_sim(SimConfig {
+        token: DIGIT_TOKEN.into(),
+        campaigns: vec![28],
+        jobs_per_campaign: 3,
+        ..SimConfig::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let number = dir.path().join("number.toml");
+    std::fs::write(&number, format!("[api]\ntoken = {DIGIT_TOKEN}\n")).unwrap();
+    let float = dir.path().join("float.toml");
+    std::fs::write(&float, format!("[api]\ntoken = {DIGIT_TOKEN}.5\n")).unwrap();
+    // No token in the environment: only the file's.
+    let without_env_token = |file: &std::path::Path, args: &[&str]| {
+        let mut cmd = jobsync_command_with_url(&sim.base_url(), &t.url, dir.path());
+        cmd.env_remove("JOBSYNC_API__TOKEN")
+            .arg("--config")
+            .arg(file)
+            .args(args);
+        cmd
+    };
+    let mut seen = Seen::new();
+    let mut cmd = without_env_token(&number, &["--once"]);
+    let run = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    seen.output("--once with token = NUMBER", &run);
+    assert_eq!(run.status.code(), Some(0), "{}", seen.text);
+    let mut cmd = without_env_token(&float, &["--once"]);
+    let refused = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    seen.output("--once with token = FLOAT", &refused);
+    seen.tables(t);
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{}", seen.text);
+    assert!(
+        error.contains("api.token") && error.contains("quote"),
+        "names the key and the fix: {error}"
+    );
+    assert_eq!(error.trim().lines().count(), 1, "one line: {error}");
+    seen.assert_never(&[DIGIT_TOKEN]);
 }
 
 /// A gateway in front of the simulator: every request but a bulk create is relayed to it (with

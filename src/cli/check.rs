@@ -7,12 +7,12 @@ use crate::db::Db;
 
 pub async fn run(overrides: &Overrides) -> CliResult {
     let config = match config::load(overrides) {
-        Ok(config) => {
-            super::register_secrets(&config);
-            config
-        }
+        Ok(config) => config,
         Err(e) => {
-            outln!("FAIL configuration: {e}");
+            outln!(
+                "FAIL configuration: {}",
+                crate::secret::scrub(&e.to_string())
+            );
             return Err(CliError::usage("configuration check failed"));
         }
     };

@@ -110,7 +110,6 @@ async fn dispatch(cli: Cli) -> CliResult {
         return check::run(&overrides).await;
     }
     let config = config::load(&overrides)?;
-    register_secrets(&config);
     // The demo is a printed tour: only warnings unless RUST_LOG asks for more.
     let default_level = if matches!(command, Command::Demo { .. }) {
         "warn"
@@ -154,17 +153,6 @@ pub fn end_on_stdout_error(e: &std::io::Error) -> ! {
     }
     eprintln!("error: cannot write to stdout: {e}");
     std::process::exit(1);
-}
-
-/// Tells [`crate::secret::scrub`] the secrets of this configuration, so that no error text from
-/// outside (an API body echoing the request, a library quoting a URL) shows them.
-pub fn register_secrets(config: &Config) {
-    if let Some(token) = &config.api.token {
-        crate::secret::register(token.expose());
-    }
-    for secret in crate::db::url_secrets(&config.database.url) {
-        crate::secret::register(&secret);
-    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
