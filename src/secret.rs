@@ -8,6 +8,8 @@
 //! process knows ([`register`]: the token, the database password), any `Bearer …` credential, and
 //! caps the length.
 
+pub mod api_url;
+
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::sync::RwLock;

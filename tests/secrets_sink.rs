@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 on_both_backends!(
     an_all_digit_token_from_the_environment_works_and_is_never_shown,
+    credentials_in_the_api_base_url_are_never_shown,
     a_gateway_resetting_a_large_bulk_body_does_not_kill_once,
 );
 
@@ -284,6 +285,57 @@ fn content_length(head: &[u8]) -> usize {
                 .then(|| value.trim().parse().ok())?
         })
         .unwrap_or(0)
+}
+
+async fn credentials_in_the_api_base_url_are_never_shown(t: &TestDb) {
+    const PASSWORD: &str = "hunter2pw";
+    const API_KEY: &str = "s3cretkey123";
+    let sim = start_sim(SimConfig {
+        campaigns: vec![28],
+        jobs_per_campaign: 3,
+        ..SimConfig::default()
+    })
+    .await;
+    let (gateway, resets) = resetting_gateway(sim.base_url()).await;
+    let with_credentials = gateway.replace("http://", &format!("http://jobsync:{PASSWORD}@"))
+        + &format!("/?api_key={API_KEY}");
+    insert(
+        &t.db,
+        &[create(28, "via-gateway", json!({"name": "Via gateway"}))],
+    );
+    let debug = [("RUST_LOG", "debug")];
+    let mut seen = Seen::new();
+    let json_logs = jobsync(t, &with_credentials, &["--once"], &debug).await;
+    seen.output("--once, JSON logs", &json_logs);
+    let pretty = jobsync(
+        t,
+        &with_credentials,
+        &["--once"],
+        &[("RUST_LOG", "debug"), ("JOBSYNC_LOG__FORMAT", "pretty")],
+    )
+    .await;
+    seen.output("--once, pretty logs", &pretty);
+    let check = jobsync(t, &with_credentials, &["check"], &debug).await;
+    seen.output("check", &check);
+    let status = jobsync(t, &with_credentials, &["status"], &[]).await;
+    seen.output("status", &status);
+    let invalid = with_credentials.replace("http://", "ftp://");
+    let refused = jobsync(t, &invalid, &["--once"], &[]).await;
+    seen.output("--once, invalid base URL", &refused);
+    seen.tables(t);
+    assert!(resets.load(Ordering::SeqCst) >= 1, "{}", seen.text);
+    assert_eq!(check.status.code(), Some(0), "{}", seen.text);
+    assert_eq!(refused.status.code(), Some(2), "{}", seen.text);
+    let row = &all_rows(&t.db)[0];
+    assert!(
+        row.in_doubt && row.last_error.is_some(),
+        "the reset create is in doubt, its error recorded: {row:?}"
+    );
+    assert!(
+        row.last_error.as_deref().unwrap().contains("api_key=***"),
+        "the error quotes the URL, masked: {row:?}"
+    );
+    seen.assert_never(&[PASSWORD, API_KEY]);
 }
 
 /// Items of a bulk call (the default `api.bulk_size`), and bytes of each item's name: a body of

@@ -67,7 +67,7 @@ impl ClientOptions {
         if !matches!(self.base_url.scheme(), "http" | "https") {
             return bad(format!(
                 "`api.base_url` {} must start with http:// or https://",
-                self.base_url
+                crate::secret::api_url::redact_url(&self.base_url)
             ));
         }
         if self.max_attempts == 0 {
@@ -323,10 +323,8 @@ impl ApiClient {
                 message,
                 retry_after,
             } => {
-                let mut asked = self.url(&ep.path);
                 // Credentials in a base URL stay out of messages.
-                let _ = asked.set_password(None);
-                let _ = asked.set_username("");
+                let asked = crate::secret::api_url::redact_url(&self.url(&ep.path));
                 ApiError::Http {
                     endpoint,
                     status: 404,
@@ -636,7 +634,7 @@ fn warn_if_unencrypted(base_url: &Url) {
         || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if !loopback {
         tracing::warn!(
-            base_url = %base_url,
+            base_url = %crate::secret::api_url::redact_url(base_url),
             "api.base_url uses http:// to a remote host: the API token travels unencrypted; use https://"
         );
     }

@@ -45,7 +45,10 @@ pub async fn run(overrides: &Overrides) -> CliResult {
     }
     match client {
         Some(client) => match client.check().await {
-            Ok(()) => outln!("ok   api {} (token accepted)", config.api.base_url),
+            Ok(()) => outln!(
+                "ok   api {} (token accepted)",
+                crate::secret::api_url::redact(&config.api.base_url)
+            ),
             Err(e) => {
                 match e.unreachable_cause() {
                     Some(cause) => outln!(

@@ -25,7 +25,7 @@ const SECTIONS: [&str; 7] = [
 ];
 /// Keys whose value is, or may hold, a secret: a configuration error never shows their value,
 /// and the environment gives them as the variable's text (see [`RawEnv`]).
-pub(crate) const SECRET_KEYS: [&str; 2] = ["api.token", "database.url"];
+pub(crate) const SECRET_KEYS: [&str; 3] = ["api.token", "database.url", "api.base_url"];
 const SHIPPED_FILES: [&str; 2] = ["config/default.toml", "/etc/jobsync/config.toml"];
 /// Names of the layers built here, as figment's metadata reports them.
 const DEFAULTS: &str = "built-in defaults";
@@ -98,7 +98,10 @@ fn register_raw_secrets(figment: &Figment) {
         };
         match key {
             "api.token" => crate::secret::register(&text),
-            _ => super::conninfo::secrets(&text)
+            "database.url" => super::conninfo::secrets(&text)
+                .iter()
+                .for_each(|s| crate::secret::register(s)),
+            _ => crate::secret::api_url::secrets(&text)
                 .iter()
                 .for_each(|s| crate::secret::register(s)),
         }
@@ -429,6 +432,9 @@ fn shown_value(key: &str, value: &figment::value::Value) -> String {
     match value {
         figment::value::Value::String(_, s) if key == "database.url" => {
             format!("{:?}", super::conninfo::redact(s))
+        }
+        figment::value::Value::String(_, s) if key == "api.base_url" => {
+            format!("{:?}", crate::secret::api_url::redact(s))
         }
         _ if SECRET_KEYS.contains(&key) => "***".into(),
         figment::value::Value::String(_, s) => format!("{s:?}"),
