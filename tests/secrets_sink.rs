@@ -5,10 +5,12 @@
 
 mod common;
 
+use axum::Json;
+use axum::routing::{get, post};
 use common::*;
 use jobsync::db::repo::runs;
 use jobsync::sim::SimConfig;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Output, Stdio};
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 on_both_backends!(
     an_all_digit_token_from_the_environment_works_and_is_never_shown,
     credentials_in_the_api_base_url_are_never_shown,
+    decode_errors_name_the_field_and_job_never_the_value,
     a_gateway_resetting_a_large_bulk_body_does_not_kill_once,
 );
 
@@ -30,6 +33,7 @@ mod sqlite_only {
             &crate::common::TestDb::sqlite(),
         );
     }
+
     #[test]
     fn a_reader_that_closes_stdout_ends_a_printing_command_quietly() {
         crate::common::run_on(
@@ -336,6 +340,68 @@ async fn credentials_in_the_api_base_url_are_never_shown(t: &TestDb) {
         "the error quotes the URL, masked: {row:?}"
     );
     seen.assert_never(&[PASSWORD, API_KEY]);
+}
+
+/// A stand-in API whose answers carry a phone number where a list is expected: in the listing
+/// (job 7) or in a bulk create's answer (job 1000).
+async fn wrong_typed_server(listing: Value) -> String {
+    let app = axum::Router::new()
+        .route(
+            "/j/jobs",
+            get(move || {
+                let listing = listing.clone();
+                async move { Json(listing) }
+            }),
+        )
+        .route(
+            "/j/jobs/bulk/create",
+            post(|Json(items): Json<Vec<Value>>| async move {
+                let answers: Vec<Value> = items
+                    .iter()
+                    .map(|item| {
+                        json!({"status_code": 201, "data": {
+                            "id": 1000, "campaign": item["campaign"],
+                            "reference": item["reference"], "state": 0,
+                            "numbers": "+33698765432",
+                            "created_at": "2026-11-30T10:00:00Z"}})
+                    })
+                    .collect();
+                Json(Value::Array(answers))
+            }),
+        );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+async fn decode_errors_name_the_field_and_job_never_the_value(t: &TestDb) {
+    let mut seen = Seen::new();
+    let bad_listing = wrong_typed_server(json!([
+        {"id": 7, "campaign": 28, "state": 0, "numbers": "+33612345678"}
+    ]))
+    .await;
+    let pull = jobsync(t, &bad_listing, &["--once"], &[]).await;
+    seen.output("--once, listing", &pull);
+    let empty_listing = wrong_typed_server(json!([])).await;
+    insert(&t.db, &[create(28, "r-1", json!({"name": "A"}))]);
+    let push = jobsync(t, &empty_listing, &["--once"], &[]).await;
+    seen.output("--once, bulk create", &push);
+    seen.tables(t);
+    assert_eq!(pull.status.code(), Some(1), "{}", seen.text);
+    let run = &runs::recent(&mut t.db.conn().unwrap(), 2).unwrap()[1];
+    let error = run.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("job 7") && error.contains("`numbers`") && error.contains("a sequence"),
+        "names the job, the field and the type expected: {error}"
+    );
+    let row = &all_rows(&t.db)[0];
+    let last_error = row.last_error.as_deref().unwrap_or_default();
+    assert!(
+        last_error.contains("job 1000") && last_error.contains("`data.numbers`"),
+        "names the job and the field: {last_error}"
+    );
+    seen.assert_never(&["33612345678", "33698765432"]);
 }
 
 /// Items of a bulk call (the default `api.bulk_size`), and bytes of each item's name: a body of
