@@ -1,25 +1,16 @@
 use clap::Parser;
-use jobsync::cli::{Cli, Command};
+use jobsync::cli::Cli;
 use std::process::ExitCode;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     limit_malloc_arenas();
-    let cli = Cli::parse();
-    if !is_server(&cli) {
-        end_quietly_on_closed_pipe();
-    }
-    jobsync::cli::run(cli).await
-}
-
-/// The daemon and the simulator are servers; every other command writes its output and ends.
-fn is_server(cli: &Cli) -> bool {
-    match &cli.command {
-        None => !cli.once,
-        Some(Command::Run { once }) => !once,
-        Some(Command::Simulate(_)) => true,
-        Some(_) => false,
-    }
+    // SIGPIPE stays ignored, as Rust's runtime sets it, for every command: hyper writes request
+    // bodies with vectored writes, which do not pass MSG_NOSIGNAL, so a gateway resetting the
+    // connection during a bulk call would otherwise kill `--once` or `check` silently, leaving
+    // the run `running`. A closed stdout (`jobsync status | head -1`) is handled where the
+    // commands print instead (`cli::write_stdout`): a quiet exit 0.
+    jobsync::cli::run(Cli::parse()).await
 }
 
 /// glibc gives each thread that allocates its own arena, up to eight per core, and keeps what is
@@ -38,16 +29,5 @@ fn limit_malloc_arenas() {
         // this). 256 KiB saved 5 MiB more but mapped every pull batch anew: three times the
         // system time of a backfill.
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1024 * 1024);
-    }
-}
-
-/// Rust ignores SIGPIPE, so printing to a pipe whose reader went away (`jobsync status | head`)
-/// would panic. A command-line tool should end quietly instead, as `cat` does: restore the default
-/// action. (Network writes use MSG_NOSIGNAL and are unaffected.)
-fn end_quietly_on_closed_pipe() {
-    // SAFETY: called once at start, before any other thread could be writing to a pipe; setting a
-    // signal's disposition to its default has no other effect.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

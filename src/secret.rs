@@ -8,6 +8,8 @@
 //! process knows ([`register`]: the token, the database password), any `Bearer …` credential, and
 //! caps the length.
 
+pub mod api_url;
+
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::sync::RwLock;
@@ -21,29 +23,47 @@ const MIN_SECRET_CHARS: usize = 4;
 pub const MAX_TEXT_CHARS: usize = 1000;
 const MASK: &str = "***";
 
-/// Makes [`scrub`] mask `secret` from now on (the token, each time it is read; the database
-/// password).
+/// Makes [`scrub`] and the log sink ([`mask_known`]) mask `secret` from now on (the token, each
+/// time it is read; the database password; credentials in `api.base_url`). Its JSON-escaped
+/// form is registered too: a JSON log line holds a secret with a `"` or `\` escaped.
 pub fn register(secret: &str) {
     let secret = secret.trim();
     if secret.chars().count() < MIN_SECRET_CHARS {
         return;
     }
+    let escaped = serde_json::to_string(secret).unwrap_or_default();
+    let escaped = escaped.trim_matches('"');
     let mut known = KNOWN.write().unwrap_or_else(|p| p.into_inner());
-    if !known.iter().any(|k| k == secret) {
-        known.push(secret.to_string());
-        // Longest first, so a secret containing another is masked whole.
-        known.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    for form in [secret, escaped] {
+        if !form.is_empty() && !known.iter().any(|k| k == form) {
+            known.push(form.to_string());
+        }
     }
+    // Longest first, so a secret containing another is masked whole.
+    known.sort_by_key(|k| std::cmp::Reverse(k.len()));
+}
+
+/// `text` with every registered secret masked, or `None` when it holds none — the common case,
+/// which costs one substring search per secret and no allocation. This is what the log sink
+/// applies to every formatted line (see `telemetry`); [`scrub`] does more for stored text.
+pub fn mask_known(text: &str) -> Option<String> {
+    let known = KNOWN.read().unwrap_or_else(|p| p.into_inner());
+    let mut masked: Option<String> = None;
+    for secret in known.iter() {
+        let current = masked.as_deref().unwrap_or(text);
+        if current.contains(secret.as_str()) {
+            masked = Some(current.replace(secret.as_str(), MASK));
+        }
+    }
+    masked
 }
 
 /// `text` fit to show: known secrets and `Bearer` credentials masked, NUL characters (which
 /// PostgreSQL text cannot hold) replaced, at most [`MAX_TEXT_CHARS`] characters.
 pub fn scrub(text: &str) -> String {
     let mut out = text.replace('\0', "\u{FFFD}");
-    for secret in KNOWN.read().unwrap_or_else(|p| p.into_inner()).iter() {
-        if out.contains(secret.as_str()) {
-            out = out.replace(secret.as_str(), MASK);
-        }
+    if let Some(masked) = mask_known(&out) {
+        out = masked;
     }
     out = mask_bearer(&out);
     if out.chars().count() > MAX_TEXT_CHARS {
@@ -114,9 +134,71 @@ impl fmt::Display for Secret {
     }
 }
 
+/// Text, or an integer taken as its digits: figment reads `JOBSYNC_API__TOKEN=98765432109876`
+/// as a number, and a TOML file may hold `token = 98765432109876`. Anything else is refused with
+/// a message that never quotes the value (serde's own would: "invalid type: floating point
+/// `1.5`"), since the value is the secret.
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
+        deserializer.deserialize_any(SecretVisitor)
+    }
+}
+
+/// What [`Secret`]'s error says instead of quoting the value.
+pub const NOT_TEXT: &str =
+    "must be text: write it in quotes (in TOML, `token = \"…\"`); the value is not shown";
+
+struct SecretVisitor;
+
+impl<'de> serde::de::Visitor<'de> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("text")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+        Ok(Secret::new(v))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+        Ok(Secret(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_u128<E: serde::de::Error>(self, v: u128) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_i128<E: serde::de::Error>(self, v: i128) -> Result<Secret, E> {
+        Ok(Secret(v.to_string()))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+        Err(E::custom(NOT_TEXT))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+        Err(E::custom(NOT_TEXT))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Secret, E> {
+        Err(E::custom(NOT_TEXT))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+        Err(serde::de::Error::custom(NOT_TEXT))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, _: A) -> Result<Secret, A::Error> {
+        Err(serde::de::Error::custom(NOT_TEXT))
     }
 }
 
@@ -140,6 +222,33 @@ mod tests {
         let long = scrub(&"a".repeat(5000));
         assert!(long.starts_with(&"a".repeat(MAX_TEXT_CHARS)));
         assert!(long.ends_with("(4000 more characters)"), "{long}");
+    }
+
+    #[test]
+    fn mask_known_allocates_only_when_a_secret_is_there() {
+        register("sink-s3cret\"quoted");
+        assert_eq!(mask_known("nothing to hide"), None);
+        assert_eq!(
+            mask_known("a sink-s3cret\"quoted b").as_deref(),
+            Some("a *** b")
+        );
+        // As a JSON log line writes it.
+        assert_eq!(
+            mask_known(r#"{"error":"sink-s3cret\"quoted"}"#).as_deref(),
+            Some(r#"{"error":"***"}"#)
+        );
+    }
+
+    #[test]
+    fn a_secret_is_text_or_an_integer_taken_as_its_digits() {
+        let read = |json: &str| serde_json::from_str::<Secret>(json).map_err(|e| e.to_string());
+        assert_eq!(read(r#""t0k""#).unwrap().expose(), "t0k");
+        assert_eq!(read("98765432109876").unwrap().expose(), "98765432109876");
+        assert_eq!(read("-42").unwrap().expose(), "-42");
+        for refused in ["9876.5", "true", "[9876]", r#"{"a": 9876}"#, "null"] {
+            let err = read(refused).unwrap_err();
+            assert!(err.contains("quotes") && !err.contains("9876"), "{err}");
+        }
     }
 
     #[test]

@@ -48,7 +48,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("api", &["job", "secret", "shutdown", "telemetry"]),
     ("db", &["config", "job", "secret"]),
     ("job", &[]),
-    ("telemetry", &["config"]),
+    ("telemetry", &["config", "secret"]),
     ("config", &["secret"]),
     ("secret", &[]),
     ("shutdown", &[]),

@@ -13,7 +13,9 @@
 //!   number of items, `data: null` with a 2xx, an item that does not decode — is not trusted at
 //!   all: the call's creates are `Unknown`, its patches and unqueues `Retryable`.
 
-use super::client::{ApiClient, Endpoint, decode_json, retry_create, to_body};
+use super::client::{
+    ApiClient, Endpoint, decode_json, describe_decode_error, retry_create, to_body,
+};
 use super::error::ApiError;
 use super::models::{BulkItemResult, Job, JobFields, JobId};
 use futures_util::future::{BoxFuture, join, join_all};
@@ -305,7 +307,7 @@ fn item_outcome(
             // Decoded again only to name the field at fault.
             serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(text))
         })
-        .map_err(|e| format!("item {index} of the answer: {}", describe_path(&e)))?;
+        .map_err(|e| describe_decode_error(&e, &answer_item(index, text)))?;
     let status = result.status_code;
     let message = result.message.unwrap_or_else(|| "no message".into());
     Ok(match (status, result.data) {
@@ -342,9 +344,21 @@ fn item_outcome(
     })
 }
 
-fn describe_path(err: &serde_path_to_error::Error<serde_json::Error>) -> String {
-    let path = err.path().to_string();
-    format!("field `{path}`: {}", err.inner())
+/// "item 3 of the answer (job 42)": the answer's job id, when it can be read, names the job
+/// whose answer could not be decoded.
+fn answer_item(index: usize, text: &str) -> String {
+    #[derive(serde::Deserialize)]
+    struct IdOf {
+        id: i64,
+    }
+    #[derive(serde::Deserialize)]
+    struct DataOf {
+        data: IdOf,
+    }
+    match serde_json::from_str::<DataOf>(text) {
+        Ok(DataOf { data: IdOf { id } }) => format!("item {index} of the answer (job {id})"),
+        Err(_) => format!("item {index} of the answer"),
+    }
 }
 
 #[cfg(test)]

@@ -67,7 +67,7 @@ impl ClientOptions {
         if !matches!(self.base_url.scheme(), "http" | "https") {
             return bad(format!(
                 "`api.base_url` {} must start with http:// or https://",
-                self.base_url
+                crate::secret::api_url::redact_url(&self.base_url)
             ));
         }
         if self.max_attempts == 0 {
@@ -323,10 +323,8 @@ impl ApiClient {
                 message,
                 retry_after,
             } => {
-                let mut asked = self.url(&ep.path);
                 // Credentials in a base URL stay out of messages.
-                let _ = asked.set_password(None);
-                let _ = asked.set_username("");
+                let asked = crate::secret::api_url::redact_url(&self.url(&ep.path));
                 ApiError::Http {
                     endpoint,
                     status: 404,
@@ -569,17 +567,84 @@ pub(super) fn decode_json<T: DeserializeOwned>(
     Ok(value)
 }
 
-/// "item 3 of the array, field `numbers[0]`: invalid type: integer `6`, expected a string".
+/// "item 3 of the array (job 42), field `numbers[0]`: invalid type: integer, expected a string":
+/// where, and what was expected, never the value — answers carry personal data (a phone number,
+/// a name) and this text goes to the logs, `sync_runs.error` and `outbox.last_error`.
 pub(super) fn describe_decode_error(
     err: &serde_path_to_error::Error<serde_json::Error>,
     what: &str,
 ) -> String {
     let path = err.path().to_string();
+    let reason = without_value(err.inner());
     if path == "." || path.is_empty() {
-        format!("{what}: {}", err.inner())
+        format!("{what}: {reason}")
     } else {
-        format!("{what}, field `{path}`: {}", err.inner())
+        format!("{what}, field `{path}`: {reason}")
     }
+}
+
+/// serde_json's message without the value it quotes: `invalid type: string "+33612345678",
+/// expected a sequence` becomes `invalid type: string, expected a sequence`. Syntax errors
+/// quote nothing; field names (`missing field `campaign``) come from jobsync's own types and
+/// stay; anything else quoted is masked.
+pub(super) fn without_value(err: &serde_json::Error) -> String {
+    let text = err.to_string();
+    if err.classify() != serde_json::error::Category::Data {
+        return text;
+    }
+    for kind in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = text.strip_prefix(kind) {
+            // The expectation comes last and from jobsync's types; the value before it may
+            // contain anything, ", expected " included.
+            return match rest.rsplit_once(", expected ") {
+                Some((found, expected)) => {
+                    let found = found.find(['`', '"']).map_or(found, |at| &found[..at]);
+                    format!("{kind}{}, expected {expected}", found.trim())
+                }
+                None => format!("{kind}(value not shown)"),
+            };
+        }
+    }
+    if let Some(rest) = text.strip_prefix("unknown variant ")
+        && let Some((_, expected)) = rest.rsplit_once(", expected ")
+    {
+        return format!("unknown variant, expected {expected}");
+    }
+    if [
+        "missing field",
+        "duplicate field",
+        "unknown field",
+        "invalid length",
+    ]
+    .iter()
+    .any(|known| text.starts_with(known))
+    {
+        return text;
+    }
+    mask_quoted(&text)
+}
+
+/// Each `"…"` or `` `…` `` of a message replaced by `"…"` / `` `…` ``.
+fn mask_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut open: Option<char> = None;
+    for c in text.chars() {
+        match open {
+            Some(quote) if c == quote => {
+                out.push('…');
+                out.push(c);
+                open = None;
+            }
+            Some(_) => {}
+            None => {
+                out.push(c);
+                if c == '"' || c == '`' {
+                    open = Some(c);
+                }
+            }
+        }
+    }
+    out
 }
 
 async fn error_answer(endpoint: &str, response: Response) -> ApiError {
@@ -636,7 +701,7 @@ fn warn_if_unencrypted(base_url: &Url) {
         || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if !loopback {
         tracing::warn!(
-            base_url = %base_url,
+            base_url = %crate::secret::api_url::redact_url(base_url),
             "api.base_url uses http:// to a remote host: the API token travels unencrypted; use https://"
         );
     }
@@ -693,6 +758,29 @@ mod tests {
     }
 
     #[test]
+    fn decode_errors_say_what_was_found_and_expected_never_the_value() {
+        let reason =
+            |json: &str| without_value(&serde_json::from_str::<Job>(json).map(|_| ()).unwrap_err());
+        let text = reason(r#"{"id": 1, "campaign": 2, "state": 0, "numbers": "+33612345678"}"#);
+        assert!(
+            text.starts_with("invalid type: string, expected a sequence"),
+            "{text}"
+        );
+        let text = reason(r#"{"id": 1, "campaign": 2, "state": 0, "name": 33612345678}"#);
+        assert!(
+            text.starts_with("invalid type: integer, expected a string"),
+            "{text}"
+        );
+        let text = reason(r#"{"id": 1, "campaign": 2, "state": "a, expected b"}"#);
+        assert!(!text.contains("a, expected b"), "{text}");
+        assert!(reason(r#"{"id": 1, "state": 0}"#).contains("missing field `campaign`"));
+        assert_eq!(
+            mask_quoted("bad `0612` and \"x\" here"),
+            "bad `…` and \"…\" here"
+        );
+    }
+
+    #[test]
     fn names_the_field_of_a_decode_error() {
         let err = decode_json::<Job>(
             "GET /j/jobs/1",
@@ -705,6 +793,7 @@ mod tests {
             text.contains("GET /j/jobs/1") && text.contains("field `state`"),
             "{text}"
         );
+        assert!(!text.contains("\"x\""), "never the value: {text}");
         let err = decode_json::<Job>("GET /j/jobs/1", b"<html>", "the job").unwrap_err();
         assert!(matches!(err, ApiError::InvalidAnswer { .. }), "{err}");
         let err = decode_json::<Job>(

@@ -2,7 +2,7 @@
 //! `seq > SEQ` in `seq` order. With `--follow` it keeps polling for new rows until SIGINT/SIGTERM
 //! (or until stdout is closed, e.g. piped into `head`).
 
-use super::{CliError, CliResult};
+use super::CliResult;
 use crate::db::Db;
 use crate::db::models::ChangeRow;
 use crate::db::repo::changes;
@@ -22,7 +22,7 @@ pub async fn run(db: &Db, since: i64, follow: bool) -> CliResult {
         if let Some(row) = page.last() {
             last = row.seq;
         }
-        print_page(&page)?;
+        print_page(&page);
         if page.len() as i64 == PAGE {
             continue;
         }
@@ -36,16 +36,18 @@ pub async fn run(db: &Db, since: i64, follow: bool) -> CliResult {
     }
 }
 
-/// Prints rows. A reader that goes away (`| head`) ends the process through SIGPIPE, as for
-/// every command (see `main`).
-fn print_page(rows: &[ChangeRow]) -> Result<(), CliError> {
+/// Prints rows, a page per write. A reader that goes away (`| head`) ends the process quietly
+/// (see [`super::end_on_stdout_error`]).
+fn print_page(rows: &[ChangeRow]) {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let failed = |e: std::io::Error| CliError::failed(format!("cannot write to stdout: {e}"));
-    for row in rows {
-        writeln!(out, "{}", to_json(row)).map_err(failed)?;
+    let written = rows
+        .iter()
+        .try_for_each(|row| writeln!(out, "{}", to_json(row)))
+        .and_then(|()| out.flush());
+    if let Err(e) = written {
+        super::end_on_stdout_error(&e);
     }
-    out.flush().map_err(failed)
 }
 
 /// One changefeed row as NDJSON, keys in the table's column order, `changed_fields` as a JSON

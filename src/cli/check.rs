@@ -7,23 +7,23 @@ use crate::db::Db;
 
 pub async fn run(overrides: &Overrides) -> CliResult {
     let config = match config::load(overrides) {
-        Ok(config) => {
-            super::register_secrets(&config);
-            config
-        }
+        Ok(config) => config,
         Err(e) => {
-            println!("FAIL configuration: {e}");
+            outln!(
+                "FAIL configuration: {}",
+                crate::secret::scrub(&e.to_string())
+            );
             return Err(CliError::usage("configuration check failed"));
         }
     };
     let mut failed = 0;
     let client = match context::check_client(&config) {
         Ok(client) => {
-            println!("ok   configuration");
+            outln!("ok   configuration");
             Some(client)
         }
         Err(e) => {
-            println!("FAIL configuration: {}", e.message);
+            outln!("FAIL configuration: {}", e.message);
             failed += 1;
             None
         }
@@ -37,18 +37,21 @@ pub async fn run(overrides: &Overrides) -> CliResult {
     .await
     .map_err(|e| CliError::failed(e.to_string()))?;
     match db {
-        Ok(()) => println!("ok   database {shown}"),
+        Ok(()) => outln!("ok   database {shown}"),
         Err(e) => {
-            println!("FAIL database: {e}");
+            outln!("FAIL database: {e}");
             failed += 1;
         }
     }
     match client {
         Some(client) => match client.check().await {
-            Ok(()) => println!("ok   api {} (token accepted)", config.api.base_url),
+            Ok(()) => outln!(
+                "ok   api {} (token accepted)",
+                crate::secret::api_url::redact(&config.api.base_url)
+            ),
             Err(e) => {
                 match e.unreachable_cause() {
-                    Some(cause) => println!(
+                    Some(cause) => outln!(
                         "FAIL api: unreachable: {cause} (tried {}); check api.base_url and \
                          the network",
                         match config.api.max_attempts.min(context::CHECK_MAX_ATTEMPTS) {
@@ -56,12 +59,12 @@ pub async fn run(overrides: &Overrides) -> CliResult {
                             n => format!("{n} times"),
                         }
                     ),
-                    None => println!("FAIL api: {e}"),
+                    None => outln!("FAIL api: {e}"),
                 }
                 failed += 1;
             }
         },
-        None => println!("skip api: no usable token (see the configuration line above)"),
+        None => outln!("skip api: no usable token (see the configuration line above)"),
     }
     if failed == 0 {
         Ok(())

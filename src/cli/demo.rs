@@ -53,7 +53,7 @@ async fn tour(config: &Config, url: String, database_url_given: bool, force: boo
             describe(&found)
         )));
     }
-    println!("jobsync demo: a simulated Jobs API on loopback, mirrored into {shown}\n");
+    outln!("jobsync demo: a simulated Jobs API on loopback, mirrored into {shown}\n");
     let sim = crate::sim::spawn(
         "127.0.0.1:0".parse().expect("a socket address"),
         SimConfig {
@@ -64,7 +64,7 @@ async fn tour(config: &Config, url: String, database_url_given: bool, force: boo
     )
     .await
     .map_err(|e| CliError::failed(format!("cannot start the simulator: {e}")))?;
-    println!(
+    outln!(
         "1. simulator listening on {} with campaigns 28 and 29, 500 jobs each",
         sim.base_url()
     );
@@ -93,13 +93,13 @@ async fn tour(config: &Config, url: String, database_url_given: bool, force: boo
 
     // The simulator runs in this process: its handle acts on it directly, no HTTP needed.
     let dialled = sim.dial(25) + sim.edit(5);
-    println!(
+    outln!(
         "\n3. the simulated dialer called jobs and an agent edited some: {dialled} jobs changed upstream"
     );
     let rows = crm_changes();
     let written = rows.len();
     db.run(move |c| outbox::insert(c, &rows)).await?;
-    println!(
+    outln!(
         "   meanwhile the CRM wrote {written} outbox rows: two new contacts, a label for one of them, an edit, a cancellation"
     );
     let seq_mid = last_seq(&db).await?;
@@ -109,9 +109,9 @@ async fn tour(config: &Config, url: String, database_url_given: bool, force: boo
     )
     .await?;
     let pushed = db.run(|c| outbox::list(c, None, 10)).await?;
-    println!("\n   the outbox after the push (`jobsync outbox list`):");
+    outln!("\n   the outbox after the push (`jobsync outbox list`):");
     for row in pushed.iter().rev() {
-        println!(
+        outln!(
             "   #{} {:7} {:10} job {:>5}  {}",
             row.id,
             row.op,
@@ -122,15 +122,13 @@ async fn tour(config: &Config, url: String, database_url_given: bool, force: boo
     }
 
     let new = db.run(move |c| changes::since(c, seq_mid, 5)).await?;
-    println!(
-        "\n5. the changefeed the CRM reads (`jobsync changes --since {seq_mid}`), first rows:"
-    );
+    outln!("\n5. the changefeed the CRM reads (`jobsync changes --since {seq_mid}`), first rows:");
     for row in &new {
-        println!("   {}", super::changes::to_json(row));
+        outln!("   {}", super::changes::to_json(row));
     }
     let (live, deleted) = db.run(jobs::counts).await?;
     let total = last_seq(&db).await? - seq_before;
-    println!(
+    outln!(
         "\nmirror: {live} jobs ({deleted} deleted upstream); {total} changefeed rows written by this demo"
     );
     // Commands to paste, as written: the binary by its own path (`jobsync` need not be on the
@@ -149,13 +147,13 @@ async fn tour(config: &Config, url: String, database_url_given: bool, force: boo
     } else {
         "URL".to_string()
     };
-    println!(
+    outln!(
         "
 next, from this directory:"
     );
-    println!("   {exe} --database-url {database} status");
-    println!("   {exe} --database-url {database} changes --since {seq_mid}");
-    println!(
+    outln!("   {exe} --database-url {database} status");
+    outln!("   {exe} --database-url {database} changes --since {seq_mid}");
+    outln!(
         "next steps: README.md § Quick start (the simulator and jobsync as separate processes, a CSV import)"
     );
     sim.shutdown().await;
@@ -184,11 +182,11 @@ fn shell_word(word: &str) -> String {
 }
 
 async fn cycle(engine: &Engine, title: &str) -> CliResult {
-    println!("\n{title}");
+    outln!("\n{title}");
     let summary = run_cycle(engine, Trigger::Once)
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
-    println!("   {}", once::describe(&summary));
+    outln!("   {}", once::describe(&summary));
     match summary.error {
         None => Ok(()),
         Some(e) => Err(CliError::failed(e)),

@@ -233,7 +233,7 @@ pub async fn run(config: &Config, args: ImportArgs) -> CliResult {
         .map_err(|e| CliError::failed(format!("import task failed: {e}")))??;
     let count = imported.rows;
     if args.dry_run {
-        println!("dry run: {count} row(s) of {source} are valid; nothing was inserted");
+        outln!("dry run: {count} row(s) of {source} are valid; nothing was inserted");
         return Ok(());
     }
     if let Some((held, commit)) = imported.transaction {
@@ -244,7 +244,7 @@ pub async fn run(config: &Config, args: ImportArgs) -> CliResult {
             "import committed"
         );
     }
-    println!("imported {count} row(s) from {source} into the outbox");
+    outln!("imported {count} row(s) from {source} into the outbox");
     Ok(())
 }
 

@@ -2,6 +2,21 @@
 //! every failure to a one-line message and an exit code (0 done, 1 could not complete, 2 usage,
 //! configuration or input error).
 
+/// `println!` for command output: a reader that has gone away ends the process quietly (see
+/// [`write_stdout`]) instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` for command output, as [`outln!`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::write_stdout(format_args!($($arg)*))
+    };
+}
+
 mod args;
 mod changes;
 mod check;
@@ -95,7 +110,6 @@ async fn dispatch(cli: Cli) -> CliResult {
         return check::run(&overrides).await;
     }
     let config = config::load(&overrides)?;
-    register_secrets(&config);
     // The demo is a printed tour: only warnings unless RUST_LOG asks for more.
     let default_level = if matches!(command, Command::Demo { .. }) {
         "warn"
@@ -119,15 +133,26 @@ async fn dispatch(cli: Cli) -> CliResult {
     }
 }
 
-/// Tells [`crate::secret::scrub`] the secrets of this configuration, so that no error text from
-/// outside (an API body echoing the request, a library quoting a URL) shows them.
-pub fn register_secrets(config: &Config) {
-    if let Some(token) = &config.api.token {
-        crate::secret::register(token.expose());
+/// Writes command output to stdout. SIGPIPE is ignored (see `main`), so a reader that went away
+/// (`jobsync status | head -1`, `jobsync changes | head`) shows up here as a `BrokenPipe` error:
+/// the process ends at once with exit 0 and nothing on stderr, as `cat` would end, rather than
+/// panicking as `println!` does. Any other write error ends it with exit 1 and a message.
+pub fn write_stdout(args: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout.write_fmt(args).and_then(|()| stdout.flush()) {
+        end_on_stdout_error(&e);
     }
-    for secret in crate::db::url_secrets(&config.database.url) {
-        crate::secret::register(&secret);
+}
+
+/// Ends the process after a failed write to stdout: quietly (exit 0) when the reader has gone
+/// away, with a message (exit 1) otherwise.
+pub fn end_on_stdout_error(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
     }
+    eprintln!("error: cannot write to stdout: {e}");
+    std::process::exit(1);
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -171,7 +196,7 @@ async fn migrate(config: &Config) -> CliResult {
     let applied = tokio::task::spawn_blocking(move || Db::connect_with(&url, options)?.migrate())
         .await
         .map_err(|e| CliError::failed(format!("database task failed: {e}")))??;
-    println!(
+    outln!(
         "migrations: {applied} applied, database {} is up to date",
         crate::db::redact(&config.database.url)
     );

@@ -27,7 +27,7 @@ pub async fn run(config: &Config) -> CliResult {
             CycleError::Busy(msg) => CliError::failed(msg),
             CycleError::Db(e) => CliError::from(e),
         })?;
-    println!("{}", describe(&summary));
+    outln!("{}", describe(&summary));
     match summary.error {
         None => Ok(()),
         // A deliberate stop: the run is recorded with what it did, and the process exits 0.

@@ -25,10 +25,10 @@ async fn list(config: &Config, status: Option<String>, limit: i64) -> CliResult 
     let db = open_db(config).await?;
     let rows = db.run(move |c| outbox::list(c, status, limit)).await?;
     if rows.is_empty() {
-        println!("no outbox rows");
+        outln!("no outbox rows");
     }
     for row in &rows {
-        println!("{}", describe(row));
+        outln!("{}", describe(row));
     }
     Ok(())
 }
@@ -69,7 +69,7 @@ async fn retry(config: &Config, mut ids: Vec<i64>, all_failed: bool) -> CliResul
     let db = open_db(config).await?;
     if all_failed {
         let n = db.run(|c| outbox::retry(c, None)).await?;
-        println!("re-queued {n} failed row(s)");
+        outln!("re-queued {n} failed row(s)");
         return Ok(());
     }
     ids.sort_unstable();
@@ -92,7 +92,7 @@ async fn retry(config: &Config, mut ids: Vec<i64>, all_failed: bool) -> CliResul
             })
         })
         .await?;
-    println!("re-queued {} failed row(s)", requeued.len());
+    outln!("re-queued {} failed row(s)", requeued.len());
     if others.is_empty() {
         return Ok(());
     }

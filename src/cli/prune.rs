@@ -8,9 +8,12 @@ pub async fn run(config: &Config) -> CliResult {
     let db = open_db(config).await?;
     let keep = config.retention.clone();
     let pruned = db.run(move |c| retention::prune(c, &keep)).await?;
-    println!(
+    outln!(
         "pruned: {} changefeed rows, {} done/superseded outbox rows, {} runs, {} jobs deleted upstream",
-        pruned.changes, pruned.outbox, pruned.runs, pruned.deleted_jobs
+        pruned.changes,
+        pruned.outbox,
+        pruned.runs,
+        pruned.deleted_jobs
     );
     Ok(())
 }

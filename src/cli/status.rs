@@ -43,6 +43,6 @@ pub async fn print(db: &Db) -> CliResult {
         })
         .await
         .map_err(CliError::from)?;
-    print!("{report}");
+    out!("{report}");
     Ok(())
 }

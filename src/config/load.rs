@@ -23,6 +23,9 @@ const SECTIONS: [&str; 7] = [
     "server",
     "log",
 ];
+/// Keys whose value is, or may hold, a secret: a configuration error never shows their value,
+/// and the environment gives them as the variable's text (see [`RawEnv`]).
+pub(crate) const SECRET_KEYS: [&str; 3] = ["api.token", "database.url", "api.base_url"];
 const SHIPPED_FILES: [&str; 2] = ["config/default.toml", "/etc/jobsync/config.toml"];
 /// Names of the layers built here, as figment's metadata reports them.
 const DEFAULTS: &str = "built-in defaults";
@@ -72,13 +75,46 @@ pub enum ConfigError {
     Other(String),
 }
 
-/// Loads and validates the configuration.
+/// Loads and validates the configuration. Secrets are registered with [`crate::secret`] as soon
+/// as the layers are read — before any key is checked, so that no error about another key (or
+/// about the secret's own type) can show one — and again once the configuration is complete
+/// (`database.url_file`'s URL).
 pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
     let figment = layers(overrides)?;
+    register_raw_secrets(&figment);
     let mut config: Config = figment.extract().map_err(|e| from_figment(&figment, e))?;
     read_url_file(&figment, &mut config)?;
+    super::register_secrets(&config);
     validate(&config).map_err(|(key, reason)| invalid(&figment, key, reason))?;
     Ok(config)
+}
+
+/// Registers the secret keys' values as the layers give them, whatever their type (an all-digit
+/// token is a number to figment).
+fn register_raw_secrets(figment: &Figment) {
+    for key in SECRET_KEYS {
+        let Some(text) = figment.find_value(key).ok().as_ref().and_then(value_text) else {
+            continue;
+        };
+        match key {
+            "api.token" => crate::secret::register(&text),
+            "database.url" => super::conninfo::secrets(&text)
+                .iter()
+                .for_each(|s| crate::secret::register(s)),
+            _ => crate::secret::api_url::secrets(&text)
+                .iter()
+                .for_each(|s| crate::secret::register(s)),
+        }
+    }
+}
+
+/// A scalar value as text: a string as is, a number as its digits.
+fn value_text(value: &figment::value::Value) -> Option<String> {
+    match value {
+        figment::value::Value::String(_, s) => Some(s.clone()),
+        figment::value::Value::Num(..) => serde_json::to_string(value).ok(),
+        _ => None,
+    }
 }
 
 /// `database.url_file`: the URL is the file's trimmed content. Set together with `database.url`
@@ -155,15 +191,53 @@ fn layers(overrides: &Overrides) -> Result<Figment, ConfigError> {
         }
         figment = figment.merge(Toml::file_exact(path));
     }
-    let env = Env::prefixed(ENV_PREFIX)
-        .ignore(&["config"])
-        .filter(|key| {
-            let key = key.as_str().to_ascii_lowercase();
-            SECTIONS.iter().any(|s| key.starts_with(&format!("{s}__")))
-        })
+    let env = Env::prefixed(ENV_PREFIX).ignore(&["config"]);
+    let parsed = env
+        .clone()
+        .filter(|key| in_a_section(key.as_str()) && !is_secret_key(key.as_str()))
         .split("__");
-    figment = figment.merge(env);
+    let raw = env.filter(|key| is_secret_key(key.as_str())).split("__");
+    figment = figment.merge(parsed).merge(RawEnv(raw));
     Ok(figment.merge(Named::new(FLAGS, flags_dict(overrides))))
+}
+
+/// Whether an environment variable (its name after the prefix) names a key of a section.
+fn in_a_section(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    SECTIONS.iter().any(|s| name.starts_with(&format!("{s}__")))
+}
+
+/// Whether an environment variable (its name after the prefix) names one of [`SECRET_KEYS`].
+fn is_secret_key(name: &str) -> bool {
+    let key = name.to_ascii_lowercase().replace("__", ".");
+    SECRET_KEYS.contains(&key.as_str())
+}
+
+/// The environment variables of [`SECRET_KEYS`], each as the text it holds. figment's `Env`
+/// parses values, so `JOBSYNC_API__TOKEN=98765432109876` would be a number, `1e5` a float and
+/// `true` a boolean: a token is text whatever it looks like.
+struct RawEnv(Env);
+
+impl Provider for RawEnv {
+    fn metadata(&self) -> Metadata {
+        self.0.metadata()
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let mut sections = Dict::new();
+        for (key, text) in self.0.iter() {
+            let Some((section, name)) = key.as_str().split_once('.') else {
+                continue;
+            };
+            let section = sections
+                .entry(section.to_string())
+                .or_insert_with(|| Dict::new().into());
+            if let figment::value::Value::Dict(_, dict) = section {
+                dict.insert(name.to_string(), text.into());
+            }
+        }
+        Ok(Profile::Default.collect(sections))
+    }
 }
 
 fn flags_dict(overrides: &Overrides) -> Dict {
@@ -248,6 +322,12 @@ fn from_figment(figment: &Figment, err: figment::Error) -> ConfigError {
                 reason: "unknown key; check its spelling against the configuration reference in the README".into(),
             };
         }
+        kind if SECRET_KEYS.contains(&key.as_str()) => {
+            format!(
+                "{}; see the configuration reference in the README",
+                without_value(kind)
+            )
+        }
         kind => format!("{kind}; see the configuration reference in the README"),
     };
     match &err.kind {
@@ -275,6 +355,31 @@ fn from_figment(figment: &Figment, err: figment::Error) -> ConfigError {
             origin: source,
             reason,
         },
+    }
+}
+
+/// figment's description of what was wrong, without the value it quotes ("invalid type: found
+/// unsigned int `98765432109876`, expected a string" becomes "invalid type: found unsigned int,
+/// expected a string"), for keys whose value is a secret.
+fn without_value(kind: &figment::error::Kind) -> String {
+    use figment::error::{Actual, Kind};
+    let what = |actual: &Actual| {
+        let shown = actual.to_string();
+        let cut = shown.find(['`', '"']).unwrap_or(shown.len());
+        shown[..cut].trim().to_string()
+    };
+    match kind {
+        Kind::InvalidType(actual, expected) => {
+            format!("invalid type: found {}, expected {expected}", what(actual))
+        }
+        Kind::InvalidValue(actual, expected) => {
+            format!("invalid value: found {}, expected {expected}", what(actual))
+        }
+        Kind::UnknownVariant(_, expected) => {
+            format!("unknown variant, expected one of {}", expected.join(", "))
+        }
+        Kind::Message(message) => message.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -328,6 +433,10 @@ fn shown_value(key: &str, value: &figment::value::Value) -> String {
         figment::value::Value::String(_, s) if key == "database.url" => {
             format!("{:?}", super::conninfo::redact(s))
         }
+        figment::value::Value::String(_, s) if key == "api.base_url" => {
+            format!("{:?}", crate::secret::api_url::redact(s))
+        }
+        _ if SECRET_KEYS.contains(&key) => "***".into(),
         figment::value::Value::String(_, s) => format!("{s:?}"),
         other => serde_json::to_string(other).unwrap_or_else(|_| format!("{other:?}")),
     }

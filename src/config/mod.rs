@@ -12,3 +12,18 @@ mod validate;
 
 pub use load::{ConfigError, Overrides, load};
 pub use types::*;
+
+/// Tells [`crate::secret`] the secrets of this configuration (the token, the database password
+/// in every form, the credentials of `api.base_url`), so that no text from outside (an API body echoing the request, a library
+/// quoting a URL) and no log line shows them. [`load`] calls it.
+pub fn register_secrets(config: &Config) {
+    if let Some(token) = &config.api.token {
+        crate::secret::register(token.expose());
+    }
+    for secret in conninfo::secrets(&config.database.url) {
+        crate::secret::register(&secret);
+    }
+    for secret in crate::secret::api_url::secrets(&config.api.base_url) {
+        crate::secret::register(&secret);
+    }
+}
