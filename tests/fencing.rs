@@ -10,6 +10,7 @@
 mod common;
 
 use common::*;
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use jobsync::db::repo::runs;
 use jobsync::sim::{SimConfig, SimHandle};
@@ -78,7 +79,6 @@ fn take_the_lock_away(t: &TestDb) {
     .unwrap();
     assert_eq!(ended.n, 1, "one session held the sync lock");
 }
-
 
 async fn a_syncer_that_lost_its_lock_stops_and_nothing_is_sent_twice(t: &TestDb) {
     let sim = start_sim(SimConfig {
@@ -183,5 +183,76 @@ async fn a_syncer_that_lost_its_lock_stops_and_nothing_is_sent_twice(t: &TestDb)
             .as_deref()
             .is_some_and(|e| e.contains("lost the sync lock")),
         "{first_run:?}"
+    );
+}
+
+/// SIGTERM while a CRM holds a SHARE lock on `job_changes` (what a `CREATE INDEX` on it takes):
+/// the cycle's writes to the changefeed wait for the lock, and used to keep the process alive
+/// until the statement timeout (81 s seen, past Kubernetes' SIGKILL). The stop deadline now
+/// cancels the statements still waiting: the process exits 0 within the grace (25 s) and the run
+/// is recorded.
+#[test]
+fn sigterm_while_a_crm_locks_the_changefeed_exits_within_the_grace() {
+    let Some(t) = TestDb::postgres() else {
+        return;
+    };
+    let rt = runtime();
+    let sim = rt.block_on(start_sim(SimConfig {
+        campaigns: vec![CAMPAIGN],
+        jobs_per_campaign: 50,
+        ..SimConfig::default()
+    }));
+    let logs = tempfile::tempdir().unwrap();
+    let mut crm = PgConnection::establish(&t.url).unwrap();
+    crm.batch_execute("BEGIN; LOCK TABLE job_changes IN SHARE MODE")
+        .unwrap();
+    let mut child = once(&t, &sim, logs.path(), "once.log", &[]);
+    // Waiting for the CRM's lock: a session of this database blocked on a lock, on the changefeed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        #[derive(QueryableByName)]
+        struct Waiting {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let waiting: Waiting = diesel::sql_query(
+            "SELECT count(*) AS n FROM pg_stat_activity WHERE datname = current_database() \
+             AND pid <> pg_backend_pid() AND wait_event_type = 'Lock' \
+             AND query ILIKE '%job_changes%'",
+        )
+        .get_result(&mut PgConnection::establish(&t.url).unwrap())
+        .unwrap();
+        if waiting.n > 0 {
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ended before it waited"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "jobsync never waited for the lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signalled = Instant::now();
+    send_signal(child.id(), libc::SIGTERM);
+    let status = wait_exit(&mut child, Duration::from_secs(25));
+    let took = signalled.elapsed();
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    crm.batch_execute("ROLLBACK").unwrap();
+    let log = log_of(logs.path(), "once.log");
+    let status = status.unwrap_or_else(|| panic!("still running 25 s after SIGTERM:\n{log}"));
+    assert!(status.success(), "exit 0 on a stop ({status}):\n{log}");
+    assert!(took < Duration::from_secs(25), "{took:?}");
+    let runs = runs::recent(&mut t.db.conn().unwrap(), 10).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(
+        runs[0].status, "failed",
+        "the run is recorded: {:?}",
+        runs[0]
     );
 }

@@ -15,6 +15,7 @@ pub async fn run(config: &Config) -> CliResult {
         schedule: config.sync.schedule.clone(),
         retention: config.retention.clone(),
         drain: config.server.drain_deadline(),
+        grace: std::time::Duration::from_secs(config.server.shutdown_grace_secs),
     };
     let run_state = Arc::new(RunState::default());
     let (db, api) = (engine.db.clone(), engine.client.clone());

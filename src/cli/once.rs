@@ -4,21 +4,22 @@ use super::progress::TerminalProgress;
 use super::{CliError, CliResult, context};
 use crate::config::Config;
 use crate::sync::StopFlag;
-use crate::sync::cycle::{CycleError, CycleSummary, Trigger, run_cycle_reporting};
+use crate::sync::cycle::{CycleError, CycleSummary, Trigger, run_cycle_reporting, stop_within};
 
 pub async fn run(config: &Config) -> CliResult {
-    let stop = StopFlag::new();
-    let engine = context::engine(config, "--once", stop.clone()).await?;
+    let engine = context::engine(config, "--once", StopFlag::new()).await?;
     // SIGINT/SIGTERM: no new request leaves, those in flight get until the drain deadline, and
-    // the run is still recorded.
+    // the run is still recorded; nothing outlasts the grace.
     let drain = config.server.drain_deadline();
+    let grace = std::time::Duration::from_secs(config.server.shutdown_grace_secs);
+    let stopping = engine.clone();
     tokio::spawn(async move {
         crate::cli::shutdown_signal().await;
         tracing::info!(
             drain_secs = drain.as_secs(),
             "stopping: no new request leaves; requests in flight get until the deadline"
         );
-        stop.stop_within(drain);
+        stop_within(&stopping, drain, grace);
     });
     // A backfill's listings draw bars on a terminal with human logs (log lines otherwise).
     let summary = run_cycle_reporting(&engine, Trigger::Once, &TerminalProgress::default())

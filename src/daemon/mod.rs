@@ -28,6 +28,8 @@ pub struct DaemonSettings {
     pub retention: RetentionConfig,
     /// How long requests in flight may finish once a stop is requested.
     pub drain: std::time::Duration,
+    /// `server.shutdown_grace_secs`: nothing outlasts it.
+    pub grace: std::time::Duration,
 }
 
 /// A daemon whose scheduler is running; [`Daemon::run`] runs the first cycle and waits for the
@@ -104,7 +106,7 @@ impl Daemon {
              until the deadline"
         );
         run_state.update(|s| s.shutting_down = true);
-        engine.stop.stop_within(settings.drain);
+        crate::sync::cycle::stop_within(&engine, settings.drain, settings.grace);
         if let Err(e) = scheduler.shutdown().await {
             tracing::warn!(error = %e, "the scheduler did not stop cleanly");
         }

@@ -65,10 +65,12 @@ enum Backend {
         path: PathBuf,
         checkpointer: Arc<Checkpointer>,
     },
-    /// `url` (password included) is kept to scrub it from the pool's errors.
+    /// `url` (password included) is kept to scrub it from the pool's errors; `session_url` is
+    /// what connections are opened with.
     Pg {
         pool: PgPool,
         url: Arc<str>,
+        session_url: Arc<str>,
         statement_timeout: Option<Duration>,
     },
 }
@@ -304,6 +306,38 @@ impl Db {
         .map_err(|e| DbError::Task(e.to_string()))?
     }
 
+    /// Cancels the statements this process's PostgreSQL sessions are running or waiting in (a
+    /// lock a CRM holds, say), from a connection of its own: the shutdown deadline bounds the
+    /// database's waits too, and a cycle still inside one records its run and ends. Found by
+    /// their `application_name` (`jobsync pid N`, or the sync lock's "pid N on HOST, since T"):
+    /// a URL that names its own `application_name` leaves nothing to find. Returns how many were
+    /// cancelled; nothing to do on SQLite.
+    pub fn cancel_statements(&self) -> Result<usize, DbError> {
+        let Backend::Pg {
+            session_url, url, ..
+        } = &self.backend
+        else {
+            return Ok(0);
+        };
+        #[derive(QueryableByName)]
+        struct Cancelled {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        let mut conn = PgConnection::establish(session_url)
+            .map_err(|e| DbError::Pool(scrub(&e.to_string(), url)))?;
+        let cancelled: Cancelled = diesel::sql_query(
+            "SELECT count(pg_cancel_backend(pid)) AS n FROM pg_stat_activity \
+             WHERE pid <> pg_backend_pid() AND state <> 'idle' \
+             AND datname = current_database() \
+             AND (application_name = $1 OR application_name LIKE $2)",
+        )
+        .bind::<diesel::sql_types::Text, _>(session_name())
+        .bind::<diesel::sql_types::Text, _>(format!("pid {} on %", std::process::id()))
+        .get_result(&mut conn)?;
+        Ok(usize::try_from(cancelled.n).unwrap_or(0))
+    }
+
     /// One trivial query: the database answers.
     pub fn ping(&self) -> Result<(), DbError> {
         let mut conn = self.conn()?;
@@ -511,7 +545,12 @@ fn with_keepalives(url: &str) -> String {
         ("keepalives_count", "3"),
         ("tcp_user_timeout", "30000"),
     ];
-    let missing = SETTINGS.iter().filter(|(key, _)| !url.contains(key));
+    let name = session_name();
+    let settings = SETTINGS
+        .iter()
+        .copied()
+        .chain([("fallback_application_name", name.as_str())]);
+    let missing = settings.filter(|(key, _)| !url.contains(key));
     let is_url = url.contains("://");
     let mut out = url.to_string();
     for (key, value) in missing {
@@ -523,9 +562,21 @@ fn with_keepalives(url: &str) -> String {
         out.push(sep);
         out.push_str(key);
         out.push('=');
-        out.push_str(value);
+        if is_url {
+            out.push_str(&value.replace(' ', "%20"));
+        } else {
+            out.push('\'');
+            out.push_str(value);
+            out.push('\'');
+        }
     }
     out
+}
+
+/// The `application_name` this process's PostgreSQL sessions start with, unless the URL names
+/// one: `jobsync pid N`. [`Db::cancel_statements`] finds them by it.
+fn session_name() -> String {
+    format!("jobsync pid {}", std::process::id())
 }
 
 fn connect_pg(url: &str, options: DbOptions) -> Result<Backend, DbError> {
@@ -555,9 +606,11 @@ fn connect_pg(url: &str, options: DbOptions) -> Result<Backend, DbError> {
             statement_timeout: options.statement_timeout,
         }))
         .error_handler(Box::new(PoolErrorLog::Pg(url.clone())))
-        .build_unchecked(ConnectionManager::new(session_url));
+        .build_unchecked(ConnectionManager::new(session_url.clone()));
+    let session_url_kept = session_url;
     Ok(Backend::Pg {
         pool,
+        session_url: Arc::from(session_url_kept.as_str()),
         url,
         statement_timeout: options.statement_timeout,
     })
@@ -632,20 +685,29 @@ mod tests {
 
     #[test]
     fn sessions_get_keepalives_unless_the_url_sets_them() {
+        let pid = std::process::id();
         assert_eq!(
             with_keepalives("postgres://u@h/db"),
-            "postgres://u@h/db?keepalives_idle=10&keepalives_interval=5&keepalives_count=3\
-             &tcp_user_timeout=30000"
+            format!(
+                "postgres://u@h/db?keepalives_idle=10&keepalives_interval=5&keepalives_count=3\
+                 &tcp_user_timeout=30000&fallback_application_name=jobsync%20pid%20{pid}"
+            )
         );
         assert_eq!(
             with_keepalives("postgres://u@h/db?sslmode=disable&keepalives_idle=60"),
-            "postgres://u@h/db?sslmode=disable&keepalives_idle=60&keepalives_interval=5\
-             &keepalives_count=3&tcp_user_timeout=30000"
+            format!(
+                "postgres://u@h/db?sslmode=disable&keepalives_idle=60&keepalives_interval=5\
+                 &keepalives_count=3&tcp_user_timeout=30000\
+                 &fallback_application_name=jobsync%20pid%20{pid}"
+            )
         );
         assert_eq!(
             with_keepalives("host=h dbname=db tcp_user_timeout=0"),
-            "host=h dbname=db tcp_user_timeout=0 keepalives_idle=10 keepalives_interval=5 \
-             keepalives_count=3"
+            format!(
+                "host=h dbname=db tcp_user_timeout=0 keepalives_idle='10' \
+                 keepalives_interval='5' keepalives_count='3' \
+                 fallback_application_name='jobsync pid {pid}'"
+            )
         );
     }
 

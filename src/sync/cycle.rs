@@ -214,3 +214,41 @@ async fn keep_lock(lock: Arc<Mutex<SyncLock>>, mut end: tokio::sync::oneshot::Re
         }
     }
 }
+
+/// Asks the engine to stop (SIGTERM/SIGINT), and bounds how long that takes, database waits
+/// included: requests in flight get until `drain`; then the statements still waiting in the
+/// database are cancelled (PostgreSQL: a CRM's lock held on a table the cycle writes), so the
+/// cycle records its run and ends; and should anything still hold the process at `grace` less a
+/// second (a SQLite write lock a CRM keeps, whose busy wait nothing can cancel), it exits 0 there,
+/// with an ERROR, before Kubernetes' SIGKILL. The run a cycle could not record is marked failed
+/// ("abandoned") by the next one.
+pub fn stop_within(engine: &Engine, drain: Duration, grace: Duration) {
+    engine.stop.stop_within(drain);
+    let db = engine.db.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(drain).await;
+        match tokio::task::spawn_blocking(move || db.cancel_statements()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::warn!(
+                statements = n,
+                "stop deadline reached: cancelled the database statements still waiting"
+            ),
+            Ok(Err(e)) => tracing::warn!(
+                error = %e,
+                "stop deadline reached: could not cancel the database statements still waiting"
+            ),
+            Err(_) => {}
+        }
+    });
+    let last_moment = grace.saturating_sub(Duration::from_secs(1)).max(drain);
+    std::thread::spawn(move || {
+        std::thread::sleep(last_moment);
+        tracing::error!(
+            grace_secs = grace.as_secs(),
+            "shutdown grace ending with work still blocked (a database wait that cannot be \
+             cancelled): exiting now; the next cycle marks the unfinished run failed and looks up \
+             the creates left in doubt"
+        );
+        std::process::exit(0);
+    });
+}
