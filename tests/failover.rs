@@ -47,6 +47,9 @@ const REPLICA_ENV: &[(&str, &str)] = &[
     // Above the simulator's slow commits (no request of the survivors times out). Creates left
     // in doubt are looked up this long plus 10 s after they were sent.
     ("JOBSYNC_API__TIMEOUT_SECS", "5"),
+    // Creates the dead replica marked but never sent are found absent by their lookup; they are
+    // sent again once a lookup this long after their first send agrees (300 s by default).
+    ("JOBSYNC_PUSH__SETTLE_SECS", "15"),
 ];
 
 #[test]

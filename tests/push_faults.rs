@@ -105,11 +105,11 @@ async fn repeated_pushes_under_faults_converge_without_duplicates_or_losses(t: &
     eprintln!("converged after {runs} push runs, {applied_drops} applied-then-dropped requests");
 }
 
-/// Marks creates as a killed process would leave them: in flight and in doubt, first sent a
-/// moment ago, due for their lookup.
-fn leave_in_flight(t: &TestDb, ids: &[i64]) {
+/// Marks creates as a killed process would leave them: in flight and in doubt, first sent `ago`,
+/// due for their lookup.
+fn leave_in_flight(t: &TestDb, ids: &[i64], ago: chrono::Duration) {
     let mut c = t.db.conn().unwrap();
-    let sent = Ts::from(Utc::now() - chrono::Duration::seconds(5));
+    let sent = Ts::from(Utc::now() - ago);
     let sending: Vec<outbox::Sending> = ids
         .iter()
         .map(|&id| outbox::Sending {
@@ -136,7 +136,7 @@ async fn a_create_applied_before_a_crash_is_linked_not_sent_again(t: &TestDb) {
         ],
     );
     let ids: Vec<i64> = all_rows(&t.db).iter().map(|r| r.id).collect();
-    leave_in_flight(t, &ids);
+    leave_in_flight(t, &ids, chrono::Duration::seconds(5));
     // The API applied both before the process died; the mirror never heard of them.
     let applied = client
         .bulk_create(vec![
@@ -182,7 +182,9 @@ async fn a_create_in_flight_that_never_left_is_sent_after_a_lookup(t: &TestDb) {
     let client = client(&sim);
     insert(&t.db, &[create(28, "lost", json!({"name": "Lost"}))]);
     let ids: Vec<i64> = all_rows(&t.db).iter().map(|r| r.id).collect();
-    leave_in_flight(t, &ids);
+    // Long enough ago (`push.settle_secs`, 300 s by default) for a lookup that does not find
+    // it to establish that it was never applied.
+    leave_in_flight(t, &ids, chrono::Duration::minutes(10));
     let stats = push(&t.db, &client).await;
     assert_eq!(stats.ok, 1);
     let log = requests(&sim.base_url()).await;

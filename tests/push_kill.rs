@@ -44,6 +44,9 @@ fn once(t: &TestDb, sim: &SimHandle, logs: &std::path::Path, name: &str) -> Chil
         // Creates left in doubt by the kill are looked up this long (plus a margin) after they
         // were sent.
         .env("JOBSYNC_API__TIMEOUT_SECS", "2")
+        // The chunks the killed process marked but never sent are not found by their lookup;
+        // they are sent again once a lookup this long after their first send agrees.
+        .env("JOBSYNC_PUSH__SETTLE_SECS", "5")
         .env("JOBSYNC_LOG__FORMAT", "json")
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))

@@ -89,9 +89,15 @@ pub fn quick_tuning() -> PushTuning {
     }
 }
 
-/// One push with the given knobs.
+/// One push with the given knobs, and a create in doubt taken as never applied when a lookup 2 s
+/// after its first send does not find it (`push.settle_secs`, 300 s by default: the tests of a
+/// slow commit set their own).
 pub async fn push_with(db: &Db, client: &ApiClient, tuning: PushTuning) -> PushStats {
-    push::run_tuned(db, client, &PushConfig::default(), tuning, &StopFlag::new())
+    let config = PushConfig {
+        settle_secs: 2,
+        ..PushConfig::default()
+    };
+    push::run_tuned(db, client, &config, tuning, &StopFlag::new())
         .await
         .expect("push runs")
 }
