@@ -20,6 +20,7 @@ on_both_backends!(
     a_linked_create_left_in_flight_by_a_dead_process_is_sent_again,
     a_blocked_backlog_larger_than_a_pass_once_held_is_sent_once_and_the_push_ends,
     a_create_whose_commit_outlasts_the_lookup_delay_is_not_sent_twice,
+    creates_in_doubt_are_settled_by_one_listing_per_campaign_not_one_per_window,
 );
 
 /// A create and a patch that removes its reference, the create's answer lost after the API
@@ -219,4 +220,53 @@ async fn a_create_whose_commit_outlasts_the_lookup_delay_is_not_sent_twice(t: &T
     let twice: Vec<_> = upstream.iter().filter(|(_, jobs)| jobs.len() > 1).collect();
     assert!(twice.is_empty(), "created twice upstream: {twice:?}");
     assert_eq!(upstream.len(), 20, "every reference created");
+}
+
+/// 6,000 creates the API applied and answered 502, in windows of 1,000 rows: looked up window by
+/// window, each window listed the campaign again from the first send — six listings of every job
+/// created since (quadratic in a mass in doubt). Now the first listing's jobs go into the mirror
+/// and settle the later windows: one listing of the campaign per push.
+async fn creates_in_doubt_are_settled_by_one_listing_per_campaign_not_one_per_window(t: &TestDb) {
+    let sim = start_sim(SimConfig::default()).await;
+    let client = impatient_client(&sim, Duration::from_secs(1), 100);
+    let rows: Vec<_> = (0..6_000)
+        .map(|n| {
+            create(
+                28,
+                &format!("d-{n}"),
+                json!({"name": "D", "numbers": ["+33612345678"]}),
+            )
+        })
+        .collect();
+    insert(&t.db, &rows);
+    let tuning = push::PushTuning {
+        window_rows: Some(1_000),
+        ..quick_tuning()
+    };
+    set_faults(&sim, json!({"applied_fail_rate": 1.0})).await;
+    push_with(&t.db, &client, tuning).await;
+    clear_faults(&sim).await;
+    assert_eq!(open_rows(&t.db), 6_000, "every create in doubt");
+    // Their lookups are due (as they are a request timeout and a margin after the send).
+    let due = Ts::from(Utc::now() - chrono::Duration::seconds(1));
+    let mut c = t.db.conn().unwrap();
+    jobsync::with_conn!(&mut c, |c| diesel::update(outbox::table)
+        .set(outbox::next_attempt_at.eq(due))
+        .execute(c)
+        .unwrap());
+    drop(c);
+    reset_log(&sim).await;
+    push_with(&t.db, &client, tuning).await;
+    assert_eq!(open_rows(&t.db), 0, "every create settled by its lookup");
+    let log = requests(&sim.base_url()).await;
+    let listings = matching(&log, "GET", "/j/jobs").len();
+    assert_eq!(
+        listings, 1,
+        "one listing of the campaign for the whole push"
+    );
+    assert_eq!(
+        bulk_calls(&sim, "create").await,
+        0,
+        "nothing sent again: every create was applied"
+    );
 }

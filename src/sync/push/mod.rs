@@ -92,6 +92,8 @@ struct RunState {
     /// Creates answered 400 after an earlier send: the refusal stands only if a lookup does not
     /// find the job.
     refused: HashSet<i64>,
+    /// Campaigns a lookup listed in this run: their rows are settled from the mirror after.
+    listed: std::collections::HashMap<i64, resolve::Listed>,
     stats: PushStats,
 }
 

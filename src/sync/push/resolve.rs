@@ -115,9 +115,50 @@ pub async fn resolve_in_doubt(
     // then lists the whole campaign.
     let server_now = client.server_now();
     for (campaign, wanted) in by_campaign {
-        match look_up(client, campaign, &wanted, server_now).await {
-            Ok(found) => {
-                for create in wanted {
+        // The mirror first: the cycle's pull (or this run's lookup listing of the campaign) has
+        // read every job created upstream since, so a mass of creates in doubt is mostly settled
+        // here, without a listing.
+        let keys: Vec<(i64, String)> = wanted
+            .iter()
+            .map(|c| (campaign, c.reference.clone()))
+            .collect();
+        let mirror = db.run(move |c| jobs::find_by_references(c, &keys)).await?;
+        let mut unresolved = Vec::new();
+        for create in wanted {
+            let key = (campaign, create.reference.clone());
+            match mirror.unique.get(&key) {
+                Some(row) => {
+                    let verdict = found_verdict(&create, row.to_job());
+                    verdicts.push((create.row, verdict));
+                }
+                None => unresolved.push(create),
+            }
+        }
+        if unresolved.is_empty() {
+            continue;
+        }
+        // What this run's listing of the campaign returned is in the mirror: rows it covers and
+        // the mirror does not hold are absent, without another listing. A reference several
+        // mirror jobs share is decided by a listing (the oldest job stands for it).
+        let covered = st.listed.get(&campaign).is_some_and(|listed| {
+            unresolved.iter().all(|c| {
+                listed.covers(c.row)
+                    && !mirror
+                        .ambiguous
+                        .contains_key(&(campaign, c.reference.clone()))
+            })
+        });
+        let found = if covered {
+            Ok((HashMap::new(), None))
+        } else {
+            look_up(db, client, campaign, &unresolved, server_now).await
+        };
+        match found {
+            Ok((found, listed)) => {
+                if let Some(listed) = listed {
+                    st.listed.insert(campaign, listed);
+                }
+                for create in unresolved {
                     let verdict = match found.get(&create.reference) {
                         Some(job) => found_verdict(&create, job.clone()),
                         None if st.refused.contains(&create.row.id) => Verdict::Refused,
@@ -129,11 +170,12 @@ pub async fn resolve_in_doubt(
                     verdicts.push((create.row, verdict));
                 }
             }
-            Err(e) if e.is_auth() => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(campaign, rows = wanted.len(), error = %e,
+            Err(LookupError::Api(e)) if e.is_auth() => return Err(e.into()),
+            Err(LookupError::Db(e)) => return Err(e.into()),
+            Err(LookupError::Api(e)) => {
+                tracing::warn!(campaign, rows = unresolved.len(), error = %e,
                     "could not look up creates in doubt; they wait and are looked up again");
-                for create in wanted {
+                for create in unresolved {
                     verdicts.push((
                         create.row,
                         Verdict::LookupFailed {
@@ -316,43 +358,86 @@ enum Follow {
     Failed,
 }
 
+/// A lookup listing of one campaign made in this push: from `since` (`None`: the whole
+/// campaign), begun at `began`. Every job it returned went into the mirror.
+#[derive(Debug, Clone, Copy)]
+pub struct Listed {
+    since: Option<DateTime<Utc>>,
+    began: Ts,
+}
+
+impl Listed {
+    /// Whether the listing settles `row` by itself: it began once the row's commit could have
+    /// landed (its lookup was due) and reached back to the row's first send.
+    fn covers(&self, row: &OpenRow) -> bool {
+        let reaches = match (self.since, row.first_sent_at) {
+            (None, _) => true,
+            (Some(since), Some(first)) => first.as_utc() - LOOKUP_MARGIN >= since,
+            (Some(_), None) => false,
+        };
+        reaches && self.began >= row.next_attempt_at
+    }
+}
+
+/// Why a lookup listing could not settle its rows.
+enum LookupError {
+    Api(ApiError),
+    Db(crate::db::DbError),
+}
+
 /// The jobs of `campaign` with the wanted references, by reference (the oldest job when the API
-/// holds several). Reads the campaign from just before the earliest first send on the API's
-/// clock, or whole when that is too old for the API or unknown.
+/// holds several), and the listing made. Reads the campaign from just before the earliest first
+/// send on the API's clock, or whole when that is too old for the API or unknown. Every job the
+/// listing returns goes into the mirror as the pull would store it, so that the rows of later
+/// windows are settled from the mirror rather than by another listing: one listing per
+/// campaign and push, not one per window (a mass of creates in doubt read the same jobs again
+/// window after window).
 async fn look_up(
+    db: &Db,
     client: &ApiClient,
     campaign: i64,
     wanted: &[InDoubt<'_>],
     server_now: Option<DateTime<Utc>>,
-) -> Result<HashMap<String, Job>, ApiError> {
+) -> Result<(HashMap<String, Job>, Option<Listed>), LookupError> {
     let references: HashSet<&str> = wanted.iter().map(|c| c.reference.as_str()).collect();
     let earliest = wanted
         .iter()
         .map(|c| c.row.first_sent_at.map(|t| t.as_utc() - LOOKUP_MARGIN))
         .min()
         .flatten();
-    let since = earliest.filter(|since| server_now.is_none_or(|now| now - *since < API_WINDOW));
+    let mut since = earliest.filter(|since| server_now.is_none_or(|now| now - *since < API_WINDOW));
+    let began = Ts::now();
     let mut listing = match client.list_jobs(query(campaign, since)).await {
         // The API refused the window: list the whole campaign.
         Err(ApiError::Http { status: 400, .. }) if since.is_some() => {
-            client.list_jobs(query(campaign, None)).await?
+            since = None;
+            client.list_jobs(query(campaign, None)).await
         }
-        other => other?,
-    };
+        other => other,
+    }
+    .map_err(LookupError::Api)?;
     let mut found: HashMap<String, Job> = HashMap::new();
-    while let Some(batch) = listing.next_batch(1000).await? {
+    while let Some(batch) = listing.next_batch(1000).await.map_err(LookupError::Api)? {
+        let mut contents = Vec::with_capacity(batch.len());
         for job in batch {
+            let job = job.truncated_to_micros();
+            contents.push(JobContent::from_job(&job));
             if let Some(reference) = job.reference.as_deref()
                 && references.contains(reference)
             {
                 let keep = found.get(reference).is_none_or(|seen| seen.id > job.id);
                 if keep {
-                    found.insert(reference.to_owned(), job.truncated_to_micros());
+                    found.insert(reference.to_owned(), job);
                 }
             }
         }
+        db.write(move |c| {
+            jobs::upsert_contents(c, contents, ChangeSource::Pull, Ts::now(), false).map(|_| ())
+        })
+        .await
+        .map_err(LookupError::Db)?;
     }
-    Ok(found)
+    Ok((found, Some(Listed { since, began })))
 }
 
 fn query(campaign: i64, since: Option<DateTime<Utc>>) -> ListQuery {
