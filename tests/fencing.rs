@@ -256,3 +256,119 @@ fn sigterm_while_a_crm_locks_the_changefeed_exits_within_the_grace() {
         runs[0]
     );
 }
+
+/// A TCP proxy to PostgreSQL that can freeze: from then on it forwards nothing, either way, and
+/// closes nothing — as a network partition looks to both ends (no FIN, no RST reaches the
+/// server).
+struct FreezingProxy {
+    port: u16,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FreezingProxy {
+    async fn start(target: &str) -> FreezingProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let frozen = std::sync::Arc::new(AtomicBool::new(false));
+        let (target, flag) = (target.to_string(), frozen.clone());
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let server = tokio::net::TcpStream::connect(&target).await.unwrap();
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                for (mut from, mut to) in [
+                    (
+                        Box::new(cr) as Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                        Box::new(sw) as Box<dyn tokio::io::AsyncWrite + Unpin + Send>,
+                    ),
+                    (Box::new(sr), Box::new(cw)),
+                ] {
+                    let flag = flag.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match from.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => n,
+                            };
+                            if flag.load(Ordering::SeqCst) {
+                                // Partitioned: hold both sockets open, forward nothing.
+                                std::future::pending::<()>().await;
+                            }
+                            if to.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                        if flag.load(Ordering::SeqCst) {
+                            std::future::pending::<()>().await;
+                        }
+                    });
+                }
+            }
+        });
+        FreezingProxy { port, frozen }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The active replica is cut off from PostgreSQL (its packets dropped, as a partition would)
+/// and then dies: no FIN reaches the server, so its orphaned session kept the sync lock until
+/// TCP keepalive gave up (two hours by default), and the other replica stayed a follower. The
+/// lock's session now idles out on the server (its holder checks it every 2 s), and every
+/// jobsync session is ended when it idles in a transaction: another replica is active within
+/// 60 s.
+#[test]
+fn a_replica_cut_off_from_postgres_and_killed_is_replaced_within_a_minute() {
+    let Some(t) = TestDb::postgres() else {
+        return;
+    };
+    let rt = runtime();
+    let sim = rt.block_on(start_sim(SimConfig {
+        campaigns: vec![CAMPAIGN],
+        jobs_per_campaign: 20,
+        ..SimConfig::default()
+    }));
+    let proxy = rt.block_on(FreezingProxy::start("127.0.0.1:5432"));
+    assert!(
+        t.url.contains("@127.0.0.1/"),
+        "the test database is on 127.0.0.1:5432"
+    );
+    let cut_url = t
+        .url
+        .replacen("@127.0.0.1/", &format!("@127.0.0.1:{}/", proxy.port), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let active_role = |status: u16, body: &str| {
+        let report: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        status == 200 && report["role"] == "active"
+    };
+    let cut = Daemon::start_with_url(&rt, &sim.base_url(), &cut_url, dir.path(), &[]);
+    cut.wait_until("/status", active_role);
+    let other = Daemon::start_with_url(&rt, &sim.base_url(), &t.url, dir.path(), &[]);
+    other.wait_until("/status", |status, body| {
+        let report: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+        status == 200 && report["role"] == "follower"
+    });
+
+    proxy.freeze();
+    send_signal(cut.pid(), libc::SIGKILL);
+    let cut_off = Instant::now();
+    let deadline = cut_off + Duration::from_secs(60);
+    loop {
+        let (status, body) = other.get("/status");
+        if active_role(status, &body) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the other replica is still not active 60 s after the active one was cut off: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("took over {:?} after the cut", cut_off.elapsed());
+    drop(cut);
+}

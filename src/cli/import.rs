@@ -166,6 +166,8 @@ impl<'a> Sink<'a> {
             && !self.batch.is_empty()
         {
             if self.began.is_none() {
+                // A file read slowly (a pipe) may leave the transaction idle for long.
+                repo::allow_idle_transaction(conn)?;
                 repo::begin(conn)?;
                 self.began = Some(Instant::now());
             }

@@ -415,9 +415,17 @@ impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqlitePragma
     }
 }
 
-/// Sets each new PostgreSQL connection's `statement_timeout`, and the server's TCP keepalives on
-/// its session: the server ends the session of a process cut off from it (and so releases the
-/// sync lock it held) within about 25 s, rather than after the kernel's two hours.
+/// How long a jobsync session may stay idle inside a transaction before the server ends it. No
+/// transaction of jobsync waits for anything but the database, so only a process that stopped
+/// answering (cut off from the server, frozen) stays so long; its open transactions (the fence
+/// read `FOR SHARE` among them) would otherwise keep the next syncer waiting. `import`, which
+/// streams a file through one transaction, turns it off for its own session.
+pub const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(30);
+
+/// Sets each new PostgreSQL connection's `statement_timeout`, the server's TCP keepalives on its
+/// session (the server ends the session of a process cut off from it, and so releases the sync
+/// lock it held, within about 25 s rather than after the kernel's two hours) and
+/// [`IDLE_IN_TRANSACTION`].
 #[derive(Debug)]
 struct PgSession {
     statement_timeout: Option<Duration>,
@@ -425,10 +433,11 @@ struct PgSession {
 
 impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
     fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), diesel::r2d2::Error> {
-        conn.batch_execute(
+        conn.batch_execute(&format!(
             "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
-             SET tcp_keepalives_count = 3",
-        )
+             SET tcp_keepalives_count = 3; SET idle_in_transaction_session_timeout = {}",
+            IDLE_IN_TRANSACTION.as_millis()
+        ))
         .map_err(diesel::r2d2::Error::QueryError)?;
         match self.statement_timeout {
             // In milliseconds; 0 would mean "no timeout", so at least 1.

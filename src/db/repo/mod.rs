@@ -133,6 +133,17 @@ pub fn begin(conn: &mut Conn) -> Result<(), DbError> {
     Ok(())
 }
 
+/// Lets this connection's transactions stay idle as long as they like (PostgreSQL sessions end
+/// after [`IDLE_IN_TRANSACTION`](crate::db::IDLE_IN_TRANSACTION) otherwise): for a transaction
+/// that waits on something else than the database, `import` reading a file.
+pub fn allow_idle_transaction(conn: &mut Conn) -> Result<(), DbError> {
+    use diesel::connection::SimpleConnection;
+    if let Conn::Pg(c) = conn {
+        c.batch_execute("SET idle_in_transaction_session_timeout = 0")?;
+    }
+    Ok(())
+}
+
 /// Commits what [`begin`] began.
 pub fn commit(conn: &mut Conn) -> Result<(), DbError> {
     use diesel::connection::{AnsiTransactionManager, TransactionManager};
