@@ -31,6 +31,8 @@ export JOBSYNC_API__TOKEN=dev-token JOBSYNC_API__BASE_URL="$BASE" JOBSYNC_SERVER
        JOBSYNC_API__REQUESTS_PER_SECOND=1000 JOBSYNC_API__TIMEOUT_SECS=5 \
        JOBSYNC_SYNC__CAMPAIGNS=28 JOBSYNC_LOG__FORMAT=json RUST_LOG=${RUST_LOG:-info}
 
+count() { grep -o "$1" | wc -l || true; } # PATTERN: its occurrences on stdin (0 when none)
+
 run_once() { # NAME: one --once, its wall time in WORK/NAME.secs and peak RSS in WORK/NAME.kb
   local start end
   start=$(date +%s.%N)
@@ -41,8 +43,8 @@ run_once() { # NAME: one --once, its wall time in WORK/NAME.secs and peak RSS in
 }
 
 run_once first
-CALLS=$(curl -s "$BASE/_sim/requests" | grep -o '"path":"/j/jobs/bulk/create"' | wc -l)
-SENT=$(curl -s "$BASE/_sim/requests" | grep -o '"doubt-[0-9]*"' | wc -l)
+CALLS=$(curl -s "$BASE/_sim/requests" | count '"path":"/j/jobs/bulk/create"')
+SENT=$(curl -s "$BASE/_sim/requests" | count '"doubt-[0-9]*"')
 echo "first run (every create applied, answered 502): $(cat "$WORK/first.secs") s, peak RSS $(( $(cat "$WORK/first.kb") / 1024 )) MiB"
 echo "  bulk create calls: $CALLS (target $(( (N + 999) / 1000 ))), references sent: $SENT (target $N)"
 cat "$WORK/first.out"
@@ -51,10 +53,10 @@ curl -s -X POST -H 'content-type: application/json' -d '{"applied_fail_rate": 0}
 curl -s -X POST "$BASE/_sim/reset-log" >/dev/null
 sleep 16
 run_once second
-LISTINGS=$(curl -s "$BASE/_sim/requests" | grep -o '"path":"/j/jobs","query' | wc -l)
-RESENT=$(curl -s "$BASE/_sim/requests" | grep -o '"path":"/j/jobs/bulk/create"' | wc -l)
+LISTINGS=$(curl -s "$BASE/_sim/requests" | count '"path":"/j/jobs","query')
+RESENT=$(curl -s "$BASE/_sim/requests" | count '"path":"/j/jobs/bulk/create"')
 echo "second run (lookups due): $(cat "$WORK/second.secs") s, peak RSS $(( $(cat "$WORK/second.kb") / 1024 )) MiB"
 echo "  listings read (GET /j/jobs, the pull's included): $LISTINGS; creates sent again: $RESENT"
 cat "$WORK/second.out"
-OPEN=$("$BIN" status --database-url "$DB" 2>/dev/null | grep -Eo '(pending|in_flight)[^0-9]*[0-9]+' || true)
-echo "open rows after: ${OPEN:-none}"
+echo "outbox after:"
+"$BIN" status --database-url "$DB" 2>/dev/null | grep -iE 'pending|in_flight|done' || true

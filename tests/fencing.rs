@@ -372,3 +372,86 @@ fn a_replica_cut_off_from_postgres_and_killed_is_replaced_within_a_minute() {
     eprintln!("took over {:?} after the cut", cut_off.elapsed());
     drop(cut);
 }
+
+/// SIGTERM in the middle of a push while a CRM holds SQLite's write lock (a long import, say):
+/// every write of the cycle waited the busy timeout, then the run's record waited again, and the
+/// process outlived Kubernetes' 30 s. Now it exits 0 within the grace (25 s); the next run
+/// records the unfinished one failed and settles its rows, each reference once upstream.
+#[test]
+fn sigterm_while_a_crm_holds_the_sqlite_write_lock_exits_within_the_grace() {
+    let t = TestDb::sqlite();
+    let rt = runtime();
+    let sim = rt.block_on(async {
+        let sim = start_sim(SimConfig {
+            campaigns: vec![CAMPAIGN],
+            jobs_per_campaign: 5,
+            allow_duplicate_references: true,
+            ..SimConfig::default()
+        })
+        .await;
+        set_faults(&sim, json!({"latency_ms": 1000})).await;
+        sim
+    });
+    let rows: Vec<_> = (0..ROWS)
+        .map(|n| {
+            create(
+                CAMPAIGN,
+                &format!("w-{n}"),
+                json!({"name": "W", "numbers": ["+33612345678"]}),
+            )
+        })
+        .collect();
+    insert(&t.db, &rows);
+    let logs = tempfile::tempdir().unwrap();
+    let mut child = once(&t, &sim, logs.path(), "first.log", &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_status(&all_rows(&t.db), "done") < 200 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{}",
+            log_of(logs.path(), "first.log")
+        );
+        assert!(Instant::now() < deadline, "no push under way within 60 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let path = t.url.trim_start_matches("sqlite://").to_string();
+    let mut crm = diesel::SqliteConnection::establish(&path).unwrap();
+    crm.batch_execute("PRAGMA busy_timeout = 10000; BEGIN IMMEDIATE")
+        .unwrap();
+    let signalled = Instant::now();
+    send_signal(child.id(), libc::SIGTERM);
+    let status = wait_exit(&mut child, Duration::from_secs(25));
+    let took = signalled.elapsed();
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    crm.batch_execute("ROLLBACK").unwrap();
+    let log = log_of(logs.path(), "first.log");
+    let status = status.unwrap_or_else(|| panic!("still running 25 s after SIGTERM:\n{log}"));
+    assert!(status.success(), "exit 0 on a stop ({status}):\n{log}");
+    eprintln!("exited {took:?} after SIGTERM");
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for run in 1.. {
+        let name = format!("run-{run}.log");
+        let status = once(&t, &sim, logs.path(), &name, &[]).wait().unwrap();
+        assert!(status.success(), "{}", log_of(logs.path(), &name));
+        if open_rows(&t.db) == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rows still open after 120 s");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let upstream = rt.block_on(sim_by_ref(&sim));
+    assert!(
+        upstream.values().all(|jobs| jobs.len() == 1),
+        "no reference twice"
+    );
+    let first = runs::recent(&mut t.db.conn().unwrap(), 100)
+        .unwrap()
+        .into_iter()
+        .min_by_key(|r| r.id)
+        .unwrap();
+    assert_eq!(first.status, "failed", "{first:?}");
+}

@@ -32,7 +32,7 @@ use crate::db::repo::jobs;
 use crate::db::repo::outbox::{self, RowUpdate};
 use crate::db::repo::runs::{self, RunCounts};
 use crate::db::{Db, DbError, Ts};
-use plan::{Held, Mirror, RoundPlan, plan_validated, targets_named, validate_all};
+use plan::{Held, Mirror, RoundPlan, RowSet, plan_validated, targets_named, validate_all};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -88,7 +88,7 @@ impl Default for PushTuning {
 struct RunState {
     /// Rows not to touch again in this run: sent in it (with any outcome but a settled one), or
     /// whose lookup failed. They hold back the later rows of their target.
-    blocked: HashSet<i64>,
+    blocked: RowSet,
     /// Creates answered 400 after an earlier send: the refusal stands only if a lookup does not
     /// find the job.
     refused: HashSet<i64>,
@@ -281,7 +281,7 @@ fn ms(since: std::time::Instant) -> u64 {
 async fn plan_with_mirror(
     db: &Db,
     rows: Vec<OpenRow>,
-    blocked: &HashSet<i64>,
+    blocked: &RowSet,
     held: &mut Held,
 ) -> Result<(RoundPlan, usize), SyncError> {
     let blocked = blocked.clone();
