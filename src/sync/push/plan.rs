@@ -121,13 +121,14 @@ pub struct RowSet {
 
 impl RowSet {
     fn slot(&self, id: i64) -> Option<(usize, u64)> {
-        let offset = id.checked_sub(self.base)?;
+        let offset = id.checked_sub(self.base).filter(|o| *o >= 0)?;
         let word = usize::try_from(offset / 64).ok()?;
-        (word < self.words.len()).then_some((word, 1 << (offset % 64)))
+        (word < self.words.len()).then(|| (word, 1 << (offset % 64)))
     }
 
     pub fn contains(&self, id: &i64) -> bool {
-        self.slot(*id).is_some_and(|(word, bit)| self.words[word] & bit != 0)
+        self.slot(*id)
+            .is_some_and(|(word, bit)| self.words[word] & bit != 0)
     }
 
     pub fn insert(&mut self, id: i64) {
@@ -973,20 +974,26 @@ mod tests {
     #[test]
     fn a_row_set_holds_exactly_its_ids_whatever_their_order() {
         let mut set = RowSet::default();
+        assert!(!set.contains(&1), "empty");
+        set.insert(70);
+        assert!(
+            !set.contains(&69) && !set.contains(&1),
+            "ids just below its first word"
+        );
         for id in [1_000_000, 5, 64, 63, 999_999, -3, 5] {
             set.insert(id);
         }
-        assert_eq!(set.len(), 6);
-        for id in [1_000_000, 5, 64, 63, 999_999, -3] {
+        assert_eq!(set.len(), 7);
+        for id in [1_000_000, 5, 64, 63, 999_999, -3, 70] {
             assert!(set.contains(&id), "{id}");
         }
-        for id in [0, 4, 6, 62, 65, 1_000_001, -2, i64::MIN, i64::MAX] {
+        for id in [0, 4, 6, 62, 65, 1_000_001, -2, -65, i64::MIN, i64::MAX] {
             assert!(!set.contains(&id), "{id}");
         }
         set.remove(&64);
         set.remove(&64);
         assert!(!set.contains(&64));
-        assert_eq!(set.len(), 5);
+        assert_eq!(set.len(), 6);
     }
 
     #[test]
