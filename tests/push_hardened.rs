@@ -434,6 +434,13 @@ async fn a_stop_in_a_long_push_exits_promptly(t: &TestDb) {
     let done = count_status(&all_rows(&t.db), "done") as i64;
     assert_eq!(run.pushed_ok, done, "the run records what it pushed");
     eprintln!("stopped {took:?} after SIGTERM with {done} rows done");
+    // The chunks still waiting for a request slot never left: their creates are back as never
+    // sent (no `first_sent_at`), so an unqueue can still cancel them.
+    let marked_never_sent = all_rows(&t.db)
+        .iter()
+        .filter(|r| r.status == "pending" && r.first_sent_at.is_some())
+        .count();
+    assert_eq!(marked_never_sent, 0, "pending creates that count as sent");
 
     // Afterwards, cycles converge with no duplicate.
     clear_faults(&sim).await;

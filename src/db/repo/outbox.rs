@@ -470,6 +470,7 @@ pub struct RowUpdate {
     result_job_id: Option<Option<i64>>,
     next_attempt_at: Option<Ts>,
     in_doubt: Option<bool>,
+    first_sent_at: Option<Option<Ts>>,
     updated_at: Option<Ts>,
 }
 
@@ -603,12 +604,15 @@ impl RowUpdate {
         }
     }
 
-    /// `in_flight → pending` as it was: the request never left (a stop came first).
-    pub fn not_sent(now: Ts) -> Self {
+    /// `in_flight → pending` as it was: the request never left (a stop came first). A create
+    /// marked for its first send is again one never sent (`first_sent_at` cleared), so that an
+    /// unqueue can still cancel it and a 400 is taken as the API's answer to a first send.
+    pub fn not_sent(now: Ts, first_send: bool) -> Self {
         RowUpdate {
             status: Some(Pending),
             next_attempt_at: Some(now),
             in_doubt: Some(false),
+            first_sent_at: first_send.then_some(None),
             ..RowUpdate::default()
         }
     }

@@ -447,7 +447,9 @@ impl Record<'_> {
             ItemOutcome::Retryable { error } => self.retryable(group, &error),
             ItemOutcome::NotSent => {
                 for m in group.rows() {
-                    self.updates.push((m.id, RowUpdate::not_sent(Ts::now())));
+                    let first_send = group.first_send && m.id == survivor;
+                    self.updates
+                        .push((m.id, RowUpdate::not_sent(Ts::now(), first_send)));
                 }
             }
             ItemOutcome::Unknown { error } => {
