@@ -259,7 +259,9 @@ fn sigterm_while_a_crm_locks_the_changefeed_exits_within_the_grace() {
 
 /// A TCP proxy to PostgreSQL that can freeze: from then on it forwards nothing, either way, and
 /// closes nothing — as a network partition looks to both ends (no FIN, no RST reaches the
-/// server).
+/// server). What either end sends is read and dropped, so that the server is never left blocked
+/// writing to a full socket (a real partition ends that by the server's TCP timeouts, which a
+/// proxy on loopback cannot show): what remains is the server's own view of a silent client.
 struct FreezingProxy {
     port: u16,
     frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -293,11 +295,10 @@ impl FreezingProxy {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => n,
                             };
-                            if flag.load(Ordering::SeqCst) {
-                                // Partitioned: hold both sockets open, forward nothing.
-                                std::future::pending::<()>().await;
-                            }
-                            if to.write_all(&buf[..n]).await.is_err() {
+                            // Partitioned: hold both sockets open, forward nothing.
+                            if !flag.load(Ordering::SeqCst)
+                                && to.write_all(&buf[..n]).await.is_err()
+                            {
                                 break;
                             }
                         }
@@ -454,4 +455,131 @@ fn sigterm_while_a_crm_holds_the_sqlite_write_lock_exits_within_the_grace() {
         .min_by_key(|r| r.id)
         .unwrap();
     assert_eq!(first.status, "failed", "{first:?}");
+}
+
+/// Three daemons on one PostgreSQL database while the CRM writes creates and patches, and the
+/// active replica's lock session is ended every 2 s (as an idle timeout, a pooler or a DBA
+/// would): syncers lose the lock mid-push again and again, and every reference must still exist
+/// once upstream, with the last patch the CRM wrote for it (a lock lost between two syncers once
+/// left an older patch upstream while the newer one was recorded `done`).
+#[test]
+fn three_replicas_whose_lock_keeps_being_taken_away_push_each_change_once_and_in_order() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Some(t) = TestDb::postgres() else {
+        return;
+    };
+    let rt = runtime();
+    let sim = rt.block_on(async {
+        let sim = start_sim(SimConfig {
+            campaigns: vec![CAMPAIGN],
+            jobs_per_campaign: 10,
+            allow_duplicate_references: true,
+            ..SimConfig::default()
+        })
+        .await;
+        set_faults(&sim, json!({"latency_ms": 800})).await;
+        sim
+    });
+    let env = [
+        ("JOBSYNC_API__BULK_SIZE", "20"),
+        ("JOBSYNC_API__CONCURRENCY", "2"),
+        ("JOBSYNC_API__REQUESTS_PER_SECOND", "1000"),
+        ("JOBSYNC_API__TIMEOUT_SECS", "3"),
+        ("JOBSYNC_PUSH__SETTLE_SECS", "10"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let replicas: Vec<Daemon> = (0..3)
+        .map(|_| Daemon::start_with_url(&rt, &sim.base_url(), &t.url, dir.path(), &env))
+        .collect();
+
+    const WRITING: Duration = Duration::from_secs(40);
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let (url, stop) = (t.url.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut ended = 0;
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_secs(2));
+                let mut pg = PgConnection::establish(&url).unwrap();
+                ended += diesel::sql_query(format!(
+                    "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
+                     AND l.classid = {}::oid AND l.objid = hashtext(current_schema())::oid",
+                    jobsync::db::lock::PgLock::Sync as i32
+                ))
+                .execute(&mut pg)
+                .unwrap();
+            }
+            ended
+        })
+    };
+    // The CRM: 200 creates every 5 s, each with a patch of an earlier reference: a backlog the
+    // replicas push for seconds at a time (4 chunks of 20 leave at once, 0.8 s each), so that the
+    // lock is lost in the middle of pushes.
+    let began = Instant::now();
+    let mut last_label: BTreeMap<String, String> = BTreeMap::new();
+    let mut n = 0usize;
+    while began.elapsed() < WRITING {
+        let mut rows = Vec::new();
+        for _ in 0..200 {
+            let reference = format!("c-{n}");
+            rows.push(create(
+                CAMPAIGN,
+                &reference,
+                json!({"name": "Churn", "numbers": ["+33612345678"]}),
+            ));
+            if n > 0 {
+                let earlier = format!("c-{}", (n * 7919) % n);
+                let label = format!("p-{n}");
+                rows.push(patch_ref(CAMPAIGN, &earlier, json!({"label": label})));
+                last_label.insert(earlier, label);
+            }
+            n += 1;
+        }
+        insert(&t.db, &rows);
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let ended = killer.join().unwrap();
+    assert!(ended >= 5, "the lock was taken away only {ended} times");
+
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while open_rows(&t.db) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} rows still open 120 s after the writes stopped",
+            open_rows(&t.db)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let failed = count_status(&all_rows(&t.db), "failed");
+    let upstream = rt.block_on(sim_by_ref(&sim));
+    let mut problems = Vec::new();
+    for i in 0..n {
+        let reference = format!("c-{i}");
+        match upstream
+            .get(&(CAMPAIGN, reference.clone()))
+            .map(Vec::as_slice)
+        {
+            None | Some([]) => problems.push(format!("{reference} missing upstream")),
+            Some([job]) => {
+                let want = last_label.get(&reference).map(String::as_str);
+                if job.label.as_deref() != want {
+                    problems.push(format!(
+                        "{reference}: label {:?} upstream, the CRM's last is {want:?}",
+                        job.label
+                    ));
+                }
+            }
+            Some(jobs) => problems.push(format!("{reference} {} times upstream", jobs.len())),
+        }
+    }
+    assert!(
+        problems.is_empty() && failed == 0,
+        "{} problems ({failed} rows failed) after {n} creates and {ended} lock losses: {:?}",
+        problems.len(),
+        problems.iter().take(10).collect::<Vec<_>>()
+    );
+    drop(replicas);
 }

@@ -439,6 +439,9 @@ impl CustomizeConnection<PgConnection, diesel::r2d2::Error> for PgSession {
             IDLE_IN_TRANSACTION.as_millis()
         ))
         .map_err(diesel::r2d2::Error::QueryError)?;
+        // The server gives up on a client that stopped acknowledging what it sends within 30 s
+        // (a partition while it answers). PostgreSQL 12 and later; older servers refuse it.
+        let _ = conn.batch_execute("SET tcp_user_timeout = 30000");
         match self.statement_timeout {
             // In milliseconds; 0 would mean "no timeout", so at least 1.
             Some(timeout) => conn
