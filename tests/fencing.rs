@@ -54,6 +54,43 @@ fn log_of(logs: &Path, name: &str) -> String {
     std::fs::read_to_string(logs.join(name)).unwrap_or_default()
 }
 
+/// Runs `--once` until no outbox row is open (within 120 s), each run succeeding.
+fn run_until_settled(t: &TestDb, sim: &SimHandle, logs: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for run in 1.. {
+        let name = format!("run-{run}.log");
+        let status = once(t, sim, logs, &name, &[]).wait().unwrap();
+        assert!(status.success(), "{}", log_of(logs, &name));
+        let open = open_rows(&t.db);
+        if open == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{open} rows still open after 120 s"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Sends SIGTERM and waits for the exit within the default grace (25 s), killing the process if
+/// it is still there; then `release` (the CRM ends its lock) returns the process's log. Asserts
+/// an exit 0; returns how long it took.
+fn terminate_within_the_grace(child: &mut Child, release: impl FnOnce() -> String) -> Duration {
+    let signalled = Instant::now();
+    send_signal(child.id(), libc::SIGTERM);
+    let status = wait_exit(child, Duration::from_secs(25));
+    let took = signalled.elapsed();
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let log = release();
+    let status = status.unwrap_or_else(|| panic!("still running 25 s after SIGTERM:\n{log}"));
+    assert!(status.success(), "exit 0 on a stop ({status}):\n{log}");
+    took
+}
+
 /// Ends the lock the running syncer holds, as the world would: its PostgreSQL session is
 /// terminated, or its SQLite lock file removed.
 fn take_the_lock_away(t: &TestDb) {
@@ -130,21 +167,7 @@ async fn a_syncer_that_lost_its_lock_stops_and_nothing_is_sent_twice(t: &TestDb)
     );
 
     // Later cycles settle the creates left in doubt (looked up after their timeout).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for run in 1.. {
-        let name = format!("run-{run}.log");
-        let status = once(t, &sim, logs.path(), &name, &[]).wait().unwrap();
-        assert!(status.success(), "{}", log_of(logs.path(), &name));
-        let open = open_rows(&t.db);
-        if open == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{open} rows still open after 120 s"
-        );
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
+    run_until_settled(t, &sim, logs.path());
 
     // Upstream, where a duplicate does its damage: every reference exactly once.
     let mut upstream: BTreeMap<String, usize> = BTreeMap::new();
@@ -235,18 +258,10 @@ fn sigterm_while_a_crm_locks_the_changefeed_exits_within_the_grace() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let signalled = Instant::now();
-    send_signal(child.id(), libc::SIGTERM);
-    let status = wait_exit(&mut child, Duration::from_secs(25));
-    let took = signalled.elapsed();
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    crm.batch_execute("ROLLBACK").unwrap();
-    let log = log_of(logs.path(), "once.log");
-    let status = status.unwrap_or_else(|| panic!("still running 25 s after SIGTERM:\n{log}"));
-    assert!(status.success(), "exit 0 on a stop ({status}):\n{log}");
+    let took = terminate_within_the_grace(&mut child, || {
+        crm.batch_execute("ROLLBACK").unwrap();
+        log_of(logs.path(), "once.log")
+    });
     assert!(took < Duration::from_secs(25), "{took:?}");
     let runs = runs::recent(&mut t.db.conn().unwrap(), 10).unwrap();
     assert_eq!(runs.len(), 1);
@@ -419,31 +434,12 @@ fn sigterm_while_a_crm_holds_the_sqlite_write_lock_exits_within_the_grace() {
     let mut crm = diesel::SqliteConnection::establish(&path).unwrap();
     crm.batch_execute("PRAGMA busy_timeout = 10000; BEGIN IMMEDIATE")
         .unwrap();
-    let signalled = Instant::now();
-    send_signal(child.id(), libc::SIGTERM);
-    let status = wait_exit(&mut child, Duration::from_secs(25));
-    let took = signalled.elapsed();
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    crm.batch_execute("ROLLBACK").unwrap();
-    let log = log_of(logs.path(), "first.log");
-    let status = status.unwrap_or_else(|| panic!("still running 25 s after SIGTERM:\n{log}"));
-    assert!(status.success(), "exit 0 on a stop ({status}):\n{log}");
+    let took = terminate_within_the_grace(&mut child, || {
+        crm.batch_execute("ROLLBACK").unwrap();
+        log_of(logs.path(), "first.log")
+    });
     eprintln!("exited {took:?} after SIGTERM");
-
-    let deadline = Instant::now() + Duration::from_secs(120);
-    for run in 1.. {
-        let name = format!("run-{run}.log");
-        let status = once(&t, &sim, logs.path(), &name, &[]).wait().unwrap();
-        assert!(status.success(), "{}", log_of(logs.path(), &name));
-        if open_rows(&t.db) == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "rows still open after 120 s");
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    run_until_settled(&t, &sim, logs.path());
     let upstream = rt.block_on(sim_by_ref(&sim));
     assert!(
         upstream.values().all(|jobs| jobs.len() == 1),
