@@ -54,6 +54,19 @@ fn log_of(logs: &Path, name: &str) -> String {
     std::fs::read_to_string(logs.join(name)).unwrap_or_default()
 }
 
+/// A simulator of campaign 28 with `jobs` jobs, no duplicate check, and `latency_ms` per answer.
+async fn slow_sim(jobs: usize, latency_ms: u64) -> SimHandle {
+    let sim = start_sim(SimConfig {
+        campaigns: vec![CAMPAIGN],
+        jobs_per_campaign: jobs,
+        allow_duplicate_references: true,
+        ..SimConfig::default()
+    })
+    .await;
+    set_faults(&sim, json!({"latency_ms": latency_ms})).await;
+    sim
+}
+
 /// Runs `--once` until no outbox row is open (within 120 s), each run succeeding.
 fn run_until_settled(t: &TestDb, sim: &SimHandle, logs: &Path) {
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -99,33 +112,30 @@ fn take_the_lock_away(t: &TestDb) {
         std::fs::remove_file(&path).expect("the lock file exists while a cycle runs");
         return;
     }
-    let mut pg = PgConnection::establish(&t.url).unwrap();
-    #[derive(QueryableByName)]
-    struct Ended {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let ended: Ended = diesel::sql_query(format!(
-        "SELECT count(pg_terminate_backend(l.pid)) AS n FROM pg_locks l \
+    assert_eq!(
+        end_lock_sessions(&t.url),
+        1,
+        "one session held the sync lock"
+    );
+}
+
+/// Terminates the PostgreSQL sessions holding the sync lock of `url`'s database and schema (as a
+/// DBA, a failover or an idle timeout would); returns how many there were.
+fn end_lock_sessions(url: &str) -> usize {
+    let mut pg = PgConnection::establish(url).unwrap();
+    diesel::sql_query(format!(
+        "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
          WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
          AND l.classid = {}::oid AND l.objid = hashtext(current_schema())::oid \
          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         jobsync::db::lock::PgLock::Sync as i32
     ))
-    .get_result(&mut pg)
-    .unwrap();
-    assert_eq!(ended.n, 1, "one session held the sync lock");
+    .execute(&mut pg)
+    .unwrap()
 }
 
 async fn a_syncer_that_lost_its_lock_stops_and_nothing_is_sent_twice(t: &TestDb) {
-    let sim = start_sim(SimConfig {
-        campaigns: vec![CAMPAIGN],
-        jobs_per_campaign: 5,
-        allow_duplicate_references: true,
-        ..SimConfig::default()
-    })
-    .await;
-    set_faults(&sim, json!({"latency_ms": 1000})).await;
+    let sim = slow_sim(5, 1000).await;
     let rows: Vec<_> = (0..ROWS)
         .map(|n| {
             let payload = json!({"name": format!("Fenced {n}"), "numbers": ["+33612345678"]});
@@ -397,17 +407,7 @@ fn a_replica_cut_off_from_postgres_and_killed_is_replaced_within_a_minute() {
 fn sigterm_while_a_crm_holds_the_sqlite_write_lock_exits_within_the_grace() {
     let t = TestDb::sqlite();
     let rt = runtime();
-    let sim = rt.block_on(async {
-        let sim = start_sim(SimConfig {
-            campaigns: vec![CAMPAIGN],
-            jobs_per_campaign: 5,
-            allow_duplicate_references: true,
-            ..SimConfig::default()
-        })
-        .await;
-        set_faults(&sim, json!({"latency_ms": 1000})).await;
-        sim
-    });
+    let sim = rt.block_on(slow_sim(5, 1000));
     let rows: Vec<_> = (0..ROWS)
         .map(|n| {
             create(
@@ -466,17 +466,7 @@ fn three_replicas_whose_lock_keeps_being_taken_away_push_each_change_once_and_in
         return;
     };
     let rt = runtime();
-    let sim = rt.block_on(async {
-        let sim = start_sim(SimConfig {
-            campaigns: vec![CAMPAIGN],
-            jobs_per_campaign: 10,
-            allow_duplicate_references: true,
-            ..SimConfig::default()
-        })
-        .await;
-        set_faults(&sim, json!({"latency_ms": 800})).await;
-        sim
-    });
+    let sim = rt.block_on(slow_sim(10, 800));
     let env = [
         ("JOBSYNC_API__BULK_SIZE", "20"),
         ("JOBSYNC_API__CONCURRENCY", "2"),
@@ -497,15 +487,7 @@ fn three_replicas_whose_lock_keeps_being_taken_away_push_each_change_once_and_in
             let mut ended = 0;
             while !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_secs(2));
-                let mut pg = PgConnection::establish(&url).unwrap();
-                ended += diesel::sql_query(format!(
-                    "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
-                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 \
-                     AND l.classid = {}::oid AND l.objid = hashtext(current_schema())::oid",
-                    jobsync::db::lock::PgLock::Sync as i32
-                ))
-                .execute(&mut pg)
-                .unwrap();
+                ended += end_lock_sessions(&url);
             }
             ended
         })
