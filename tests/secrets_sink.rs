@@ -22,7 +22,7 @@ on_both_backends!(
     an_all_digit_token_from_the_environment_works_and_is_never_shown,
     credentials_in_the_api_base_url_are_never_shown,
     decode_errors_name_the_field_and_job_never_the_value,
-    a_gateway_resetting_a_large_bulk_body_does_not_kill_once,
+    a_gateway_resetting_a_large_bulk_body_fails_the_run_not_the_process,
 );
 
 mod sqlite_only {
@@ -410,7 +410,7 @@ async fn decode_errors_name_the_field_and_job_never_the_value(t: &TestDb) {
 const ITEMS: usize = 1000;
 const NAME_BYTES: usize = 9000;
 
-async fn a_gateway_resetting_a_large_bulk_body_does_not_kill_once(t: &TestDb) {
+async fn a_gateway_resetting_a_large_bulk_body_fails_the_run_not_the_process(t: &TestDb) {
     let sim = start_sim(SimConfig {
         campaigns: vec![28],
         jobs_per_campaign: 3,
@@ -440,15 +440,45 @@ async fn a_gateway_resetting_a_large_bulk_body_does_not_kill_once(t: &TestDb) {
         "no bulk create reached the gateway"
     );
     let recorded = &runs::recent(&mut t.db.conn().unwrap(), 1).unwrap()[0];
-    // The reset calls' rows wait for the next cycle (or are in doubt): the run itself completes.
-    assert_eq!(recorded.status, "ok", "{recorded:?}\n{stderr}");
-    assert_eq!(run.status.code(), Some(0), "{recorded:?}\n{stderr}");
-    let stdout = String::from_utf8_lossy(&run.stdout);
+    // The API could not be reached for those calls after retries: the run could not complete.
+    assert_eq!(recorded.status, "failed", "{recorded:?}\n{stderr}");
+    assert_eq!(run.status.code(), Some(1), "{recorded:?}\n{stderr}");
+    let error = recorded.error.as_deref().unwrap_or_default();
     assert!(
-        stdout.contains("run #1 ok") && stdout.contains("pushed 0 ok"),
-        "the summary is printed: {stdout}"
+        error.contains("could not reach the Jobs API") && error.contains("later cycle"),
+        "the run names the failure and what happens to the rows: {error}"
+    );
+    assert!(
+        stderr.contains("could not reach the Jobs API"),
+        "the failure is printed: {stderr}"
     );
     assert_eq!(open_rows(&t.db), 2 * ITEMS, "every row is still to push");
+    // Without the gateway, the rows settle in later cycles: each reference once upstream.
+    let quick = [
+        ("JOBSYNC_API__TIMEOUT_SECS", "1"),
+        ("JOBSYNC_PUSH__SETTLE_SECS", "0"),
+    ];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while open_rows(&t.db) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rows still open after 180 s: {}",
+            open_rows(&t.db)
+        );
+        let again = jobsync(t, &sim.base_url(), &["--once"], &quick).await;
+        assert_eq!(
+            again.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+    }
+    let upstream = sim_by_ref(&sim).await;
+    for n in 0..2 * ITEMS {
+        let found = upstream.get(&(28, format!("big-{n}"))).map_or(0, Vec::len);
+        assert_eq!(found, 1, "reference big-{n} upstream {found} times");
+    }
+    assert_eq!(count_status(&all_rows(&t.db), "done"), 2 * ITEMS);
 }
 
 /// With SIGPIPE ignored, a reader that goes away before `jobsync changes` prints (as with

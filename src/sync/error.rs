@@ -13,6 +13,14 @@ pub enum SyncError {
     /// The words `sync_runs.error` records for a run a SIGTERM/SIGINT ended.
     #[error("stopped by a shutdown signal")]
     Stopped,
+    /// Bulk calls of the push that could not reach the API after their retries (refused or
+    /// broken connections, no answer in time). Their rows are recorded as usual; the push went
+    /// on with the others.
+    #[error(
+        "{calls} bulk call(s) of the push could not reach the Jobs API after retries; their rows \
+         are kept and settle in a later cycle (waiting for retry, or looked up if in doubt): {last}"
+    )]
+    PushUnreachable { calls: i64, last: ApiError },
 }
 
 impl From<ApiError> for SyncError {

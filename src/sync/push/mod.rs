@@ -95,6 +95,9 @@ struct RunState {
     /// Campaigns a lookup listed in this run: their rows are settled from the mirror after.
     listed: std::collections::HashMap<i64, resolve::Listed>,
     stats: PushStats,
+    /// Bulk calls that could not reach the API after their retries, and the last error.
+    unreachable_calls: i64,
+    unreachable: Option<crate::api::ApiError>,
 }
 
 /// A bound on passes, so that no surprise can turn a cycle into an endless loop (a pass is needed
@@ -121,7 +124,14 @@ pub async fn run_tuned(
     stop: &StopFlag,
 ) -> Result<PushStats, SyncError> {
     let mut stats = PushStats::default();
-    run_counted(db, client, config, tuning, stop, &mut stats).await?;
+    // The rows of calls that could not reach the API are recorded: for a push on its own, that
+    // is an outcome like any other (a cycle makes it its run's failure).
+    run_counted(db, client, config, tuning, stop, &mut stats)
+        .await
+        .or_else(|e| match e {
+            SyncError::PushUnreachable { .. } => Ok(()),
+            e => Err(e),
+        })?;
     Ok(stats)
 }
 
@@ -146,9 +156,19 @@ pub async fn run_counted(
         deferred = st.stats.deferred,
         elapsed_ms = ms(started),
         stopped = matches!(result, Err(SyncError::Stopped)),
+        unreachable_calls = st.unreachable_calls,
         "push finished"
     );
-    result
+    result?;
+    // Every ready row had its turn; those whose calls could not reach the API wait for a later
+    // cycle (backing off, or in doubt and looked up), and the run says it could not complete.
+    match st.unreachable {
+        Some(last) => Err(SyncError::PushUnreachable {
+            calls: st.unreachable_calls,
+            last,
+        }),
+        None => Ok(()),
+    }
 }
 
 async fn push_windows(
@@ -254,6 +274,8 @@ async fn push_pass(
         return Err(send::lock_lost(db));
     }
     st.stats += sent.stats;
+    st.unreachable_calls += sent.unreachable_calls;
+    st.unreachable = sent.unreachable.or(st.unreachable.take());
     st.blocked.extend(sent.blocked);
     // Looked up (a create refused after an earlier send) or sent again (its job is gone) in
     // the next pass of this run.

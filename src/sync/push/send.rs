@@ -45,6 +45,10 @@ pub struct Sent {
     /// Rows to plan again in this run (the job a create was matched with is gone: the create is
     /// sent).
     pub retry_now: Vec<i64>,
+    /// Bulk calls that could not reach the API after their retries (refused or broken
+    /// connections, no answer in time), and the last such error: the run could not complete.
+    pub unreachable_calls: i64,
+    pub unreachable: Option<ApiError>,
 }
 
 /// How rows are retried across cycles.
@@ -162,6 +166,8 @@ impl Pipeline {
         total.refused.extend(sent.refused);
         total.retry_now.extend(sent.retry_now);
         total.auth = total.auth.take().or(sent.auth);
+        total.unreachable_calls += sent.unreachable_calls;
+        total.unreachable = sent.unreachable.or(total.unreachable.take());
         Ok(())
     }
 
@@ -252,6 +258,9 @@ async fn send_chunk(
     };
     for (group, outcome) in chunk.iter().zip(outcomes) {
         record.outcome(group, outcome);
+    }
+    if sent.unreachable.is_some() {
+        sent.unreachable_calls = 1;
     }
     // Converted before taking the writer lock, so the lock covers only the writes.
     let returned: Vec<JobContent> = returned.iter().map(JobContent::from_job).collect();
@@ -444,7 +453,10 @@ impl Record<'_> {
                 }
                 self.sent.auth.get_or_insert(error);
             }
-            ItemOutcome::Retryable { error } => self.retryable(group, &error),
+            ItemOutcome::Retryable { error } => {
+                self.retryable(group, &error);
+                self.unreachable(error);
+            }
             ItemOutcome::NotSent => {
                 for m in group.rows() {
                     let first_send = group.first_send && m.id == survivor;
@@ -469,7 +481,15 @@ impl Record<'_> {
                     self.sent.blocked.push(m.id);
                 }
                 self.sent.stats.deferred += rows;
+                self.unreachable(error);
             }
+        }
+    }
+
+    /// Notes an error that says the API could not be reached (after the client's retries).
+    fn unreachable(&mut self, error: ApiError) {
+        if error.unreachable_cause().is_some() {
+            self.sent.unreachable = Some(error);
         }
     }
 
