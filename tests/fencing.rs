@@ -27,9 +27,14 @@ const CAMPAIGN: i64 = 28;
 const ROWS: usize = 2_000;
 
 fn once(t: &TestDb, sim: &SimHandle, logs: &Path, name: &str, env: &[(&str, &str)]) -> Child {
+    once_at(&t.url, sim, logs, name, env)
+}
+
+/// [`once`] on any database URL.
+fn once_at(url: &str, sim: &SimHandle, logs: &Path, name: &str, env: &[(&str, &str)]) -> Child {
     let log = std::fs::File::create(logs.join(name)).unwrap();
     Command::new(env!("CARGO_BIN_EXE_jobsync"))
-        .args(["--once", "--database-url", &t.url])
+        .args(["--once", "--database-url", url])
         .env("JOBSYNC_API__TOKEN", "dev-token")
         .env("JOBSYNC_API__BASE_URL", sim.base_url())
         .env("JOBSYNC_SERVER__LISTEN", "")
@@ -69,10 +74,15 @@ async fn slow_sim(jobs: usize, latency_ms: u64) -> SimHandle {
 
 /// Runs `--once` until no outbox row is open (within 120 s), each run succeeding.
 fn run_until_settled(t: &TestDb, sim: &SimHandle, logs: &Path) {
+    run_until_settled_at(t, &t.url, sim, logs)
+}
+
+/// [`run_until_settled`], the processes on `url` (`t`'s database, with other settings).
+fn run_until_settled_at(t: &TestDb, url: &str, sim: &SimHandle, logs: &Path) {
     let deadline = Instant::now() + Duration::from_secs(120);
     for run in 1.. {
         let name = format!("run-{run}.log");
-        let status = once(t, sim, logs, &name, &[]).wait().unwrap();
+        let status = once_at(url, sim, logs, &name, &[]).wait().unwrap();
         assert!(status.success(), "{}", log_of(logs, &name));
         let open = open_rows(&t.db);
         if open == 0 {
@@ -217,6 +227,85 @@ async fn a_syncer_that_lost_its_lock_stops_and_nothing_is_sent_twice(t: &TestDb)
             .is_some_and(|e| e.contains("lost the sync lock")),
         "{first_run:?}"
     );
+}
+
+/// The reproduction: every session of the syncers ended by the server after 8 s idle
+/// (`idle_session_timeout = '8s'`, here set through the URL's `options`, as `ALTER DATABASE … SET`
+/// would), 10,000 creates at 2 s of API latency, and a second `--once` 15 s after the first. The
+/// lock's session used to idle for the whole push and die at 8 s, and the second syncer pushed
+/// the same rows (17,750 jobs for 10,000 references). The lock's session now sets its own idle
+/// limit and is checked every 2 s, so it never idles out: the first syncer keeps its lock and
+/// finishes, the second is refused, and every reference exists once upstream.
+#[test]
+fn sessions_ending_after_8_s_idle_do_not_split_the_brain() {
+    const CREATES: usize = 10_000;
+    let Some(t) = TestDb::postgres() else {
+        return;
+    };
+    let rt = runtime();
+    let sim = rt.block_on(slow_sim(5, 2000));
+    let url = format!("{}%20-cidle_session_timeout%3D8000", t.url);
+    let mut check = PgConnection::establish(&url).unwrap();
+    #[derive(QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        idle_session_timeout: String,
+    }
+    let setting: Setting = diesel::sql_query("SHOW idle_session_timeout")
+        .get_result(&mut check)
+        .unwrap();
+    assert_eq!(setting.idle_session_timeout, "8s");
+    drop(check);
+    let rows: Vec<_> = (0..CREATES)
+        .map(|n| {
+            create(
+                CAMPAIGN,
+                &format!("i-{n}"),
+                json!({"name": format!("Idle {n}")}),
+            )
+        })
+        .collect();
+    insert(&t.db, &rows);
+    let logs = tempfile::tempdir().unwrap();
+    // 40 calls of 250, four at a time, 2 s each: a push of about 20 s.
+    let env = [
+        ("JOBSYNC_API__BULK_SIZE", "250"),
+        ("JOBSYNC_API__CONCURRENCY", "4"),
+    ];
+    let began = Instant::now();
+    let mut first = once_at(&url, &sim, logs.path(), "first.log", &env);
+    std::thread::sleep(Duration::from_secs(15));
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first syncer was still to be pushing at +15 s:\n{}",
+        log_of(logs.path(), "first.log")
+    );
+    let second = once_at(&url, &sim, logs.path(), "second.log", &env)
+        .wait()
+        .unwrap();
+    let second_log = log_of(logs.path(), "second.log");
+    assert_eq!(second.code(), Some(1), "{second_log}");
+    assert!(
+        second_log.contains("is the active syncer"),
+        "the second syncer is refused: the first still holds the lock:\n{second_log}"
+    );
+    let first_status = wait_exit(&mut first, Duration::from_secs(120)).expect("the first ends");
+    let first_log = log_of(logs.path(), "first.log");
+    assert!(
+        first_status.success() && !first_log.contains("lost the sync lock"),
+        "the first syncer kept its lock through 8 s idle limits ({first_status}, {:?}):\n{first_log}",
+        began.elapsed()
+    );
+    run_until_settled_at(&t, &url, &sim, logs.path());
+    let mut upstream: BTreeMap<String, usize> = BTreeMap::new();
+    for job in rt.block_on(sim_jobs(&sim)) {
+        if let Some(reference) = job.reference.filter(|r| r.starts_with("i-")) {
+            *upstream.entry(reference).or_default() += 1;
+        }
+    }
+    let twice = upstream.values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "references created more than once upstream");
+    assert_eq!(upstream.len(), CREATES, "every reference created upstream");
 }
 
 /// SIGTERM while a CRM holds a SHARE lock on `job_changes` (what a `CREATE INDEX` on it takes):
@@ -479,7 +568,13 @@ fn three_replicas_whose_lock_keeps_being_taken_away_push_each_change_once_and_in
         .map(|_| Daemon::start_with_url(&rt, &sim.base_url(), &t.url, dir.path(), &env))
         .collect();
 
-    const WRITING: Duration = Duration::from_secs(40);
+    // Ten minutes is the figure (`JOBSYNC_TEST_CHURN_SECS=600`); the suite runs 40 s.
+    let writing = Duration::from_secs(
+        std::env::var("JOBSYNC_TEST_CHURN_SECS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(40),
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let killer = {
         let (url, stop) = (t.url.clone(), stop.clone());
@@ -498,7 +593,7 @@ fn three_replicas_whose_lock_keeps_being_taken_away_push_each_change_once_and_in
     let began = Instant::now();
     let mut last_label: BTreeMap<String, String> = BTreeMap::new();
     let mut n = 0usize;
-    while began.elapsed() < WRITING {
+    while began.elapsed() < writing {
         let mut rows = Vec::new();
         for _ in 0..200 {
             let reference = format!("c-{n}");
