@@ -656,3 +656,56 @@ fn three_replicas_whose_lock_keeps_being_taken_away_push_each_change_once_and_in
     );
     drop(replicas);
 }
+
+/// A replica whose first cycle ends because its lock was lost (its session ended mid-push) is a
+/// follower like any other once another replica took over: ready while the active one keeps the
+/// shared pull fresh, not 503 "the first cycle failed" until it wins a tick again (which, while
+/// the other pushes a long backlog, it cannot).
+#[test]
+fn a_replica_whose_first_cycle_lost_its_lock_is_a_ready_follower() {
+    let Some(t) = TestDb::postgres() else {
+        return;
+    };
+    let rt = runtime();
+    let sim = rt.block_on(slow_sim(5, 800));
+    let rows: Vec<_> = (0..ROWS)
+        .map(|n| {
+            create(
+                CAMPAIGN,
+                &format!("r-{n}"),
+                json!({"name": format!("R {n}")}),
+            )
+        })
+        .collect();
+    insert(&t.db, &rows);
+    // 100 calls of 20, two at a time, 0.8 s each: a push of 40 s.
+    let env = [
+        ("JOBSYNC_API__BULK_SIZE", "20"),
+        ("JOBSYNC_API__CONCURRENCY", "2"),
+        ("JOBSYNC_API__REQUESTS_PER_SECOND", "1000"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = Daemon::start_with_url(&rt, &sim.base_url(), &t.url, dir.path(), &env);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_status(&all_rows(&t.db), "done") < 100 {
+        assert!(Instant::now() < deadline, "no push under way within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let second = Daemon::start_with_url(&rt, &sim.base_url(), &t.url, dir.path(), &env);
+    assert_eq!(
+        end_lock_sessions(&t.url),
+        1,
+        "one session held the sync lock"
+    );
+    first.wait_for_log("lost the sync lock");
+    // The second replica takes the lock at its next tick and pushes the rest for half a minute.
+    let (_, status) = second.wait_until("/status", |_, body| body.contains("\"role\":\"active\""));
+    let (code, ready) = first.wait_until("/readyz", |code, body| {
+        code == 200 && body.contains("\"role\":\"follower\"")
+    });
+    assert!(
+        open_rows(&t.db) > 0,
+        "the first replica is ready as a follower while the second pushes ({code}): {ready}; \
+         second: {status}"
+    );
+}

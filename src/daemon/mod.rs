@@ -194,6 +194,7 @@ fn outcome(summary: &CycleSummary) -> CycleOutcome {
         pushed_ok: summary.push.ok,
         pushed_failed: summary.push.failed,
         auth_failed: summary.auth_failed,
+        proven: summary.pulled || summary.lock_lost,
         error: summary.error.clone(),
     }
 }

@@ -49,6 +49,10 @@ pub struct CycleSummary {
     pub duration: Duration,
     pub error: Option<String>,
     pub auth_failed: bool,
+    /// The pull completed (the push may still have failed the run).
+    pub pulled: bool,
+    /// The run failed because this process lost the sync lock mid-cycle (another took it over).
+    pub lock_lost: bool,
     /// Ended early by a stop request (SIGTERM/SIGINT): recorded `failed`, but not an error of
     /// the process.
     pub stopped: bool,
@@ -131,9 +135,11 @@ pub async fn run_cycle_then(
     };
     let mut pulled = pull::PullStats::default();
     let mut pushed = push::PushStats::default();
+    let mut pull_done = false;
     let result: Result<(), SyncError> = async {
         let (db, client, stop) = (&fenced.db, &fenced.client, &fenced.stop);
         pull::run_counted(db, client, &fenced.sync, stop, progress, &mut pulled).await?;
+        pull_done = true;
         let tuning = push::PushTuning::default();
         push::run_counted(db, client, &fenced.push, tuning, stop, &mut pushed).await?;
         Ok(())
@@ -158,6 +164,8 @@ pub async fn run_cycle_then(
         api_calls: (engine.client.stats().total() - calls_before) as i64,
         duration: started.elapsed(),
         auth_failed: result.as_ref().err().is_some_and(SyncError::is_auth),
+        pulled: pull_done,
+        lock_lost: fence.is_lost(),
         stopped,
         error: result.err().map(|e| crate::secret::scrub(&e.to_string())),
         pull: pulled,

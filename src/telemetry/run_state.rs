@@ -32,12 +32,18 @@ pub struct Snapshot {
     pub last_error: Option<String>,
     /// The last cycle failed because the API refused the token.
     pub auth_failed: bool,
+    /// A cycle of this process showed that it can sync: it pulled, or it was syncing when
+    /// another process took its lock over.
+    pub proven: bool,
 }
 
 impl Snapshot {
-    /// This process ran cycles and none succeeded: its first cycle failed (and every one since).
+    /// This process ran cycles and none of them could sync: its first cycle failed (and every
+    /// one since) before its pull completed — a wrong `api.base_url`, a blocked network, a
+    /// refused token. A cycle whose push failed after a good pull, or that lost the sync lock to
+    /// another replica, does not count: that replica is a follower like any other.
     pub fn first_cycle_failed(&self) -> bool {
-        self.runs_ok == 0 && self.runs_failed > 0
+        self.runs_ok == 0 && self.runs_failed > 0 && !self.proven
     }
 
     /// `active`, `follower` or `unknown` (no tick yet), for `/readyz`, `/status` and metrics.
@@ -61,6 +67,9 @@ pub struct CycleOutcome {
     pub pushed_failed: i64,
     /// The cycle failed because the API refused the token.
     pub auth_failed: bool,
+    /// The cycle's pull completed, or it lost the sync lock to another process: this process
+    /// can sync (see [`Snapshot::first_cycle_failed`]).
+    pub proven: bool,
     pub error: Option<String>,
 }
 
@@ -91,6 +100,7 @@ impl RunState {
             s.pushed_ok += outcome.pushed_ok.max(0) as u64;
             s.pushed_failed += outcome.pushed_failed.max(0) as u64;
             s.auth_failed = outcome.auth_failed;
+            s.proven |= outcome.proven;
             if outcome.ok {
                 s.runs_ok += 1;
                 s.last_success_at = Some(Utc::now());
