@@ -41,6 +41,9 @@ pub struct ClientOptions {
     pub stop: StopFlag,
     /// Beaten on every answer received: the daemon's liveness reads it.
     pub heartbeat: Heartbeat,
+    /// `api.max_date_skew_secs`: a `Date` header further than this from both the local clock
+    /// and the API's last good `Date` is not believed (see [`ApiClient::server_now`]).
+    pub max_date_skew: Duration,
 }
 
 impl ClientOptions {
@@ -59,6 +62,7 @@ impl ClientOptions {
             max_backoff: Duration::from_secs(30),
             stop: StopFlag::default(),
             heartbeat: Heartbeat::default(),
+            max_date_skew: Duration::from_secs(86_400),
         }
     }
 
@@ -123,8 +127,13 @@ pub(super) struct Inner {
     pub(super) stats: ApiStats,
     pub(super) stop: StopFlag,
     heartbeat: Heartbeat,
-    /// The API's clock: the `Date` of its most recent answer, and when that answer came.
+    /// The API's clock: the `Date` of its most recent plausible answer, and when that answer
+    /// came.
     server_clock: std::sync::Mutex<Option<(DateTime<Utc>, Instant)>>,
+    /// The API's time as last stored (the last good pull, on the API's clock), for a process
+    /// that has no `Date` of its own yet to judge the first one against.
+    known_time: std::sync::Mutex<Option<DateTime<Utc>>>,
+    max_date_skew: chrono::Duration,
 }
 
 /// One API route: `label` is the low-cardinality name used in statistics, `name` the concrete
@@ -180,6 +189,9 @@ impl ApiClient {
                 stop: opts.stop,
                 heartbeat: opts.heartbeat,
                 server_clock: std::sync::Mutex::new(None),
+                known_time: std::sync::Mutex::new(None),
+                max_date_skew: chrono::Duration::from_std(opts.max_date_skew)
+                    .unwrap_or(chrono::Duration::MAX),
             }),
         })
     }
@@ -245,18 +257,61 @@ impl ApiClient {
         }
         self.server_now().ok_or_else(|| ApiError::InvalidAnswer {
             endpoint: "GET /j/jobs".into(),
-            detail: "no answer carried a `Date` header, so the API's clock is unknown".into(),
+            detail: "no answer carried a plausible `Date` header, so the API's clock is unknown"
+                .into(),
         })
     }
 
-    fn observe_date(&self, response: &Response) {
+    /// Tells the client the API's time as last stored (e.g. the last good pull): the first
+    /// `Date` of a new process is judged against it as well as against the local clock.
+    pub fn know_time(&self, at: DateTime<Utc>) {
+        *self
+            .inner
+            .known_time
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(at);
+    }
+
+    /// The answer's `Date`, if it has one that is plausible: within `api.max_date_skew_secs` of
+    /// the local clock, or of the API's clock as known so far (its last good `Date` moved on by
+    /// the time since, else the time last stored). With nothing known, any `Date` is taken: the
+    /// local clock may be the wrong one. An implausible `Date` (an API whose clock jumped to
+    /// 2099 for a while) is counted and logged, and not used for any stamp.
+    fn plausible_date(&self, response: &Response) -> Option<DateTime<Utc>> {
         let date = response
             .headers()
             .get(DATE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
-            .map(|d| d.with_timezone(&Utc));
-        if let Some(date) = date {
+            .map(|d| d.with_timezone(&Utc))?;
+        let bound = self.inner.max_date_skew;
+        let near = |t: DateTime<Utc>| (date - t).abs() <= bound;
+        let local = Utc::now();
+        let known = self.server_now().or_else(|| {
+            *self
+                .inner
+                .known_time
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        });
+        if near(local) || known.is_none_or(near) {
+            return Some(date);
+        }
+        self.inner.stats.record_implausible_date();
+        tracing::warn!(
+            date = %date.to_rfc3339(),
+            local_clock = %local.to_rfc3339(),
+            api_clock_known = %known.map(|k| k.to_rfc3339()).unwrap_or_default(),
+            max_date_skew_secs = bound.num_seconds(),
+            "the API's `Date` header is further than api.max_date_skew_secs from both the local \
+             clock and the API's last good `Date`: not used for any stamp (the watermark, the \
+             listings' and the last good pull's stay where they were)"
+        );
+        None
+    }
+
+    fn observe_date(&self, response: &Response) {
+        if let Some(date) = self.plausible_date(response) {
             *self
                 .inner
                 .server_clock
@@ -297,12 +352,17 @@ impl ApiClient {
                 ),
             });
         }
+        // Only a `Date` the client believed (it is then the API's clock as known now).
         let server_date = response
             .headers()
             .get(DATE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| DateTime::parse_from_rfc2822(v).ok())
-            .map(|d| d.with_timezone(&Utc));
+            .map(|d| d.with_timezone(&Utc))
+            .filter(|d| {
+                self.server_now()
+                    .is_some_and(|now| (now - *d).abs() <= chrono::Duration::seconds(60))
+            });
         Ok(Listing::new(
             ep.name,
             server_date,

@@ -54,6 +54,7 @@ fn build_client(
     options.requests_per_second = api.requests_per_second;
     options.concurrency = api.concurrency;
     options.bulk_size = api.bulk_size;
+    options.max_date_skew = Duration::from_secs(api.max_date_skew_secs);
     options.stop = stop;
     adjust(&mut options);
     ApiClient::new(options).map_err(|e| CliError::usage(e.to_string()))

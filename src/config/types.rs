@@ -28,6 +28,9 @@ pub struct ApiConfig {
     pub requests_per_second: f64,
     pub concurrency: usize,
     pub bulk_size: usize,
+    /// A `Date` header further than this from both the local clock and the API's last good
+    /// `Date` is not believed.
+    pub max_date_skew_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -41,6 +44,7 @@ impl Default for ApiConfig {
             requests_per_second: 10.0,
             concurrency: 4,
             bulk_size: 1000,
+            max_date_skew_secs: 86_400,
         }
     }
 }

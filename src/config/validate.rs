@@ -92,6 +92,7 @@ fn check_api(c: &Config) -> Result<(), Failure> {
     at_least("api.timeout_secs", c.api.timeout_secs, 1)?;
     at_least("api.max_attempts", c.api.max_attempts.into(), 1)?;
     at_least("api.concurrency", c.api.concurrency as u64, 1)?;
+    at_least("api.max_date_skew_secs", c.api.max_date_skew_secs, 60)?;
     if !(1..=1000).contains(&c.api.bulk_size) {
         return Err((
             "api.bulk_size",

@@ -136,6 +136,11 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
         "Jobs API requests retried after a retryable failure.",
         [(vec![], ctx.api.stats().retries() as f64)],
     );
+    out.counter(
+        "jobsync_api_implausible_dates_total",
+        "Jobs API answers whose Date header was further than api.max_date_skew_secs from both the local clock and the API's last good Date, and so not used for any stamp.",
+        [(vec![], ctx.api.stats().implausible_dates() as f64)],
+    );
     let last_success = last_pull.map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
     out.gauge(
         "jobsync_last_success_timestamp_seconds",

@@ -87,7 +87,11 @@ pub async fn run_counted(
         })
         .await?;
     // Every time that decides a schedule is the API's: the watermark, the listings' stamps,
-    // deletions, the last good pull. Our own clock may be off by hours.
+    // deletions, the last good pull. Our own clock may be off by hours. A `Date` far from both
+    // our clock and the API's as last known is not believed (`api.max_date_skew_secs`).
+    if let Some(at) = last_pull_ok {
+        client.know_time(at);
+    }
     let now = server_clock(client).await?;
     let overlap = Duration::seconds(config.overlap_secs as i64);
     let usable_watermark =
@@ -157,8 +161,13 @@ pub async fn run_counted(
     )
     .await?;
 
-    // The watermark: the server's clock when the pull's first request left.
-    let watermark = pull_started.unwrap_or(now - CLOCK_SKEW_MARGIN);
+    // The watermark: the server's clock when the pull's first request left. Without a `Date` to
+    // tell it (none sent, or none believed), a margin before the API's clock as known — never
+    // behind the watermark already stored, which a good `Date` set.
+    let watermark = pull_started.unwrap_or_else(|| {
+        let guess = now - CLOCK_SKEW_MARGIN;
+        old_watermark.map_or(guess, |w| w.max(guess))
+    });
     let finished = client.server_now().unwrap_or_else(Utc::now);
     db.run(move |c| {
         state::set_time(c, state::WATERMARK, watermark)?;
@@ -183,7 +192,7 @@ async fn server_clock(client: &ApiClient) -> Result<DateTime<Utc>, SyncError> {
         Ok(now) => Ok(now),
         Err(ApiError::InvalidAnswer { .. }) => {
             tracing::warn!(
-                "the API sends no `Date` header: scheduling by the local clock, which may differ from the API's"
+                "the API sends no usable `Date` header: scheduling by the local clock, which may differ from the API's"
             );
             Ok(Utc::now())
         }

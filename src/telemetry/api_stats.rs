@@ -15,6 +15,7 @@ pub struct ApiStats {
     retries: AtomicU64,
     retry_wait_ms: AtomicU64,
     max_retry_wait_ms: AtomicU64,
+    implausible_dates: AtomicU64,
 }
 
 impl ApiStats {
@@ -51,6 +52,16 @@ impl ApiStats {
             .filter(|((e, s), _)| *e == endpoint && s == status)
             .map(|(_, n)| n)
             .sum()
+    }
+
+    /// Counts an answer whose `Date` header was not believed (`api.max_date_skew_secs`).
+    pub(crate) fn record_implausible_date(&self) {
+        self.implausible_dates.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Answers whose `Date` header was not believed.
+    pub fn implausible_dates(&self) -> u64 {
+        self.implausible_dates.load(Ordering::Relaxed)
     }
 
     /// Every request sent, retries included.
