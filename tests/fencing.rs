@@ -617,15 +617,15 @@ fn three_replicas_whose_lock_keeps_being_taken_away_push_each_change_once_and_in
     let ended = killer.join().unwrap();
     assert!(ended >= 5, "the lock was taken away only {ended} times");
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while open_rows(&t.db) > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "{} rows still open 120 s after the writes stopped",
-            open_rows(&t.db)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // No row stays open past the first cycle that begins after it is due (a long run leaves a
+    // backlog: the lock lost every 2 s costs the replicas most of their pushing time).
+    let due = last_due(&t.db, Duration::from_secs(10));
+    let open_at_stop = open_rows(&t.db);
+    let settled_in = settled_one_cycle_after(&t.db, due, Duration::from_secs(1800));
+    eprintln!(
+        "{n} creates and patches over {writing:?}, the lock taken away {ended} times; \
+         {open_at_stop} rows open when the writes stopped, settled {settled_in:?} later"
+    );
     let failed = count_status(&all_rows(&t.db), "failed");
     let upstream = rt.block_on(sim_by_ref(&sim));
     let mut problems = Vec::new();

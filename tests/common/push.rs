@@ -168,3 +168,63 @@ pub fn open_rows(db: &Db) -> usize {
     let rows = all_rows(db);
     count_status(&rows, "pending") + count_status(&rows, "in_flight")
 }
+
+/// When every open row is due at the latest: its `next_attempt_at` (a create in doubt: its
+/// lookup; a row backing off: its retry), and for a create sent before, `settle` after its first
+/// send (a create a lookup finds absent is sent again only then).
+#[allow(dead_code)]
+pub fn last_due(db: &Db, settle: Duration) -> chrono::DateTime<chrono::Utc> {
+    let settle = chrono::Duration::from_std(settle).unwrap();
+    all_rows(db)
+        .iter()
+        .filter(|r| r.status == "pending" || r.status == "in_flight")
+        .map(|r| {
+            let due = r.next_attempt_at.as_utc();
+            r.first_sent_at
+                .map_or(due, |sent| due.max(sent.as_utc() + settle))
+        })
+        .max()
+        .unwrap_or_else(chrono::Utc::now)
+        .max(chrono::Utc::now())
+}
+
+/// "No row stays open beyond its due time plus one cycle": waits (within `limit`) until a cycle
+/// that began after `due` has finished, or until no row is open; then asserts none is. Answers
+/// how long it waited.
+#[allow(dead_code)]
+pub fn settled_one_cycle_after(
+    db: &Db,
+    due: chrono::DateTime<chrono::Utc>,
+    limit: Duration,
+) -> Duration {
+    let began = std::time::Instant::now();
+    loop {
+        if open_rows(db) == 0 {
+            return began.elapsed();
+        }
+        let runs = jobsync::db::repo::runs::recent(&mut db.conn().unwrap(), 20).unwrap();
+        let after = runs
+            .iter()
+            .find(|r| r.started_at.as_utc() > due && r.finished_at.is_some());
+        if let Some(run) = after {
+            let open: Vec<_> = all_rows(db)
+                .into_iter()
+                .filter(|r| r.status == "pending" || r.status == "in_flight")
+                .collect();
+            assert!(
+                open.is_empty(),
+                "{} rows still open after the cycle that began after they were all due ({due}): \
+                 {run:?}; e.g. {:?}",
+                open.len(),
+                open.iter().take(3).collect::<Vec<_>>()
+            );
+            return began.elapsed();
+        }
+        assert!(
+            began.elapsed() < limit,
+            "no cycle began after {due} and finished within {limit:?}; {} rows open",
+            open_rows(db)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
