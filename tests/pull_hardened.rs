@@ -6,6 +6,10 @@
 //! the watermark, the campaigns' full-listing stamps or the last good pull there — before, one
 //! such cycle stopped full listings and delete detection until 2099, and an incremental pull
 //! from a 2099 watermark (answered `[]`) missed every later change.
+//!
+//! Refused campaigns: a job of a campaign nobody configured (archived since) appears in the
+//! incremental answer, and that campaign's listing answers 404, 403 or 400. Before, every cycle
+//! then failed — the outbox never pushed — with a message blaming `api.base_url` or the token.
 
 mod common;
 
@@ -24,21 +28,42 @@ use tokio::net::TcpListener;
 on_both_backends!(
     a_date_in_2099_for_one_cycle_moves_no_stamp_and_later_changes_arrive,
     a_date_in_1970_for_one_cycle_moves_no_stamp_back,
+    a_campaign_answering_404_is_set_aside_and_the_cycle_goes_on,
+    a_campaign_answering_403_is_set_aside_and_the_cycle_goes_on,
+    a_campaign_answering_400_is_set_aside_and_the_cycle_goes_on,
 );
 
 const CAMPAIGN: i64 = 28;
 
-/// A gateway in front of the simulator that, while `date` is set, answers with that `Date`
-/// header — and answers `[]` to a listing whose `modified_since` lies in the future, as the
-/// issue's API did (the simulator refuses it with a 400).
-struct DateGateway {
+/// A gateway in front of the simulator that can lie as the APIs did: while `date` is
+/// set, it answers with that `Date` header (and `[]` to a listing whose `modified_since` lies in
+/// the future, which the simulator would refuse with a 400); while `refuse` names a campaign, it
+/// answers that campaign's listing with the given status, as an API does for an archived
+/// campaign. It notes the campaigns whose listing it was asked for.
+struct Gateway {
     base: String,
-    date: Arc<Mutex<Option<&'static str>>>,
+    rules: Arc<Rules>,
 }
 
-impl DateGateway {
+#[derive(Default)]
+struct Rules {
+    date: Mutex<Option<&'static str>>,
+    refuse: Mutex<Option<(i64, u16)>>,
+    campaign_listings: Mutex<Vec<i64>>,
+}
+
+impl Gateway {
     fn lie(&self, date: Option<&'static str>) {
-        *self.date.lock().unwrap() = date;
+        *self.rules.date.lock().unwrap() = date;
+    }
+
+    fn refuse(&self, campaign_and_status: Option<(i64, u16)>) {
+        *self.rules.refuse.lock().unwrap() = campaign_and_status;
+    }
+
+    /// The campaigns whose listing was asked for since the last call.
+    fn listings_asked(&self) -> Vec<i64> {
+        std::mem::take(&mut *self.rules.campaign_listings.lock().unwrap())
     }
 }
 
@@ -46,29 +71,43 @@ impl DateGateway {
 struct Upstream {
     sim: String,
     http: reqwest::Client,
-    date: Arc<Mutex<Option<&'static str>>>,
+    rules: Arc<Rules>,
 }
 
-async fn date_gateway(sim: &SimHandle) -> DateGateway {
-    let date = Arc::new(Mutex::new(None));
+async fn gateway(sim: &SimHandle) -> Gateway {
+    let rules = Arc::new(Rules::default());
     let upstream = Upstream {
         sim: sim.base_url(),
         http: reqwest::Client::new(),
-        date: date.clone(),
+        rules: rules.clone(),
     };
     let app = axum::Router::new().fallback(forward).with_state(upstream);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
-    DateGateway {
+    Gateway {
         base: format!("http://{addr}"),
-        date,
+        rules,
     }
 }
 
 async fn forward(State(up): State<Upstream>, request: Request) -> Response {
-    let lie = *up.date.lock().unwrap();
+    let lie = *up.rules.date.lock().unwrap();
     let uri = request.uri().clone();
+    let campaign: Option<i64> = uri.query().and_then(|q| {
+        q.split('&')
+            .find_map(|kv| kv.strip_prefix("campaign="))
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(campaign) = campaign {
+        up.rules.campaign_listings.lock().unwrap().push(campaign);
+        let refused = *up.rules.refuse.lock().unwrap();
+        if let Some((_, status)) = refused.filter(|(c, _)| *c == campaign) {
+            let body = format!("{{\"detail\": \"campaign {campaign} is archived\"}}");
+            let status = StatusCode::from_u16(status).unwrap();
+            return (status, [("content-type", "application/json")], body).into_response();
+        }
+    }
     let future_since = uri.query().is_some_and(|q| {
         q.split('&')
             .filter_map(|kv| kv.strip_prefix("modified_since="))
@@ -114,14 +153,23 @@ async fn forward(State(up): State<Upstream>, request: Request) -> Response {
     response
 }
 
-async fn setup(t: &TestDb) -> (SimHandle, DateGateway, jobsync::sync::cycle::Engine) {
+async fn setup(t: &TestDb) -> (SimHandle, Gateway, jobsync::sync::cycle::Engine) {
+    setup_with(t, vec![CAMPAIGN]).await
+}
+
+/// The simulator with 20 jobs in each of `campaigns`, the gateway in front, and an engine that
+/// tracks campaign 28 (the others it discovers) and lists each in full every hour.
+async fn setup_with(
+    t: &TestDb,
+    campaigns: Vec<i64>,
+) -> (SimHandle, Gateway, jobsync::sync::cycle::Engine) {
     let sim = start_sim(SimConfig {
-        campaigns: vec![CAMPAIGN],
+        campaigns,
         jobs_per_campaign: 20,
         ..SimConfig::default()
     })
     .await;
-    let gateway = date_gateway(&sim).await;
+    let gateway = gateway(&sim).await;
     let mut opts = options(&sim, "dev-token");
     opts.base_url = gateway.base.parse().unwrap();
     let engine = engine_with(
@@ -223,4 +271,97 @@ async fn a_date_in_1970_for_one_cycle_moves_no_stamp_back(t: &TestDb) {
     // The campaign was listed in full within the hour: the next cycle does not list it again.
     let next = cycle(&engine).await;
     assert!(!next.pull.full, "no needless full listing: {next:?}");
+}
+
+async fn a_campaign_answering_404_is_set_aside_and_the_cycle_goes_on(t: &TestDb) {
+    campaign_refused_with(t, 404).await
+}
+
+async fn a_campaign_answering_403_is_set_aside_and_the_cycle_goes_on(t: &TestDb) {
+    campaign_refused_with(t, 403).await
+}
+
+async fn a_campaign_answering_400_is_set_aside_and_the_cycle_goes_on(t: &TestDb) {
+    campaign_refused_with(t, 400).await
+}
+
+const ARCHIVED: i64 = 29;
+
+async fn campaign_refused_with(t: &TestDb, status: u16) {
+    let (sim, gateway, engine) = setup_with(t, vec![CAMPAIGN, ARCHIVED]).await;
+    gateway.refuse(Some((ARCHIVED, status)));
+    insert(
+        &t.db,
+        &[create(
+            CAMPAIGN,
+            "crm-1",
+            serde_json::json!({"name": "From the CRM"}),
+        )],
+    );
+    let run = jobsync::sync::cycle::run_cycle(&engine, jobsync::sync::cycle::Trigger::Once)
+        .await
+        .unwrap();
+    assert!(
+        run.ok,
+        "the cycle goes on past the refused campaign: {:?}",
+        run.error
+    );
+    // The CRM's row went out; campaign 28 is mirrored; campaign 29 is set aside, and says why.
+    let rows = all_rows(&t.db);
+    assert_eq!(count_status(&rows, "done"), 1, "the push ran: {rows:?}");
+    assert_eq!(
+        gateway.listings_asked(),
+        vec![CAMPAIGN, ARCHIVED],
+        "campaign 28 then the discovered 29 were listed"
+    );
+    assert_eq!(run.pull.campaigns_refused, vec![ARCHIVED]);
+    let refused = refused_campaigns(t);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    // `jobsync status` and `/status` show it (the report both print).
+    let report = jobsync::db::repo::report::read(&mut t.db.conn().unwrap(), 1).unwrap();
+    assert_eq!(report.campaigns_set_aside.len(), 1, "{report:?}");
+    let (campaign, reason) = &refused[0];
+    assert_eq!(*campaign, ARCHIVED);
+    assert!(
+        reason.contains(&format!("campaign {ARCHIVED}"))
+            && reason.contains(&status.to_string())
+            && !reason.contains("api.base_url")
+            && !reason.contains("api.token"),
+        "the reason names the campaign and the answer, not the base URL or the token: {reason}"
+    );
+    let mirror = jobsync::db::repo::jobs::all(&mut t.db.conn().unwrap()).unwrap();
+    let mirrored_28 = mirror
+        .iter()
+        .filter(|r| r.content.campaign == CAMPAIGN)
+        .count();
+    assert_eq!(mirrored_28, 21, "campaign 28's 20 jobs and the CRM's");
+
+    // Later cycles skip it: no listing of 29, each cycle ok.
+    cycle(&engine).await;
+    assert_eq!(gateway.listings_asked(), Vec::<i64>::new());
+
+    // It answers again: an hour later (the API's clock) it is tried, listed, and no longer set
+    // aside.
+    gateway.refuse(None);
+    sim.set_clock(1.5).unwrap();
+    cycle(&engine).await;
+    cycle(&engine).await;
+    assert!(
+        gateway.listings_asked().contains(&ARCHIVED),
+        "the set-aside campaign is tried again after an hour"
+    );
+    assert!(
+        refused_campaigns(t).is_empty(),
+        "{:?}",
+        refused_campaigns(t)
+    );
+}
+
+/// Campaigns set aside, with the reason recorded.
+fn refused_campaigns(t: &TestDb) -> Vec<(i64, String)> {
+    state::refused_campaigns(&mut t.db.conn().unwrap())
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.campaign, r.reason))
+        .collect()
 }

@@ -342,7 +342,12 @@ impl ApiClient {
                 |n| self.send_once(&ep, &query, None, n, false),
             )
             .await
-            .map_err(|e| self.listing_not_found(&ep, e))?;
+            // A 404 on a campaign's listing speaks of the campaign (archived, deleted), not of
+            // the address: the listing exists, the campaign does not.
+            .map_err(|e| match q.campaign {
+                None => self.listing_not_found(&ep, e),
+                Some(_) => e,
+            })?;
         if let Some(kind) = content_type(&response).filter(|t| t.contains("html")) {
             return Err(ApiError::InvalidAnswer {
                 endpoint: ep.name,

@@ -19,6 +19,12 @@ pub async fn print(db: &Db) -> CliResult {
             if let Some(oldest) = &r.oldest_pending_outbox_row {
                 out += &format!("oldest pending:   {oldest}\n");
             }
+            for refused in &r.campaigns_set_aside {
+                out += &format!(
+                    "set aside:        campaign {} since {} — {}\n",
+                    refused.campaign, refused.refused_at, refused.reason
+                );
+            }
             out += "last runs:\n";
             if r.last_runs.is_empty() {
                 out += "  none yet\n";

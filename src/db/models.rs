@@ -265,7 +265,7 @@ pub struct ChangeRow {
     pub observed_at: Ts,
 }
 
-fn ts_as_rfc3339<S: serde::Serializer>(t: &Ts, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ts_as_rfc3339<S: serde::Serializer>(t: &Ts, s: S) -> Result<S::Ok, S::Error> {
     s.collect_str(t)
 }
 

@@ -94,6 +94,9 @@ diesel::table! {
         campaign -> BigInt,
         added_at -> Timestamp,
         last_full_listing_at -> Nullable<Timestamp>,
+        refused_at -> Nullable<Timestamp>,
+        refused_status -> Nullable<Integer>,
+        refused_reason -> Nullable<Text>,
     }
 }
 

@@ -19,10 +19,11 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
                 outbox::counts(c)?,
                 outbox::oldest_pending(c)?,
                 state::get_time(c, state::LAST_PULL_OK)?,
+                state::refused_campaigns(c)?.len(),
             ))
         })
         .await;
-    let (counts, oldest, last_pull) = match from_db {
+    let (counts, oldest, last_pull, set_aside) = match from_db {
         Ok(values) => values,
         Err(e) => {
             return (
@@ -104,6 +105,11 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
             (vec![("status", "done")], s.pushed_ok as f64),
             (vec![("status", "failed")], s.pushed_failed as f64),
         ],
+    );
+    out.gauge(
+        "jobsync_campaigns_set_aside",
+        "Tracked campaigns whose listing the API refused (404, 403, 400, ...): not listed in full, tried again hourly.",
+        [(vec![], set_aside as f64)],
     );
     out.gauge(
         "jobsync_outbox_rows",

@@ -31,6 +31,8 @@ const API_WINDOW: Duration = Duration::hours(48);
 const WINDOW_MARGIN: Duration = Duration::hours(2);
 /// Without a `Date` header, the local clock minus this stands in for the server's.
 const CLOCK_SKEW_MARGIN: Duration = Duration::seconds(60);
+/// A campaign whose listing the API refused is tried again after this long (on the API's clock).
+const REFUSED_RETRY_AFTER: Duration = Duration::hours(1);
 /// Full listings stored at once on PostgreSQL.
 const PG_LISTINGS_AT_ONCE: usize = 2;
 /// Jobs per database transaction while streaming a listing.
@@ -50,6 +52,8 @@ pub struct PullStats {
     pub campaigns_listed: Vec<i64>,
     /// The API refused `modified_since`, and full listings were used instead.
     pub incremental_refused: bool,
+    /// Campaigns whose listing the API refused in this pull (404, 403, 400, …): set aside.
+    pub campaigns_refused: Vec<i64>,
 }
 
 /// Runs one pull, reporting its progress as log lines.
@@ -76,13 +80,14 @@ pub async fn run_counted(
     stats: &mut PullStats,
 ) -> Result<(), SyncError> {
     let configured = config.campaigns.clone();
-    let (old_watermark, last_pull_ok, tracked) = db
+    let (old_watermark, last_pull_ok, tracked, refused) = db
         .run(move |c| {
             state::track_campaigns(c, &configured)?;
             Ok((
                 state::get_time(c, state::WATERMARK)?,
                 state::get_time(c, state::LAST_PULL_OK)?,
                 state::tracked_campaigns(c)?,
+                state::refused_campaigns(c)?,
             ))
         })
         .await?;
@@ -101,6 +106,14 @@ pub async fn run_counted(
         None => now - (API_WINDOW - WINDOW_MARGIN),
     };
 
+    // Campaigns whose listing the API refused within the hour are set aside: not listed (their
+    // jobs still come with incremental pulls), tried again once the hour has passed.
+    let set_aside: BTreeSet<i64> = refused
+        .iter()
+        .filter(|r| now - r.refused_at.as_utc() < REFUSED_RETRY_AFTER)
+        .map(|r| r.campaign)
+        .collect();
+    let mut refusals: Vec<Refusal> = Vec::new();
     let resync_after = Duration::hours(config.full_resync_after_hours as i64);
     let needs_listing = |last_listed: Option<Ts>, incremental_ok: bool| match last_listed {
         None => true,
@@ -120,7 +133,7 @@ pub async fn run_counted(
     let mut pull_started: Option<DateTime<Utc>> = None;
     let first_round: Vec<i64> = tracked
         .iter()
-        .filter(|(_, last)| needs_listing(*last, true))
+        .filter(|(campaign, last)| !set_aside.contains(campaign) && needs_listing(*last, true))
         .map(|(campaign, _)| *campaign)
         .collect();
     list_campaigns(
@@ -129,7 +142,7 @@ pub async fn run_counted(
         &first_round,
         (stop, progress),
         stats,
-        &mut listed,
+        (&mut listed, &mut refusals),
         &mut pull_started,
     )
     .await?;
@@ -145,10 +158,12 @@ pub async fn run_counted(
     let known: BTreeSet<i64> = tracked.iter().map(|t| t.0).collect();
     let second_round: Vec<i64> = tracked
         .iter()
-        .filter(|(_, last)| needs_listing(*last, incremental_ok))
+        .filter(|(campaign, last)| {
+            !set_aside.contains(campaign) && needs_listing(*last, incremental_ok)
+        })
         .map(|(campaign, _)| *campaign)
         .chain(discovered.into_iter().filter(|c| !known.contains(c)))
-        .filter(|c| !listed.contains(c))
+        .filter(|c| !listed.contains(c) && !refusals.iter().any(|r| r.campaign == *c))
         .collect();
     list_campaigns(
         db,
@@ -156,10 +171,15 @@ pub async fn run_counted(
         &second_round,
         (stop, progress),
         stats,
-        &mut listed,
+        (&mut listed, &mut refusals),
         &mut pull_started,
     )
     .await?;
+    // Recorded once the rest of the pull went well: a wrong `api.base_url` or token also refuses
+    // every campaign's listing, and must fail the run (the incremental listing says why), not
+    // set the campaigns aside for an hour.
+    record_refusals(db, &refusals, now).await?;
+    stats.campaigns_refused = refusals.iter().map(|r| r.campaign).collect();
 
     // The watermark: the server's clock when the pull's first request left. Without a `Date` to
     // tell it (none sent, or none believed), a margin before the API's clock as known — never
@@ -200,15 +220,80 @@ async fn server_clock(client: &ApiClient) -> Result<DateTime<Utc>, SyncError> {
     }
 }
 
+/// A campaign's listing the API refused.
+struct Refusal {
+    campaign: i64,
+    status: u16,
+    message: String,
+}
+
+/// The API's answer to a campaign's listing that says the campaign is not to be listed (gone,
+/// archived, not visible to this token, not a valid campaign): the campaign is set aside. A 401
+/// is the token's fault, and fails the run.
+fn refusal(campaign: i64, e: &SyncError) -> Option<Refusal> {
+    let (status, message) = match e {
+        SyncError::Api(ApiError::Http {
+            status: status @ (400 | 403 | 404 | 410 | 422),
+            message,
+            ..
+        })
+        | SyncError::Api(ApiError::Auth {
+            status: status @ 403,
+            message,
+            ..
+        }) => (*status, message.clone()),
+        _ => return None,
+    };
+    Some(Refusal {
+        campaign,
+        status,
+        message,
+    })
+}
+
+async fn record_refusals(
+    db: &Db,
+    refusals: &[Refusal],
+    now: DateTime<Utc>,
+) -> Result<(), SyncError> {
+    if refusals.is_empty() {
+        return Ok(());
+    }
+    let rows: Vec<(i64, i32, String)> = refusals
+        .iter()
+        .map(|r| {
+            let reason = format!(
+                "the API refused the listing of campaign {} (HTTP {}: {}): set aside — not listed \
+                 in full (its jobs still come with incremental pulls) and tried again after an \
+                 hour; if the campaign is archived for good, take it out of sync.campaigns",
+                r.campaign,
+                r.status,
+                crate::secret::scrub(&r.message)
+            );
+            tracing::warn!(campaign = r.campaign, status = r.status, %reason, "campaign set aside");
+            (r.campaign, i32::from(r.status), reason)
+        })
+        .collect();
+    db.write(move |c| {
+        for (campaign, status, reason) in &rows {
+            state::set_campaign_refused(c, *campaign, Ts::from(now), *status, reason)?;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(())
+}
+
 /// Lists campaigns in full (two at a time on PostgreSQL), remembering which were listed and the
-/// server's time at the first listing.
+/// server's time at the first listing. A campaign whose listing the API refuses goes to
+/// `refusals` and the others go on.
 async fn list_campaigns(
     db: &Db,
     client: &ApiClient,
     campaigns: &[i64],
     (stop, progress): (&StopFlag, &dyn ProgressSink),
     stats: &mut PullStats,
-    listed: &mut BTreeSet<i64>,
+    (listed, refusals): (&mut BTreeSet<i64>, &mut Vec<Refusal>),
     pull_started: &mut Option<DateTime<Utc>>,
 ) -> Result<(), SyncError> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -261,9 +346,12 @@ async fn list_campaigns(
                 *pull_started = Some(pull_started.map_or(server_time, |t| t.min(server_time)));
                 listed.insert(campaign);
             }
-            Err(e) => {
-                failure.get_or_insert(e);
-            }
+            Err(e) => match refusal(campaign, &e) {
+                Some(refused) => refusals.push(refused),
+                None => {
+                    failure.get_or_insert(e);
+                }
+            },
         }
     }
     let order = |c: &i64| campaigns.iter().position(|x| x == c);

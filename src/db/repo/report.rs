@@ -15,6 +15,8 @@ pub struct Report {
     #[serde(serialize_with = "as_map")]
     pub outbox: Vec<(String, i64)>,
     pub oldest_pending_outbox_row: Option<String>,
+    /// Campaigns whose listing the API refused, set aside (not listed in full, tried hourly).
+    pub campaigns_set_aside: Vec<state::RefusedCampaign>,
     pub last_runs: Vec<RunRow>,
 }
 
@@ -36,6 +38,7 @@ pub fn read(conn: &mut Conn, recent: i64) -> Result<Report, DbError> {
         },
         outbox: outbox::counts(conn)?,
         oldest_pending_outbox_row: outbox::oldest_pending(conn)?.map(|t| t.to_string()),
+        campaigns_set_aside: state::refused_campaigns(conn)?,
         last_runs: runs::recent(conn, recent)?,
     })
 }

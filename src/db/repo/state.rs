@@ -96,11 +96,78 @@ pub fn track_campaigns(conn: &mut Conn, ids: &[i64]) -> Result<usize, DbError> {
     })
 }
 
+/// A complete listing of `campaign` started at `at`; a campaign set aside is so no longer.
 pub fn mark_campaign_listed(conn: &mut Conn, campaign: i64, at: Ts) -> Result<(), DbError> {
     with_conn!(conn, |c| {
         diesel::update(campaigns::table.find(campaign))
-            .set(campaigns::last_full_listing_at.eq(at))
+            .set((
+                campaigns::last_full_listing_at.eq(at),
+                campaigns::refused_at.eq(None::<Ts>),
+                campaigns::refused_status.eq(None::<i32>),
+                campaigns::refused_reason.eq(None::<String>),
+            ))
             .execute(c)?;
         Ok(())
     })
+}
+
+/// A campaign whose listing the API refused, set aside.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct RefusedCampaign {
+    pub campaign: i64,
+    /// When (on the API's clock) its listing was last refused.
+    #[serde(serialize_with = "crate::db::models::ts_as_rfc3339")]
+    pub refused_at: Ts,
+    pub status: i32,
+    pub reason: String,
+}
+
+/// Sets `campaign` aside: its listing was refused at `at` with `status` and `reason`.
+pub fn set_campaign_refused(
+    conn: &mut Conn,
+    campaign: i64,
+    at: Ts,
+    status: i32,
+    reason: &str,
+) -> Result<(), DbError> {
+    with_conn!(conn, |c| {
+        diesel::update(campaigns::table.find(campaign))
+            .set((
+                campaigns::refused_at.eq(Some(at)),
+                campaigns::refused_status.eq(Some(status)),
+                campaigns::refused_reason.eq(Some(reason)),
+            ))
+            .execute(c)?;
+        Ok(())
+    })
+}
+
+/// A `campaigns` row's refusal columns.
+type RefusalColumns = (i64, Option<Ts>, Option<i32>, Option<String>);
+
+/// The campaigns set aside, by campaign.
+pub fn refused_campaigns(conn: &mut Conn) -> Result<Vec<RefusedCampaign>, DbError> {
+    let rows: Vec<RefusalColumns> = with_conn!(conn, |c| {
+        campaigns::table
+            .filter(campaigns::refused_at.is_not_null())
+            .order(campaigns::campaign.asc())
+            .select((
+                campaigns::campaign,
+                campaigns::refused_at,
+                campaigns::refused_status,
+                campaigns::refused_reason,
+            ))
+            .load(c)?
+    });
+    Ok(rows
+        .into_iter()
+        .filter_map(|(campaign, at, status, reason)| {
+            Some(RefusedCampaign {
+                campaign,
+                refused_at: at?,
+                status: status.unwrap_or_default(),
+                reason: reason.unwrap_or_default(),
+            })
+        })
+        .collect())
 }
