@@ -258,7 +258,12 @@ async fn concurrent_modifications_during_pulls_are_never_missed(t: &TestDb) {
 
 async fn a_watermark_beyond_48_hours_falls_back_to_full_listings(t: &TestDb) {
     let sim = start_sim(seeded(vec![28], 100)).await;
-    let e = engine(t, &sim, &[28], 300);
+    // The API's clock jumps 49 hours ahead of ours and of its last answer: as if jobsync had been
+    // stopped that long. A jump beyond `api.max_date_skew_secs` (24 h) would not be believed.
+    let mut opts = options(&sim, "dev-token");
+    opts.max_date_skew = std::time::Duration::from_secs(72 * 3600);
+    let mut e = engine(t, &sim, &[28], 300);
+    e.client = jobsync::api::ApiClient::new(opts).unwrap();
     cycle(&e).await;
     sim_post(&sim, "/_sim/clock", json!({"offset_hours": 49})).await;
     sim_post(&sim, "/_sim/dial", json!({"n": 5})).await;

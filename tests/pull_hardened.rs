@@ -10,6 +10,9 @@
 //! Refused campaigns: a job of a campaign nobody configured (archived since) appears in the
 //! incremental answer, and that campaign's listing answers 404, 403 or 400. Before, every cycle
 //! then failed — the outbox never pushed — with a message blaming `api.base_url` or the token.
+//!
+//! Mass deletes: one transient `200 []` for a campaign's full listing marked every job of the
+//! campaign deleted (then created again at the next listing): the CRM saw the campaign vanish.
 
 mod common;
 
@@ -31,6 +34,7 @@ on_both_backends!(
     a_campaign_answering_404_is_set_aside_and_the_cycle_goes_on,
     a_campaign_answering_403_is_set_aside_and_the_cycle_goes_on,
     a_campaign_answering_400_is_set_aside_and_the_cycle_goes_on,
+    a_transient_empty_listing_deletes_nothing_and_a_confirmed_one_deletes_all,
 );
 
 const CAMPAIGN: i64 = 28;
@@ -49,6 +53,8 @@ struct Gateway {
 struct Rules {
     date: Mutex<Option<&'static str>>,
     refuse: Mutex<Option<(i64, u16)>>,
+    /// A campaign whose listing is answered `200 []`.
+    empty: Mutex<Option<i64>>,
     campaign_listings: Mutex<Vec<i64>>,
 }
 
@@ -59,6 +65,10 @@ impl Gateway {
 
     fn refuse(&self, campaign_and_status: Option<(i64, u16)>) {
         *self.rules.refuse.lock().unwrap() = campaign_and_status;
+    }
+
+    fn answer_empty(&self, campaign: Option<i64>) {
+        *self.rules.empty.lock().unwrap() = campaign;
     }
 
     /// The campaigns whose listing was asked for since the last call.
@@ -94,6 +104,31 @@ async fn gateway(sim: &SimHandle) -> Gateway {
 async fn forward(State(up): State<Upstream>, request: Request) -> Response {
     let lie = *up.rules.date.lock().unwrap();
     let uri = request.uri().clone();
+    // The simulator's clock (it may be shifted): what "the future" means, and the `Date` of the
+    // answers the gateway gives itself.
+    let clock: serde_json::Value = up
+        .http
+        .get(format!("{}/_sim/clock", up.sim))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sim_now: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(clock["now"].clone()).unwrap();
+    let own = |status: StatusCode, body: String| {
+        let date = sim_now.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        (
+            status,
+            [
+                ("content-type", "application/json".to_string()),
+                ("date", date),
+            ],
+            body,
+        )
+            .into_response()
+    };
     let campaign: Option<i64> = uri.query().and_then(|q| {
         q.split('&')
             .find_map(|kv| kv.strip_prefix("campaign="))
@@ -104,8 +139,10 @@ async fn forward(State(up): State<Upstream>, request: Request) -> Response {
         let refused = *up.rules.refuse.lock().unwrap();
         if let Some((_, status)) = refused.filter(|(c, _)| *c == campaign) {
             let body = format!("{{\"detail\": \"campaign {campaign} is archived\"}}");
-            let status = StatusCode::from_u16(status).unwrap();
-            return (status, [("content-type", "application/json")], body).into_response();
+            return own(StatusCode::from_u16(status).unwrap(), body);
+        }
+        if *up.rules.empty.lock().unwrap() == Some(campaign) {
+            return own(StatusCode::OK, "[]".into());
         }
     }
     let future_since = uri.query().is_some_and(|q| {
@@ -115,10 +152,10 @@ async fn forward(State(up): State<Upstream>, request: Request) -> Response {
                 let v = v.replace("%3A", ":").replace("%2B", "+");
                 chrono::DateTime::parse_from_rfc3339(&v).ok()
             })
-            .any(|since| since > chrono::Utc::now())
+            .any(|since| since > sim_now)
     });
     let mut response = if future_since {
-        (StatusCode::OK, [("content-type", "application/json")], "[]").into_response()
+        own(StatusCode::OK, "[]".into())
     } else {
         let method = request.method().clone();
         let headers = request.headers().clone();
@@ -364,4 +401,66 @@ fn refused_campaigns(t: &TestDb) -> Vec<(i64, String)> {
         .into_iter()
         .map(|r| (r.campaign, r.reason))
         .collect()
+}
+
+/// `deleted` changes in the changefeed.
+fn deleted_changes(t: &TestDb) -> usize {
+    jobsync::db::repo::changes::since(&mut t.db.conn().unwrap(), 0, 100_000)
+        .unwrap()
+        .iter()
+        .filter(|c| c.kind == "deleted")
+        .count()
+}
+
+async fn a_transient_empty_listing_deletes_nothing_and_a_confirmed_one_deletes_all(t: &TestDb) {
+    let (sim, gateway, engine) = setup(t).await;
+    cycle(&engine).await;
+    let live = || {
+        jobsync::db::repo::jobs::counts(&mut t.db.conn().unwrap())
+            .unwrap()
+            .0
+    };
+    assert_eq!(live(), 20);
+
+    // A full listing is due (the API's clock two hours on), and it answers `200 []` once.
+    gateway.answer_empty(Some(CAMPAIGN));
+    sim.set_clock(2.0).unwrap();
+    cycle(&engine).await;
+    let held = cycle(&engine).await;
+    gateway.answer_empty(None);
+    assert!(held.pull.full, "{held:?}");
+    assert_eq!(deleted_changes(t), 0, "an empty listing deleted jobs");
+    assert_eq!(live(), 20);
+    let report = jobsync::db::repo::report::read(&mut t.db.conn().unwrap(), 1).unwrap();
+    assert_eq!(
+        report.deletes_held.len(),
+        1,
+        "status says it is held: {report:?}"
+    );
+    // The next listing, a true one, disagrees: nothing deleted, nothing held.
+    cycle(&engine).await;
+    assert_eq!(deleted_changes(t), 0);
+    let report = jobsync::db::repo::report::read(&mut t.db.conn().unwrap(), 1).unwrap();
+    assert!(report.deletes_held.is_empty(), "{report:?}");
+
+    // A real deletion of all 20: held at the first listing, applied at the second.
+    for job in sim.state() {
+        sim.delete_job(job.id).unwrap();
+    }
+    sim.set_clock(4.0).unwrap();
+    cycle(&engine).await;
+    let first = cycle(&engine).await;
+    assert!(first.pull.full, "{first:?}");
+    assert_eq!(deleted_changes(t), 0, "held until a second listing agrees");
+    let second = cycle(&engine).await;
+    assert!(
+        second.pull.full,
+        "the held campaign is listed again at once: {second:?}"
+    );
+    assert_eq!(
+        deleted_changes(t),
+        20,
+        "confirmed by two listings: 20 deleted"
+    );
+    assert_eq!(live(), 0);
 }

@@ -25,6 +25,13 @@ pub async fn print(db: &Db) -> CliResult {
                     refused.campaign, refused.refused_at, refused.reason
                 );
             }
+            for held in &r.deletes_held {
+                out += &format!(
+                    "deletes held:     campaign {} since {} — a listing would mark {} jobs \
+                     deleted; applied if the next listing agrees\n",
+                    held.campaign, held.held_at, held.jobs
+                );
+            }
             out += "last runs:\n";
             if r.last_runs.is_empty() {
                 out += "  none yet\n";

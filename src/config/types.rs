@@ -89,6 +89,9 @@ pub struct SyncConfig {
     /// Liveness fails when a running cycle has made no progress (no API answer received, no
     /// batch committed) for this long; PostgreSQL statements time out after it too.
     pub stall_secs: u64,
+    /// A complete listing that would mark more than this share of a campaign's live jobs deleted
+    /// is held until a second listing agrees.
+    pub mass_delete_ratio: f64,
 }
 
 impl Default for SyncConfig {
@@ -100,6 +103,7 @@ impl Default for SyncConfig {
             full_resync_after_hours: 24,
             max_staleness_secs: 1800,
             stall_secs: 600,
+            mass_delete_ratio: 0.5,
         }
     }
 }

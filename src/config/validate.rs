@@ -93,6 +93,16 @@ fn check_api(c: &Config) -> Result<(), Failure> {
     at_least("api.max_attempts", c.api.max_attempts.into(), 1)?;
     at_least("api.concurrency", c.api.concurrency as u64, 1)?;
     at_least("api.max_date_skew_secs", c.api.max_date_skew_secs, 60)?;
+    let ratio = c.sync.mass_delete_ratio;
+    if !(ratio.is_finite() && ratio > 0.0 && ratio <= 1.0) {
+        return Err((
+            "sync.mass_delete_ratio",
+            "must be a number greater than 0 and at most 1 (the share of a campaign's live jobs \
+             one listing may mark deleted before a second listing must agree; 1 holds only \
+             listings of no jobs)"
+                .into(),
+        ));
+    }
     if !(1..=1000).contains(&c.api.bulk_size) {
         return Err((
             "api.bulk_size",

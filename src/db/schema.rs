@@ -97,6 +97,8 @@ diesel::table! {
         refused_at -> Nullable<Timestamp>,
         refused_status -> Nullable<Integer>,
         refused_reason -> Nullable<Text>,
+        deletes_held_at -> Nullable<Timestamp>,
+        deletes_held -> Nullable<Integer>,
     }
 }
 

@@ -19,11 +19,14 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
                 outbox::counts(c)?,
                 outbox::oldest_pending(c)?,
                 state::get_time(c, state::LAST_PULL_OK)?,
-                state::refused_campaigns(c)?.len(),
+                (
+                    state::refused_campaigns(c)?.len(),
+                    state::held_deletes(c)?.len(),
+                ),
             ))
         })
         .await;
-    let (counts, oldest, last_pull, set_aside) = match from_db {
+    let (counts, oldest, last_pull, (set_aside, deletes_held)) = match from_db {
         Ok(values) => values,
         Err(e) => {
             return (
@@ -110,6 +113,11 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
         "jobsync_campaigns_set_aside",
         "Tracked campaigns whose listing the API refused (404, 403, 400, ...): not listed in full, tried again hourly.",
         [(vec![], set_aside as f64)],
+    );
+    out.gauge(
+        "jobsync_deletes_held",
+        "Campaigns whose last full listing would have marked more than sync.mass_delete_ratio of their jobs deleted: held until a second listing agrees.",
+        [(vec![], deletes_held as f64)],
     );
     out.gauge(
         "jobsync_outbox_rows",

@@ -80,7 +80,7 @@ pub async fn run_counted(
     stats: &mut PullStats,
 ) -> Result<(), SyncError> {
     let configured = config.campaigns.clone();
-    let (old_watermark, last_pull_ok, tracked, refused) = db
+    let (old_watermark, last_pull_ok, tracked, refused, held) = db
         .run(move |c| {
             state::track_campaigns(c, &configured)?;
             Ok((
@@ -88,9 +88,16 @@ pub async fn run_counted(
                 state::get_time(c, state::LAST_PULL_OK)?,
                 state::tracked_campaigns(c)?,
                 state::refused_campaigns(c)?,
+                state::held_deletes(c)?,
             ))
         })
         .await?;
+    // Campaigns whose last listing's deletes the guard held: listed again now, and their deletes
+    // applied if this listing agrees.
+    let guard = Guard {
+        ratio: config.mass_delete_ratio,
+        held: held.iter().map(|h| h.campaign).collect(),
+    };
     // Every time that decides a schedule is the API's: the watermark, the listings' stamps,
     // deletions, the last good pull. Our own clock may be off by hours. A `Date` far from both
     // our clock and the API's as last known is not believed (`api.max_date_skew_secs`).
@@ -133,7 +140,10 @@ pub async fn run_counted(
     let mut pull_started: Option<DateTime<Utc>> = None;
     let first_round: Vec<i64> = tracked
         .iter()
-        .filter(|(campaign, last)| !set_aside.contains(campaign) && needs_listing(*last, true))
+        .filter(|(campaign, last)| {
+            !set_aside.contains(campaign)
+                && (guard.held.contains(campaign) || needs_listing(*last, true))
+        })
         .map(|(campaign, _)| *campaign)
         .collect();
     list_campaigns(
@@ -143,7 +153,7 @@ pub async fn run_counted(
         (stop, progress),
         stats,
         (&mut listed, &mut refusals),
-        &mut pull_started,
+        (&mut pull_started, &guard),
     )
     .await?;
 
@@ -159,7 +169,8 @@ pub async fn run_counted(
     let second_round: Vec<i64> = tracked
         .iter()
         .filter(|(campaign, last)| {
-            !set_aside.contains(campaign) && needs_listing(*last, incremental_ok)
+            !set_aside.contains(campaign)
+                && (guard.held.contains(campaign) || needs_listing(*last, incremental_ok))
         })
         .map(|(campaign, _)| *campaign)
         .chain(discovered.into_iter().filter(|c| !known.contains(c)))
@@ -172,7 +183,7 @@ pub async fn run_counted(
         (stop, progress),
         stats,
         (&mut listed, &mut refusals),
-        &mut pull_started,
+        (&mut pull_started, &guard),
     )
     .await?;
     // Recorded once the rest of the pull went well: a wrong `api.base_url` or token also refuses
@@ -218,6 +229,14 @@ async fn server_clock(client: &ApiClient) -> Result<DateTime<Utc>, SyncError> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The mass-delete guard (`sync.mass_delete_ratio`): a complete listing that would mark more
+/// than `ratio` of a campaign's live jobs deleted is held until a second listing agrees; `held`
+/// are the campaigns whose last listing was held (their next one is that second listing).
+struct Guard {
+    ratio: f64,
+    held: BTreeSet<i64>,
 }
 
 /// A campaign's listing the API refused.
@@ -294,7 +313,7 @@ async fn list_campaigns(
     (stop, progress): (&StopFlag, &dyn ProgressSink),
     stats: &mut PullStats,
     (listed, refusals): (&mut BTreeSet<i64>, &mut Vec<Refusal>),
-    pull_started: &mut Option<DateTime<Utc>>,
+    (pull_started, guard): (&mut Option<DateTime<Utc>>, &Guard),
 ) -> Result<(), SyncError> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
     if campaigns.is_empty() {
@@ -327,8 +346,16 @@ async fn list_campaigns(
                     full: true,
                     ..PullStats::default()
                 };
-                let result =
-                    pull_campaign_listing(db, client, campaign, (stop, progress), &mut own).await;
+                // The second listing of a held campaign applies its deletes if it agrees.
+                let guard = (!guard.held.contains(&campaign)).then_some(guard.ratio);
+                let result = pull_campaign_listing(
+                    db,
+                    client,
+                    (campaign, guard),
+                    (stop, progress),
+                    &mut own,
+                )
+                .await;
                 (campaign, result, own)
             });
         }
@@ -434,7 +461,7 @@ async fn pull_incremental(
 async fn pull_campaign_listing(
     db: &Db,
     client: &ApiClient,
-    campaign: i64,
+    (campaign, guard): (i64, Option<f64>),
     (stop, progress): (&StopFlag, &dyn ProgressSink),
     stats: &mut PullStats,
 ) -> Result<DateTime<Utc>, SyncError> {
@@ -476,8 +503,33 @@ async fn pull_campaign_listing(
             state::track_campaigns(c, &foreign)?;
             transaction(c, |c| {
                 check_fence(fence.as_ref(), c)?;
-                let n = jobs::mark_missing_deleted(c, campaign, listing_started, deleted_at)?;
-                state::mark_campaign_listed(c, campaign, listed_at)?;
+                let outcome = jobs::mark_missing_deleted_guarded(
+                    c,
+                    campaign,
+                    listing_started,
+                    deleted_at,
+                    guard,
+                )?;
+                let n = match outcome {
+                    jobs::Deletes::Applied(n) => {
+                        // A complete listing whose deletes went in (clears any hold).
+                        state::mark_campaign_listed(c, campaign, listed_at)?;
+                        n
+                    }
+                    jobs::Deletes::Held { missing, live } => {
+                        tracing::warn!(
+                            campaign,
+                            missing,
+                            live,
+                            "a complete listing would mark {missing} of the campaign's {live} live \
+                             jobs deleted (more than sync.mass_delete_ratio, or a listing of none): \
+                             held until the next listing, made at once, agrees"
+                        );
+                        let jobs = i32::try_from(missing).unwrap_or(i32::MAX);
+                        state::hold_deletes(c, campaign, deleted_at, jobs)?;
+                        0
+                    }
+                };
                 let counts = RunCounts {
                     jobs_changed: n as i64,
                     ..RunCounts::default()

@@ -296,6 +296,31 @@ pub fn mark_missing_deleted(
     listing_started: Ts,
     now: Ts,
 ) -> Result<usize, DbError> {
+    match mark_missing_deleted_guarded(conn, campaign, listing_started, now, None)? {
+        Deletes::Applied(n) => Ok(n),
+        Deletes::Held { .. } => unreachable!("no guard, nothing held"),
+    }
+}
+
+/// What a complete listing's delete detection did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deletes {
+    /// This many live jobs the listing did not contain were marked deleted.
+    Applied(usize),
+    /// The guard held them: `missing` of the campaign's `live` jobs were not in the listing.
+    Held { missing: usize, live: usize },
+}
+
+/// [`mark_missing_deleted`] behind the mass-delete guard: when `guard` is `Some(ratio)` and the
+/// listing misses more than `ratio` of the campaign's live jobs (or contained none of more than
+/// [`FEW_JOBS`]), nothing is marked and [`Deletes::Held`] says how many it would have been.
+pub fn mark_missing_deleted_guarded(
+    conn: &mut Conn,
+    campaign: i64,
+    listing_started: Ts,
+    now: Ts,
+    guard: Option<f64>,
+) -> Result<Deletes, DbError> {
     transaction(conn, |conn| {
         let gone: Vec<(i64, Option<String>, i32)> = with_conn!(conn, |c| jobs::table
             .filter(jobs::campaign.eq(campaign))
@@ -303,13 +328,29 @@ pub fn mark_missing_deleted(
             .filter(jobs::last_seen_at.lt(listing_started))
             .select((jobs::id, jobs::reference, jobs::state))
             .load(c)?);
+        if let (Some(ratio), false) = (guard, gone.is_empty()) {
+            let live: i64 = with_conn!(conn, |c| jobs::table
+                .filter(jobs::campaign.eq(campaign))
+                .filter(jobs::remote_deleted_at.is_null())
+                .count()
+                .get_result(c)?);
+            let (missing, live) = (gone.len(), live as usize);
+            let seen = live.saturating_sub(missing);
+            if missing as f64 > ratio * live as f64 || (seen == 0 && live > FEW_JOBS) {
+                return Ok(Deletes::Held { missing, live });
+            }
+        }
         let gone = gone
             .into_iter()
             .map(|(id, reference, state)| (id, campaign, reference, state))
             .collect();
-        mark_deleted(conn, gone, ChangeSource::Pull, now)
+        mark_deleted(conn, gone, ChangeSource::Pull, now).map(Deletes::Applied)
     })
 }
+
+/// A listing of no jobs for a campaign with more live jobs than this is held by the guard,
+/// whatever `sync.mass_delete_ratio` says.
+pub const FEW_JOBS: usize = 3;
 
 /// Sets `remote_deleted_at` of the given live rows (`id, campaign, reference, state`) and
 /// appends a `deleted` change for each. Returns how many.

@@ -105,10 +105,61 @@ pub fn mark_campaign_listed(conn: &mut Conn, campaign: i64, at: Ts) -> Result<()
                 campaigns::refused_at.eq(None::<Ts>),
                 campaigns::refused_status.eq(None::<i32>),
                 campaigns::refused_reason.eq(None::<String>),
+                campaigns::deletes_held_at.eq(None::<Ts>),
+                campaigns::deletes_held.eq(None::<i32>),
             ))
             .execute(c)?;
         Ok(())
     })
+}
+
+/// Deletes a complete listing would have made, held until a second listing agrees.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HeldDeletes {
+    pub campaign: i64,
+    /// When the listing that would have deleted them was stored.
+    #[serde(serialize_with = "crate::db::models::ts_as_rfc3339")]
+    pub held_at: Ts,
+    /// How many live jobs it would have marked deleted.
+    pub jobs: i32,
+}
+
+/// Holds the deletes of `campaign`'s listing: `jobs` live jobs it did not contain.
+pub fn hold_deletes(conn: &mut Conn, campaign: i64, at: Ts, jobs: i32) -> Result<(), DbError> {
+    with_conn!(conn, |c| {
+        diesel::update(campaigns::table.find(campaign))
+            .set((
+                campaigns::deletes_held_at.eq(Some(at)),
+                campaigns::deletes_held.eq(Some(jobs)),
+            ))
+            .execute(c)?;
+        Ok(())
+    })
+}
+
+/// The campaigns whose deletes are held, by campaign.
+pub fn held_deletes(conn: &mut Conn) -> Result<Vec<HeldDeletes>, DbError> {
+    let rows: Vec<(i64, Option<Ts>, Option<i32>)> = with_conn!(conn, |c| {
+        campaigns::table
+            .filter(campaigns::deletes_held_at.is_not_null())
+            .order(campaigns::campaign.asc())
+            .select((
+                campaigns::campaign,
+                campaigns::deletes_held_at,
+                campaigns::deletes_held,
+            ))
+            .load(c)?
+    });
+    Ok(rows
+        .into_iter()
+        .filter_map(|(campaign, at, jobs)| {
+            Some(HeldDeletes {
+                campaign,
+                held_at: at?,
+                jobs: jobs.unwrap_or_default(),
+            })
+        })
+        .collect())
 }
 
 /// A campaign whose listing the API refused, set aside.
