@@ -11,6 +11,10 @@
 //! incremental answer, and that campaign's listing answers 404, 403 or 400. Before, every cycle
 //! then failed — the outbox never pushed — with a message blaming `api.base_url` or the token.
 //!
+//! Malformed jobs: one job the client cannot decode (a naive datetime, a lone surrogate, `1e400`,
+//! a string for an array, a duplicate key, a state beyond i32, an invalid date) failed every
+//! cycle while it existed, and the CRM's rows waited.
+//!
 //! Mass deletes: one transient `200 []` for a campaign's full listing marked every job of the
 //! campaign deleted (then created again at the next listing): the CRM saw the campaign vanish.
 
@@ -35,6 +39,7 @@ on_both_backends!(
     a_campaign_answering_403_is_set_aside_and_the_cycle_goes_on,
     a_campaign_answering_400_is_set_aside_and_the_cycle_goes_on,
     a_transient_empty_listing_deletes_nothing_and_a_confirmed_one_deletes_all,
+    malformed_jobs_are_quarantined_and_the_sync_goes_on,
 );
 
 const CAMPAIGN: i64 = 28;
@@ -55,6 +60,8 @@ struct Rules {
     refuse: Mutex<Option<(i64, u16)>>,
     /// A campaign whose listing is answered `200 []`.
     empty: Mutex<Option<i64>>,
+    /// Items added at the end of every listing's array.
+    inject: Mutex<Vec<String>>,
     campaign_listings: Mutex<Vec<i64>>,
 }
 
@@ -65,6 +72,10 @@ impl Gateway {
 
     fn refuse(&self, campaign_and_status: Option<(i64, u16)>) {
         *self.rules.refuse.lock().unwrap() = campaign_and_status;
+    }
+
+    fn inject(&self, items: Vec<String>) {
+        *self.rules.inject.lock().unwrap() = items;
     }
 
     fn answer_empty(&self, campaign: Option<i64>) {
@@ -173,7 +184,14 @@ async fn forward(State(up): State<Upstream>, request: Request) -> Response {
             .unwrap();
         let status = answer.status();
         let headers = answer.headers().clone();
-        let body: Bytes = answer.bytes().await.unwrap();
+        let mut body: Bytes = answer.bytes().await.unwrap();
+        let inject = up.rules.inject.lock().unwrap().clone();
+        if uri.path() == "/j/jobs" && status == 200 && !inject.is_empty() {
+            let text = String::from_utf8(body.to_vec()).unwrap();
+            let open = text.trim_end().trim_end_matches(']').trim_end().to_string();
+            let sep = if open.ends_with('[') { "" } else { "," };
+            body = Bytes::from(format!("{open}{sep}{}]", inject.join(",")));
+        }
         let mut response = (status, body).into_response();
         for (name, value) in &headers {
             if name != "content-length" && name != "transfer-encoding" {
@@ -463,4 +481,108 @@ async fn a_transient_empty_listing_deletes_nothing_and_a_confirmed_one_deletes_a
         "confirmed by two listings: 20 deleted"
     );
     assert_eq!(live(), 0);
+}
+
+/// The phone number planted in malformed jobs: no table, output or endpoint may hold it.
+const PLANTED: &str = "33612345678";
+
+async fn malformed_jobs_are_quarantined_and_the_sync_goes_on(t: &TestDb) {
+    let (sim, gateway, engine) = setup(t).await;
+    cycle(&engine).await;
+    let known = sim.state()[0].id;
+    let bad = |fields: &str| format!(r#"{{"campaign": 28, {fields}}}"#);
+    gateway.inject(vec![
+        bad(r#""id": 9001, "state": 0, "created_at": "2026-12-08T09:30:00", "numbers": ["+33612345678"]"#),
+        bad(r#""id": 9002, "state": 0, "name": "\ud83d""#),
+        bad(r#""id": 9003, "state": 1e400"#),
+        bad(r#""id": 9004, "state": 0, "numbers": "+33612345678""#),
+        bad(r#""id": 9005, "state": 0, "state": 1"#),
+        bad(r#""id": 9006, "state": 4294967296"#),
+        bad(r#""id": 9007, "state": 0, "created_at": "2026-02-30T10:00:00Z""#),
+        // A job the mirror holds, in a version that cannot be read: kept as it was, not deleted.
+        bad(&format!(r#""id": {known}, "state": "queued""#)),
+        // No readable id: the listing cannot say what it did not contain.
+        r#"{"id": "x-1", "campaign": 28, "state": 0}"#.to_string(),
+    ]);
+    insert(
+        &t.db,
+        &[create(
+            CAMPAIGN,
+            "crm-q",
+            serde_json::json!({"name": "Waiting"}),
+        )],
+    );
+    let before = jobsync::db::repo::jobs::get(&mut t.db.conn().unwrap(), known)
+        .unwrap()
+        .unwrap();
+    let run = cycle(&engine).await;
+    assert_eq!(run.pull.quarantined, 9, "{run:?}");
+    // A full listing too (the API's clock two hours on): nothing is deleted.
+    sim.set_clock(2.0).unwrap();
+    cycle(&engine).await;
+    let full = cycle(&engine).await;
+    assert!(full.pull.full, "{full:?}");
+    assert_eq!(
+        deleted_changes(t),
+        0,
+        "a job that could not be read was deleted"
+    );
+
+    let rows = all_rows(&t.db);
+    assert_eq!(
+        count_status(&rows, "done"),
+        1,
+        "the CRM's row was pushed: {rows:?}"
+    );
+    let mut c = t.db.conn().unwrap();
+    let quarantined = jobsync::db::repo::quarantine::list(&mut c, 100).unwrap();
+    assert_eq!(quarantined.len(), 9, "{quarantined:?}");
+    assert!(
+        quarantined
+            .iter()
+            .all(|q| q.campaign == Some(CAMPAIGN) && !q.reason.is_empty()),
+        "{quarantined:?}"
+    );
+    assert_eq!(
+        jobsync::db::repo::jobs::get(&mut c, known)
+            .unwrap()
+            .unwrap()
+            .content,
+        before.content,
+        "the mirrored job stays as it was read last"
+    );
+    let runs = jobsync::db::repo::runs::recent(&mut c, 10).unwrap();
+    assert!(
+        runs.iter().any(|r| r.jobs_quarantined >= 9),
+        "the run counts them: {runs:?}"
+    );
+    let report = jobsync::db::repo::report::read(&mut c, 10).unwrap();
+    assert_eq!(report.jobs_quarantined, 9, "status says so: {report:?}");
+    // The planted phone number is nowhere: quarantine, runs, status.
+    let seen = format!(
+        "{quarantined:?} {runs:?} {}",
+        serde_json::to_string(&report).unwrap()
+    );
+    assert!(!seen.contains(PLANTED), "the phone number leaked: {seen}");
+    // The mirror equals the API for every readable job.
+    let live: Vec<_> = jobsync::db::repo::jobs::all(&mut c)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.remote_deleted_at.is_none())
+        .map(|r| r.to_job())
+        .collect();
+    let mut upstream = sim.state();
+    upstream.sort_by_key(|j| j.id);
+    assert_eq!(live, upstream);
+
+    // The API sends the job readably again: it leaves quarantine.
+    gateway.inject(Vec::new());
+    sim.set_clock(4.0).unwrap();
+    cycle(&engine).await;
+    cycle(&engine).await;
+    let left = jobsync::db::repo::quarantine::list(&mut t.db.conn().unwrap(), 100).unwrap();
+    assert!(
+        left.iter().all(|q| q.job_id != Some(known)) && left.len() == 8,
+        "{left:?}"
+    );
 }

@@ -15,6 +15,20 @@ use std::time::{Duration, Instant};
 /// the memory one element can take.
 pub const MAX_JOB_BYTES: usize = 1024 * 1024;
 
+/// The most of a quarantined item's text that is kept.
+pub const QUARANTINE_RAW_BYTES: usize = 4096;
+
+/// An item of a listing that could not be decoded as a job: set aside rather than failing the
+/// listing. `raw` is its text, capped and with long digit runs (phone numbers) and secrets masked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quarantined {
+    pub job_id: Option<i64>,
+    pub campaign: Option<i64>,
+    /// What could not be read: the field and the type expected, never the value.
+    pub reason: String,
+    pub raw: String,
+}
+
 pub struct Listing {
     /// The server's clock when it answered (the `Date` header), for the pull watermark.
     pub server_date: Option<DateTime<Utc>>,
@@ -31,6 +45,7 @@ pub struct Listing {
     /// Campaigns whose jobs are only counted, not decoded (see [`Listing::skip_campaigns`]).
     skip: BTreeSet<i64>,
     skipped: usize,
+    quarantined: Vec<Quarantined>,
 }
 
 impl std::fmt::Debug for Listing {
@@ -62,6 +77,7 @@ impl Listing {
             last_item: Instant::now(),
             skip: BTreeSet::new(),
             skipped: 0,
+            quarantined: Vec::new(),
         }
     }
 
@@ -77,6 +93,13 @@ impl Listing {
     /// How many jobs so far belonged to a skipped campaign.
     pub fn skipped(&self) -> usize {
         self.skipped
+    }
+
+    /// The items set aside since the last call: each could not be decoded as a job (a wrong
+    /// type, an invalid date, a number out of range, invalid text). The rest of the listing goes
+    /// on.
+    pub fn take_quarantined(&mut self) -> Vec<Quarantined> {
+        std::mem::take(&mut self.quarantined)
     }
 
     /// Up to `max` more jobs (at least one, unless some were of skipped campaigns: skipped jobs
@@ -101,7 +124,14 @@ impl Listing {
                         self.last_item = Instant::now();
                         continue;
                     }
-                    Ok(Some(bytes)) => decode_item(bytes, index),
+                    Ok(Some(bytes)) => match decode_item(bytes, index) {
+                        Ok(job) => Ok(job),
+                        Err(reason) => {
+                            self.quarantined.push(quarantine(bytes, reason));
+                            self.last_item = Instant::now();
+                            continue;
+                        }
+                    },
                     Ok(None) => break,
                     Err(detail) => Err(detail),
                 };
@@ -198,6 +228,47 @@ fn in_campaigns(bytes: &[u8], campaigns: &BTreeSet<i64>) -> bool {
 /// that can be read, and the field at fault (never the value).
 /// Plain serde first: tracking the path costs a seventh of a backfill's CPU, and is only needed
 /// to word the error of an item that does not decode.
+/// Sets an item aside: its id and campaign if they can be read, the reason, and its text capped
+/// at [`QUARANTINE_RAW_BYTES`] with every run of six digits or more masked (phone numbers; a
+/// job's id and campaign are kept in their own columns) and secrets masked.
+fn quarantine(bytes: &[u8], reason: String) -> Quarantined {
+    #[derive(serde::Deserialize)]
+    struct Keys {
+        id: Option<serde_json::Value>,
+        campaign: Option<serde_json::Value>,
+    }
+    let keys = serde_json::from_slice::<Keys>(bytes).ok();
+    let int = |v: Option<&serde_json::Value>| v.and_then(serde_json::Value::as_i64);
+    let mut end = bytes.len().min(QUARANTINE_RAW_BYTES);
+    while end > 0 && end < bytes.len() && (bytes[end] & 0xC0) == 0x80 {
+        end -= 1;
+    }
+    let text = String::from_utf8_lossy(&bytes[..end]);
+    Quarantined {
+        job_id: int(keys.as_ref().and_then(|k| k.id.as_ref())),
+        campaign: int(keys.as_ref().and_then(|k| k.campaign.as_ref())),
+        reason,
+        raw: crate::secret::scrub(&mask_digit_runs(&text)),
+    }
+}
+
+/// Replaces every run of six digits or more with `******`.
+fn mask_digit_runs(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut run = String::new();
+    for ch in text.chars() {
+        if ch.is_ascii_digit() {
+            run.push(ch);
+            continue;
+        }
+        out.push_str(if run.len() >= 6 { "******" } else { &run });
+        run.clear();
+        out.push(ch);
+    }
+    out.push_str(if run.len() >= 6 { "******" } else { &run });
+    out
+}
+
 fn decode_item(bytes: &[u8], index: usize) -> Result<Job, String> {
     #[derive(serde::Deserialize)]
     struct IdOf {
@@ -251,11 +322,26 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_job_whose_campaign_cannot_be_read_still_fails_with_its_field_named() {
-        let mut listing = listing_of(r#"[{"id": 1, "campaign": "one", "state": 0}]"#);
+    async fn a_job_whose_campaign_cannot_be_read_is_quarantined_with_its_field_named() {
+        let mut listing = listing_of(
+            r#"[{"id": 1, "campaign": "one", "state": 0, "numbers": ["+33612345678"]},
+                {"id": 2, "campaign": 2, "state": 0}]"#,
+        );
         listing.skip_campaigns(BTreeSet::from([1]));
-        let err = listing.next_batch(10).await.unwrap_err().to_string();
-        assert!(err.contains("item 0") && err.contains("campaign"), "{err}");
+        let batch = listing.next_batch(10).await.unwrap().unwrap();
+        assert_eq!(batch.iter().map(|j| j.id).collect::<Vec<_>>(), [2]);
+        let quarantined = listing.take_quarantined();
+        assert_eq!(quarantined.len(), 1);
+        let q = &quarantined[0];
+        assert_eq!((q.job_id, q.campaign), (Some(1), None));
+        assert!(
+            q.reason.contains("item 0") && q.reason.contains("campaign"),
+            "{q:?}"
+        );
+        assert!(
+            !q.raw.contains("33612345678") && q.raw.contains("******"),
+            "{q:?}"
+        );
     }
 
     #[tokio::test]

@@ -17,5 +17,5 @@ pub use crate::telemetry::ApiStats;
 pub use bulk::{Halt, ItemOutcome};
 pub use client::{ApiClient, ClientOptions, ListQuery};
 pub use error::ApiError;
-pub use listing::Listing;
+pub use listing::{Listing, Quarantined};
 pub use token::TokenSource;

@@ -25,6 +25,12 @@ pub async fn print(db: &Db) -> CliResult {
                     refused.campaign, refused.refused_at, refused.reason
                 );
             }
+            if r.jobs_quarantined > 0 {
+                out += &format!(
+                    "quarantined:      {} jobs that could not be decoded (table quarantine)\n",
+                    r.jobs_quarantined
+                );
+            }
             for held in &r.deletes_held {
                 out += &format!(
                     "deletes held:     campaign {} since {} — a listing would mark {} jobs \

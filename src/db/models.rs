@@ -351,6 +351,8 @@ pub struct RunRow {
     pub pushed_failed: i64,
     pub api_calls: i64,
     pub error: Option<String>,
+    /// Jobs of the run's listings set aside because they could not be decoded.
+    pub jobs_quarantined: i64,
 }
 
 fn opt_ts_as_rfc3339<S: serde::Serializer>(t: &Option<Ts>, s: S) -> Result<S::Ok, S::Error> {

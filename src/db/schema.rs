@@ -78,6 +78,19 @@ diesel::table! {
         pushed_failed -> BigInt,
         api_calls -> BigInt,
         error -> Nullable<Text>,
+        jobs_quarantined -> BigInt,
+    }
+}
+
+diesel::table! {
+    quarantine (item_key) {
+        item_key -> Text,
+        job_id -> Nullable<BigInt>,
+        campaign -> Nullable<BigInt>,
+        reason -> Text,
+        raw -> Text,
+        first_seen_at -> Timestamp,
+        last_seen_at -> Timestamp,
     }
 }
 
@@ -108,5 +121,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     job_changes,
     sync_runs,
     sync_state,
-    campaigns
+    campaigns,
+    quarantine
 );

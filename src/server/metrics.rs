@@ -22,11 +22,12 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
                 (
                     state::refused_campaigns(c)?.len(),
                     state::held_deletes(c)?.len(),
+                    crate::db::repo::quarantine::count(c)?,
                 ),
             ))
         })
         .await;
-    let (counts, oldest, last_pull, (set_aside, deletes_held)) = match from_db {
+    let (counts, oldest, last_pull, (set_aside, deletes_held, quarantined)) = match from_db {
         Ok(values) => values,
         Err(e) => {
             return (
@@ -113,6 +114,11 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
         "jobsync_campaigns_set_aside",
         "Tracked campaigns whose listing the API refused (404, 403, 400, ...): not listed in full, tried again hourly.",
         [(vec![], set_aside as f64)],
+    );
+    out.gauge(
+        "jobsync_jobs_quarantined",
+        "Jobs of the API's answers that could not be decoded, set aside in the quarantine table.",
+        [(vec![], quarantined as f64)],
     );
     out.gauge(
         "jobsync_deletes_held",

@@ -16,7 +16,7 @@ use crate::config::SyncConfig;
 use crate::db::lock::check_fence;
 use crate::db::models::{ChangeSource, JobContent};
 use crate::db::repo::runs::{self, RunCounts};
-use crate::db::repo::{jobs, state, transaction, with_relaxed_durability};
+use crate::db::repo::{jobs, quarantine, state, transaction, with_relaxed_durability};
 use crate::db::{Db, Ts};
 use crate::shutdown::Heartbeat;
 use crate::telemetry::progress::{LogProgress, ProgressSink, Tracker, Work};
@@ -54,6 +54,10 @@ pub struct PullStats {
     pub incremental_refused: bool,
     /// Campaigns whose listing the API refused in this pull (404, 403, 400, …): set aside.
     pub campaigns_refused: Vec<i64>,
+    /// Jobs that could not be decoded, set aside in `quarantine`.
+    pub quarantined: i64,
+    /// Of those, items whose id could not be read: the listing cannot say what it lacked.
+    pub unreadable: i64,
 }
 
 /// Runs one pull, reporting its progress as log lines.
@@ -368,6 +372,8 @@ async fn list_campaigns(
         stats.jobs_changed += own.jobs_changed;
         stats.marked_deleted += own.marked_deleted;
         stats.campaigns_listed.extend(own.campaigns_listed);
+        stats.quarantined += own.quarantined;
+        stats.unreadable += own.unreadable;
         match result {
             Ok(server_time) => {
                 *pull_started = Some(pull_started.map_or(server_time, |t| t.min(server_time)));
@@ -398,6 +404,8 @@ struct Decoded {
     campaigns: BTreeSet<i64>,
     /// The batch in stored form, less the jobs of skipped campaigns.
     store: Vec<JobContent>,
+    /// Items of the batch that could not be decoded.
+    quarantined: Vec<crate::api::Quarantined>,
 }
 
 struct IncrementalResult {
@@ -491,6 +499,17 @@ async fn pull_campaign_listing(
     )
     .await?;
     let foreign: Vec<i64> = seen.into_iter().filter(|c| *c != campaign).collect();
+    // Items whose id could not be read: the listing cannot say which jobs it lacked, so it
+    // deletes none (never delete what could not be read).
+    let incomplete = stats.unreadable > 0;
+    if incomplete {
+        tracing::warn!(
+            campaign,
+            unreadable = stats.unreadable,
+            "the listing holds jobs whose id cannot be read: no job of the campaign is marked \
+             deleted for it"
+        );
+    }
     // `listing_started` is on our clock, like the rows' `last_seen_at` it is compared with; the
     // stamps a later pull schedules by are on the API's.
     let (listed_at, deleted_at) = (
@@ -503,13 +522,17 @@ async fn pull_campaign_listing(
             state::track_campaigns(c, &foreign)?;
             transaction(c, |c| {
                 check_fence(fence.as_ref(), c)?;
-                let outcome = jobs::mark_missing_deleted_guarded(
-                    c,
-                    campaign,
-                    listing_started,
-                    deleted_at,
-                    guard,
-                )?;
+                let outcome = if incomplete {
+                    jobs::Deletes::Applied(0)
+                } else {
+                    jobs::mark_missing_deleted_guarded(
+                        c,
+                        campaign,
+                        listing_started,
+                        deleted_at,
+                        guard,
+                    )?
+                };
                 let n = match outcome {
                     jobs::Deletes::Applied(n) => {
                         // A complete listing whose deletes went in (clears any hold).
@@ -575,11 +598,20 @@ async fn store_listing(
         loop {
             let next = listing.next_batch(BATCH_SIZE).await;
             let done = !matches!(next, Ok(Some(_)));
+            let quarantined = listing.take_quarantined();
             let item = match next {
                 Ok(Some(batch)) => Ok(Decoded {
-                    received: batch.len() + (listing.skipped() - skipped),
+                    received: batch.len() + (listing.skipped() - skipped) + quarantined.len(),
                     campaigns: batch.iter().map(|j| j.campaign).collect(),
                     store: batch.iter().map(JobContent::from_job).collect(),
+                    quarantined,
+                }),
+                // The last items set aside, after the last batch.
+                Ok(None) if !quarantined.is_empty() => Ok(Decoded {
+                    received: quarantined.len(),
+                    campaigns: BTreeSet::new(),
+                    store: Vec::new(),
+                    quarantined,
                 }),
                 Ok(None) => break,
                 Err(e) => Err(e),
@@ -591,6 +623,8 @@ async fn store_listing(
         }
     });
     let mut campaigns = BTreeSet::new();
+    // Only a mirror with jobs in quarantine checks each batch against it.
+    let mut any_quarantined = db.run(quarantine::count).await? > 0;
     let result = async {
         while let Some(batch) = rx.recv().await {
             let batch = batch?;
@@ -603,9 +637,23 @@ async fn store_listing(
             // (listed in full earlier in the same pull) are read but not counted, so a backfill
             // of N jobs reports N, not N plus those its incremental pass re-read.
             let pulled = batch.store.len() as i64;
-            if batch.store.is_empty() {
+            if batch.store.is_empty() && batch.quarantined.is_empty() {
                 continue;
             }
+            let set_aside = batch.quarantined;
+            let quarantined = set_aside.len() as i64;
+            let unreadable = set_aside.iter().filter(|q| q.job_id.is_none()).count() as i64;
+            for q in &set_aside {
+                tracing::warn!(
+                    job_id = q.job_id,
+                    campaign = q.campaign,
+                    reason = %q.reason,
+                    "a job of the listing cannot be decoded: set aside in `quarantine`, the \
+                     listing goes on"
+                );
+            }
+            let release = any_quarantined;
+            any_quarantined |= !set_aside.is_empty();
             let store = batch.store;
             let fence = db.fence().cloned();
             let upserted = db
@@ -616,11 +664,26 @@ async fn store_listing(
                             // A pull that lost the sync lock writes no more of the mirror.
                             check_fence(fence.as_ref(), c)?;
                             let now = Ts::now();
+                            let ids: Vec<i64> = store.iter().map(|j| j.id).collect();
                             let up =
                                 jobs::upsert_contents(c, store, ChangeSource::Pull, now, touch)?;
+                            if release {
+                                // A job that decodes again leaves quarantine.
+                                quarantine::release(c, &ids)?;
+                            }
+                            if !set_aside.is_empty() {
+                                quarantine::put(c, &set_aside, now)?;
+                                if touch {
+                                    // Contained, though unreadable: not deleted for this listing.
+                                    let ids: Vec<i64> =
+                                        set_aside.iter().filter_map(|q| q.job_id).collect();
+                                    jobs::touch_seen(c, &ids, now)?;
+                                }
+                            }
                             let counts = RunCounts {
                                 jobs_pulled: pulled,
                                 jobs_changed: up.changes as i64,
+                                jobs_quarantined: quarantined,
                                 ..RunCounts::default()
                             };
                             runs::count_into_current(c, counts)?;
@@ -634,6 +697,8 @@ async fn store_listing(
             // Counted once committed: a stopped pull reports what the mirror holds.
             stats.jobs_pulled += pulled;
             stats.jobs_changed += upserted.changes as i64;
+            stats.quarantined += quarantined;
+            stats.unreadable += unreadable;
         }
         Ok(())
     }

@@ -389,6 +389,20 @@ fn mark_deleted(
     Ok(rows.len())
 }
 
+/// Marks the rows among `ids` seen by a listing at `now` (`last_seen_at`) without changing them:
+/// jobs the listing contained in a form that could not be read are not deleted for it.
+pub fn touch_seen(conn: &mut Conn, ids: &[i64], now: Ts) -> Result<usize, DbError> {
+    with_conn!(conn, |c| {
+        let mut touched = 0;
+        for chunk in ids.chunks(IDS_PER_STATEMENT) {
+            touched += diesel::update(jobs::table.filter(jobs::id.eq_any(chunk)))
+                .set(jobs::last_seen_at.eq(now))
+                .execute(c)?;
+        }
+        Ok(touched)
+    })
+}
+
 /// Counts: live rows, rows marked deleted.
 pub fn counts(conn: &mut Conn) -> Result<(i64, i64), DbError> {
     with_conn!(conn, |c| {

@@ -4,6 +4,7 @@
 pub mod changes;
 pub mod jobs;
 pub mod outbox;
+pub mod quarantine;
 pub mod report;
 pub mod retention;
 pub mod runs;

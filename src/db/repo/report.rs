@@ -17,6 +17,8 @@ pub struct Report {
     pub oldest_pending_outbox_row: Option<String>,
     /// Campaigns whose listing the API refused, set aside (not listed in full, tried hourly).
     pub campaigns_set_aside: Vec<state::RefusedCampaign>,
+    /// Jobs set aside because they could not be decoded (table `quarantine`).
+    pub jobs_quarantined: i64,
     /// Campaigns whose last listing's deletes the mass-delete guard holds.
     pub deletes_held: Vec<state::HeldDeletes>,
     pub last_runs: Vec<RunRow>,
@@ -42,6 +44,7 @@ pub fn read(conn: &mut Conn, recent: i64) -> Result<Report, DbError> {
         oldest_pending_outbox_row: outbox::oldest_pending(conn)?.map(|t| t.to_string()),
         campaigns_set_aside: state::refused_campaigns(conn)?,
         deletes_held: state::held_deletes(conn)?,
+        jobs_quarantined: super::quarantine::count(conn)?,
         last_runs: runs::recent(conn, recent)?,
     })
 }

@@ -59,6 +59,7 @@ pub struct RunCounts {
     pub jobs_changed: i64,
     pub pushed_ok: i64,
     pub pushed_failed: i64,
+    pub jobs_quarantined: i64,
 }
 
 /// Adds `counts` to the run in progress: the newest row of `sync_runs`, while it is `running`
@@ -79,6 +80,8 @@ pub fn count_into_current(conn: &mut Conn, counts: RunCounts) -> Result<(), DbEr
                 sync_runs::jobs_changed.eq(sync_runs::jobs_changed + counts.jobs_changed),
                 sync_runs::pushed_ok.eq(sync_runs::pushed_ok + counts.pushed_ok),
                 sync_runs::pushed_failed.eq(sync_runs::pushed_failed + counts.pushed_failed),
+                sync_runs::jobs_quarantined
+                    .eq(sync_runs::jobs_quarantined + counts.jobs_quarantined),
             ))
             .execute(c)?;
         Ok(())
