@@ -136,12 +136,8 @@ async fn undecodable_answers_fail_the_run_clearly_and_change_nothing_unsafe() {
         .await
         .unwrap();
 
-    for corruption in [
-        Corruption::Malformed,
-        Corruption::WrongTypes,
-        Corruption::Html,
-        Corruption::Truncated,
-    ] {
+    // Answers that are not a listing as a whole fail the run.
+    for corruption in [Corruption::Html, Corruption::Truncated] {
         let watermark = state::get_time(&mut db.conn().unwrap(), state::WATERMARK).unwrap();
         force_full_listing(&db);
         *mode.lock().unwrap() = corruption;
@@ -171,6 +167,32 @@ async fn undecodable_answers_fail_the_run_clearly_and_change_nothing_unsafe() {
             watermark,
             "{corruption:?}"
         );
+        let stored = jobs::all(&mut c).unwrap();
+        assert!(
+            stored.iter().all(|r| (0..=4).contains(&r.content.state)),
+            "committed rows stay valid"
+        );
+    }
+
+    // Items that cannot be decoded inside a well-formed array are quarantined (issue 24): the
+    // run completes. An item whose id cannot be read makes the listing delete nothing; jobs
+    // quarantined by id are not deleted, and the listing's other deletes go in (job 5).
+    for (corruption, counts) in [
+        (Corruption::Malformed, (6000, 0)),
+        (Corruption::WrongTypes, (5999, 1)),
+    ] {
+        force_full_listing(&db);
+        *mode.lock().unwrap() = corruption;
+        let out = once_async(proxy_url.clone(), &db_path).await;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{corruption:?}: {stderr}");
+        assert!(
+            stderr.contains("cannot be decoded"),
+            "{corruption:?}: {stderr}"
+        );
+        let mut c = db.conn().unwrap();
+        assert!(jobsync::db::repo::quarantine::count(&mut c).unwrap() > 0);
+        assert_eq!(jobs::counts(&mut c).unwrap(), counts, "{corruption:?}");
         let stored = jobs::all(&mut c).unwrap();
         assert!(
             stored.iter().all(|r| (0..=4).contains(&r.content.state)),

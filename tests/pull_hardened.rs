@@ -15,6 +15,9 @@
 //! a string for an array, a duplicate key, a state beyond i32, an invalid date) failed every
 //! cycle while it existed, and the CRM's rows waited.
 //!
+//! A listing that never ends (the same jobs over and over) kept `--once` running and the daemon
+//! skipping ticks, its push never run.
+//!
 //! Mass deletes: one transient `200 []` for a campaign's full listing marked every job of the
 //! campaign deleted (then created again at the next listing): the CRM saw the campaign vanish.
 
@@ -40,6 +43,7 @@ on_both_backends!(
     a_campaign_answering_400_is_set_aside_and_the_cycle_goes_on,
     a_transient_empty_listing_deletes_nothing_and_a_confirmed_one_deletes_all,
     malformed_jobs_are_quarantined_and_the_sync_goes_on,
+    a_listing_that_loops_fails_and_the_push_still_runs,
 );
 
 const CAMPAIGN: i64 = 28;
@@ -62,6 +66,8 @@ struct Rules {
     empty: Mutex<Option<i64>>,
     /// Items added at the end of every listing's array.
     inject: Mutex<Vec<String>>,
+    /// Every listing is answered with its jobs over and over, never ending.
+    looping: Mutex<bool>,
     campaign_listings: Mutex<Vec<i64>>,
 }
 
@@ -72,6 +78,10 @@ impl Gateway {
 
     fn refuse(&self, campaign_and_status: Option<(i64, u16)>) {
         *self.rules.refuse.lock().unwrap() = campaign_and_status;
+    }
+
+    fn looping(&self, on: bool) {
+        *self.rules.looping.lock().unwrap() = on;
     }
 
     fn inject(&self, items: Vec<String>) {
@@ -185,6 +195,39 @@ async fn forward(State(up): State<Upstream>, request: Request) -> Response {
         let status = answer.status();
         let headers = answer.headers().clone();
         let mut body: Bytes = answer.bytes().await.unwrap();
+        let looping = *up.rules.looping.lock().unwrap();
+        if uri.path() == "/j/jobs" && status == 200 && looping {
+            // The same jobs for ever: "[" then the items, a comma, the items, …
+            let text = up
+                .http
+                .get(format!("{}/j/jobs?campaign={CAMPAIGN}", up.sim))
+                .bearer_auth("dev-token")
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let items = text
+                .trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let head = futures_util::stream::once(async { "[".to_string() });
+            let rest = futures_util::stream::iter(std::iter::repeat(format!("{items},")));
+            let stream = futures_util::StreamExt::map(
+                futures_util::StreamExt::chain(head, rest),
+                Ok::<_, std::convert::Infallible>,
+            );
+            let mut response = (status, axum::body::Body::from_stream(stream)).into_response();
+            response
+                .headers_mut()
+                .insert("content-type", HeaderValue::from_static("application/json"));
+            if let Some(date) = headers.get("date") {
+                response.headers_mut().insert("date", date.clone());
+            }
+            return response;
+        }
         let inject = up.rules.inject.lock().unwrap().clone();
         if uri.path() == "/j/jobs" && status == 200 && !inject.is_empty() {
             let text = String::from_utf8(body.to_vec()).unwrap();
@@ -585,4 +628,36 @@ async fn malformed_jobs_are_quarantined_and_the_sync_goes_on(t: &TestDb) {
         left.iter().all(|q| q.job_id != Some(known)) && left.len() == 8,
         "{left:?}"
     );
+}
+
+async fn a_listing_that_loops_fails_and_the_push_still_runs(t: &TestDb) {
+    let (_sim, gateway, engine) = setup(t).await;
+    cycle(&engine).await;
+    let watermark = stamps(t)[0];
+    gateway.looping(true);
+    insert(
+        &t.db,
+        &[create(
+            CAMPAIGN,
+            "crm-l",
+            serde_json::json!({"name": "Looping"}),
+        )],
+    );
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        jobsync::sync::cycle::run_cycle(&engine, jobsync::sync::cycle::Trigger::Once),
+    )
+    .await
+    .expect("the cycle ends although the listing never does")
+    .unwrap();
+    gateway.looping(false);
+    let error = run.error.clone().unwrap_or_default();
+    assert!(
+        !run.ok && error.contains("again") && error.contains("repeats itself"),
+        "the run fails naming the loop: {run:?}"
+    );
+    let rows = all_rows(&t.db);
+    assert_eq!(count_status(&rows, "done"), 1, "the push ran: {rows:?}");
+    assert_eq!(stamps(t)[0], watermark, "the watermark stays");
+    cycle(&engine).await;
 }

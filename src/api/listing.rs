@@ -18,16 +18,7 @@ pub const MAX_JOB_BYTES: usize = 1024 * 1024;
 /// The most of a quarantined item's text that is kept.
 pub const QUARANTINE_RAW_BYTES: usize = 4096;
 
-/// An item of a listing that could not be decoded as a job: set aside rather than failing the
-/// listing. `raw` is its text, capped and with long digit runs (phone numbers) and secrets masked.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Quarantined {
-    pub job_id: Option<i64>,
-    pub campaign: Option<i64>,
-    /// What could not be read: the field and the type expected, never the value.
-    pub reason: String,
-    pub raw: String,
-}
+pub use crate::job::Quarantined;
 
 pub struct Listing {
     /// The server's clock when it answered (the `Date` header), for the pull watermark.
@@ -46,6 +37,41 @@ pub struct Listing {
     skip: BTreeSet<i64>,
     skipped: usize,
     quarantined: Vec<Quarantined>,
+    /// The ids handed out so far: an id seen twice means the answer repeats itself.
+    seen: SeenIds,
+}
+
+/// The job ids of one listing, to tell a listing that loops (the same jobs over and over, never
+/// ending) from a long one: a bitmap over a window of 2^26 ids around the first (8 MiB at most,
+/// 125 KiB for a million sequential ids), and a set for ids outside it.
+#[derive(Debug, Default)]
+struct SeenIds {
+    base: Option<i64>,
+    words: Vec<u64>,
+    outside: std::collections::HashSet<i64>,
+}
+
+impl SeenIds {
+    const SPAN: i64 = 1 << 26;
+
+    /// Whether `id` was not seen before (and is now).
+    fn insert(&mut self, id: i64) -> bool {
+        let base = *self
+            .base
+            .get_or_insert_with(|| (id.div_euclid(64) * 64).saturating_sub(Self::SPAN / 2));
+        let offset = id.checked_sub(base).filter(|o| (0..Self::SPAN).contains(o));
+        let Some(offset) = offset else {
+            return self.outside.insert(id);
+        };
+        let word = (offset / 64) as usize;
+        if word >= self.words.len() {
+            self.words.resize(word + 1, 0);
+        }
+        let bit = 1u64 << (offset % 64);
+        let new = self.words[word] & bit == 0;
+        self.words[word] |= bit;
+        new
+    }
 }
 
 impl std::fmt::Debug for Listing {
@@ -78,6 +104,7 @@ impl Listing {
             skip: BTreeSet::new(),
             skipped: 0,
             quarantined: Vec::new(),
+            seen: SeenIds::default(),
         }
     }
 
@@ -136,6 +163,15 @@ impl Listing {
                     Err(detail) => Err(detail),
                 };
                 let job = decoded.map_err(|detail| self.fail(detail))?;
+                if !self.seen.insert(job.id) {
+                    let index = self.splitter.items() - 1;
+                    return Err(self.fail(format!(
+                        "item {index} is job {} again: the listing repeats itself (an answer that \
+                         loops never ends), so it is abandoned; nothing of it counts as complete \
+                         and the watermark stays",
+                        job.id
+                    )));
+                }
                 self.last_item = Instant::now();
                 batch.push(job.truncated_to_micros());
             }
@@ -319,6 +355,28 @@ mod tests {
         assert_eq!(second.iter().map(|j| j.id).collect::<Vec<_>>(), [4]);
         assert_eq!(listing.skipped(), 2);
         assert!(listing.next_batch(2).await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_listing_that_repeats_a_job_fails_naming_it() {
+        let mut listing = listing_of(
+            r#"[{"id": 1, "campaign": 1, "state": 0}, {"id": 2, "campaign": 1, "state": 0},
+                {"id": 1, "campaign": 1, "state": 0}]"#,
+        );
+        let err = listing.next_batch(10).await.unwrap_err().to_string();
+        assert!(err.contains("item 2 is job 1 again"), "{err}");
+    }
+
+    #[test]
+    fn seen_ids_tell_repeats_near_and_far() {
+        let mut seen = SeenIds::default();
+        for id in [1_000_000, 999_999, 1_000_064, i64::MAX, -5, 1 << 40] {
+            assert!(seen.insert(id), "{id} is new");
+        }
+        for id in [1_000_000, 999_999, 1_000_064, i64::MAX, -5, 1 << 40] {
+            assert!(!seen.insert(id), "{id} was seen");
+        }
+        assert!(seen.words.len() <= (SeenIds::SPAN / 64) as usize);
     }
 
     #[tokio::test]

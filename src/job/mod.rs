@@ -183,3 +183,14 @@ mod tests {
         assert!(field("colour").is_none());
     }
 }
+
+/// An item of a listing that could not be decoded as a job: set aside rather than failing the
+/// listing. `raw` is its text, capped and with long digit runs (phone numbers) and secrets masked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quarantined {
+    pub job_id: Option<i64>,
+    pub campaign: Option<i64>,
+    /// What could not be read: the field and the type expected, never the value.
+    pub reason: String,
+    pub raw: String,
+}

@@ -2,7 +2,7 @@
 //! The daemon's scheduler and `jobsync --once` both call [`run_cycle`].
 
 use super::{StopFlag, SyncError, pull, push};
-use crate::api::ApiClient;
+use crate::api::{ApiClient, ApiError};
 use crate::config::{PushConfig, SyncConfig};
 use crate::db::lock::{LOCK_CHECK_EVERY, SyncLock};
 use crate::db::repo::runs::{self, RunOutcome};
@@ -138,11 +138,24 @@ pub async fn run_cycle_then(
     let mut pull_done = false;
     let result: Result<(), SyncError> = async {
         let (db, client, stop) = (&fenced.db, &fenced.client, &fenced.stop);
-        pull::run_counted(db, client, &fenced.sync, stop, progress, &mut pulled).await?;
-        pull_done = true;
+        let pull = pull::run_counted(db, client, &fenced.sync, stop, progress, &mut pulled).await;
+        // An answer of the pull the sync cannot use (an undecodable or looping listing) fails
+        // the run, but the API is up and the CRM's rows do not wait for it: the push runs. Any
+        // other failure (unreachable API, refused token, database, lost lock, stop) ends here.
+        let pull_failure = match pull {
+            Ok(()) => {
+                pull_done = true;
+                None
+            }
+            Err(SyncError::Api(e @ (ApiError::Decode { .. } | ApiError::InvalidAnswer { .. }))) => {
+                tracing::warn!(error = %e, "the pull failed on the API's answer; pushing anyway");
+                Some(SyncError::Api(e))
+            }
+            Err(e) => return Err(e),
+        };
         let tuning = push::PushTuning::default();
         push::run_counted(db, client, &fenced.push, tuning, stop, &mut pushed).await?;
-        Ok(())
+        pull_failure.map_or(Ok(()), Err)
     }
     .await;
     // Ended and awaited, so that its hold on the lock is gone before the lock is released.

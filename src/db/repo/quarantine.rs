@@ -1,9 +1,9 @@
 //! Jobs of a listing that could not be decoded, set aside (`quarantine`): the rest of the
 //! listing and the cycle go on. A job leaves when a later answer decodes.
 
-use crate::api::Quarantined;
 use crate::db::schema::quarantine;
 use crate::db::{Conn, DbError, Ts};
+use crate::job::Quarantined;
 use crate::with_conn;
 use diesel::prelude::*;
 
