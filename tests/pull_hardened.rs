@@ -18,6 +18,9 @@
 //! A listing that never ends (the same jobs over and over) kept `--once` running and the daemon
 //! skipping ticks, its push never run.
 //!
+//! jobsync stopped itself: a CRM create of 5 MB, accepted by the API, made every later pull fail
+//! ("item 3 is larger than 1 MiB"). The push honours the pull's per-job cap.
+//!
 //! Mass deletes: one transient `200 []` for a campaign's full listing marked every job of the
 //! campaign deleted (then created again at the next listing): the CRM saw the campaign vanish.
 
@@ -44,6 +47,7 @@ on_both_backends!(
     a_transient_empty_listing_deletes_nothing_and_a_confirmed_one_deletes_all,
     malformed_jobs_are_quarantined_and_the_sync_goes_on,
     a_listing_that_loops_fails_and_the_push_still_runs,
+    a_create_too_large_for_the_pull_is_refused_not_sent,
 );
 
 const CAMPAIGN: i64 = 28;
@@ -660,4 +664,42 @@ async fn a_listing_that_loops_fails_and_the_push_still_runs(t: &TestDb) {
     assert_eq!(count_status(&rows, "done"), 1, "the push ran: {rows:?}");
     assert_eq!(stamps(t)[0], watermark, "the watermark stays");
     cycle(&engine).await;
+}
+
+async fn a_create_too_large_for_the_pull_is_refused_not_sent(t: &TestDb) {
+    let (sim, _gateway, engine) = setup(t).await;
+    insert(
+        &t.db,
+        &[
+            create(
+                CAMPAIGN,
+                "huge",
+                serde_json::json!({"name": "x".repeat(5_000_000)}),
+            ),
+            create(CAMPAIGN, "fine", serde_json::json!({"name": "Fine"})),
+        ],
+    );
+    cycle(&engine).await;
+    let rows = all_rows(&t.db);
+    let huge = rows
+        .iter()
+        .find(|r| r.reference.as_deref() == Some("huge"))
+        .unwrap();
+    assert_eq!(huge.status, "failed", "{:?}", huge.last_error);
+    let reason = huge.last_error.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("1 MiB") && reason.contains("bytes"),
+        "{reason}"
+    );
+    assert_eq!(count_status(&rows, "done"), 1);
+    assert!(
+        sim.state()
+            .iter()
+            .all(|j| j.reference.as_deref() != Some("huge")),
+        "never sent"
+    );
+    // The pulls that follow, full listings included, go on.
+    sim.set_clock(2.0).unwrap();
+    cycle(&engine).await;
+    assert!(cycle(&engine).await.pull.full);
 }

@@ -6,7 +6,7 @@ mod bulk;
 mod client;
 mod error;
 mod limit;
-mod listing;
+pub mod listing;
 pub mod models;
 mod retry;
 mod split;

@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::db::models::NewOutboxRow;
 use crate::db::repo::{self, outbox};
 use crate::db::{Conn, Db};
-use crate::sync::push::{RowInput, validate, validate_fields};
+use crate::sync::push::{RowInput, check_payload_size, validate, validate_fields};
 use serde::Deserialize;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
@@ -86,6 +86,7 @@ impl Line {
                 text
             }
         };
+        check_payload_size(&payload)?;
         Ok(NewOutboxRow {
             op: self.op,
             campaign: self.campaign,
@@ -519,6 +520,16 @@ mod tests {
         assert_eq!(lines, [3, 5, 6]);
         assert!(parsed.bad[0].1.contains("read-only"), "{:?}", parsed.bad);
         assert!(parsed.bad[2].1.contains("colour"), "{:?}", parsed.bad);
+    }
+
+    #[test]
+    fn a_payload_beyond_the_pulls_cap_is_a_bad_line_naming_it() {
+        let big = "x".repeat(1_000_000);
+        let parsed = ndjson(&format!(
+            r#"{{"op":"create","campaign":28,"reference":"big","payload":{{"name":"{big}"}}}}"#
+        ));
+        assert!(parsed.rows.is_empty());
+        assert!(parsed.bad[0].1.contains("1 MiB"), "{:?}", parsed.bad[0].1);
     }
 
     #[test]

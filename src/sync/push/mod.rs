@@ -22,7 +22,9 @@ mod resolve;
 mod send;
 mod validate;
 
-pub use validate::{Intent, Op, RowInput, Target, validate, validate_fields};
+pub use validate::{
+    Intent, MAX_PAYLOAD_BYTES, Op, RowInput, Target, check_payload_size, validate, validate_fields,
+};
 
 use super::{StopFlag, SyncError};
 use crate::api::ApiClient;

@@ -74,6 +74,7 @@ impl<'a> From<&'a NewOutboxRow> for RowInput<'a> {
 
 /// Checks one row; the error is the reason stored in `last_error` (or printed by `import`).
 pub fn validate(row: RowInput<'_>) -> Result<Intent, String> {
+    check_payload_size(row.payload)?;
     let op = parse_op(row.op)?;
     check_reference(row.reference)?;
     if row.payload.contains('\0') {
@@ -90,6 +91,24 @@ pub fn validate_fields(row: RowInput<'_>, fields: JobFields) -> Result<Intent, S
     let op = parse_op(row.op)?;
     check_reference(row.reference)?;
     validate_parsed(op, row, fields)
+}
+
+/// The largest payload a row may carry: a job made of it must stay within the per-job cap the
+/// pull enforces on listings ([`MAX_JOB_BYTES`](crate::api::listing::MAX_JOB_BYTES), 1 MiB),
+/// with 64 KiB left for the fields the API adds. A larger job, once the API accepted it, would
+/// fail every later pull that lists it.
+pub const MAX_PAYLOAD_BYTES: usize = crate::api::listing::MAX_JOB_BYTES - 64 * 1024;
+
+/// Refuses a payload over [`MAX_PAYLOAD_BYTES`], naming the cap.
+pub fn check_payload_size(payload: &str) -> Result<(), String> {
+    if payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(format!(
+            "payload is {} bytes, more than {MAX_PAYLOAD_BYTES} (960 KiB): the job would exceed the \
+             1 MiB per job that jobsync reads back from the API's listings; shorten its fields",
+            payload.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Why a NUL character is refused: PostgreSQL text cannot hold one, so a job carrying it could
