@@ -202,6 +202,28 @@ impl<'de> serde::de::Visitor<'de> for SecretVisitor {
     }
 }
 
+/// The most a token file may hold: a token is a few hundred bytes at most.
+pub const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a token file (`api.token_file`) whole, refusing one larger than
+/// [`MAX_TOKEN_FILE_BYTES`] without reading it all: the wrong file (a log, a disk image) must not
+/// fill the memory. The error is the cause, for the caller to word.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    file.take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| e.to_string())?;
+    if text.len() as u64 > MAX_TOKEN_FILE_BYTES {
+        return Err(format!(
+            "it is larger than {} KiB, far more than a token; is it the right file?",
+            MAX_TOKEN_FILE_BYTES / 1024
+        ));
+    }
+    Ok(text)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -48,6 +48,7 @@ on_both_backends!(
     malformed_jobs_are_quarantined_and_the_sync_goes_on,
     a_listing_that_loops_fails_and_the_push_still_runs,
     a_create_too_large_for_the_pull_is_refused_not_sent,
+    a_compressed_answer_is_refused_naming_the_encoding,
 );
 
 const CAMPAIGN: i64 = 28;
@@ -72,6 +73,8 @@ struct Rules {
     inject: Mutex<Vec<String>>,
     /// Every listing is answered with its jobs over and over, never ending.
     looping: Mutex<bool>,
+    /// Listings come compressed (`Content-Encoding: gzip`), unasked.
+    gzip: Mutex<bool>,
     campaign_listings: Mutex<Vec<i64>>,
 }
 
@@ -82,6 +85,10 @@ impl Gateway {
 
     fn refuse(&self, campaign_and_status: Option<(i64, u16)>) {
         *self.rules.refuse.lock().unwrap() = campaign_and_status;
+    }
+
+    fn gzip(&self, on: bool) {
+        *self.rules.gzip.lock().unwrap() = on;
     }
 
     fn looping(&self, on: bool) {
@@ -199,6 +206,15 @@ async fn forward(State(up): State<Upstream>, request: Request) -> Response {
         let status = answer.status();
         let headers = answer.headers().clone();
         let mut body: Bytes = answer.bytes().await.unwrap();
+        if uri.path() == "/j/jobs" && status == 200 && *up.rules.gzip.lock().unwrap() {
+            // A gzip stream's first bytes (magic, method, flags) and binary garbage after.
+            let body: Vec<u8> = [0x1f, 0x8b, 0x08, 0x00, 0xff, 0xfe, 0x00, 0x9c].repeat(64);
+            let mut response = (status, body).into_response();
+            let headers = response.headers_mut();
+            headers.insert("content-type", HeaderValue::from_static("application/json"));
+            headers.insert("content-encoding", HeaderValue::from_static("gzip"));
+            return response;
+        }
         let looping = *up.rules.looping.lock().unwrap();
         if uri.path() == "/j/jobs" && status == 200 && looping {
             // The same jobs for ever: "[" then the items, a comma, the items, …
@@ -702,4 +718,17 @@ async fn a_create_too_large_for_the_pull_is_refused_not_sent(t: &TestDb) {
     sim.set_clock(2.0).unwrap();
     cycle(&engine).await;
     assert!(cycle(&engine).await.pull.full);
+}
+
+async fn a_compressed_answer_is_refused_naming_the_encoding(t: &TestDb) {
+    let (_sim, gateway, engine) = setup(t).await;
+    gateway.gzip(true);
+    let run = jobsync::sync::cycle::run_cycle(&engine, jobsync::sync::cycle::Trigger::Once)
+        .await
+        .unwrap();
+    let error = run.error.unwrap_or_default();
+    assert!(
+        error.contains("Content-Encoding: gzip") && !error.contains('\u{fffd}'),
+        "names the encoding, quotes no binary: {error}"
+    );
 }

@@ -534,6 +534,24 @@ impl ApiClient {
         self.observe_date(&response);
         inner.stats.record_request(ep.label, Some(status));
         tracing::debug!(endpoint = %ep.name, status, attempt, elapsed_ms, "API request");
+        if let Some(encoding) = response
+            .headers()
+            .get(reqwest::header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .filter(|e| !e.trim().eq_ignore_ascii_case("identity"))
+        {
+            // jobsync asks for no compression and decodes none: a compressed body would only
+            // show as binary garbage in a decode error.
+            return Err(ApiError::InvalidAnswer {
+                endpoint: ep.name.clone(),
+                detail: format!(
+                    "the answer is compressed (Content-Encoding: {}), which jobsync did not ask \
+                     for and does not decode; a proxy between jobsync and the API may be \
+                     compressing it",
+                    encoding.escape_debug()
+                ),
+            });
+        }
         if response.status().is_success() {
             Ok(response)
         } else {

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 /// the memory one element can take.
 pub const MAX_JOB_BYTES: usize = 1024 * 1024;
 
+/// A batch of a listing holds jobs of at most about this many bytes (as received), whatever
+/// their number: the pull keeps a few batches in memory at once.
+pub const MAX_BATCH_BYTES: usize = 8 * 1024 * 1024;
+
 /// The most of a quarantined item's text that is kept.
 pub const QUARANTINE_RAW_BYTES: usize = 4096;
 
@@ -142,8 +146,12 @@ impl Listing {
         // Skipped jobs count towards `max` too: a listing of skipped jobs only still returns
         // (empty) batches as it goes, for the caller's progress and heartbeat.
         let skipped_before = self.skipped;
+        // Bounded in bytes as well as in jobs: 2,000 jobs of 400 KB would be 800 MB at once.
+        let mut bytes_in_batch = 0usize;
         loop {
-            while batch.len() + (self.skipped - skipped_before) < max {
+            while batch.len() + (self.skipped - skipped_before) < max
+                && bytes_in_batch < MAX_BATCH_BYTES
+            {
                 let index = self.splitter.items();
                 let decoded = match self.splitter.next_item() {
                     Ok(Some(bytes)) if in_campaigns(bytes, &self.skip) => {
@@ -152,7 +160,10 @@ impl Listing {
                         continue;
                     }
                     Ok(Some(bytes)) => match decode_item(bytes, index) {
-                        Ok(job) => Ok(job),
+                        Ok(job) => {
+                            bytes_in_batch += bytes.len();
+                            Ok(job)
+                        }
                         Err(reason) => {
                             self.quarantined.push(quarantine(bytes, reason));
                             self.last_item = Instant::now();
@@ -175,7 +186,9 @@ impl Listing {
                 self.last_item = Instant::now();
                 batch.push(job.truncated_to_micros());
             }
-            if batch.len() + (self.skipped - skipped_before) >= max {
+            if batch.len() + (self.skipped - skipped_before) >= max
+                || bytes_in_batch >= MAX_BATCH_BYTES
+            {
                 return Ok(Some(batch));
             }
             if self.splitter.buffered() > MAX_JOB_BYTES {

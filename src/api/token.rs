@@ -52,7 +52,7 @@ impl TokenProvider {
             _ => {}
         }
         let modified = modified.map_err(|e| read_error(path, &e))?;
-        let text = std::fs::read_to_string(path).map_err(|e| read_error(path, &e))?;
+        let text = crate::secret::read_token_file(path).map_err(|e| read_error(path, &e))?;
         let token = Secret::new(text.trim());
         // A rotated token is masked in error text as the first one was.
         crate::secret::register(token.expose());
@@ -70,7 +70,7 @@ impl TokenProvider {
     }
 }
 
-fn read_error(path: &Path, err: &std::io::Error) -> ApiError {
+fn read_error(path: &Path, err: &dyn std::fmt::Display) -> ApiError {
     ApiError::Token(format!(
         "cannot read `api.token_file` {}: {err}; check the path and its permissions",
         path.display()
@@ -81,6 +81,20 @@ fn read_error(path: &Path, err: &std::io::Error) -> ApiError {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_token_file_larger_than_64_kib_is_refused_saying_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, vec![b'a'; 5_000_000]).unwrap();
+        let err = TokenProvider::new(TokenSource::File(path))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("larger than 64 KiB") && err.contains("api.token_file"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn rereads_the_file_when_it_changes_and_trims_it() {

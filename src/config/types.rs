@@ -262,7 +262,7 @@ impl Config {
                 missing("api.token is empty; set JOBSYNC_API__TOKEN")
             }
             (Some(_), None) => Ok(()),
-            (None, Some(path)) => match std::fs::read_to_string(path) {
+            (None, Some(path)) => match crate::secret::read_token_file(path) {
                 Ok(text) if !text.trim().is_empty() => Ok(()),
                 Ok(_) => missing(&format!("api.token_file {} is empty", path.display())),
                 Err(e) => missing(&format!(
