@@ -29,6 +29,10 @@ const MAX_REPORTED: u64 = 1000;
 /// Rows checked, then inserted, at a time: what the import holds in memory.
 const BATCH_ROWS: usize = 2000;
 
+/// The longest NDJSON line read: a row is its payload (at most
+/// [`MAX_PAYLOAD_BYTES`](crate::sync::push::MAX_PAYLOAD_BYTES)) and a few short fields.
+const MAX_LINE_BYTES: usize = 1024 * 1024;
+
 /// The UTF-8 byte order mark that some editors (Excel, Notepad) write at the start of a file.
 const BOM: &[u8] = b"\xef\xbb\xbf";
 
@@ -331,13 +335,24 @@ fn read_ndjson(
     let mut seen_content = false;
     loop {
         buf.clear();
-        let read = reader
+        // At most one row's worth is read into memory: a line without end (`/dev/zero`, a
+        // corrupt export) stops the file instead of filling the memory.
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
             .read_until(b'\n', &mut buf)
             .map_err(|e| CliError::usage(format!("cannot read {source}: {e}")))?;
         if read == 0 {
             return Ok(());
         }
         number += 1;
+        if buf.len() > MAX_LINE_BYTES && !buf.ends_with(b"\n") {
+            return Err(CliError::usage(format!(
+                "{source}:{number}: the line is longer than {} KiB, more than any row can be (a \
+                 payload may hold {} KiB); nothing of the file is imported",
+                MAX_LINE_BYTES / 1024,
+                crate::sync::push::MAX_PAYLOAD_BYTES / 1024
+            )));
+        }
         let mut bytes = buf.as_slice();
         if number == 1 {
             bytes = bytes.strip_prefix(BOM).unwrap_or(bytes);
@@ -367,6 +382,28 @@ fn read_ndjson(
     }
 }
 
+/// A CSV input that refuses to hand out more than [`MAX_LINE_BYTES`] (and a buffer) between two
+/// records: the reader resets `since_record` after each one.
+struct RecordCapped<R> {
+    inner: R,
+    since_record: std::rc::Rc<std::cell::Cell<usize>>,
+}
+
+impl<R: Read> Read for RecordCapped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.since_record.get() > MAX_LINE_BYTES + 64 * 1024 {
+            return Err(std::io::Error::other(format!(
+                "a record longer than {} KiB, more than any row can be (an unterminated quote?); \
+                 nothing of the file is imported",
+                MAX_LINE_BYTES / 1024
+            )));
+        }
+        let n = self.inner.read(buf)?;
+        self.since_record.set(self.since_record.get() + n);
+        Ok(n)
+    }
+}
+
 /// Whether a line that is not NDJSON looks like a CSV header or row: commas, and no JSON object.
 fn looks_like_csv(line: &str) -> bool {
     line.contains(',') && !line.contains('{')
@@ -381,7 +418,14 @@ fn read_csv(
     source: &str,
     mut emit: impl FnMut(u64, Result<NewOutboxRow, String>) -> CliResult,
 ) -> CliResult {
-    // csv-core skips a UTF-8 byte order mark at the start.
+    // csv-core skips a UTF-8 byte order mark at the start. At most about one row's worth is read
+    // between two records: an unterminated quote (or `/dev/zero`) would otherwise make one
+    // record of the whole rest of the file.
+    let since_record = std::rc::Rc::new(std::cell::Cell::new(0usize));
+    let input = RecordCapped {
+        inner: input,
+        since_record: since_record.clone(),
+    };
     let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(input);
     let raw = reader
         .byte_headers()
@@ -417,8 +461,14 @@ fn read_csv(
     let mut record = csv::ByteRecord::new();
     loop {
         let number;
-        let checked = match reader.read_byte_record(&mut record) {
+        let read = reader.read_byte_record(&mut record);
+        since_record.set(0);
+        let checked = match read {
             Ok(false) => return Ok(()),
+            Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => {
+                let line = e.position().map_or(0, |p| p.line());
+                return Err(CliError::usage(format!("{source}:{line}: {e}")));
+            }
             Ok(true) => {
                 number = record.position().map_or(0, |p| p.line());
                 let mut cells: [Option<&str>; 5] = [None; 5];
@@ -520,6 +570,27 @@ mod tests {
         assert_eq!(lines, [3, 5, 6]);
         assert!(parsed.bad[0].1.contains("read-only"), "{:?}", parsed.bad);
         assert!(parsed.bad[2].1.contains("colour"), "{:?}", parsed.bad);
+    }
+
+    #[test]
+    fn a_line_without_end_stops_the_file_after_one_row_of_it() {
+        let zeros = std::io::Read::take(std::io::repeat(0), 1 << 40);
+        let err = read_ndjson(zeros, "/dev/zero", |_, _| Ok(())).unwrap_err();
+        assert_eq!(err.code, 2);
+        assert!(
+            err.message.contains("/dev/zero:1") && err.message.contains("1024 KiB"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn an_unterminated_csv_quote_stops_the_file_after_one_row_of_it() {
+        let head = std::io::Cursor::new(b"op,campaign,reference,payload\ncreate,28,a,\"{".to_vec());
+        let rest = std::io::Read::take(std::io::repeat(b'x'), 1 << 40);
+        let err = read_csv(std::io::Read::chain(head, rest), "t.csv", |_, _| Ok(())).unwrap_err();
+        assert_eq!(err.code, 2);
+        assert!(err.message.contains("1024 KiB"), "{}", err.message);
     }
 
     #[test]
