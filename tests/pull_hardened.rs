@@ -49,6 +49,7 @@ on_both_backends!(
     a_listing_that_loops_fails_and_the_push_still_runs,
     a_create_too_large_for_the_pull_is_refused_not_sent,
     a_compressed_answer_is_refused_naming_the_encoding,
+    one_job_id_in_two_campaigns_is_quarantined_not_flipped,
 );
 
 const CAMPAIGN: i64 = 28;
@@ -69,8 +70,9 @@ struct Rules {
     refuse: Mutex<Option<(i64, u16)>>,
     /// A campaign whose listing is answered `200 []`.
     empty: Mutex<Option<i64>>,
-    /// Items added at the end of every listing's array.
+    /// Items added at the end of every listing's array (or only of this campaign's listing).
     inject: Mutex<Vec<String>>,
+    inject_only: Mutex<Option<i64>>,
     /// Every listing is answered with its jobs over and over, never ending.
     looping: Mutex<bool>,
     /// Listings come compressed (`Content-Encoding: gzip`), unasked.
@@ -249,7 +251,12 @@ async fn forward(State(up): State<Upstream>, request: Request) -> Response {
             return response;
         }
         let inject = up.rules.inject.lock().unwrap().clone();
-        if uri.path() == "/j/jobs" && status == 200 && !inject.is_empty() {
+        let only = *up.rules.inject_only.lock().unwrap();
+        if uri.path() == "/j/jobs"
+            && status == 200
+            && !inject.is_empty()
+            && only.is_none_or(|c| campaign == Some(c))
+        {
             let text = String::from_utf8(body.to_vec()).unwrap();
             let open = text.trim_end().trim_end_matches(']').trim_end().to_string();
             let sep = if open.ends_with('[') { "" } else { "," };
@@ -730,5 +737,44 @@ async fn a_compressed_answer_is_refused_naming_the_encoding(t: &TestDb) {
     assert!(
         error.contains("Content-Encoding: gzip") && !error.contains('\u{fffd}'),
         "names the encoding, quotes no binary: {error}"
+    );
+}
+
+async fn one_job_id_in_two_campaigns_is_quarantined_not_flipped(t: &TestDb) {
+    let (sim, gateway, engine) = setup_with(t, vec![CAMPAIGN, ARCHIVED]).await;
+    let known = sim
+        .state()
+        .iter()
+        .find(|j| j.campaign == CAMPAIGN)
+        .unwrap()
+        .id;
+    // Campaign 29's full listing also carries job `known`, as a job of campaign 29.
+    *gateway.rules.inject_only.lock().unwrap() = Some(ARCHIVED);
+    gateway.inject(vec![format!(
+        r#"{{"id": {known}, "campaign": {ARCHIVED}, "state": 0, "name": "Other"}}"#
+    )]);
+    let first = cycle(&engine).await;
+    assert_eq!(first.pull.campaigns_listed, vec![CAMPAIGN, ARCHIVED]);
+    // Listed again, both: the mirror keeps campaign 28's version, no change flips it.
+    sim.set_clock(2.0).unwrap();
+    cycle(&engine).await;
+    assert!(cycle(&engine).await.pull.full);
+    let mut c = t.db.conn().unwrap();
+    let row = jobsync::db::repo::jobs::get(&mut c, known)
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.content.campaign, CAMPAIGN);
+    let changes: Vec<_> = jobsync::db::repo::changes::since(&mut c, 0, 100_000)
+        .unwrap()
+        .into_iter()
+        .filter(|ch| ch.job_id == known)
+        .collect();
+    assert_eq!(changes.len(), 1, "only its creation: {changes:?}");
+    let quarantined = jobsync::db::repo::quarantine::list(&mut c, 10).unwrap();
+    assert!(
+        quarantined
+            .iter()
+            .any(|q| q.job_id == Some(known) && q.reason.contains("two campaigns")),
+        "{quarantined:?}"
     );
 }

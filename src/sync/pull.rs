@@ -665,8 +665,24 @@ async fn store_listing(
                             check_fence(fence.as_ref(), c)?;
                             let now = Ts::now();
                             let ids: Vec<i64> = store.iter().map(|j| j.id).collect();
-                            let up =
-                                jobs::upsert_contents(c, store, ChangeSource::Pull, now, touch)?;
+                            let (up, conflicts) =
+                                jobs::upsert_checked(c, store, ChangeSource::Pull, now, touch)?;
+                            // The same id in two campaigns: the first stays, this one waits in
+                            // quarantine (with its id: the listing is complete without it).
+                            let conflicts: Vec<crate::job::Quarantined> = conflicts
+                                .iter()
+                                .map(|c| crate::job::Quarantined {
+                                    job_id: Some(c.job.id),
+                                    campaign: Some(c.job.campaign),
+                                    reason: c.reason(),
+                                    raw: String::new(),
+                                })
+                                .collect();
+                            for q in &conflicts {
+                                tracing::warn!(job_id = q.job_id, reason = %q.reason, "job quarantined");
+                            }
+                            let conflicted = conflicts.len() as i64;
+                            quarantine::put(c, &conflicts, now)?;
                             if release {
                                 // A job that decodes again leaves quarantine.
                                 quarantine::release(c, &ids)?;
@@ -683,11 +699,11 @@ async fn store_listing(
                             let counts = RunCounts {
                                 jobs_pulled: pulled,
                                 jobs_changed: up.changes as i64,
-                                jobs_quarantined: quarantined,
+                                jobs_quarantined: quarantined + conflicted,
                                 ..RunCounts::default()
                             };
                             runs::count_into_current(c, counts)?;
-                            Ok(up)
+                            Ok((up, conflicted))
                         })
                     })
                 })
@@ -696,8 +712,9 @@ async fn store_listing(
             heartbeat.beat();
             // Counted once committed: a stopped pull reports what the mirror holds.
             stats.jobs_pulled += pulled;
+            let (upserted, conflicted) = upserted;
             stats.jobs_changed += upserted.changes as i64;
-            stats.quarantined += quarantined;
+            stats.quarantined += quarantined + conflicted;
             stats.unreadable += unreadable;
         }
         Ok(())

@@ -61,6 +61,47 @@ pub fn upsert_contents(
     now: Ts,
     touch: bool,
 ) -> Result<UpsertStats, DbError> {
+    let (stats, conflicts) = upsert_checked(conn, batch, source, now, touch)?;
+    for c in conflicts {
+        tracing::warn!(
+            job_id = c.job.id,
+            campaign = c.job.campaign,
+            mirrored_campaign = c.mirrored_campaign,
+            "{}",
+            c.reason()
+        );
+    }
+    Ok(stats)
+}
+
+/// A job that came with a campaign other than the one the mirror holds it in: the API's ids
+/// are unique and a job's campaign cannot change, so the same id in two campaigns is an answer
+/// that cannot be stored (the changefeed would flip between the two at every listing).
+#[derive(Debug, Clone)]
+pub struct CampaignConflict {
+    pub job: JobContent,
+    pub mirrored_campaign: i64,
+}
+
+impl CampaignConflict {
+    pub fn reason(&self) -> String {
+        format!(
+            "job {} came in campaign {}, but the mirror holds it in campaign {}: one id in two \
+             campaigns; the mirror keeps campaign {}'s version",
+            self.job.id, self.job.campaign, self.mirrored_campaign, self.mirrored_campaign
+        )
+    }
+}
+
+/// [`upsert_contents`], answering the jobs not stored because the mirror holds their id live in
+/// another campaign.
+pub fn upsert_checked(
+    conn: &mut Conn,
+    batch: Vec<JobContent>,
+    source: ChangeSource,
+    now: Ts,
+    touch: bool,
+) -> Result<(UpsertStats, Vec<CampaignConflict>), DbError> {
     let received = batch.len();
     // The last answer for an id wins when a batch holds it twice.
     let mut latest: HashMap<i64, usize> = HashMap::with_capacity(batch.len());
@@ -74,18 +115,32 @@ pub fn upsert_contents(
         .map(|(_, job)| job)
         .collect();
     let existing = load_existing(conn, &incoming)?;
+    let (incoming, conflicts): (Vec<JobContent>, Vec<JobContent>) =
+        incoming.into_iter().partition(|job| {
+            existing.get(&job.id).is_none_or(|old| {
+                old.remote_deleted_at.is_some() || old.content.campaign == job.campaign
+            })
+        });
+    let conflicts: Vec<CampaignConflict> = conflicts
+        .into_iter()
+        .map(|job| CampaignConflict {
+            mirrored_campaign: existing[&job.id].content.campaign,
+            job,
+        })
+        .collect();
     let count = incoming.len();
     let plan = plan_writes(incoming, &existing, source, now, touch);
     insert_rows(conn, &plan.inserts)?;
     write_rows(conn, &plan.rows)?;
     touch_rows(conn, &plan.touched, now)?;
     changes::append(conn, &plan.changes)?;
-    Ok(UpsertStats {
+    let stats = UpsertStats {
         received,
         written: plan.inserts.len() + plan.rows.len(),
         changes: plan.changes.len(),
         unchanged: count - plan.inserts.len() - plan.rows.len(),
-    })
+    };
+    Ok((stats, conflicts))
 }
 
 struct Plan {
