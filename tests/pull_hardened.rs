@@ -50,6 +50,7 @@ on_both_backends!(
     a_create_too_large_for_the_pull_is_refused_not_sent,
     a_compressed_answer_is_refused_naming_the_encoding,
     one_job_id_in_two_campaigns_is_quarantined_not_flipped,
+    one_job_id_twice_in_one_listing_is_quarantined_not_a_loop,
 );
 
 const CAMPAIGN: i64 = 28;
@@ -255,7 +256,8 @@ async fn forward(State(up): State<Upstream>, request: Request) -> Response {
         if uri.path() == "/j/jobs"
             && status == 200
             && !inject.is_empty()
-            && only.is_none_or(|c| campaign == Some(c))
+            // `Some(-1)`: only the incremental listing (no campaign).
+            && only.is_none_or(|c| campaign == Some(c) || (c == -1 && campaign.is_none()))
         {
             let text = String::from_utf8(body.to_vec()).unwrap();
             let open = text.trim_end().trim_end_matches(']').trim_end().to_string();
@@ -775,6 +777,37 @@ async fn one_job_id_in_two_campaigns_is_quarantined_not_flipped(t: &TestDb) {
         quarantined
             .iter()
             .any(|q| q.job_id == Some(known) && q.reason.contains("two campaigns")),
+        "{quarantined:?}"
+    );
+}
+
+async fn one_job_id_twice_in_one_listing_is_quarantined_not_a_loop(t: &TestDb) {
+    let (sim, gateway, engine) = setup(t).await;
+    let known = sim.state()[0].id;
+    // The incremental answer carries job `known` twice: as campaign 28, and as campaign 29.
+    *gateway.rules.inject_only.lock().unwrap() = Some(-1);
+    gateway.inject(vec![format!(
+        r#"{{"id": {known}, "campaign": 29, "state": 0, "name": "Other"}}"#
+    )]);
+    let run = cycle(&engine).await;
+    assert_eq!(run.pull.quarantined, 1, "{run:?}");
+    let mut c = t.db.conn().unwrap();
+    assert_eq!(
+        jobsync::db::repo::jobs::get(&mut c, known)
+            .unwrap()
+            .unwrap()
+            .content
+            .campaign,
+        CAMPAIGN
+    );
+    let quarantined = jobsync::db::repo::quarantine::list(&mut c, 10).unwrap();
+    assert!(
+        quarantined
+            .iter()
+            // The full listing of 28 just before made the incremental pass skip campaign 28's
+            // copy: then it is the mirror that holds the first.
+            .any(|q| q.job_id == Some(known)
+                && (q.reason.contains("second time") || q.reason.contains("two campaigns"))),
         "{quarantined:?}"
     );
 }

@@ -41,9 +41,14 @@ pub struct Listing {
     skip: BTreeSet<i64>,
     skipped: usize,
     quarantined: Vec<Quarantined>,
-    /// The ids handed out so far: an id seen twice means the answer repeats itself.
+    /// The ids handed out so far: an id seen twice is set aside, more than [`MAX_REPEATS`]
+    /// ids seen twice mean the answer repeats itself.
     seen: SeenIds,
+    repeats: usize,
 }
+
+/// Ids seen twice in one listing beyond which it is taken for a loop and abandoned.
+pub const MAX_REPEATS: usize = 100;
 
 /// The job ids of one listing, to tell a listing that loops (the same jobs over and over, never
 /// ending) from a long one: a bitmap over a window of 2^26 ids around the first (8 MiB at most,
@@ -109,6 +114,7 @@ impl Listing {
             skipped: 0,
             quarantined: Vec::new(),
             seen: SeenIds::default(),
+            repeats: 0,
         }
     }
 
@@ -176,12 +182,29 @@ impl Listing {
                 let job = decoded.map_err(|detail| self.fail(detail))?;
                 if !self.seen.insert(job.id) {
                     let index = self.splitter.items() - 1;
-                    return Err(self.fail(format!(
-                        "item {index} is job {} again: the listing repeats itself (an answer that \
-                         loops never ends), so it is abandoned; nothing of it counts as complete \
-                         and the watermark stays",
-                        job.id
-                    )));
+                    self.repeats += 1;
+                    if self.repeats > MAX_REPEATS {
+                        return Err(self.fail(format!(
+                            "item {index} is job {} again, the {} id seen twice: the listing \
+                             repeats itself (an answer that loops never ends), so it is \
+                             abandoned; nothing of it counts as complete and the watermark stays",
+                            job.id, self.repeats
+                        )));
+                    }
+                    // A few repeats are an id used twice (in two campaigns, say): the first is
+                    // kept, the repeat set aside.
+                    self.quarantined.push(Quarantined {
+                        job_id: Some(job.id),
+                        campaign: Some(job.campaign),
+                        reason: format!(
+                            "item {index}: job {} appears a second time in one listing (here in \
+                             campaign {}); the first is kept",
+                            job.id, job.campaign
+                        ),
+                        raw: String::new(),
+                    });
+                    self.last_item = Instant::now();
+                    continue;
                 }
                 self.last_item = Instant::now();
                 batch.push(job.truncated_to_micros());
@@ -371,13 +394,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_listing_that_repeats_a_job_fails_naming_it() {
+    async fn an_id_twice_is_set_aside_and_a_listing_that_repeats_itself_fails() {
         let mut listing = listing_of(
             r#"[{"id": 1, "campaign": 1, "state": 0}, {"id": 2, "campaign": 1, "state": 0},
-                {"id": 1, "campaign": 1, "state": 0}]"#,
+                {"id": 1, "campaign": 2, "state": 0}]"#,
         );
-        let err = listing.next_batch(10).await.unwrap_err().to_string();
-        assert!(err.contains("item 2 is job 1 again"), "{err}");
+        let batch = listing.next_batch(10).await.unwrap().unwrap();
+        assert_eq!(batch.iter().map(|j| j.campaign).collect::<Vec<_>>(), [1, 1]);
+        let q = listing.take_quarantined();
+        assert_eq!((q[0].job_id, q[0].campaign), (Some(1), Some(2)), "{q:?}");
+
+        let looping: String = std::iter::once("[".to_string())
+            .chain((0..300).map(|n| format!(r#"{{"id": {}, "campaign": 1, "state": 0}},"#, n % 3)))
+            .chain(std::iter::once(
+                r#"{"id": 9, "campaign": 1, "state": 0}]"#.to_string(),
+            ))
+            .collect();
+        let mut listing = listing_of(Box::leak(looping.into_boxed_str()));
+        let err = listing.next_batch(1000).await.unwrap_err().to_string();
+        assert!(
+            err.contains("repeats itself") && err.contains("101"),
+            "{err}"
+        );
     }
 
     #[test]

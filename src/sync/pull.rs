@@ -664,7 +664,8 @@ async fn store_listing(
                             // A pull that lost the sync lock writes no more of the mirror.
                             check_fence(fence.as_ref(), c)?;
                             let now = Ts::now();
-                            let ids: Vec<i64> = store.iter().map(|j| j.id).collect();
+                            let ids: Vec<(i64, i64)> =
+                                store.iter().map(|j| (j.id, j.campaign)).collect();
                             let (up, conflicts) =
                                 jobs::upsert_checked(c, store, ChangeSource::Pull, now, touch)?;
                             // The same id in two campaigns: the first stays, this one waits in
@@ -682,11 +683,19 @@ async fn store_listing(
                                 tracing::warn!(job_id = q.job_id, reason = %q.reason, "job quarantined");
                             }
                             let conflicted = conflicts.len() as i64;
-                            quarantine::put(c, &conflicts, now)?;
                             if release {
-                                // A job that decodes again leaves quarantine.
-                                quarantine::release(c, &ids)?;
+                                // A job that decodes again (and was stored) leaves quarantine.
+                                let stored: Vec<(i64, i64)> = ids
+                                    .into_iter()
+                                    .filter(|(id, campaign)| {
+                                        !conflicts.iter().any(|q| {
+                                            q.job_id == Some(*id) && q.campaign == Some(*campaign)
+                                        })
+                                    })
+                                    .collect();
+                                quarantine::release(c, &stored)?;
                             }
+                            quarantine::put(c, &conflicts, now)?;
                             if !set_aside.is_empty() {
                                 quarantine::put(c, &set_aside, now)?;
                                 if touch {

@@ -64,13 +64,36 @@ pub fn put(conn: &mut Conn, items: &[Quarantined], now: Ts) -> Result<usize, DbE
     })
 }
 
-/// Releases the jobs among `ids` that were quarantined: a later answer decoded them.
-pub fn release(conn: &mut Conn, ids: &[i64]) -> Result<usize, DbError> {
+/// Releases the quarantined jobs that a later answer decoded: `stored` holds each stored job's
+/// id and campaign. A row is released when its campaign is that job's (or unknown); a job id
+/// quarantined for coming in another campaign stays until that campaign's answer is fixed.
+pub fn release(conn: &mut Conn, stored: &[(i64, i64)]) -> Result<usize, DbError> {
+    let campaign_of: std::collections::HashMap<i64, i64> = stored.iter().copied().collect();
+    let ids: Vec<i64> = campaign_of.keys().copied().collect();
     with_conn!(conn, |c| {
         let mut released = 0;
         for chunk in ids.chunks(super::IDS_PER_STATEMENT) {
-            released += diesel::delete(quarantine::table.filter(quarantine::job_id.eq_any(chunk)))
-                .execute(c)?;
+            let rows: Vec<(String, Option<i64>, Option<i64>)> = quarantine::table
+                .filter(quarantine::job_id.eq_any(chunk))
+                .select((
+                    quarantine::item_key,
+                    quarantine::job_id,
+                    quarantine::campaign,
+                ))
+                .load(c)?;
+            let keys: Vec<String> = rows
+                .into_iter()
+                .filter(|(_, id, campaign)| {
+                    campaign.is_none()
+                        || id.and_then(|id| campaign_of.get(&id)) == campaign.as_ref()
+                })
+                .map(|(key, _, _)| key)
+                .collect();
+            if !keys.is_empty() {
+                released +=
+                    diesel::delete(quarantine::table.filter(quarantine::item_key.eq_any(keys)))
+                        .execute(c)?;
+            }
         }
         Ok(released)
     })
