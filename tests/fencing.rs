@@ -55,6 +55,17 @@ fn once_at(url: &str, sim: &SimHandle, logs: &Path, name: &str, env: &[(&str, &s
         .expect("jobsync starts")
 }
 
+/// How many jobs upstream carry each reference starting with `prefix`.
+async fn references_upstream(sim: &SimHandle, prefix: &str) -> BTreeMap<String, usize> {
+    let mut upstream: BTreeMap<String, usize> = BTreeMap::new();
+    for job in sim_jobs(sim).await {
+        if let Some(reference) = job.reference.filter(|r| r.starts_with(prefix)) {
+            *upstream.entry(reference).or_default() += 1;
+        }
+    }
+    upstream
+}
+
 fn log_of(logs: &Path, name: &str) -> String {
     std::fs::read_to_string(logs.join(name)).unwrap_or_default()
 }
@@ -190,12 +201,7 @@ async fn a_syncer_that_lost_its_lock_stops_and_nothing_is_sent_twice(t: &TestDb)
     run_until_settled(t, &sim, logs.path());
 
     // Upstream, where a duplicate does its damage: every reference exactly once.
-    let mut upstream: BTreeMap<String, usize> = BTreeMap::new();
-    for job in sim_jobs(&sim).await {
-        if let Some(reference) = job.reference.filter(|r| r.starts_with("f-")) {
-            *upstream.entry(reference).or_default() += 1;
-        }
-    }
+    let upstream = references_upstream(&sim, "f-").await;
     let twice: Vec<_> = upstream.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         twice.is_empty(),
@@ -297,12 +303,7 @@ fn sessions_ending_after_8_s_idle_do_not_split_the_brain() {
         began.elapsed()
     );
     run_until_settled_at(&t, &url, &sim, logs.path());
-    let mut upstream: BTreeMap<String, usize> = BTreeMap::new();
-    for job in rt.block_on(sim_jobs(&sim)) {
-        if let Some(reference) = job.reference.filter(|r| r.starts_with("i-")) {
-            *upstream.entry(reference).or_default() += 1;
-        }
-    }
+    let upstream = rt.block_on(references_upstream(&sim, "i-"));
     let twice = upstream.values().filter(|n| **n > 1).count();
     assert_eq!(twice, 0, "references created more than once upstream");
     assert_eq!(upstream.len(), CREATES, "every reference created upstream");
@@ -627,27 +628,7 @@ fn three_replicas_whose_lock_keeps_being_taken_away_push_each_change_once_and_in
          {open_at_stop} rows open when the writes stopped, settled {settled_in:?} later"
     );
     let failed = count_status(&all_rows(&t.db), "failed");
-    let upstream = rt.block_on(sim_by_ref(&sim));
-    let mut problems = Vec::new();
-    for i in 0..n {
-        let reference = format!("c-{i}");
-        match upstream
-            .get(&(CAMPAIGN, reference.clone()))
-            .map(Vec::as_slice)
-        {
-            None | Some([]) => problems.push(format!("{reference} missing upstream")),
-            Some([job]) => {
-                let want = last_label.get(&reference).map(String::as_str);
-                if job.label.as_deref() != want {
-                    problems.push(format!(
-                        "{reference}: label {:?} upstream, the CRM's last is {want:?}",
-                        job.label
-                    ));
-                }
-            }
-            Some(jobs) => problems.push(format!("{reference} {} times upstream", jobs.len())),
-        }
-    }
+    let problems = rt.block_on(upstream_problems(&sim, CAMPAIGN, n, &last_label));
     assert!(
         problems.is_empty() && failed == 0,
         "{} problems ({failed} rows failed) after {n} creates and {ended} lock losses: {:?}",

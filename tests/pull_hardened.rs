@@ -330,15 +330,43 @@ fn stamps(t: &TestDb) -> [chrono::DateTime<chrono::Utc>; 3] {
     ]
 }
 
+/// A first good cycle, then one whose answers carry `date`: the stamps after the good cycle, the
+/// dated cycle, and the stamps after it.
+async fn one_cycle_dated(
+    t: &TestDb,
+    gateway: &Gateway,
+    engine: &jobsync::sync::cycle::Engine,
+    date: &'static str,
+) -> (
+    [chrono::DateTime<chrono::Utc>; 3],
+    jobsync::sync::cycle::CycleSummary,
+    [chrono::DateTime<chrono::Utc>; 3],
+) {
+    cycle(engine).await;
+    let good = stamps(t);
+    gateway.lie(Some(date));
+    let lied = cycle(engine).await;
+    gateway.lie(None);
+    (good, lied, stamps(t))
+}
+
+/// The mirror's live jobs equal the API's, field for field.
+fn assert_live_mirror_equals_api(t: &TestDb, sim: &SimHandle) {
+    let live: Vec<_> = jobsync::db::repo::jobs::all(&mut t.db.conn().unwrap())
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.remote_deleted_at.is_none())
+        .map(|r| r.to_job())
+        .collect();
+    let mut upstream = sim.state();
+    upstream.sort_by_key(|j| j.id);
+    assert_eq!(live, upstream, "the mirror's live jobs equal the API's");
+}
+
 async fn a_date_in_2099_for_one_cycle_moves_no_stamp_and_later_changes_arrive(t: &TestDb) {
     let (sim, gateway, engine) = setup(t).await;
-    cycle(&engine).await;
-    let good = stamps(t);
-
-    gateway.lie(Some("Thu, 31 Dec 2099 23:59:59 GMT"));
-    let lied = cycle(&engine).await;
-    gateway.lie(None);
-    let after = stamps(t);
+    let (good, lied, after) =
+        one_cycle_dated(t, &gateway, &engine, "Thu, 31 Dec 2099 23:59:59 GMT").await;
     assert!(
         engine.client.stats().implausible_dates() >= 1,
         "the refused `Date` is counted (jobsync_api_implausible_dates_total)"
@@ -372,25 +400,13 @@ async fn a_date_in_2099_for_one_cycle_moves_no_stamp_and_later_changes_arrive(t:
         mirror.remote_deleted_at.is_some(),
         "the job deleted upstream is marked deleted: {mirror:?}"
     );
-    let live: Vec<_> = jobsync::db::repo::jobs::all(&mut t.db.conn().unwrap())
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.remote_deleted_at.is_none())
-        .map(|r| r.to_job())
-        .collect();
-    let mut upstream = sim.state();
-    upstream.sort_by_key(|j| j.id);
-    assert_eq!(live, upstream, "the mirror's live jobs equal the API's");
+    assert_live_mirror_equals_api(t, &sim);
 }
 
 async fn a_date_in_1970_for_one_cycle_moves_no_stamp_back(t: &TestDb) {
     let (_sim, gateway, engine) = setup(t).await;
-    cycle(&engine).await;
-    let good = stamps(t);
-    gateway.lie(Some("Thu, 01 Jan 1970 00:00:00 GMT"));
-    let lied = cycle(&engine).await;
-    gateway.lie(None);
-    let after = stamps(t);
+    let (good, lied, after) =
+        one_cycle_dated(t, &gateway, &engine, "Thu, 01 Jan 1970 00:00:00 GMT").await;
     assert!(
         after.iter().zip(&good).all(|(a, g)| a >= g),
         "no stamp went back to 1970: {after:?} (before: {good:?}); the cycle: {lied:?}"
@@ -637,15 +653,7 @@ async fn malformed_jobs_are_quarantined_and_the_sync_goes_on(t: &TestDb) {
     );
     assert!(!seen.contains(PLANTED), "the phone number leaked: {seen}");
     // The mirror equals the API for every readable job.
-    let live: Vec<_> = jobsync::db::repo::jobs::all(&mut c)
-        .unwrap()
-        .into_iter()
-        .filter(|r| r.remote_deleted_at.is_none())
-        .map(|r| r.to_job())
-        .collect();
-    let mut upstream = sim.state();
-    upstream.sort_by_key(|j| j.id);
-    assert_eq!(live, upstream);
+    assert_live_mirror_equals_api(t, &sim);
 
     // The API sends the job readably again: it leaves quarantine.
     gateway.inject(Vec::new());

@@ -140,27 +140,7 @@ fn a_push_killed_and_stopped_at_random_under_every_fault_settles_every_row(t: &T
         .filter(|r| r.status == OutboxStatus::Failed)
         .take(5)
         .collect();
-    let upstream = rt.block_on(sim_by_ref(&sim));
-    let mut problems = Vec::new();
-    for i in 0..n {
-        let reference = format!("c-{i}");
-        match upstream
-            .get(&(CAMPAIGN, reference.clone()))
-            .map(Vec::as_slice)
-        {
-            None | Some([]) => problems.push(format!("{reference} missing upstream")),
-            Some([job]) => {
-                let want = last_label.get(&reference).map(String::as_str);
-                if job.label.as_deref() != want {
-                    problems.push(format!(
-                        "{reference}: label {:?} upstream, the CRM's last is {want:?}",
-                        job.label
-                    ));
-                }
-            }
-            Some(jobs) => problems.push(format!("{reference} {} times upstream", jobs.len())),
-        }
-    }
+    let problems = rt.block_on(upstream_problems(&sim, CAMPAIGN, n, &last_label));
     assert!(
         problems.is_empty() && failed.is_empty(),
         "{} problems after {n} creates, {kills} SIGKILLs and {stops} SIGTERMs: {:?}; failed rows: \

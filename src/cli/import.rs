@@ -68,6 +68,8 @@ impl Line {
             Some(Value::Object(fields)) => {
                 let text = serde_json::to_string(&fields)
                     .map_err(|e| format!("payload cannot be written as JSON: {e}"))?;
+                // The other forms go through `validate`, which checks the size itself.
+                check_payload_size(&text)?;
                 validate_fields(input(&text), fields)?;
                 text
             }
@@ -90,7 +92,6 @@ impl Line {
                 text
             }
         };
-        check_payload_size(&payload)?;
         Ok(NewOutboxRow {
             op: self.op,
             campaign: self.campaign,

@@ -137,6 +137,12 @@ pub async fn run_counted(
         // window still covers.
         Some(at) => at.as_utc() < since || last_pull_ok.is_some_and(|ok| at.as_utc() <= ok),
     };
+    // A campaign is listed in full when due, or when its last listing's deletes are held (this
+    // listing confirms them or not); never while it is set aside.
+    let due = |campaign: i64, last: Option<Ts>, incremental_ok: bool| {
+        !set_aside.contains(&campaign)
+            && (guard.held.contains(&campaign) || needs_listing(last, incremental_ok))
+    };
     // Listings of tracked campaigns go first: on a backfill, the incremental pull that follows
     // then finds those jobs already stored and unchanged, instead of inserting them only for the
     // listing to touch them again.
@@ -144,10 +150,7 @@ pub async fn run_counted(
     let mut pull_started: Option<DateTime<Utc>> = None;
     let first_round: Vec<i64> = tracked
         .iter()
-        .filter(|(campaign, last)| {
-            !set_aside.contains(campaign)
-                && (guard.held.contains(campaign) || needs_listing(*last, true))
-        })
+        .filter(|(campaign, last)| due(*campaign, *last, true))
         .map(|(campaign, _)| *campaign)
         .collect();
     list_campaigns(
@@ -172,10 +175,7 @@ pub async fn run_counted(
     let known: BTreeSet<i64> = tracked.iter().map(|t| t.0).collect();
     let second_round: Vec<i64> = tracked
         .iter()
-        .filter(|(campaign, last)| {
-            !set_aside.contains(campaign)
-                && (guard.held.contains(campaign) || needs_listing(*last, incremental_ok))
-        })
+        .filter(|(campaign, last)| due(*campaign, *last, incremental_ok))
         .map(|(campaign, _)| *campaign)
         .chain(discovered.into_iter().filter(|c| !known.contains(c)))
         .filter(|c| !listed.contains(c) && !refusals.iter().any(|r| r.campaign == *c))

@@ -228,3 +228,37 @@ pub fn settled_one_cycle_after(
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// What is wrong upstream with the creates `c-0` … `c-{n-1}` of `campaign` a CRM wrote, each
+/// with the label of its last patch in `last_label`: a reference missing, there more than once,
+/// or carrying another label than the CRM's last. Empty when all is well.
+#[allow(dead_code)]
+pub async fn upstream_problems(
+    sim: &SimHandle,
+    campaign: i64,
+    n: usize,
+    last_label: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let upstream = sim_by_ref(sim).await;
+    let mut problems = Vec::new();
+    for i in 0..n {
+        let reference = format!("c-{i}");
+        match upstream
+            .get(&(campaign, reference.clone()))
+            .map(Vec::as_slice)
+        {
+            None | Some([]) => problems.push(format!("{reference} missing upstream")),
+            Some([job]) => {
+                let want = last_label.get(&reference).map(String::as_str);
+                if job.label.as_deref() != want {
+                    problems.push(format!(
+                        "{reference}: label {:?} upstream, the CRM's last is {want:?}",
+                        job.label
+                    ));
+                }
+            }
+            Some(jobs) => problems.push(format!("{reference} {} times upstream", jobs.len())),
+        }
+    }
+    problems
+}
