@@ -166,3 +166,111 @@ fn a_second_daemon_on_the_same_sqlite_file_never_syncs_concurrently() {
         );
     }
 }
+
+/// A listing that never ends — ever-new jobs, streamed as fast as they are read — used to keep a
+/// cycle running for ever: every tick was skipped as "running", the push never ran, `/healthz`
+/// stayed 200. Each listing now ends at `sync.listing_deadline_secs`, the cycle pushes and ends,
+/// and the next tick runs.
+#[test]
+fn a_listing_that_never_ends_does_not_hold_the_daemon() {
+    let rt = runtime();
+    let sim = rt.block_on(start_sim(SimConfig {
+        campaigns: vec![28],
+        jobs_per_campaign: 20,
+        ..SimConfig::default()
+    }));
+    let gateway = rt.block_on(endless_gateway(sim.base_url()));
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("jobsync.db");
+    let daemon = Daemon::start(
+        &rt,
+        &gateway,
+        &db_path,
+        &[
+            ("JOBSYNC_API__TIMEOUT_SECS", "2"),
+            ("JOBSYNC_SYNC__LISTING_DEADLINE_SECS", "3"),
+        ],
+    );
+    let db = Db::open(&format!("sqlite://{}", db_path.display())).unwrap();
+    insert(
+        &db,
+        &[create(
+            28,
+            "crm-endless",
+            serde_json::json!({"name": "Endless"}),
+        )],
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let failed: Vec<_> = runs::recent(&mut db.conn().unwrap(), 100)
+            .unwrap()
+            .into_iter()
+            .filter(|r| r.status == "failed")
+            .collect();
+        let done = count_status(&all_rows(&db), "done");
+        if failed.len() >= 2 && done == 1 {
+            assert!(
+                failed.iter().all(|r| r
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.contains("sync.listing_deadline_secs"))),
+                "{failed:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cycles ended {} time(s), the create is done {done} time(s)",
+            failed.len()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(daemon.get("/healthz").0, 200);
+    let created = sim
+        .state()
+        .into_iter()
+        .filter(|j| j.reference.as_deref() == Some("crm-endless"));
+    assert_eq!(created.count(), 1, "the CRM's create reached the API once");
+    assert!(daemon.terminate().success());
+}
+
+/// A gateway in front of the simulator whose every successful `GET /j/jobs` answers ever-new
+/// jobs of campaign 28 without end (the simulator's own headers kept).
+async fn endless_gateway(sim: String) -> String {
+    use axum::extract::Request;
+    use axum::response::{IntoResponse, Response};
+    async fn forward(
+        axum::extract::State(sim): axum::extract::State<String>,
+        request: Request,
+    ) -> Response {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX).await.unwrap();
+        let answer = reqwest::Client::new()
+            .request(parts.method.clone(), format!("{sim}{}", parts.uri))
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let (status, mut headers) = (answer.status(), answer.headers().clone());
+        headers.remove("content-length");
+        if parts.uri.path() != "/j/jobs" || status != 200 {
+            let bytes = answer.bytes().await.unwrap();
+            return (status, headers, bytes).into_response();
+        }
+        let head = futures_util::stream::once(async { "[".to_string() });
+        let items = futures_util::stream::iter((10_000_000i64..).map(|id| {
+            format!(r#"{{"id": {id}, "campaign": 28, "state": 0, "name": "new {id}"}},"#)
+        }));
+        let stream = futures_util::StreamExt::map(
+            futures_util::StreamExt::chain(head, items),
+            Ok::<_, std::convert::Infallible>,
+        );
+        (status, headers, axum::body::Body::from_stream(stream)).into_response()
+    }
+    let app = axum::Router::new().fallback(forward).with_state(sim);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}

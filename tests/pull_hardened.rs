@@ -47,6 +47,7 @@ on_both_backends!(
     a_transient_empty_listing_deletes_nothing_and_a_confirmed_one_deletes_all,
     malformed_jobs_are_quarantined_and_the_sync_goes_on,
     a_listing_that_loops_fails_and_the_push_still_runs,
+    a_listing_of_ever_new_jobs_ends_at_its_deadline_and_the_push_still_runs,
     a_create_too_large_for_the_pull_is_refused_not_sent,
     a_compressed_answer_is_refused_naming_the_encoding,
     one_job_id_in_two_campaigns_is_quarantined_not_flipped,
@@ -76,6 +77,8 @@ struct Rules {
     inject_only: Mutex<Option<i64>>,
     /// Every listing is answered with its jobs over and over, never ending.
     looping: Mutex<bool>,
+    /// Every listing is answered with ever-new jobs, never ending.
+    endless: Mutex<bool>,
     /// Listings come compressed (`Content-Encoding: gzip`), unasked.
     gzip: Mutex<bool>,
     campaign_listings: Mutex<Vec<i64>>,
@@ -96,6 +99,10 @@ impl Gateway {
 
     fn looping(&self, on: bool) {
         *self.rules.looping.lock().unwrap() = on;
+    }
+
+    fn endless(&self, on: bool) {
+        *self.rules.endless.lock().unwrap() = on;
     }
 
     fn inject(&self, items: Vec<String>) {
@@ -218,6 +225,9 @@ async fn forward(State(up): State<Upstream>, request: Request) -> Response {
             headers.insert("content-encoding", HeaderValue::from_static("gzip"));
             return response;
         }
+        if uri.path() == "/j/jobs" && status == 200 && *up.rules.endless.lock().unwrap() {
+            return endless_listing(headers.get("date").cloned());
+        }
         let looping = *up.rules.looping.lock().unwrap();
         if uri.path() == "/j/jobs" && status == 200 && looping {
             // The same jobs for ever: "[" then the items, a comma, the items, …
@@ -276,6 +286,27 @@ async fn forward(State(up): State<Upstream>, request: Request) -> Response {
         response
             .headers_mut()
             .insert("date", HeaderValue::from_static(date));
+    }
+    response
+}
+
+/// A listing of ever-new jobs (ids from 10,000,000 up, in campaign 28), streamed as fast as it
+/// is read and never ending.
+fn endless_listing(date: Option<HeaderValue>) -> Response {
+    let head = futures_util::stream::once(async { "[".to_string() });
+    let items = futures_util::stream::iter((10_000_000i64..).map(|id| {
+        format!(r#"{{"id": {id}, "campaign": {CAMPAIGN}, "state": 0, "name": "new {id}"}},"#)
+    }));
+    let stream = futures_util::StreamExt::map(
+        futures_util::StreamExt::chain(head, items),
+        Ok::<_, std::convert::Infallible>,
+    );
+    let mut response = (StatusCode::OK, axum::body::Body::from_stream(stream)).into_response();
+    response
+        .headers_mut()
+        .insert("content-type", HeaderValue::from_static("application/json"));
+    if let Some(date) = date {
+        response.headers_mut().insert("date", date);
     }
     response
 }
@@ -696,6 +727,43 @@ async fn a_listing_that_loops_fails_and_the_push_still_runs(t: &TestDb) {
     let rows = all_rows(&t.db);
     assert_eq!(count_status(&rows, "done"), 1, "the push ran: {rows:?}");
     assert_eq!(stamps(t)[0], watermark, "the watermark stays");
+    cycle(&engine).await;
+}
+
+async fn a_listing_of_ever_new_jobs_ends_at_its_deadline_and_the_push_still_runs(t: &TestDb) {
+    let (sim, gateway, mut engine) = setup(t).await;
+    let mut opts = options(&sim, "dev-token");
+    opts.base_url = gateway.base.parse().unwrap();
+    opts.listing_deadline = std::time::Duration::from_secs(3);
+    engine.client = ApiClient::new(opts).unwrap();
+    cycle(&engine).await;
+    let watermark = stamps(t)[0];
+    gateway.endless(true);
+    insert(
+        &t.db,
+        &[create(
+            CAMPAIGN,
+            "crm-e",
+            serde_json::json!({"name": "Endless"}),
+        )],
+    );
+    let run = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        jobsync::sync::cycle::run_cycle(&engine, jobsync::sync::cycle::Trigger::Once),
+    )
+    .await
+    .expect("the cycle ends although the listing never does")
+    .unwrap();
+    gateway.endless(false);
+    let error = run.error.clone().unwrap_or_default();
+    assert!(
+        !run.ok && error.contains("sync.listing_deadline_secs"),
+        "the run fails naming the deadline and its key: {run:?}"
+    );
+    let rows = all_rows(&t.db);
+    assert_eq!(count_status(&rows, "done"), 1, "the push ran: {rows:?}");
+    assert_eq!(stamps(t)[0], watermark, "the watermark stays");
+    // With the API honest again, the next cycle completes.
     cycle(&engine).await;
 }
 

@@ -44,6 +44,9 @@ pub struct ClientOptions {
     /// `api.max_date_skew_secs`: a `Date` header further than this from both the local clock
     /// and the API's last good `Date` is not believed (see [`ApiClient::server_now`]).
     pub max_date_skew: Duration,
+    /// `sync.listing_deadline_secs`: the longest a whole listing may take from its request,
+    /// however fast its jobs still come (see [`Listing`]).
+    pub listing_deadline: Duration,
 }
 
 impl ClientOptions {
@@ -63,6 +66,7 @@ impl ClientOptions {
             stop: StopFlag::default(),
             heartbeat: Heartbeat::default(),
             max_date_skew: Duration::from_secs(86_400),
+            listing_deadline: Duration::from_secs(1800),
         }
     }
 
@@ -134,6 +138,7 @@ pub(super) struct Inner {
     /// that has no `Date` of its own yet to judge the first one against.
     known_time: std::sync::Mutex<Option<DateTime<Utc>>>,
     max_date_skew: chrono::Duration,
+    listing_deadline: Duration,
 }
 
 /// One API route: `label` is the low-cardinality name used in statistics, `name` the concrete
@@ -192,6 +197,7 @@ impl ApiClient {
                 known_time: std::sync::Mutex::new(None),
                 max_date_skew: chrono::Duration::from_std(opts.max_date_skew)
                     .unwrap_or(chrono::Duration::MAX),
+                listing_deadline: opts.listing_deadline,
             }),
         })
     }
@@ -331,6 +337,7 @@ impl ApiClient {
         if let Some(since) = q.modified_since {
             query.push(("modified_since", format_datetime(since)));
         }
+        let asked = Instant::now();
         let response = self
             .inner
             .policy
@@ -374,7 +381,9 @@ impl ApiClient {
             response,
             self.inner.stop.clone(),
             self.inner.timeout,
-        ))
+            self.inner.heartbeat.clone(),
+        )
+        .with_deadline(asked, self.inner.listing_deadline))
     }
 
     /// A 404 on the listing means no listing lives at that address: `api.base_url` names
@@ -434,7 +443,10 @@ impl ApiClient {
             .map(Job::truncated_to_micros)
     }
 
-    /// One cheap authenticated call, for `jobsync check`: the jobs modified in the last minute.
+    /// One cheap authenticated call, for `jobsync check` and for the API's clock: the jobs
+    /// modified in the last minute, of which the first 1,000 are read and decoded — the rest is
+    /// not needed to prove the token and the answer's shape, and an answer that never ends (an
+    /// API that lies) must not hold a check or a cycle's start.
     pub async fn check(&self) -> Result<(), ApiError> {
         let since = Utc::now() - chrono::Duration::minutes(1);
         let mut listing = self
@@ -443,7 +455,7 @@ impl ApiClient {
                 modified_since: Some(since),
             })
             .await?;
-        while listing.next_batch(1000).await?.is_some() {}
+        listing.next_batch(1000).await?;
         Ok(())
     }
 

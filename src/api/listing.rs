@@ -37,6 +37,11 @@ pub struct Listing {
     /// or pads without end, fails instead of holding the cycle.
     item_timeout: Duration,
     last_item: Instant,
+    /// When the whole listing must have ended, and the setting that says so (see
+    /// [`Listing::set_deadline`]).
+    deadline: Option<(Instant, Duration)>,
+    /// Beaten at each job received: a long listing is progress, however slowly its batches fill.
+    heartbeat: crate::shutdown::Heartbeat,
     /// Campaigns whose jobs are only counted, not decoded (see [`Listing::skip_campaigns`]).
     skip: BTreeSet<i64>,
     skipped: usize,
@@ -100,6 +105,7 @@ impl Listing {
         response: reqwest::Response,
         stop: crate::shutdown::StopFlag,
         item_timeout: Duration,
+        heartbeat: crate::shutdown::Heartbeat,
     ) -> Self {
         Listing {
             server_date,
@@ -110,6 +116,8 @@ impl Listing {
             stop,
             item_timeout,
             last_item: Instant::now(),
+            deadline: None,
+            heartbeat,
             skip: BTreeSet::new(),
             skipped: 0,
             quarantined: Vec::new(),
@@ -125,6 +133,14 @@ impl Listing {
     /// still fails the listing with its field named.
     pub fn skip_campaigns(&mut self, skip: BTreeSet<i64>) {
         self.skip = skip;
+    }
+
+    /// The listing fails once it has taken `limit` since its request left (`started`), however
+    /// fast its jobs still come (`sync.listing_deadline_secs`): an answer that streams ever-new
+    /// jobs never ends, and the loop detector cannot tell it from a large campaign.
+    pub(super) fn with_deadline(mut self, started: Instant, limit: Duration) -> Self {
+        self.deadline = Some((started + limit, limit));
+        self
     }
 
     /// How many jobs so far belonged to a skipped campaign.
@@ -162,7 +178,7 @@ impl Listing {
                 let decoded = match self.splitter.next_item() {
                     Ok(Some(bytes)) if in_campaigns(bytes, &self.skip) => {
                         self.skipped += 1;
-                        self.last_item = Instant::now();
+                        self.received();
                         continue;
                     }
                     Ok(Some(bytes)) => match decode_item(bytes, index) {
@@ -172,7 +188,7 @@ impl Listing {
                         }
                         Err(reason) => {
                             self.quarantined.push(quarantine(bytes, reason));
-                            self.last_item = Instant::now();
+                            self.received();
                             continue;
                         }
                     },
@@ -203,10 +219,10 @@ impl Listing {
                         ),
                         raw: String::new(),
                     });
-                    self.last_item = Instant::now();
+                    self.received();
                     continue;
                 }
-                self.last_item = Instant::now();
+                self.received();
                 batch.push(job.truncated_to_micros());
             }
             if batch.len() + (self.skipped - skipped_before) >= max
@@ -223,11 +239,28 @@ impl Listing {
                 )));
             }
             let next_item_due = self.last_item + self.item_timeout;
+            let (deadline, limit) = self
+                .deadline
+                .unwrap_or((next_item_due + Duration::from_secs(1), Duration::ZERO));
             let next = tokio::select! {
                 biased;
                 () = self.stop.abandoned() => {
                     self.finished = true;
                     return Err(ApiError::Abandoned { endpoint: self.endpoint.clone() });
+                }
+                () = tokio::time::sleep_until(deadline.into()), if deadline <= next_item_due => {
+                    self.finished = true;
+                    let jobs = self.splitter.items();
+                    return Err(ApiError::InvalidAnswer {
+                        endpoint: self.endpoint.clone(),
+                        detail: format!(
+                            "the listing was still going after {}s and {jobs} job(s), past \
+                             sync.listing_deadline_secs: abandoned (an answer that never ends); \
+                             nothing of it counts as complete and the watermark stays. Raise \
+                             sync.listing_deadline_secs if a campaign really takes that long to list",
+                            limit.as_secs()
+                        ),
+                    });
                 }
                 () = tokio::time::sleep_until(next_item_due.into()) => {
                     self.finished = true;
@@ -255,6 +288,12 @@ impl Listing {
                 }
             }
         }
+    }
+
+    /// A job (or an item set aside) came in: progress.
+    fn received(&mut self) {
+        self.last_item = Instant::now();
+        self.heartbeat.beat();
     }
 
     fn fail(&mut self, detail: String) -> ApiError {
@@ -369,6 +408,7 @@ mod tests {
             reqwest::Response::from(response),
             crate::shutdown::StopFlag::new(),
             Duration::from_secs(5),
+            crate::shutdown::Heartbeat::default(),
         )
     }
 

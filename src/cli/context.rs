@@ -55,6 +55,7 @@ fn build_client(
     options.concurrency = api.concurrency;
     options.bulk_size = api.bulk_size;
     options.max_date_skew = Duration::from_secs(api.max_date_skew_secs);
+    options.listing_deadline = Duration::from_secs(config.sync.listing_deadline_secs);
     options.stop = stop;
     adjust(&mut options);
     ApiClient::new(options).map_err(|e| CliError::usage(e.to_string()))

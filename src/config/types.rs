@@ -92,6 +92,10 @@ pub struct SyncConfig {
     /// A complete listing that would mark more than this share of a campaign's live jobs deleted
     /// is held until a second listing agrees.
     pub mass_delete_ratio: f64,
+    /// The longest one listing may take, however fast its jobs come: an answer that streams
+    /// ever-new jobs without end is abandoned there (not complete; the watermark stays) and the
+    /// cycle goes on to the push.
+    pub listing_deadline_secs: u64,
 }
 
 impl Default for SyncConfig {
@@ -104,6 +108,7 @@ impl Default for SyncConfig {
             max_staleness_secs: 1800,
             stall_secs: 600,
             mass_delete_ratio: 0.5,
+            listing_deadline_secs: 1800,
         }
     }
 }

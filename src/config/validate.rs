@@ -33,6 +33,16 @@ pub(super) fn validate(c: &Config) -> Result<(), Failure> {
             ),
         ));
     }
+    // Below the API timeout, a listing could be cut off before its first job may arrive.
+    if c.sync.listing_deadline_secs <= c.api.timeout_secs {
+        return Err((
+            "sync.listing_deadline_secs",
+            format!(
+                "must be greater than api.timeout_secs ({}): a listing's first job may take that long",
+                c.api.timeout_secs
+            ),
+        ));
+    }
     if c.sync.overlap_secs > 24 * 3600 {
         return Err((
             "sync.overlap_secs",
