@@ -255,3 +255,58 @@ async fn a_stop_is_not_held_up_by_a_slow_client() {
     let refused = tokio::net::TcpStream::connect(addr).await;
     assert!(refused.is_err(), "still accepting after the stop");
 }
+
+/// `/metrics` used to answer 503 with no series while the database did not answer, so the
+/// alerts on the process's own series (staleness, no active syncer, token refused) could not
+/// fire, only "metrics absent". Now: 200, the process's series, `jobsync_database_up 0`.
+#[test]
+fn metrics_answer_when_the_database_does_not() {
+    let Some(t) = TestDb::postgres() else {
+        return;
+    };
+    let rt = runtime();
+    let sim = rt.block_on(start_sim(SimConfig {
+        campaigns: vec![28],
+        jobs_per_campaign: 10,
+        ..SimConfig::default()
+    }));
+    assert!(
+        t.url.contains("@127.0.0.1/"),
+        "the test database is on 127.0.0.1:5432"
+    );
+    let proxy = rt.block_on(async {
+        let target: std::net::SocketAddr = "127.0.0.1:5432".parse().unwrap();
+        start_proxy(target).await
+    });
+    let url = t
+        .url
+        .replacen("@127.0.0.1/", &format!("@{}/", proxy.addr), 1);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_with_url(&rt, &sim.base_url(), &url, dir.path(), &[]);
+    let (_, up) = daemon.wait_until("/metrics", |status, body| {
+        status == 200 && metric(body, "jobsync_runs_total{status=\"ok\"}") >= 1.0
+    });
+    assert_eq!(metric(&up, "jobsync_database_up"), 1.0, "{up}");
+    assert!(up.contains("jobsync_outbox_rows"), "{up}");
+
+    // The database goes away: open connections cut, new ones refused.
+    drop(proxy);
+    let (_, down) = daemon.wait_until("/metrics", |status, body| {
+        status == 200 && body.contains("jobsync_database_up 0")
+    });
+    for series in [
+        "jobsync_runs_total{status=\"ok\"}",
+        "jobsync_build_info{version=",
+        "jobsync_active_syncer",
+        "process_start_time_seconds",
+        "jobsync_api_request_duration_seconds_bucket{",
+        "jobsync_cycle_duration_seconds_count",
+    ] {
+        assert!(down.contains(series), "{series} is served:\n{down}");
+    }
+    assert!(
+        !down.contains("jobsync_outbox_rows"),
+        "no series read from the database: {down}"
+    );
+    assert_eq!(daemon.get("/readyz").0, 503);
+}

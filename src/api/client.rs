@@ -536,7 +536,9 @@ impl ApiClient {
         let response = match failure {
             Ok(response) => response,
             Err(e) => {
-                inner.stats.record_request(ep.label, None);
+                inner
+                    .stats
+                    .record_request(ep.label, None, started.elapsed());
                 tracing::debug!(endpoint = %ep.name, status = "error", attempt, elapsed_ms, error = %e, "API request");
                 return Err(e);
             }
@@ -544,7 +546,9 @@ impl ApiClient {
         let status = response.status().as_u16();
         inner.heartbeat.beat();
         self.observe_date(&response);
-        inner.stats.record_request(ep.label, Some(status));
+        inner
+            .stats
+            .record_request(ep.label, Some(status), started.elapsed());
         tracing::debug!(endpoint = %ep.name, status, attempt, elapsed_ms, "API request");
         if let Some(encoding) = response
             .headers()

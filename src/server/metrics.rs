@@ -1,6 +1,8 @@
-//! `/metrics` in the Prometheus text format. The few series are written directly: process
-//! counters from the daemon's run state and the client's request statistics, gauges read from the
-//! database at scrape time.
+//! `/metrics` in the OpenMetrics text format (which Prometheus reads), encoded by
+//! `prometheus-client`: counters from the daemon's run state and the client's request
+//! statistics, histograms of request and cycle durations, `process_*` series, and gauges read
+//! from the database at scrape time — those are left out, and `jobsync_database_up` is 0, when the
+//! database does not answer: the rest is always served.
 
 use super::ServerContext;
 use crate::db::DbError;
@@ -9,36 +11,62 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use std::fmt::Write;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Metric, Registry};
+use std::sync::atomic::AtomicU64;
+
+/// The longest a scrape waits for the database's series.
+const DATABASE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
 
 pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
-    let from_db = ctx
-        .db
-        .run(|c| {
-            Ok::<_, DbError>((
-                outbox::counts(c)?,
-                outbox::oldest_pending(c)?,
-                state::get_time(c, state::LAST_PULL_OK)?,
-                (
-                    state::refused_campaigns(c)?.len(),
-                    state::held_deletes(c)?.len(),
-                    crate::db::repo::quarantine::count(c)?,
-                ),
-            ))
-        })
-        .await;
-    let (counts, oldest, last_pull, (set_aside, deletes_held, quarantined)) = match from_db {
-        Ok(values) => values,
-        Err(e) => {
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("# database unavailable: {e}\n"),
-            )
-                .into_response();
-        }
+    // The database's series are left out when it does not answer; the process's own are served
+    // whatever happens, with `jobsync_database_up 0`, so that alerts on them can still fire.
+    let from_db = ctx.db.run(|c| {
+        Ok::<_, DbError>((
+            outbox::counts(c)?,
+            outbox::oldest_pending(c)?,
+            state::get_time(c, state::LAST_PULL_OK)?,
+            (
+                state::refused_campaigns(c)?.len(),
+                state::held_deletes(c)?.len(),
+                crate::db::repo::quarantine::count(c)?,
+            ),
+        ))
+    });
+    // Bounded well within a scrape's timeout (Prometheus: 10 s): a database that hangs rather
+    // than refuses reads as down too, and the rest is still served.
+    let from_db = match tokio::time::timeout(DATABASE_WAIT, from_db).await {
+        Ok(read) => read.map_err(|e| e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", DATABASE_WAIT.as_secs_f64())),
     };
+    let mut out = Exposition::default();
+    out.gauge(
+        "jobsync_build_info",
+        "Always 1; the version of this build in the label.",
+        [(vec![("version", env!("CARGO_PKG_VERSION"))], 1.0)],
+    );
+    out.gauge(
+        "jobsync_database_up",
+        "1 when the database answered this scrape, 0 when it did not (its series are then absent).",
+        [(vec![], if from_db.is_ok() { 1.0 } else { 0.0 })],
+    );
+    if let Err(e) = &from_db {
+        tracing::debug!(error = %e, "/metrics: the database does not answer");
+    }
+    process_metrics(&mut out);
+    out.histogram(
+        "jobsync_api_request_duration_seconds",
+        "Jobs API requests by endpoint: time until the answer's headers (or the failure).",
+        ctx.api.stats().durations(),
+    );
+    out.histogram(
+        "jobsync_cycle_duration_seconds",
+        "Durations of this process's finished cycles.",
+        ctx.run.durations(),
+    );
     let s = ctx.run.snapshot();
-    let mut out = Text::default();
     out.counter(
         "jobsync_runs_total",
         "Sync cycles by outcome.",
@@ -77,16 +105,6 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
             },
         )],
     );
-    out.counter(
-        "jobsync_run_duration_seconds_sum",
-        "Total time spent in finished cycles.",
-        [(vec![], s.run_seconds_sum)],
-    );
-    out.counter(
-        "jobsync_run_duration_seconds_count",
-        "Finished cycles.",
-        [(vec![], s.cycles_finished as f64)],
-    );
     out.gauge(
         "jobsync_last_run_duration_seconds",
         "Duration of the last finished cycle.",
@@ -111,34 +129,9 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
         ],
     );
     out.gauge(
-        "jobsync_campaigns_set_aside",
-        "Tracked campaigns whose listing the API refused (404, 403, 400, ...): not listed in full, tried again hourly.",
-        [(vec![], set_aside as f64)],
-    );
-    out.gauge(
-        "jobsync_jobs_quarantined",
-        "Jobs of the API's answers that could not be decoded, set aside in the quarantine table.",
-        [(vec![], quarantined as f64)],
-    );
-    out.gauge(
-        "jobsync_deletes_held",
-        "Campaigns whose last full listing would have marked more than sync.mass_delete_ratio of their jobs deleted: held until a second listing agrees.",
-        [(vec![], deletes_held as f64)],
-    );
-    out.gauge(
-        "jobsync_outbox_rows",
-        "Outbox rows by status.",
-        counts
-            .iter()
-            .map(|(status, n)| (vec![("status", status.as_str())], *n as f64)),
-    );
-    let age = oldest.map_or(0.0, |t| {
-        (Utc::now() - t.as_utc()).num_milliseconds() as f64 / 1000.0
-    });
-    out.gauge(
-        "jobsync_outbox_oldest_pending_age_seconds",
-        "Age of the oldest pending or in-flight outbox row (0 when none).",
-        [(vec![], age.max(0.0))],
+        "jobsync_token_refused",
+        "1 while this process's last cycle failed because the Jobs API refused the token (401/403), else 0: unlike a counter's first increase, it shows a pod's first refusal.",
+        [(vec![], if s.auth_failed { 1.0 } else { 0.0 })],
     );
     let requests = ctx.api.stats().snapshot();
     out.counter(
@@ -161,71 +154,172 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
         "Jobs API answers whose Date header was further than api.max_date_skew_secs from both the local clock and the API's last good Date, and so not used for any stamp.",
         [(vec![], ctx.api.stats().implausible_dates() as f64)],
     );
-    let last_success = last_pull.map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
-    out.gauge(
-        "jobsync_last_success_timestamp_seconds",
-        "When the last successful pull finished (Unix time; 0 never).",
-        [(vec![], last_success)],
-    );
+    if let Ok((counts, oldest, last_pull, (set_aside, deletes_held, quarantined))) = from_db {
+        out.gauge(
+            "jobsync_campaigns_set_aside",
+            "Tracked campaigns whose listing the API refused (404, 403, 400, ...): not listed in full, tried again hourly.",
+            [(vec![], set_aside as f64)],
+        );
+        out.gauge(
+            "jobsync_jobs_quarantined",
+            "Jobs of the API's answers that could not be decoded, set aside in the quarantine table.",
+            [(vec![], quarantined as f64)],
+        );
+        out.gauge(
+            "jobsync_deletes_held",
+            "Campaigns whose last full listing would have marked more than sync.mass_delete_ratio of their jobs deleted: held until a second listing agrees.",
+            [(vec![], deletes_held as f64)],
+        );
+        out.gauge(
+            "jobsync_outbox_rows",
+            "Outbox rows by status.",
+            counts
+                .iter()
+                .map(|(status, n)| (vec![("status", status.as_str())], *n as f64)),
+        );
+        let age = oldest.map_or(0.0, |t| {
+            (Utc::now() - t.as_utc()).num_milliseconds() as f64 / 1000.0
+        });
+        out.gauge(
+            "jobsync_outbox_oldest_pending_age_seconds",
+            "Age of the oldest pending or in-flight outbox row (0 when none).",
+            [(vec![], age.max(0.0))],
+        );
+        let last_success = last_pull.map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0);
+        out.gauge(
+            "jobsync_last_success_timestamp_seconds",
+            "When the last successful pull finished (Unix time; 0 never).",
+            [(vec![], last_success)],
+        );
+    }
+    let mut text = String::new();
+    if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &out.registry) {
+        return (StatusCode::INTERNAL_SERVER_ERROR, format!("# {e}\n")).into_response();
+    }
     (
         StatusCode::OK,
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        out.0,
+        text,
     )
         .into_response()
 }
 
+/// One scrape's registry: the series read now (run state, database) as families of their own,
+/// and the live histograms, cloned in (clones share their buckets).
 #[derive(Default)]
-struct Text(String);
+struct Exposition {
+    registry: Registry,
+}
 
 /// One sample: its labels and its value.
 type Sample<'a> = (Vec<(&'a str, &'a str)>, f64);
 
-impl Text {
+type Labels = Vec<(String, String)>;
+
+fn owned(labels: &[(&str, &str)]) -> Labels {
+    labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+impl Exposition {
+    /// A counter family; `name` ends in `_total`, which the encoding adds back to the samples.
     fn counter<'a>(
         &mut self,
         name: &str,
         help: &str,
         samples: impl IntoIterator<Item = Sample<'a>>,
     ) {
-        self.family(name, help, "counter", samples);
+        let family = Family::<Labels, Counter<f64, AtomicU64>>::default();
+        for (labels, value) in samples {
+            family.get_or_create(&owned(&labels)).inc_by(value);
+        }
+        let name = name.strip_suffix("_total").unwrap_or(name);
+        self.registry
+            .register(name, help.trim_end_matches('.'), family);
     }
 
     fn gauge<'a>(&mut self, name: &str, help: &str, samples: impl IntoIterator<Item = Sample<'a>>) {
-        self.family(name, help, "gauge", samples);
+        let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        for (labels, value) in samples {
+            family.get_or_create(&owned(&labels)).set(value);
+        }
+        self.registry
+            .register(name, help.trim_end_matches('.'), family);
     }
 
-    fn family<'a>(
-        &mut self,
-        name: &str,
-        help: &str,
-        kind: &str,
-        samples: impl IntoIterator<Item = Sample<'a>>,
-    ) {
-        let _ = writeln!(self.0, "# HELP {name} {help}");
-        let _ = writeln!(self.0, "# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let labels: Vec<String> = labels
-                .iter()
-                .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
-                .collect();
-            let labels = if labels.is_empty() {
-                String::new()
-            } else {
-                format!("{{{}}}", labels.join(","))
-            };
-            let _ = writeln!(self.0, "{name}{labels} {value}");
-        }
+    fn histogram(&mut self, name: &str, help: &str, metric: impl Metric) {
+        self.registry
+            .register(name, help.trim_end_matches('.'), metric);
     }
 }
 
-/// Label values escape backslash, double quote and newline.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// The standard `process_*` series, read from `/proc/self` (Linux; absent elsewhere): CPU time,
+/// resident and virtual memory, open and maximum file descriptors, start time.
+fn process_metrics(out: &mut Exposition) {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return;
+    };
+    // Fields after the command name (which may hold spaces), counted from field 3 (`state`).
+    let Some(fields) = stat.rsplit_once(')').map(|(_, rest)| {
+        rest.split_whitespace()
+            .map(|f| f.parse::<f64>().unwrap_or(0.0))
+            .collect::<Vec<_>>()
+    }) else {
+        return;
+    };
+    let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0.0);
+    // SAFETY: sysconf only reads a constant of the running system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as f64;
+    out.counter(
+        "process_cpu_seconds_total",
+        "Total user and system CPU time spent in seconds.",
+        [(vec![], (field(14) + field(15)) / ticks)],
+    );
+    out.gauge(
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes.",
+        [(vec![], field(24) * page)],
+    );
+    out.gauge(
+        "process_virtual_memory_bytes",
+        "Virtual memory size in bytes.",
+        [(vec![], field(23))],
+    );
+    let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+        s.lines()
+            .find_map(|l| l.strip_prefix("btime "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    });
+    if let Some(boot) = boot {
+        out.gauge(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            [(vec![], boot + field(22) / ticks)],
+        );
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        out.gauge(
+            "process_open_fds",
+            "Number of open file descriptors.",
+            [(vec![], fds.count() as f64)],
+        );
+    }
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        out.gauge(
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            [(vec![], limit.rlim_cur as f64)],
+        );
+    }
 }

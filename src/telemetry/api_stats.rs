@@ -2,12 +2,26 @@
 //! `sync_runs.api_calls` (a run reads `total()` before and after). The client counts; the faces
 //! read.
 
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-#[derive(Debug, Default)]
+/// The labels of a request duration: `[("endpoint", label)]`.
+pub type EndpointLabels = Vec<(&'static str, &'static str)>;
+
+/// Request durations by endpoint label, answered or not (`jobsync_api_request_duration_seconds`).
+pub type DurationFamily = Family<EndpointLabels, Histogram, fn() -> Histogram>;
+
+/// Buckets from 5 ms to about 82 s, doubling: a bulk call at 20 ms of latency and one at the
+/// default 30 s timeout both land in a bucket of their own.
+fn request_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+#[derive(Debug)]
 pub struct ApiStats {
     /// (endpoint label, status code or "error") → count.
     requests: Mutex<BTreeMap<(&'static str, String), u64>>,
@@ -16,11 +30,35 @@ pub struct ApiStats {
     retry_wait_ms: AtomicU64,
     max_retry_wait_ms: AtomicU64,
     implausible_dates: AtomicU64,
+    durations: DurationFamily,
+}
+
+impl Default for ApiStats {
+    fn default() -> Self {
+        ApiStats {
+            requests: Mutex::default(),
+            total: AtomicU64::default(),
+            retries: AtomicU64::default(),
+            retry_wait_ms: AtomicU64::default(),
+            max_retry_wait_ms: AtomicU64::default(),
+            implausible_dates: AtomicU64::default(),
+            durations: Family::new_with_constructor(request_histogram),
+        }
+    }
 }
 
 impl ApiStats {
-    /// Counts one attempt; `status` is `None` when no answer came back.
-    pub(crate) fn record_request(&self, endpoint: &'static str, status: Option<u16>) {
+    /// Counts one attempt, which took `elapsed` until its answer's headers (or its failure);
+    /// `status` is `None` when no answer came back.
+    pub(crate) fn record_request(
+        &self,
+        endpoint: &'static str,
+        status: Option<u16>,
+        elapsed: Duration,
+    ) {
+        self.durations
+            .get_or_create(&vec![("endpoint", endpoint)])
+            .observe(elapsed.as_secs_f64());
         let status = status.map_or_else(|| "error".to_owned(), |s| s.to_string());
         let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
         *requests.entry((endpoint, status)).or_default() += 1;
@@ -64,6 +102,11 @@ impl ApiStats {
         self.implausible_dates.load(Ordering::Relaxed)
     }
 
+    /// Request durations by endpoint (shared: a clone observes into the same histograms).
+    pub fn durations(&self) -> DurationFamily {
+        self.durations.clone()
+    }
+
     /// Every request sent, retries included.
     pub fn total(&self) -> u64 {
         self.total.load(Ordering::Relaxed)
@@ -92,9 +135,10 @@ mod tests {
     #[test]
     fn counts_by_endpoint_and_status() {
         let stats = ApiStats::default();
-        stats.record_request("GET /j/jobs", Some(200));
-        stats.record_request("GET /j/jobs", Some(200));
-        stats.record_request("GET /j/jobs", None);
+        let ms = Duration::from_millis;
+        stats.record_request("GET /j/jobs", Some(200), ms(10));
+        stats.record_request("GET /j/jobs", Some(200), ms(20));
+        stats.record_request("GET /j/jobs", None, ms(30));
         stats.record_retry(Duration::from_millis(1500));
         stats.record_retry(Duration::from_millis(100));
         assert_eq!(

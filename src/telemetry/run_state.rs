@@ -2,6 +2,7 @@
 //! (`/healthz`, `/readyz`, `/status`, `/metrics`). Neither imports the other; both import this.
 
 use chrono::{DateTime, Utc};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use std::sync::Mutex;
 
 /// Counters and the latest outcome, updated after each cycle.
@@ -22,7 +23,6 @@ pub struct Snapshot {
     /// Whether this process runs or ran the last cycle (`Some(true)`, set when the cycle takes
     /// the sync lock), found another process syncing (`Some(false)`), or has not tried yet.
     pub active_syncer: Option<bool>,
-    pub run_seconds_sum: f64,
     pub last_run_seconds: f64,
     pub jobs_pulled: u64,
     pub jobs_changed: u64,
@@ -73,10 +73,22 @@ pub struct CycleOutcome {
     pub error: Option<String>,
 }
 
-/// The [`Snapshot`] behind a lock, shared by the daemon (writer) and the health server (reader).
-#[derive(Debug, Default)]
+/// The [`Snapshot`] behind a lock, shared by the daemon (writer) and the health server (reader),
+/// and the durations of finished cycles (`jobsync_cycle_duration_seconds`).
+#[derive(Debug)]
 pub struct RunState {
     inner: Mutex<Snapshot>,
+    durations: Histogram,
+}
+
+impl Default for RunState {
+    fn default() -> Self {
+        RunState {
+            inner: Mutex::default(),
+            // 0.5 s to about 4.5 h, tripling: an idle tick, a push of a backlog, a backfill.
+            durations: Histogram::new(exponential_buckets(0.5, 3.0, 10)),
+        }
+    }
 }
 
 impl RunState {
@@ -88,13 +100,18 @@ impl RunState {
         f(&mut self.lock());
     }
 
+    /// The finished cycles' durations (shared: a clone observes into the same histogram).
+    pub fn durations(&self) -> Histogram {
+        self.durations.clone()
+    }
+
     pub fn record_cycle(&self, outcome: &CycleOutcome) {
+        self.durations.observe(outcome.duration.as_secs_f64());
         self.update(|s| {
             s.cycle_running = false;
             s.active_syncer = Some(true);
             s.cycles_finished += 1;
             s.last_run_seconds = outcome.duration.as_secs_f64();
-            s.run_seconds_sum += s.last_run_seconds;
             s.jobs_pulled += outcome.jobs_pulled.max(0) as u64;
             s.jobs_changed += outcome.jobs_changed.max(0) as u64;
             s.pushed_ok += outcome.pushed_ok.max(0) as u64;
