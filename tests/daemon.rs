@@ -84,12 +84,11 @@ fn a_refused_token_fails_readiness_without_a_retry_loop() {
         &db_path,
         &[("JOBSYNC_API__TOKEN", "wrong")],
     );
-    let (status, body) = daemon.wait_until("/readyz", |status, _| status == 503);
-    assert_eq!(status, 503);
-    assert!(
-        body.contains("refused the API token") || body.contains("token"),
-        "{body}"
-    );
+    // 503 from the start (the first cycle running), then saying why once it failed.
+    let (status, body) = daemon.wait_until("/readyz", |status, body| {
+        status == 503 && body.contains("token")
+    });
+    assert_eq!(status, 503, "{body}");
     daemon.wait_for_log("cycle failed");
     daemon.wait_for_log("cycle failed");
     // Each failed cycle made exactly one request: no loop of retries against a refused token.
@@ -137,9 +136,16 @@ fn a_second_daemon_on_the_same_sqlite_file_never_syncs_concurrently() {
         assert!(Instant::now() < deadline, "no skipped ticks:\n{a}\n{b}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // Still one cycle at the API: the other daemon's ticks were skipped, not run beside it.
-    assert_eq!(sim.held(), 1, "two cycles at once");
-    assert_eq!(sim.release(), 1);
+    // Still one cycle running: the other daemon's ticks were skipped, not run beside it. (The
+    // follower's own readiness check, one listing of the last minute, may be held too.)
+    let db = Db::open(&format!("sqlite://{}", db_path.display())).unwrap();
+    let running = runs::recent(&mut db.conn().unwrap(), 100)
+        .unwrap()
+        .into_iter()
+        .filter(|r| r.status == "running")
+        .count();
+    assert_eq!(running, 1, "two cycles at once");
+    assert!(sim.release() >= 1);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, a) = first.get("/metrics");
@@ -155,7 +161,6 @@ fn a_second_daemon_on_the_same_sqlite_file_never_syncs_concurrently() {
     assert!(first.terminate().success());
     assert!(second.terminate().success());
     // Runs never overlapped in time.
-    let db = Db::open(&format!("sqlite://{}", db_path.display())).unwrap();
     let mut recent = runs::recent(&mut db.conn().unwrap(), 1000).unwrap();
     recent.sort_by_key(|r| r.started_at);
     assert!(recent.len() >= 2);
@@ -273,4 +278,45 @@ async fn endless_gateway(sim: String) -> String {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     format!("http://{addr}")
+}
+
+/// A release with a wrong token, rolled out over a database whose last good pull (by the pods
+/// before it) is recent: `/readyz` used to say 200 from the start — the shared last pull was
+/// recent — so the rollout went on. Readiness now needs this process's own proof: 503 while its
+/// first cycle runs, 503 once it failed, never 200.
+#[test]
+fn a_release_with_a_wrong_token_is_never_ready_over_a_recent_good_pull() {
+    let rt = runtime();
+    let sim = rt.block_on(start_sim(SimConfig {
+        campaigns: vec![28],
+        jobs_per_campaign: 10,
+        ..SimConfig::default()
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("jobsync.db");
+    let previous = Daemon::start(&rt, &sim.base_url(), &db_path, &[]);
+    previous.wait_until("/readyz", |status, _| status == 200);
+    assert!(previous.terminate().success());
+
+    // The new release's first cycle is held at the API: readiness is asked meanwhile.
+    hold(&sim, Hold::new(Some("GET"), "/j/jobs"));
+    let mut release = Daemon::start(
+        &rt,
+        &sim.base_url(),
+        &db_path,
+        &[("JOBSYNC_API__TOKEN", "wrong")],
+    );
+    rt.block_on(wait_held(&sim, 1));
+    let (status, body) = release.get("/readyz");
+    assert_eq!(status, 503, "not ready while its first cycle runs: {body}");
+    assert!(body.contains("first cycle is running"), "{body}");
+    sim.release();
+    release.wait_for_log("cycle failed");
+    release.wait_for_log("cycle failed");
+    for _ in 0..20 {
+        let (status, body) = release.get("/readyz");
+        assert_eq!(status, 503, "never ready: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(release.terminate().success());
 }

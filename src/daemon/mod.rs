@@ -172,6 +172,9 @@ async fn tick(engine: &Engine, state: &RunState, lock: &Mutex<()>) {
                 s.ticks_as_follower += 1;
                 s.active_syncer = Some(false);
             });
+            if !state.snapshot().proven {
+                prove_as_follower(engine, state).await;
+            }
         }
         Err(CycleError::Db(e)) => {
             tracing::error!(error = %e, "the cycle could not start");
@@ -180,6 +183,38 @@ async fn tick(engine: &Engine, state: &RunState, lock: &Mutex<()>) {
                 s.runs_failed += 1;
                 s.last_error = Some(e.to_string());
             });
+        }
+    }
+}
+
+/// A follower has no cycle of its own to show that its configuration works: it reads the API
+/// once with its token (the call `jobsync check` makes) and its database once, and is ready
+/// only when both answered. Tried at each follower tick until it succeeds.
+async fn prove_as_follower(engine: &Engine, state: &RunState) {
+    let api = engine.client.check().await;
+    let db = engine.db.clone();
+    let database = tokio::task::spawn_blocking(move || db.ping())
+        .await
+        .unwrap_or_else(|e| Err(crate::db::DbError::Task(e.to_string())));
+    match (api, database) {
+        (Ok(()), Ok(())) => {
+            tracing::info!("follower ready: its API token and database both answered");
+            state.update(|s| {
+                s.proven = true;
+                s.auth_failed = false;
+                s.last_error = None;
+            });
+        }
+        (Err(e), _) => {
+            tracing::warn!(error = %e, "follower not ready: the Jobs API check failed");
+            state.update(|s| {
+                s.auth_failed = e.is_auth();
+                s.last_error = Some(crate::secret::scrub(&e.to_string()));
+            });
+        }
+        (_, Err(e)) => {
+            tracing::warn!(error = %e, "follower not ready: the database check failed");
+            state.update(|s| s.last_error = Some(crate::secret::scrub(&e.to_string())));
         }
     }
 }

@@ -202,13 +202,28 @@ async fn readyz(State(ctx): State<ServerContext>) -> Response {
         let why = s.last_error.unwrap_or_default();
         return unavailable(&format!("the API refused the token: {why}"));
     }
-    // The start-up grace covers a first cycle still running, not one that failed: a deployment
-    // that cannot sync (a wrong api.base_url, a blocked network) must not pass a rollout.
+    // Ready only once this process showed it can do the job with its own configuration: its own
+    // cycle pulled (as the active syncer), or, as a follower, its own API call and database check
+    // answered. A recent pull recorded by earlier pods proves nothing about this one: a release
+    // with a wrong token or base URL must not pass a rollout.
     if s.first_cycle_failed() {
         return unavailable(&format!(
             "the first cycle failed: {}",
             s.last_error.as_deref().unwrap_or("no error recorded")
         ));
+    }
+    if !s.proven {
+        let why = match (s.cycle_running, s.active_syncer, s.last_error.as_deref()) {
+            (true, _, _) => "the first cycle is running; ready once it has pulled".to_string(),
+            (_, Some(false), Some(e)) => {
+                format!("a follower whose own API or database check failed: {e}")
+            }
+            (_, Some(false), None) => {
+                "a follower whose own API and database check has not answered yet".to_string()
+            }
+            _ => "no cycle has run yet".to_string(),
+        };
+        return unavailable(&why);
     }
     let role = s.role();
     let now = Utc::now();
@@ -221,11 +236,11 @@ async fn readyz(State(ctx): State<ServerContext>) -> Response {
             Json(json!({"status": "ready", "last_successful_pull": at, "role": role})),
         )
             .into_response(),
-        None if s.started_at.is_some_and(|t| (now - t).num_seconds() <= max) => (
+        // A follower proven by its own checks, before any pull was recorded anywhere (the
+        // active syncer's first backfill still running).
+        None if s.active_syncer == Some(false) => (
             StatusCode::OK,
-            Json(
-                json!({"status": "starting", "detail": "the first cycle is running", "role": role}),
-            ),
+            Json(json!({"status": "ready", "last_successful_pull": null, "role": role})),
         )
             .into_response(),
         Some(at) => unavailable(&format!(
