@@ -320,3 +320,41 @@ fn a_release_with_a_wrong_token_is_never_ready_over_a_recent_good_pull() {
     }
     assert!(release.terminate().success());
 }
+
+/// SIGTERM while the daemon connects to its database (or migrates it): the handler used to be
+/// installed only once the daemon ran, so the signal's default action applied — and as PID 1 in
+/// a container, which ignores a SIGTERM nobody handles, the pod waited out its grace and was
+/// SIGKILLed. Now it exits 0 at once, by its own hand (not killed by the signal).
+#[test]
+fn sigterm_while_connecting_to_the_database_exits_at_once() {
+    // A "database" that accepts the connection and never answers: the daemon waits in its
+    // start-up, before any cycle.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (accepted, connection) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        if let Ok((socket, _)) = listener.accept() {
+            let _ = accepted.send(socket);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("postgres://jobsync:jobsync@127.0.0.1:{port}/jobsync");
+    let mut child = jobsync_command_with_url("http://127.0.0.1:9", &url, dir.path())
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _held = connection
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the daemon connects to the database");
+    send_signal(child.id(), libc::SIGTERM);
+    let status = wait_exit(&mut child, Duration::from_secs(2));
+    let _ = child.kill();
+    let status = status.expect("exits within 2 s of SIGTERM");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "a clean exit, not the signal's default action: {status:?}"
+    );
+}

@@ -10,7 +10,11 @@ use crate::telemetry::RunState;
 use std::sync::Arc;
 
 pub async fn run(config: &Config) -> CliResult {
-    let engine = context::engine(config, "run", StopFlag::new()).await?;
+    let engine = super::unless_stopped(
+        "while connecting and migrating",
+        context::engine(config, "run", StopFlag::new()),
+    )
+    .await?;
     let settings = DaemonSettings {
         schedule: config.sync.schedule.clone(),
         retention: config.retention.clone(),

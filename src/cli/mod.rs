@@ -79,6 +79,10 @@ pub type CliResult = Result<(), CliError>;
 
 /// Runs the parsed command line and returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
+    // Before anything else (the configuration, connecting, migrating): PID 1 in a container
+    // ignores a SIGTERM nobody handles, so a pod stopped while it connects or migrates used to
+    // wait out its grace and end in SIGKILL.
+    install_signal_handlers();
     match dispatch(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -155,21 +159,60 @@ pub fn end_on_stdout_error(e: &std::io::Error) -> ! {
     std::process::exit(1);
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+/// Set once SIGINT or SIGTERM arrived; the handlers are installed first thing by [`run`].
+static SIGNALLED: std::sync::OnceLock<tokio::sync::watch::Receiver<bool>> =
+    std::sync::OnceLock::new();
+
+/// Installs the SIGINT and SIGTERM handlers now (idempotent): a signal that arrives at any later
+/// moment, even before the command has started its work, is kept for [`shutdown_signal`].
+fn install_signal_handlers() {
+    use tokio::signal::unix::{SignalKind, signal};
+    SIGNALLED.get_or_init(|| {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (term, int) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        );
+        tokio::spawn(async move {
+            let recv = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                () = recv(term.ok()) => {}
+                () = recv(int.ok()) => {}
             }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
+            let _ = tx.send(true);
+        });
+        rx
+    });
+}
+
+/// Resolves on SIGINT or SIGTERM (also one received before this call).
+pub async fn shutdown_signal() {
+    install_signal_handlers();
+    if let Some(rx) = SIGNALLED.get() {
+        let _ = rx.clone().wait_for(|signalled| *signalled).await;
     }
     tracing::info!("shutdown signal received; finishing the work in flight");
+}
+
+/// `work` (connecting, migrating: the start of `run` and `--once`), unless SIGINT or SIGTERM
+/// comes first: then the process exits 0 at once, as nothing has started that a stop would have
+/// to finish. A migration cut short is rolled back by the database (each runs in a transaction)
+/// and applied again at the next start.
+pub async fn unless_stopped<T>(what: &str, work: impl std::future::Future<Output = T>) -> T {
+    tokio::select! {
+        done = work => done,
+        () = shutdown_signal() => {
+            tracing::info!("stopped {what}: exiting before any cycle started");
+            std::process::exit(0);
+        }
+    }
 }
 
 /// How the configuration sets up database connections: PostgreSQL statements time out after

@@ -7,7 +7,11 @@ use crate::sync::StopFlag;
 use crate::sync::cycle::{CycleError, CycleSummary, Trigger, run_cycle_reporting, stop_within};
 
 pub async fn run(config: &Config) -> CliResult {
-    let engine = context::engine(config, "--once", StopFlag::new()).await?;
+    let engine = super::unless_stopped(
+        "while connecting and migrating",
+        context::engine(config, "--once", StopFlag::new()),
+    )
+    .await?;
     // SIGINT/SIGTERM: no new request leaves, those in flight get until the drain deadline, and
     // the run is still recorded; nothing outlasts the grace.
     let drain = config.server.drain_deadline();
