@@ -1,7 +1,8 @@
 //! The health server (`server.listen`): `/healthz`, `/readyz`, `/metrics`, `/status`. It reads
 //! the daemon's run state (in `telemetry`) and the database; it never drives the engine, and does
 //! not know the daemon. Clients cannot hold it open: headers must arrive within
-//! [`HEADER_READ_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are served at once.
+//! [`HEADER_READ_TIMEOUT`], and at most [`MAX_CONNECTIONS`] are open at once — beyond that the
+//! oldest is closed, so idle or slow sockets cannot keep a probe waiting.
 
 mod metrics;
 
@@ -23,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -43,13 +44,13 @@ pub struct ServerContext {
 /// headers a byte at a time ("slow loris") is closed when it runs out, without an answer.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The most connections served at once. Beyond it the server stops accepting: a new connection
-/// waits in the listen backlog (the kernel has completed its handshake, so the client sees
-/// neither a refusal nor a reset) and is served when a slot frees — at the latest when a slot
-/// holder that sends no complete request reaches [`HEADER_READ_TIMEOUT`]. Waiting rather than
-/// closing at once means a burst of probes and scrapes is answered late instead of failed;
-/// the limit only bounds the memory and descriptors that idle clients can hold.
-pub const MAX_CONNECTIONS: usize = 64;
+/// The most connections open at once (a bound on the memory and descriptors clients can hold:
+/// an idle connection costs a few KiB). A new connection beyond it is served at once, and the
+/// oldest open connection is closed to make room: probes and scrapes are answered in
+/// milliseconds, so the oldest is the one most likely idle or trickling its headers. Before,
+/// a new connection waited for a free slot, and 64 idle sockets or 300 reconnecting slow
+/// clients kept the kubelet's probes waiting past their timeout, so the pod was restarted.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// How long [`ServerHandle::stop`] lets open connections finish their answers once it has
 /// stopped accepting; those still open then (a slow client mid-headers) are closed.
@@ -99,26 +100,41 @@ pub async fn start(listen: &str, context: ServerContext) -> Result<ServerHandle,
 /// with a free slot, and served by hyper with the header timeout. On `stop` it stops accepting,
 /// asks every connection to end after its answer in progress, and waits up to [`STOP_GRACE`].
 async fn serve(listener: TcpListener, app: Router, mut stop: oneshot::Receiver<()>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let stopping = CancellationToken::new();
     let mut connections = JoinSet::new();
+    // The open connections, oldest first (by accept order), to close the oldest at the limit.
+    let mut open: std::collections::BTreeMap<u64, tokio::task::AbortHandle> = Default::default();
+    let mut order: std::collections::HashMap<tokio::task::Id, u64> = Default::default();
+    let mut accepted_so_far = 0u64;
     loop {
         tokio::select! {
             _ = &mut stop => break,
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            (slot, accepted) = async {
-                let slot = slots.clone().acquire_owned().await;
-                (slot, listener.accept().await)
-            } => {
-                let Ok(slot) = slot else { break };
+            Some(ended) = connections.join_next_with_id(), if !connections.is_empty() => {
+                let id = match ended {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                if let Some(n) = order.remove(&id) {
+                    open.remove(&n);
+                }
+            }
+            accepted = listener.accept() => {
                 match accepted {
                     Ok((stream, _peer)) => {
+                        if open.len() >= MAX_CONNECTIONS
+                            && let Some((_, oldest)) = open.pop_first()
+                        {
+                            order.remove(&oldest.id());
+                            oldest.abort();
+                        }
                         let _ = stream.set_nodelay(true);
                         let (app, stopping) = (app.clone(), stopping.clone());
-                        connections.spawn(async move {
+                        let handle = connections.spawn(async move {
                             serve_connection(stream, app, stopping).await;
-                            drop(slot);
                         });
+                        accepted_so_far += 1;
+                        order.insert(handle.id(), accepted_so_far);
+                        open.insert(accepted_so_far, handle);
                     }
                     Err(error) => {
                         // Usually out of file descriptors: wait instead of spinning.
