@@ -120,7 +120,7 @@ async fn dispatch(cli: Cli) -> CliResult {
     } else {
         "info"
     };
-    crate::telemetry::init_logging(&config.log, default_level);
+    let _traces = crate::telemetry::init_logging(&config.log, &config.telemetry, default_level);
     match command {
         Command::Migrate => migrate(&config).await,
         Command::Status => status::print(&open_db(&config).await?).await,

@@ -14,6 +14,7 @@ pub struct Config {
     pub retention: RetentionConfig,
     pub server: ServerConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -195,6 +196,16 @@ pub enum LogFormat {
 pub struct LogConfig {
     /// `None`: pretty on a terminal, JSON otherwise.
     pub format: Option<LogFormat>,
+}
+
+/// Traces (contract §8): spans of each cycle exported over OTLP/HTTP (JSON) when
+/// `otlp_endpoint` is set; off by default.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP base URL (`http://collector:4318`); spans go to its
+    /// `/v1/traces`. Empty: no export.
+    pub otlp_endpoint: String,
 }
 
 /// Which backend `database.url` names. Anything but these two schemes is refused, never

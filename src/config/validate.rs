@@ -103,6 +103,19 @@ fn check_api(c: &Config) -> Result<(), Failure> {
     at_least("api.max_attempts", c.api.max_attempts.into(), 1)?;
     at_least("api.concurrency", c.api.concurrency as u64, 1)?;
     at_least("api.max_date_skew_secs", c.api.max_date_skew_secs, 60)?;
+    let otlp = c.telemetry.otlp_endpoint.trim();
+    if !otlp.is_empty() {
+        let ok = reqwest::Url::parse(otlp)
+            .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if !ok {
+            return Err((
+                "telemetry.otlp_endpoint",
+                "must be the collector's OTLP/HTTP URL, e.g. http://otel-collector:4318 (spans go \
+                 to its /v1/traces), or empty to export no traces"
+                    .into(),
+            ));
+        }
+    }
     let ratio = c.sync.mass_delete_ratio;
     if !(ratio.is_finite() && ratio > 0.0 && ratio <= 1.0) {
         return Err((

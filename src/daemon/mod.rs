@@ -166,7 +166,8 @@ async fn tick(engine: &Engine, state: &RunState, lock: &Mutex<()>) {
         Ok(summary) => state.record_cycle(&outcome(&summary)),
         Err(CycleError::Busy(message)) => {
             // A follower replica on PostgreSQL says this every tick: INFO, not a warning.
-            tracing::info!(%message, "tick skipped: another process is the active syncer");
+            // `holder`, not `message`: the JSON line's own `message` key is the text after it.
+            tracing::info!(holder = %message, "tick skipped: another process is the active syncer");
             state.update(|s| {
                 s.cycle_running = false;
                 s.ticks_as_follower += 1;

@@ -87,7 +87,28 @@ pub async fn run_cycle_reporting(
 /// [`run_cycle_reporting`], calling `on_locked` as soon as this process holds the sync lock and
 /// has recorded its run, before any pull or push: the daemon reports itself the active syncer
 /// from there, not only once the cycle (a long push, a backfill) has ended.
+///
+/// The whole cycle runs in a `cycle` span (`trigger`, and `run_id` once recorded): every log
+/// line of the cycle carries it, and with `telemetry.otlp_endpoint` set it is the root of the
+/// run's trace (`pull`, each `listing`, `push`, each `bulk_call` under it).
 pub async fn run_cycle_then(
+    engine: &Engine,
+    trigger: Trigger,
+    progress: &dyn ProgressSink,
+    on_locked: impl FnOnce(),
+) -> Result<CycleSummary, CycleError> {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "cycle",
+        trigger = trigger.as_str(),
+        run_id = tracing::field::Empty
+    );
+    cycle_in_span(engine, trigger, progress, on_locked)
+        .instrument(span)
+        .await
+}
+
+async fn cycle_in_span(
     engine: &Engine,
     trigger: Trigger,
     progress: &dyn ProgressSink,
@@ -116,6 +137,7 @@ pub async fn run_cycle_then(
     .await
     .map_err(|e| DbError::Task(e.to_string()))??
     .map_err(CycleError::Busy)?;
+    tracing::Span::current().record("run_id", run_id);
     on_locked();
     let started = Instant::now();
     engine.client.heartbeat().beat();

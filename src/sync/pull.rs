@@ -75,6 +75,7 @@ pub async fn run(
 /// Runs one pull, counting into `stats` as batches commit: when the pull fails or is stopped,
 /// `stats` holds what it committed. Each batch also adds its counts to the run in progress in
 /// `sync_runs`, in the batch's own transaction. Each listing reports its progress to `progress`.
+#[tracing::instrument(name = "pull", skip_all)]
 pub async fn run_counted(
     db: &Db,
     client: &ApiClient,
@@ -415,6 +416,7 @@ struct IncrementalResult {
     campaigns: BTreeSet<i64>,
 }
 
+#[tracing::instrument(name = "listing", skip_all, fields(kind = "changes"))]
 async fn pull_incremental(
     db: &Db,
     client: &ApiClient,
@@ -466,6 +468,7 @@ async fn pull_incremental(
 /// Lists one campaign in full; after a complete listing, marks its absent jobs deleted and
 /// checkpoints the campaign (a resumed backfill does not list it again). Returns the server's
 /// time at the start of the listing.
+#[tracing::instrument(name = "listing", skip_all, fields(kind = "campaign", campaign))]
 async fn pull_campaign_listing(
     db: &Db,
     client: &ApiClient,
@@ -473,6 +476,7 @@ async fn pull_campaign_listing(
     (stop, progress): (&StopFlag, &dyn ProgressSink),
     stats: &mut PullStats,
 ) -> Result<DateTime<Utc>, SyncError> {
+    tracing::Span::current().record("campaign", campaign);
     if !stats.full {
         // The run is a full one from the moment a full listing starts, stopped or not.
         stats.full = true;

@@ -7,30 +7,53 @@
 mod api_stats;
 pub mod progress;
 mod run_state;
+pub mod traces;
 
 pub use api_stats::ApiStats;
 pub use run_state::{CycleOutcome, RunState, Snapshot};
 
-use crate::config::{LogConfig, LogFormat};
+use crate::config::{LogConfig, LogFormat, TelemetryConfig};
 use std::io::{IsTerminal, Write};
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::prelude::*;
 
-/// Installs the global subscriber once; `RUST_LOG` sets levels (default `default_level`).
-pub fn init_logging(config: &LogConfig, default_level: &str) {
+/// Installs the global subscriber once; `RUST_LOG` sets levels (default `default_level`). With
+/// `telemetry.otlp_endpoint` set, spans are exported too (see [`traces`]): keep the returned
+/// guard until the command ends, so the last spans are flushed. A failure to set up the export
+/// is a warning, never a reason not to sync.
+pub fn init_logging(
+    config: &LogConfig,
+    telemetry: &TelemetryConfig,
+    default_level: &str,
+) -> Option<traces::TraceGuard> {
     let format = config.format.unwrap_or(if std::io::stderr().is_terminal() {
         LogFormat::Pretty
     } else {
         LogFormat::Json
     });
     progress::allow_bars(format == LogFormat::Pretty && std::io::stderr().is_terminal());
+    let endpoint = telemetry.otlp_endpoint.trim();
+    let (otel, guard, otel_error) = if endpoint.is_empty() {
+        (None, None, None)
+    } else {
+        match traces::provider(endpoint) {
+            Ok((provider, guard)) => (Some(traces::layer(&provider)), Some(guard), None),
+            Err(e) => (None, None, Some(e)),
+        }
+    };
     let layer = tracing_subscriber::fmt::layer().with_writer(Scrubbed(std::io::stderr));
-    let registry = tracing_subscriber::registry().with(log_filter(default_level));
+    let registry = tracing_subscriber::registry()
+        .with(otel)
+        .with(log_filter(default_level));
     let _ = match format {
         LogFormat::Pretty => registry.with(layer.compact()).try_init(),
         LogFormat::Json => registry.with(layer.json().flatten_event(true)).try_init(),
     };
+    if let Some(e) = otel_error {
+        tracing::warn!(error = %e, "traces are not exported: the OTLP exporter could not be set up");
+    }
+    guard
 }
 
 /// Where log lines are written: every formatted line, whatever its format and whoever logged it
@@ -81,7 +104,13 @@ fn levels(rust_log: Option<&str>, default_level: &str) -> Targets {
     rust_log
         .filter(|directives| !directives.trim().is_empty())
         .and_then(|directives| directives.parse().ok())
-        .unwrap_or_else(|| default_level.parse().unwrap_or_default())
+        .unwrap_or_else(|| {
+            // The scheduler's own lines (each job added, each tick) are chatter at INFO: only
+            // its warnings by default; `RUST_LOG=tokio_cron_scheduler=debug` shows them.
+            format!("{default_level},tokio_cron_scheduler=warn")
+                .parse()
+                .unwrap_or_default()
+        })
 }
 
 #[cfg(test)]

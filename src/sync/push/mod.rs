@@ -139,6 +139,7 @@ pub async fn run_tuned(
 
 /// [`run_tuned`], counting into `stats` as rows settle, so that a run that fails or is stopped
 /// still reports what it did.
+#[tracing::instrument(name = "push", skip_all)]
 pub async fn run_counted(
     db: &Db,
     client: &ApiClient,

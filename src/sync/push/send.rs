@@ -190,6 +190,7 @@ impl Pipeline {
     }
 }
 
+#[tracing::instrument(name = "bulk_call", skip_all, fields(op = ?op, items = chunk.len()))]
 async fn send_chunk(
     db: &Db,
     client: &ApiClient,
