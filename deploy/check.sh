@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Checks deploy/ without a cluster or a container engine (CI calls it; so can you):
 #  1. the Dockerfile lints clean with hadolint (warnings fail), its bases are pinned to exact tags;
-#  2. every overlay, and each daemon overlay with the monitoring component, renders with
+#  2. every overlay, and each overlay with its monitoring component, renders with
 #     `kubectl kustomize` and validates strictly (kubernetes-validate --strict) against the
 #     schemas of the OLDEST supported Kubernetes (KUBERNETES_OLDEST) and of the newest one
 #     kubernetes-validate ships; both must pass. The Prometheus Operator kinds have no schema
 #     there (check_rendered.py checks them); any other kind without a schema fails;
 #  3. namespace.yaml pins its Pod Security versions to KUBERNETES_OLDEST;
 #  4. check_rendered.py: restricted pods, no placeholder Secret, alerts that parse as PromQL and
-#     have runbook rows, the namespace on every object, NetworkPolicies for every pod, the
+#     have a runbook_url to a heading of docs/operations.md, the namespace on every object, NetworkPolicies for every pod, the
 #     podFailurePolicy statuses, one image version source.
 # The metric names the alerts use are checked against a live /metrics by tests/deploy_alerts.rs.
 set -euo pipefail
@@ -63,10 +63,13 @@ for overlay in "$k8s"/overlays/*/; do
 done
 # The monitoring component on each daemon overlay, as an operator's own kustomization adds it
 # (kustomize wants relative paths to resources outside its root).
-for name in sqlite postgres; do
+# The CronJob has nothing to scrape: its alert (on kube-state-metrics) is a component of its own.
+for name in sqlite postgres cronjob; do
   site="$out/$name-monitoring"
   mkdir -p "$site"
   rel=$(realpath --relative-to="$site" "$k8s")
+  component=monitoring
+  [[ $name == cronjob ]] && component=monitoring/cronjob
   cat >"$site/kustomization.yaml" <<EOF
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -74,7 +77,7 @@ namespace: jobsync
 resources:
   - $rel/overlays/$name
 components:
-  - $rel/components/monitoring
+  - $rel/components/$component
 EOF
   "$kubectl" kustomize "$site" >"$out/$name-monitoring.yaml"
   rendered+=("$out/$name-monitoring.yaml")

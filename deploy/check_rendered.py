@@ -8,7 +8,8 @@
   image pulled IfNotPresent, a memory limit, and the three probes on a daemon;
 - no Secret carries a placeholder value (the applied set must never overwrite a real one);
 - the Prometheus Operator resources, which the Kubernetes schemas do not cover, have their
-  required fields and expressions that parse as PromQL; every alert names a runbook row that README.md has, and the ServiceMonitor
+  required fields and expressions that parse as PromQL; every alert's runbook_url points at its own section
+  of docs/operations.md (an anchor one of its headings has), and the ServiceMonitor
   selects a rendered Service by a port it has;
 - the pod spec agrees with config.toml: the termination grace outlasts
   server.shutdown_grace_secs, the startup probe covers 10 min, JobsyncPullStale uses
@@ -40,7 +41,7 @@ except ImportError:
     promql_parser = None
 
 DEPLOY = Path(__file__).resolve().parent
-README = DEPLOY.parent / "README.md"
+OPERATIONS = DEPLOY.parent / "docs" / "operations.md"
 K8S = DEPLOY / "kubernetes"
 IMAGE_SOURCE = K8S / "base" / "kustomization.yaml"
 NETWORK_SETTINGS = K8S / "components" / "network-policy" / "settings.yaml"
@@ -188,10 +189,14 @@ def check_secret(where, doc):
 
 
 def runbook_rows():
-    """Alert names with a row in README's Runbook table ("| alert `Name` ...")."""
-    text = README.read_text(encoding="utf-8")
-    section = text.split("### Runbook", 1)[-1].split("\n## ", 1)[0]
-    return set(re.findall(r"^\| alert `(\w+)`", section, re.MULTILINE))
+    """The anchors of docs/operations.md's headings, as a Git host renders them (lower case,
+    punctuation dropped, spaces to `-`): a runbook_url's `#...` must be one."""
+    anchors = set()
+    for line in OPERATIONS.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^\w\- ]", "", title).replace(" ", "-"))
+    return anchors
 
 
 def check_prometheus_rule(where, doc, rows, config):
@@ -223,13 +228,14 @@ def check_prometheus_rule(where, doc, rows, config):
             if not (rule.get("labels") or {}).get("severity"):
                 problem(rwhere, "no severity label")
             annotations = rule.get("annotations") or {}
-            for key in ("summary", "description", "runbook"):
+            for key in ("summary", "description", "runbook_url"):
                 if not annotations.get(key):
                     problem(rwhere, f"no {key} annotation")
-            if name not in annotations.get("runbook", ""):
-                problem(rwhere, "its runbook annotation does not name the alert")
-            if name not in rows:
-                problem(rwhere, "README.md's Runbook table has no row \"| alert `%s` ...\"" % name)
+            url, _, anchor = annotations.get("runbook_url", "").partition("#")
+            if not url.endswith("docs/operations.md") or anchor != name.lower():
+                problem(rwhere, f"its runbook_url does not end in docs/operations.md#{name.lower()}")
+            if anchor not in rows:
+                problem(rwhere, f"docs/operations.md has no heading with the anchor #{anchor}")
             staleness = config.get("sync", {}).get("max_staleness_secs")
             if name == "JobsyncPullStale" and staleness and f"> {staleness}" not in rule["expr"]:
                 problem(rwhere, f"the threshold is not sync.max_staleness_secs ({staleness})")
