@@ -11,6 +11,7 @@ pub struct Progress {
     what: String,
     done: u64,
     bar: Option<ProgressBar>,
+    started: std::time::Instant,
 }
 
 impl Progress {
@@ -34,7 +35,12 @@ impl Progress {
             bar.set_message(what.clone());
             bar
         });
-        Progress { what, done: 0, bar }
+        Progress {
+            what,
+            done: 0,
+            bar,
+            started: std::time::Instant::now(),
+        }
     }
 
     pub fn add(&mut self, n: u64) {
@@ -42,7 +48,7 @@ impl Progress {
         self.done += n;
         match &self.bar {
             Some(bar) => bar.inc(n),
-            None => progress::log_line(&self.what, before, self.done),
+            None => progress::log_line(&self.what, before, self.done, self.started.elapsed()),
         }
     }
 

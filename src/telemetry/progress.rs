@@ -45,11 +45,12 @@ impl fmt::Display for Work {
 pub enum ProgressEvent<'a> {
     /// The work started; its total is not known in advance.
     Started { work: &'a Work },
-    /// `items` more were done, `done` in all.
+    /// `items` more were done, `done` in all, `elapsed` since the work started.
     Advanced {
         work: &'a Work,
         items: u64,
         done: u64,
+        elapsed: std::time::Duration,
     },
     /// The work ended (finished, failed or stopped).
     Finished { work: &'a Work, done: u64 },
@@ -66,17 +67,32 @@ pub struct LogProgress;
 
 impl ProgressSink for LogProgress {
     fn event(&self, event: ProgressEvent<'_>) {
-        if let ProgressEvent::Advanced { work, items, done } = event {
-            log_line(&work.to_string(), done - items.min(done), done);
+        if let ProgressEvent::Advanced {
+            work,
+            items,
+            done,
+            elapsed,
+        } = event
+        {
+            log_line(&work.to_string(), done - items.min(done), done, elapsed);
         }
     }
 }
 
 /// The progress log line, when the count went from `before` to `done` across a multiple of
-/// [`LOG_EVERY`]; shared by every face that renders progress as log lines.
-pub fn log_line(what: &str, before: u64, done: u64) {
+/// [`LOG_EVERY`]; shared by every face that renders progress as log lines. It says the rate
+/// so far in whole jobs per second (`per_sec`) and the time taken (`elapsed_s`, one decimal):
+/// "progress what=campaign 28 done=200000 per_sec=8123 elapsed_s=24.6".
+pub fn log_line(what: &str, before: u64, done: u64, elapsed: std::time::Duration) {
     if done / LOG_EVERY > before / LOG_EVERY {
-        tracing::info!(what = %what, done, "progress");
+        let secs = elapsed.as_secs_f64();
+        let per_sec = if secs > 0.0 {
+            (done as f64 / secs).round() as u64
+        } else {
+            0
+        };
+        let elapsed_s = (secs * 10.0).round() / 10.0;
+        tracing::info!(what = %what, done, per_sec, elapsed_s, "progress");
     }
 }
 
@@ -86,6 +102,7 @@ pub struct Tracker<'s> {
     sink: &'s dyn ProgressSink,
     work: Work,
     done: u64,
+    started: std::time::Instant,
 }
 
 impl<'s> Tracker<'s> {
@@ -95,6 +112,7 @@ impl<'s> Tracker<'s> {
             sink,
             work,
             done: 0,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -104,6 +122,7 @@ impl<'s> Tracker<'s> {
             work: &self.work,
             items,
             done: self.done,
+            elapsed: self.started.elapsed(),
         });
     }
 
@@ -131,7 +150,9 @@ mod tests {
         fn event(&self, event: ProgressEvent<'_>) {
             let line = match event {
                 ProgressEvent::Started { work } => format!("started {work}"),
-                ProgressEvent::Advanced { work, items, done } => {
+                ProgressEvent::Advanced {
+                    work, items, done, ..
+                } => {
                     format!("{work} +{items} = {done}")
                 }
                 ProgressEvent::Finished { work, done } => format!("finished {work} at {done}"),
