@@ -28,9 +28,14 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "sim",
             "sync",
             "telemetry",
+            "verify",
         ],
     ),
-    ("daemon", &["config", "db", "shutdown", "sync", "telemetry"]),
+    (
+        "daemon",
+        &["config", "db", "shutdown", "sync", "telemetry", "verify"],
+    ),
+    ("verify", &["api", "db", "job"]),
     ("server", &["api", "config", "db", "telemetry"]),
     (
         "sync",

@@ -210,12 +210,14 @@ async fn prove_as_follower(engine: &Engine, state: &RunState) {
             tracing::warn!(error = %e, "follower not ready: the Jobs API check failed");
             state.update(|s| {
                 s.auth_failed = e.is_auth();
-                s.last_error = Some(crate::secret::scrub(&e.to_string()));
+                // The client's errors name endpoints, never the URL's credentials.
+                s.last_error = Some(e.to_string());
             });
         }
         (_, Err(e)) => {
             tracing::warn!(error = %e, "follower not ready: the database check failed");
-            state.update(|s| s.last_error = Some(crate::secret::scrub(&e.to_string())));
+            // Database errors come scrubbed of the URL's password (`db`).
+            state.update(|s| s.last_error = Some(e.to_string()));
         }
     }
 }
