@@ -13,3 +13,4 @@ pub mod shutdown;
 pub mod sim;
 pub mod sync;
 pub mod telemetry;
+pub mod verify;

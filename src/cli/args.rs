@@ -70,6 +70,22 @@ pub enum Command {
     Status,
     /// Apply the retention settings now
     Prune,
+    /// Compare the mirror with the API field for field, audit the outbox and the changefeed
+    /// (read-only); exit 0 clean, 3 differences found, 1 could not complete
+    Verify {
+        /// Only this campaign (repeat for several; default: every tracked campaign)
+        #[arg(long = "campaign", value_name = "N")]
+        campaigns: Vec<i64>,
+        /// Print the findings as NDJSON (kind, job_id, campaign, reference, fields)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask the next cycle to list every tracked campaign (or those named) in full
+    Resync {
+        /// Only this campaign (repeat for several; default: every tracked campaign)
+        #[arg(long = "campaign", value_name = "N")]
+        campaigns: Vec<i64>,
+    },
     /// Run a faithful local stand-in for the Jobs API
     Simulate(crate::sim::SimulateArgs),
     /// A one-command tour: the simulator in-process, sync cycles into a local SQLite file

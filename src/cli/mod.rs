@@ -28,7 +28,9 @@ mod once;
 mod outbox;
 mod progress;
 mod prune;
+mod resync;
 mod status;
+mod verify;
 
 pub use args::{Cli, Command, GlobalArgs, ImportArgs, ImportFormat, OutboxCommand};
 
@@ -132,6 +134,8 @@ async fn dispatch(cli: Cli) -> CliResult {
             changes::run(&open_db(&config).await?, since, follow).await
         }
         Command::Prune => prune::run(&config).await,
+        Command::Verify { campaigns, json } => verify::run(&config, campaigns, json).await,
+        Command::Resync { campaigns } => resync::run(&config, campaigns).await,
         Command::Demo { force } => demo::run(&config, cli_database_url, force).await,
         Command::Simulate(_) | Command::Check => unreachable!("handled above"),
     }

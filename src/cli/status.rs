@@ -38,6 +38,16 @@ pub async fn print(db: &Db) -> CliResult {
                     held.campaign, held.held_at, held.jobs
                 );
             }
+            if let Some(resync) = &r.resync_pending {
+                let which = match &resync.campaigns {
+                    Some(list) => format!("campaigns {}", super::resync::join(list)),
+                    None => "every tracked campaign".to_string(),
+                };
+                out += &format!(
+                    "resync pending:   {which}, asked by {} at {}; listed in full at the next cycle\n",
+                    resync.requested_by, resync.requested_at
+                );
+            }
             out += "last runs:\n";
             if r.last_runs.is_empty() {
                 out += "  none yet\n";

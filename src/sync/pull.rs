@@ -85,18 +85,33 @@ pub async fn run_counted(
     stats: &mut PullStats,
 ) -> Result<(), SyncError> {
     let configured = config.campaigns.clone();
-    let (old_watermark, last_pull_ok, tracked, refused, held) = db
+    let (old_watermark, last_pull_ok, tracked, refused, held, resync_asked) = db
         .run(move |c| {
             state::track_campaigns(c, &configured)?;
+            // `jobsync resync`: the campaigns it names are tracked from now on.
+            let resync_asked = state::resync_request(c)?;
+            if let Some(named) = resync_asked.as_ref().and_then(|(r, _)| r.campaigns.clone()) {
+                state::track_campaigns(c, &named)?;
+            }
             Ok((
                 state::get_time(c, state::WATERMARK)?,
                 state::get_time(c, state::LAST_PULL_OK)?,
                 state::tracked_campaigns(c)?,
                 state::refused_campaigns(c)?,
                 state::held_deletes(c)?,
+                resync_asked,
             ))
         })
         .await?;
+    // Campaigns a pending `jobsync resync` asked to list in full (every tracked one when it
+    // named none): due now, whenever they were last listed.
+    let resync: BTreeSet<i64> = match &resync_asked {
+        Some((request, _)) => match &request.campaigns {
+            Some(named) => named.iter().copied().collect(),
+            None => tracked.iter().map(|t| t.0).collect(),
+        },
+        None => BTreeSet::new(),
+    };
     // Campaigns whose last listing's deletes the guard held: listed again now, and their deletes
     // applied if this listing agrees.
     let guard = Guard {
@@ -142,7 +157,9 @@ pub async fn run_counted(
     // listing confirms them or not); never while it is set aside.
     let due = |campaign: i64, last: Option<Ts>, incremental_ok: bool| {
         !set_aside.contains(&campaign)
-            && (guard.held.contains(&campaign) || needs_listing(last, incremental_ok))
+            && (guard.held.contains(&campaign)
+                || resync.contains(&campaign)
+                || needs_listing(last, incremental_ok))
     };
     // Listings of tracked campaigns go first: on a backfill, the incremental pull that follows
     // then finds those jobs already stored and unchanged, instead of inserting them only for the
@@ -205,9 +222,20 @@ pub async fn run_counted(
         old_watermark.map_or(guess, |w| w.max(guess))
     });
     let finished = client.server_now().unwrap_or_else(Utc::now);
+    // The resync request is settled by the listings it asked for, or by the API refusing them
+    // (set aside: `status` says so); what is left waits for the next cycle.
+    let resync_left: Vec<i64> = resync
+        .iter()
+        .copied()
+        .filter(|c| !listed.contains(c) && !set_aside.contains(c))
+        .filter(|c| !refusals.iter().any(|r| r.campaign == *c))
+        .collect();
     db.run(move |c| {
         state::set_time(c, state::WATERMARK, watermark)?;
         state::set_time(c, state::LAST_PULL_OK, finished)?;
+        if let Some((_, read)) = &resync_asked {
+            state::settle_resync(c, read, &resync_left)?;
+        }
         Ok(())
     })
     .await?;

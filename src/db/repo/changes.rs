@@ -88,3 +88,62 @@ pub fn row(
         observed_at,
     }
 }
+
+/// A mirror job whose last changefeed row disagrees with it.
+#[derive(Debug, Clone, PartialEq, QueryableByName)]
+pub struct FeedMismatch {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub campaign: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    pub reference: Option<String>,
+}
+
+/// Mirror jobs whose last changefeed row (highest `seq`) does not match them: a live job whose
+/// last `new_state` differs from its `state` (or is NULL, a `deleted` row), or a job marked
+/// deleted whose last row is not `deleted`. Jobs with no row left (pruned) are not judged.
+/// Returns how many, and the first `limit` in id order; with `campaigns`, only theirs.
+pub fn feed_mismatches(
+    conn: &mut Conn,
+    campaigns: Option<&[i64]>,
+    limit: i64,
+) -> Result<(i64, Vec<FeedMismatch>), DbError> {
+    use diesel::sql_types::BigInt;
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    // Campaign ids are integers, written into the text as such.
+    let (in_feed, in_jobs) = match campaigns {
+        Some(list) => {
+            let ids: Vec<String> = list.iter().map(i64::to_string).collect();
+            let ids = ids.join(", ");
+            (
+                format!("WHERE campaign IN ({ids})"),
+                format!("AND j.campaign IN ({ids})"),
+            )
+        }
+        None => (String::new(), String::new()),
+    };
+    let from = format!(
+        "FROM jobs j \
+         JOIN (SELECT job_id, MAX(seq) AS last_seq FROM job_changes {in_feed} GROUP BY job_id) l \
+           ON l.job_id = j.id \
+         JOIN job_changes c ON c.seq = l.last_seq \
+         WHERE ((j.remote_deleted_at IS NULL AND (c.new_state IS NULL OR c.new_state <> j.state)) \
+             OR (j.remote_deleted_at IS NOT NULL AND c.kind <> 'deleted')) {in_jobs}"
+    );
+    let count_sql = format!("SELECT count(*) AS n {from}");
+    let rows_sql = format!(
+        "SELECT j.id AS id, j.campaign AS campaign, j.reference AS reference {from} \
+         ORDER BY j.id LIMIT {}",
+        limit.max(0)
+    );
+    with_conn!(conn, |c| {
+        let count = diesel::sql_query(&count_sql).get_result::<Count>(c)?.n;
+        let rows = diesel::sql_query(&rows_sql).load::<FeedMismatch>(c)?;
+        Ok((count, rows))
+    })
+}

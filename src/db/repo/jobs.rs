@@ -532,3 +532,21 @@ pub fn mark_gone(conn: &mut Conn, ids: &[i64], at: Ts) -> Result<usize, DbError>
         .load(c)?);
     mark_deleted(conn, gone, ChangeSource::Push, at)
 }
+
+/// Live mirror rows of `campaign` with an id above `after`, in id order, at most `limit`: their
+/// id and reference (`verify` pages through a campaign with it).
+pub fn live_ids_after(
+    conn: &mut Conn,
+    campaign: i64,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<(i64, Option<String>)>, DbError> {
+    with_conn!(conn, |c| Ok(jobs::table
+        .filter(jobs::campaign.eq(campaign))
+        .filter(jobs::remote_deleted_at.is_null())
+        .filter(jobs::id.gt(after))
+        .order(jobs::id.asc())
+        .limit(limit)
+        .select((jobs::id, jobs::reference))
+        .load(c)?))
+}

@@ -800,3 +800,104 @@ impl From<(OutboxHead, OutboxTail)> for OutboxRow {
         }
     }
 }
+
+/// A `done` create as `verify` audits it: the reference it sent and the job it settled on.
+#[derive(Debug, Clone, PartialEq, Queryable)]
+pub struct DoneCreate {
+    pub id: i64,
+    pub reference: Option<String>,
+    /// The body as sent when it was not the row's own payload (see [`mark_sent`]).
+    pub sent_payload: Option<String>,
+    pub result_job_id: Option<i64>,
+}
+
+impl DoneCreate {
+    /// The reference the create sent: `sent_payload`'s when it has one, else the row's own.
+    pub fn reference_sent(&self) -> Option<String> {
+        let sent = self
+            .sent_payload
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+            .and_then(|v| v.get("reference")?.as_str().map(str::to_string));
+        sent.or_else(|| self.reference.clone())
+    }
+}
+
+/// `done` creates of `campaign` with an id above `after`, in id order, at most `limit`.
+pub fn done_creates_after(
+    conn: &mut Conn,
+    campaign: i64,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<DoneCreate>, DbError> {
+    with_conn!(conn, |c| Ok(outbox::table
+        .filter(outbox::op.eq("create"))
+        .filter(outbox::status.eq(Done))
+        .filter(outbox::campaign.eq(campaign))
+        .filter(outbox::id.gt(after))
+        .order(outbox::id.asc())
+        .limit(limit)
+        .select((
+            outbox::id,
+            outbox::reference,
+            outbox::sent_payload,
+            outbox::result_job_id,
+        ))
+        .load(c)?))
+}
+
+/// An `in_flight` row as `verify` reports it.
+#[derive(Debug, Clone, PartialEq, Queryable)]
+pub struct InFlightRow {
+    pub id: i64,
+    pub campaign: Option<i64>,
+    pub reference: Option<String>,
+    pub job_id: Option<i64>,
+    pub result_job_id: Option<i64>,
+}
+
+/// Rows `in_flight` whose `next_attempt_at` is before `deadline_before`: how many, and the first
+/// `limit` of them in id order. With `campaigns`, only rows naming one of them (by `campaign`, or
+/// by a `job_id` the mirror holds in one of them).
+pub fn in_flight_due_before(
+    conn: &mut Conn,
+    deadline_before: Ts,
+    campaigns: Option<&[i64]>,
+    limit: i64,
+) -> Result<(i64, Vec<InFlightRow>), DbError> {
+    use crate::db::schema::jobs;
+    macro_rules! filtered {
+        () => {{
+            let mut query = outbox::table
+                .filter(outbox::status.eq(InFlight))
+                .filter(outbox::next_attempt_at.lt(deadline_before))
+                .into_boxed();
+            if let Some(list) = campaigns {
+                let of_campaigns = jobs::table
+                    .filter(jobs::campaign.eq_any(list.to_vec()))
+                    .select(jobs::id.nullable());
+                query = query.filter(
+                    outbox::campaign
+                        .eq_any(list.to_vec())
+                        .or(outbox::job_id.eq_any(of_campaigns)),
+                );
+            }
+            query
+        }};
+    }
+    with_conn!(conn, |c| {
+        let count: i64 = filtered!().count().get_result(c)?;
+        let rows = filtered!()
+            .order(outbox::id.asc())
+            .limit(limit)
+            .select((
+                outbox::id,
+                outbox::campaign,
+                outbox::reference,
+                outbox::job_id,
+                outbox::result_job_id,
+            ))
+            .load(c)?;
+        Ok((count, rows))
+    })
+}

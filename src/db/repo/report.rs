@@ -21,7 +21,20 @@ pub struct Report {
     pub jobs_quarantined: i64,
     /// Campaigns whose last listing's deletes the mass-delete guard holds.
     pub deletes_held: Vec<state::HeldDeletes>,
+    /// A `jobsync resync` waiting for the next cycle's full listings.
+    pub resync_pending: Option<PendingResync>,
     pub last_runs: Vec<RunRow>,
+}
+
+/// A pending `jobsync resync`, as `status` shows it; who asked is left out of the JSON of
+/// `/status`, which serves no personal data.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingResync {
+    #[serde(skip)]
+    pub requested_by: String,
+    pub requested_at: String,
+    /// The campaigns named; `None`: every tracked campaign.
+    pub campaigns: Option<Vec<i64>>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -45,6 +58,11 @@ pub fn read(conn: &mut Conn, recent: i64) -> Result<Report, DbError> {
         campaigns_set_aside: state::refused_campaigns(conn)?,
         deletes_held: state::held_deletes(conn)?,
         jobs_quarantined: super::quarantine::count(conn)?,
+        resync_pending: state::resync_request(conn)?.map(|(r, _)| PendingResync {
+            requested_by: r.requested_by,
+            requested_at: r.requested_at,
+            campaigns: r.campaigns,
+        }),
         last_runs: runs::recent(conn, recent)?,
     })
 }

@@ -142,3 +142,16 @@ pub fn recent(conn: &mut Conn, limit: i64) -> Result<Vec<RunRow>, DbError> {
         .select(RunRow::as_select())
         .load(c)?))
 }
+
+/// When the `n`-th most recent successful run started (`n` ≥ 1), if there were that many:
+/// `verify` calls a row stuck when `n` good cycles started after its deadline.
+pub fn nth_latest_ok_start(conn: &mut Conn, n: i64) -> Result<Option<Ts>, DbError> {
+    with_conn!(conn, |c| Ok(sync_runs::table
+        .filter(sync_runs::status.eq("ok"))
+        .order(sync_runs::started_at.desc())
+        .offset(n.max(1) - 1)
+        .limit(1)
+        .select(sync_runs::started_at)
+        .first(c)
+        .optional()?))
+}

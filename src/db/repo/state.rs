@@ -222,3 +222,84 @@ pub fn refused_campaigns(conn: &mut Conn) -> Result<Vec<RefusedCampaign>, DbErro
         })
         .collect())
 }
+
+/// The `sync_state` key of a pending `jobsync resync` request.
+pub const RESYNC_REQUEST: &str = "resync_request";
+
+/// A request for full listings in the next cycle (`jobsync resync`): who asked, when, and which
+/// campaigns (`None`: every tracked one).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ResyncRequest {
+    /// The OS user who asked (`$USER`, else `unknown`).
+    pub requested_by: String,
+    /// When (local clock, RFC 3339).
+    pub requested_at: String,
+    /// The campaigns named, or `None` for every tracked campaign.
+    pub campaigns: Option<Vec<i64>>,
+}
+
+impl ResyncRequest {
+    /// This request and a later one as one: every campaign either named (all when either asks
+    /// for all); the later asker and time.
+    pub fn merged_with(self, later: ResyncRequest) -> ResyncRequest {
+        let campaigns = match (self.campaigns, later.campaigns) {
+            (Some(mut a), Some(b)) => {
+                a.extend(b);
+                a.sort_unstable();
+                a.dedup();
+                Some(a)
+            }
+            _ => None,
+        };
+        ResyncRequest { campaigns, ..later }
+    }
+}
+
+/// The pending resync request and its stored text, if any.
+pub fn resync_request(conn: &mut Conn) -> Result<Option<(ResyncRequest, String)>, DbError> {
+    get(conn, RESYNC_REQUEST)?
+        .map(|text| {
+            serde_json::from_str(&text)
+                .map(|r| (r, text.clone()))
+                .map_err(|e| DbError::Corrupt(format!("sync_state `{RESYNC_REQUEST}`: {e}")))
+        })
+        .transpose()
+}
+
+/// Records `request`, merged into any request still pending.
+pub fn request_resync(conn: &mut Conn, request: ResyncRequest) -> Result<ResyncRequest, DbError> {
+    super::transaction(conn, |conn| {
+        let merged = match resync_request(conn)? {
+            Some((pending, _)) => pending.merged_with(request),
+            None => request,
+        };
+        let text = serde_json::to_string(&merged)
+            .map_err(|e| DbError::Corrupt(format!("resync request: {e}")))?;
+        set(conn, RESYNC_REQUEST, &text)?;
+        Ok(merged)
+    })
+}
+
+/// Settles the resync request read as `read` (its stored text): removed when `remaining` is
+/// empty, else narrowed to those campaigns. A request changed since it was read (a newer
+/// `resync`) is left as it is, for the next cycle.
+pub fn settle_resync(conn: &mut Conn, read: &str, remaining: &[i64]) -> Result<(), DbError> {
+    super::transaction(conn, |conn| {
+        if get(conn, RESYNC_REQUEST)?.as_deref() != Some(read) {
+            return Ok(());
+        }
+        if remaining.is_empty() {
+            with_conn!(conn, |c| diesel::delete(
+                sync_state::table.find(RESYNC_REQUEST)
+            )
+            .execute(c))?;
+            return Ok(());
+        }
+        let mut request: ResyncRequest = serde_json::from_str(read)
+            .map_err(|e| DbError::Corrupt(format!("sync_state `{RESYNC_REQUEST}`: {e}")))?;
+        request.campaigns = Some(remaining.to_vec());
+        let text = serde_json::to_string(&request)
+            .map_err(|e| DbError::Corrupt(format!("resync request: {e}")))?;
+        set(conn, RESYNC_REQUEST, &text)
+    })
+}
