@@ -205,9 +205,17 @@ fn every_metric_and_label_an_alert_uses_is_served() {
         ..SimConfig::default()
     }));
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::start(&rt, &sim.base_url(), &dir.path().join("jobsync.db"), &[]);
+    // With verify.schedule, so that its series exist too (JobsyncDrift).
+    let daemon = Daemon::start(
+        &rt,
+        &sim.base_url(),
+        &dir.path().join("jobsync.db"),
+        &[("JOBSYNC_VERIFY__SCHEDULE", "*/2 * * * * *")],
+    );
     let (_, metrics) = daemon.wait_until("/metrics", |status, body| {
-        status == 200 && metric(body, "jobsync_runs_total{status=\"ok\"}") >= 1.0
+        status == 200
+            && metric(body, "jobsync_runs_total{status=\"ok\"}") >= 1.0
+            && metric(body, "jobsync_verify_last_timestamp_seconds") > 0.0
     });
     let families = families(&metrics);
     let samples = samples(&metrics);
@@ -650,6 +658,39 @@ fn state_healthy() -> [Scrape; 2] {
     [first, scrape(&daemon)]
 }
 
+/// `verify.schedule` on, and a mirror row edited behind jobsync's back: the scheduled verify
+/// reports it `stale`.
+fn state_drift() -> [Scrape; 2] {
+    let rt = runtime();
+    let sim = rt.block_on(start_sim(small_sim()));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobsync.db");
+    let daemon = Daemon::start(
+        &rt,
+        &sim.base_url(),
+        &path,
+        &[("JOBSYNC_VERIFY__SCHEDULE", "*/2 * * * * *")],
+    );
+    daemon.wait_until("/metrics", |_, b| {
+        metric(b, "jobsync_verify_last_timestamp_seconds") > 0.0
+    });
+    let db = Db::open(&sqlite_url(&path)).unwrap();
+    let id = sim.state()[0].id;
+    let mut c = db.conn().unwrap();
+    jobsync::with_conn!(&mut c, |raw| {
+        use diesel::RunQueryDsl;
+        diesel::sql_query(format!(
+            "UPDATE jobs SET city = 'Elsewhere' WHERE id = {id}"
+        ))
+        .execute(raw)
+        .unwrap()
+    });
+    daemon.wait_until("/metrics", |_, b| {
+        metric(b, "jobsync_verify_findings{kind=\"stale\"}") >= 1.0
+    });
+    scrape_pair(&daemon)
+}
+
 /// The API refuses the token from the first cycle on.
 fn state_token_refused() -> [Scrape; 2] {
     let rt = runtime();
@@ -783,6 +824,7 @@ fn each_alert_fires_in_its_state_and_not_in_the_others() {
     let lock_held = std::thread::spawn(state_lock_held_elsewhere);
     let overrun = std::thread::spawn(state_cycle_overruns);
     let database = std::thread::spawn(state_database_stopped);
+    let drift = std::thread::spawn(state_drift);
     let healthy = healthy.join().unwrap();
     let token = token.join().unwrap();
     let failed_rows = failed_rows.join().unwrap();
@@ -790,6 +832,7 @@ fn each_alert_fires_in_its_state_and_not_in_the_others() {
     let lock_held = lock_held.join().unwrap();
     let overrun = overrun.join().unwrap();
     let database = database.join().unwrap();
+    let drift = drift.join().unwrap();
     eprintln!("states scraped in {:.1?}", started.elapsed());
 
     // This test's schedule ticks every second (the shipped one every 5 min): where a cycle takes
@@ -800,6 +843,14 @@ fn each_alert_fires_in_its_state_and_not_in_the_others() {
     let slow_cycles = &["JobsyncCyclesOverrunSchedule"];
     let mut cases = vec![
         daemon_case("healthy", Some(&healthy), None, 60, &[]),
+        daemon_case("drift found by verify", Some(&drift), None, 60, &[]),
+        daemon_case(
+            "drift found by verify",
+            Some(&drift),
+            None,
+            130,
+            &["JobsyncDrift"],
+        ),
         daemon_case("healthy", Some(&healthy), None, 180, &[]),
         daemon_case("token refused", Some(&token), None, 5, &[]),
         daemon_case(

@@ -495,3 +495,49 @@ fn the_cli_exits_0_clean_3_on_differences_and_1_when_it_cannot_complete() {
     assert!(errors[0].contains("verify could not complete"), "{stderr}");
     rt.block_on(sim.shutdown());
 }
+
+/// `verify.schedule`: the daemon runs verify beside its cycles and exports the counts. A mirror
+/// row edited behind jobsync's back shows as `jobsync_verify_findings{kind="stale"} 1`, with
+/// the time of the verify; the cycles go on meanwhile.
+#[test]
+fn the_daemon_runs_verify_on_its_schedule_and_exports_the_findings() {
+    let rt = runtime();
+    let sim = rt.block_on(start_sim(SimConfig {
+        campaigns: vec![28],
+        jobs_per_campaign: 20,
+        ..SimConfig::default()
+    }));
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("jobsync.db");
+    // Listed once at start, then incremental pulls only: the edited row stays as it is.
+    let daemon = Daemon::start(
+        &rt,
+        &sim.base_url(),
+        &db_path,
+        &[("JOBSYNC_VERIFY__SCHEDULE", "*/2 * * * * *")],
+    );
+    daemon.wait_until("/metrics", |_, body| {
+        metric(body, "jobsync_verify_last_timestamp_seconds") > 0.0
+    });
+    let db = jobsync::db::Db::open(&format!("sqlite://{}", db_path.display())).unwrap();
+    let id = sim.state()[3].id;
+    let mut c = db.conn().unwrap();
+    let edited = jobsync::with_conn!(&mut c, |raw| {
+        use diesel::RunQueryDsl;
+        diesel::sql_query(format!(
+            "UPDATE jobs SET city = 'Elsewhere' WHERE id = {id}"
+        ))
+        .execute(raw)
+        .unwrap()
+    });
+    assert_eq!(edited, 1);
+    let (_, metrics) = daemon.wait_until("/metrics", |_, body| {
+        metric(body, "jobsync_verify_findings{kind=\"stale\"}") >= 1.0
+    });
+    assert_eq!(
+        metric(&metrics, "jobsync_verify_findings{kind=\"missing\"}"),
+        0.0
+    );
+    assert!(metric(&metrics, "jobsync_runs_total{status=\"ok\"}") >= 1.0);
+    assert!(daemon.terminate().success());
+}

@@ -20,6 +20,11 @@ pub async fn run(config: &Config) -> CliResult {
         retention: config.retention.clone(),
         drain: config.server.drain_deadline(),
         grace: std::time::Duration::from_secs(config.server.shutdown_grace_secs),
+        verify_schedule: config.verify.schedule.clone(),
+        verify: crate::verify::Options {
+            stuck_after_cycles: config.push.max_row_attempts,
+            ..crate::verify::Options::default()
+        },
     };
     let run_state = Arc::new(RunState::default());
     let (db, api) = (engine.db.clone(), engine.client.clone());

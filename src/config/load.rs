@@ -14,7 +14,7 @@ const ENV_PREFIX: &str = "JOBSYNC_";
 /// Top-level sections an environment variable may set. Anything else with the prefix (such as
 /// the `JOBSYNC_SERVICE_HOST` / `JOBSYNC_PORT` variables Kubernetes injects for a Service named
 /// `jobsync`) is not configuration and is ignored.
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "api",
     "database",
     "sync",
@@ -23,6 +23,7 @@ const SECTIONS: [&str; 8] = [
     "server",
     "log",
     "telemetry",
+    "verify",
 ];
 /// Keys whose value is, or may hold, a secret: a configuration error never shows their value,
 /// and the environment gives them as the variable's text (see [`RawEnv`]).

@@ -15,6 +15,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
+    pub verify: VerifyConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -196,6 +197,15 @@ pub enum LogFormat {
 pub struct LogConfig {
     /// `None`: pretty on a terminal, JSON otherwise.
     pub format: Option<LogFormat>,
+}
+
+/// The daemon's own `jobsync verify` (contract §8).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct VerifyConfig {
+    /// When the daemon runs `verify` (cron with seconds, UTC), beside the sync and never
+    /// blocking it; its counts go to `/metrics`. Empty: never.
+    pub schedule: String,
 }
 
 /// Traces (contract §8): spans of each cycle exported over OTLP/HTTP (JSON) when

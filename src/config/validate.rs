@@ -10,7 +10,10 @@ type Failure = (&'static str, String);
 pub(super) fn validate(c: &Config) -> Result<(), Failure> {
     check_api(c)?;
     DatabaseUrl::parse(&c.database.url).map_err(|r| ("database.url", r))?;
-    check_schedule(&c.sync.schedule)?;
+    check_schedule("sync.schedule", &c.sync.schedule)?;
+    if !c.verify.schedule.trim().is_empty() {
+        check_schedule("verify.schedule", &c.verify.schedule)?;
+    }
     if let Some(bad) = c.sync.campaigns.iter().find(|&&n| n <= 0) {
         return Err((
             "sync.campaigns",
@@ -143,11 +146,11 @@ fn check_api(c: &Config) -> Result<(), Failure> {
 }
 
 /// The schedule as tokio-cron-scheduler will read it: croner, with a seconds field, in UTC.
-fn check_schedule(expr: &str) -> Result<(), Failure> {
+fn check_schedule(key: &'static str, expr: &str) -> Result<(), Failure> {
     let fields = expr.split_whitespace().count();
     if fields < 6 {
         return Err((
-            "sync.schedule",
+            key,
             format!(
                 "a cron expression needs 6 fields (sec min hour day month weekday), this one has {fields}; e.g. \"0 */5 * * * *\" for every 5 minutes"
             ),
@@ -158,7 +161,7 @@ fn check_schedule(expr: &str) -> Result<(), Failure> {
         .build()
         .parse(expr)
         .map(|_| ())
-        .map_err(|e| ("sync.schedule", format!("not a valid cron expression: {e}")))
+        .map_err(|e| (key, format!("not a valid cron expression: {e}")))
 }
 
 fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), Failure> {

@@ -30,6 +30,9 @@ pub struct DaemonSettings {
     pub drain: std::time::Duration,
     /// `server.shutdown_grace_secs`: nothing outlasts it.
     pub grace: std::time::Duration,
+    /// `verify.schedule` (empty: no verify) and how to run it.
+    pub verify_schedule: String,
+    pub verify: crate::verify::Options,
 }
 
 /// A daemon whose scheduler is running; [`Daemon::run`] runs the first cycle and waits for the
@@ -68,6 +71,18 @@ pub async fn start(
     })
     .map_err(scheduler_error)?;
     scheduler.add(job).await.map_err(scheduler_error)?;
+    if !settings.verify_schedule.trim().is_empty() {
+        // Its own job and its own lock: a verify never delays a cycle, nor waits for one.
+        let (engine, state) = (engine.clone(), run_state.clone());
+        let (options, running) = (settings.verify.clone(), Arc::new(Mutex::new(())));
+        let job = Job::new_async(settings.verify_schedule.as_str(), move |_id, _scheduler| {
+            let (engine, state) = (engine.clone(), state.clone());
+            let (options, running) = (options.clone(), running.clone());
+            Box::pin(async move { verify_tick(&engine, &state, &options, &running).await })
+        })
+        .map_err(scheduler_error)?;
+        scheduler.add(job).await.map_err(scheduler_error)?;
+    }
     scheduler.start().await.map_err(scheduler_error)?;
     run_state.update(|s| s.scheduler_running = true);
     Ok(Daemon {
@@ -219,6 +234,52 @@ async fn prove_as_follower(engine: &Engine, state: &RunState) {
             // Database errors come scrubbed of the URL's password (`db`).
             state.update(|s| s.last_error = Some(e.to_string()));
         }
+    }
+}
+
+/// One scheduled `verify` (`verify.schedule`), unless the last one still runs: read-only, no
+/// sync lock, beside the cycles. Its counts go to the run state (`/metrics`); differences are
+/// a WARN with their counts, the details being `jobsync verify`'s to show.
+async fn verify_tick(
+    engine: &Engine,
+    state: &RunState,
+    options: &crate::verify::Options,
+    running: &Mutex<()>,
+) {
+    if engine.stop.is_set() {
+        return;
+    }
+    let Ok(_running) = running.try_lock() else {
+        tracing::info!("verify skipped: the previous one is still running");
+        return;
+    };
+    match crate::verify::run(&engine.db, &engine.client, options).await {
+        Ok(report) => {
+            let counts: Vec<(String, u64)> = crate::verify::Kind::ALL
+                .iter()
+                .map(|k| (k.as_str().to_string(), report.count(*k)))
+                .collect();
+            let differences = report.differences();
+            let summary: Vec<String> = counts
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            if differences > 0 {
+                tracing::warn!(
+                    differences,
+                    findings = %summary.join(", "),
+                    "verify found differences between the mirror and the API; `jobsync verify` lists them"
+                );
+            } else {
+                tracing::info!(findings = %summary.join(", "), "verify: the mirror matches the API");
+            }
+            state.update(|s| {
+                s.verify_counts = counts;
+                s.verify_last_at = Some(report.finished_at);
+            });
+        }
+        Err(e) => tracing::warn!(error = %e, "verify could not complete; it runs again at its next tick"),
     }
 }
 

@@ -129,6 +129,22 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
         ],
     );
     out.gauge(
+        "jobsync_verify_findings",
+        "Findings of this process's last scheduled verify (verify.schedule) by kind; none before the first. in_motion is not drift.",
+        s.verify_counts
+            .iter()
+            .map(|(kind, n)| (vec![("kind", kind.as_str())], *n as f64)),
+    );
+    out.gauge(
+        "jobsync_verify_last_timestamp_seconds",
+        "When this process's last scheduled verify finished (Unix time; 0 never).",
+        [(
+            vec![],
+            s.verify_last_at
+                .map_or(0.0, |t| t.timestamp_millis() as f64 / 1000.0),
+        )],
+    );
+    out.gauge(
         "jobsync_token_refused",
         "1 while this process's last cycle failed because the Jobs API refused the token (401/403), else 0: unlike a counter's first increase, it shows a pod's first refusal.",
         [(vec![], if s.auth_failed { 1.0 } else { 0.0 })],

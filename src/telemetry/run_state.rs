@@ -35,6 +35,10 @@ pub struct Snapshot {
     /// A cycle of this process showed that it can sync: it pulled, or it was syncing when
     /// another process took its lock over.
     pub proven: bool,
+    /// The last scheduled `verify` (`verify.schedule`): findings per kind, every kind listed.
+    pub verify_counts: Vec<(String, u64)>,
+    /// When that verify finished.
+    pub verify_last_at: Option<DateTime<Utc>>,
 }
 
 impl Snapshot {
