@@ -24,7 +24,9 @@
 //! The outbox, for the campaigns listed:
 //! - [`Kind::Lost`]: a `done` create whose job is not upstream: no job of its campaign carries
 //!   the reference it sent (`sent_payload`'s, else the row's), and the job it settled on
-//!   (`result_job_id`) is neither in the listing nor modified since. (Contract: every `done`
+//!   (`result_job_id`) is neither in the listing nor modified since, nor known to the mirror as
+//!   deleted upstream (the platform removed it after jobsync created it: the create did reach
+//!   the API). (Contract: every `done`
 //!   create's job exists upstream under the campaign and reference sent.)
 //! - [`Kind::Duplicate`]: a reference a `done` create sent is carried by more than one job of
 //!   its campaign upstream; `job_id` names a copy other than the one the row settled on. One

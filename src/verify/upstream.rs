@@ -286,6 +286,14 @@ impl Campaign<'_> {
             let Some(last) = page.last() else { break };
             after = last.id;
             let full = page.len() as i64 == PAGE;
+            // Jobs the platform deleted after jobsync created them, a deletion the mirror has
+            // seen: not lost (the create reached the API; someone removed its job since).
+            let settled_on: Vec<i64> = page.iter().filter_map(|r| r.result_job_id).collect();
+            let mut deleted = self
+                .db
+                .run(move |c| jobs::deleted_among(c, &settled_on))
+                .await?;
+            deleted.sort_unstable();
             for row in page {
                 let Some(reference) = row.reference_sent() else {
                     continue;
@@ -316,6 +324,7 @@ impl Campaign<'_> {
                     let found = row.result_job_id.is_some_and(|id| {
                         upstream.ids.binary_search(&id).is_ok()
                             || in_motion.binary_search(&id).is_ok()
+                            || deleted.binary_search(&id).is_ok()
                     });
                     if !found {
                         out.add(Kind::Lost, || Finding {

@@ -533,6 +533,16 @@ pub fn mark_gone(conn: &mut Conn, ids: &[i64], at: Ts) -> Result<usize, DbError>
     mark_deleted(conn, gone, ChangeSource::Push, at)
 }
 
+/// Those of `ids` the mirror holds as deleted upstream (`remote_deleted_at` set).
+pub fn deleted_among(conn: &mut Conn, ids: &[i64]) -> Result<Vec<i64>, DbError> {
+    let ids = ids.to_vec();
+    with_conn!(conn, |c| Ok(jobs::table
+        .filter(jobs::id.eq_any(&ids))
+        .filter(jobs::remote_deleted_at.is_not_null())
+        .select(jobs::id)
+        .load(c)?))
+}
+
 /// Live mirror rows of `campaign` with an id above `after`, in id order, at most `limit`: their
 /// id and reference (`verify` pages through a campaign with it).
 pub fn live_ids_after(
