@@ -473,6 +473,7 @@ fn pooled_postgres_connections_carry_the_statement_timeout() {
     };
     let options = DbOptions {
         statement_timeout: Some(Duration::from_secs(7)),
+        ..DbOptions::default()
     };
     let db = Db::open_with(&url, options).unwrap();
     // Every connection of the pool, not only the first.
@@ -486,6 +487,7 @@ fn pooled_postgres_connections_carry_the_statement_timeout() {
         &url,
         DbOptions {
             statement_timeout: Some(Duration::from_millis(200)),
+            ..DbOptions::default()
         },
     )
     .unwrap();

@@ -224,6 +224,7 @@ pub async fn unless_stopped<T>(what: &str, work: impl std::future::Future<Output
 pub fn db_options(config: &Config) -> DbOptions {
     DbOptions {
         statement_timeout: Some(Duration::from_secs(config.sync.stall_secs)),
+        schema: Some(config.database.schema.clone()),
     }
 }
 

@@ -58,6 +58,9 @@ pub struct DatabaseConfig {
     pub url: String,
     /// A file whose trimmed content is the URL (a Kubernetes Secret mount), read once at load.
     pub url_file: Option<PathBuf>,
+    /// PostgreSQL: the schema jobsync's tables, its migrations table and its advisory-lock keys
+    /// live in, created if absent (contract §8). `public` by default.
+    pub schema: String,
 }
 
 impl Default for DatabaseConfig {
@@ -65,6 +68,7 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url: "sqlite://jobsync.db".into(),
             url_file: None,
+            schema: "public".into(),
         }
     }
 }
@@ -75,6 +79,7 @@ impl std::fmt::Debug for DatabaseConfig {
         f.debug_struct("DatabaseConfig")
             .field("url", &super::conninfo::redact(&self.url))
             .field("url_file", &self.url_file)
+            .field("schema", &self.schema)
             .finish()
     }
 }

@@ -9,7 +9,39 @@ type Failure = (&'static str, String);
 
 pub(super) fn validate(c: &Config) -> Result<(), Failure> {
     check_api(c)?;
-    DatabaseUrl::parse(&c.database.url).map_err(|r| ("database.url", r))?;
+    let parsed = DatabaseUrl::parse(&c.database.url).map_err(|r| ("database.url", r))?;
+    let schema = &c.database.schema;
+    let plain = schema.len() <= 63
+        && schema.starts_with(|ch: char| ch.is_ascii_lowercase() || ch == '_')
+        && schema
+            .chars()
+            .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '_');
+    if !plain {
+        return Err((
+            "database.schema",
+            "must be a plain PostgreSQL name: lower-case letters, digits and `_`, not starting \
+             with a digit, at most 63 characters (e.g. `jobsync`)"
+                .into(),
+        ));
+    }
+    if schema != "public" {
+        if matches!(parsed, DatabaseUrl::Sqlite(_)) {
+            return Err((
+                "database.schema",
+                "applies to PostgreSQL only: a SQLite database file is jobsync's alone; remove \
+                 the setting or use a postgres:// URL"
+                    .into(),
+            ));
+        }
+        if c.database.url.contains("search_path") {
+            return Err((
+                "database.schema",
+                "the database URL already sets a search_path (`options=-csearch_path…`): set the \
+                 schema in one place, preferably database.schema"
+                    .into(),
+            ));
+        }
+    }
     check_schedule("sync.schedule", &c.sync.schedule)?;
     if !c.verify.schedule.trim().is_empty() {
         check_schedule("verify.schedule", &c.verify.schedule)?;

@@ -76,11 +76,15 @@ enum Backend {
 }
 
 /// How the pools set up their connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DbOptions {
     /// PostgreSQL `statement_timeout` of every pooled connection (`sync.stall_secs`): a wedged
     /// statement fails its cycle instead of hanging it. `None` keeps the server's setting.
     pub statement_timeout: Option<Duration>,
+    /// PostgreSQL `database.schema`: every session's `search_path`, so jobsync's tables, its
+    /// migrations table and its advisory-lock keys (which hash `current_schema()`) live there;
+    /// created at connect if absent. `None` (or `public`): the URL's own search path.
+    pub schema: Option<String>,
 }
 
 impl DbOptions {
@@ -92,6 +96,7 @@ impl Default for DbOptions {
     fn default() -> Self {
         DbOptions {
             statement_timeout: Some(Self::DEFAULT_STATEMENT_TIMEOUT),
+            schema: None,
         }
     }
 }
@@ -592,8 +597,16 @@ fn session_name() -> String {
 }
 
 fn connect_pg(url: &str, options: DbOptions) -> Result<Backend, DbError> {
-    let session_url = with_keepalives(url);
-    PgConnection::establish(&session_url).map_err(|e| {
+    let schema = options.schema.as_deref().filter(|s| *s != "public");
+    let session_url = match schema {
+        // `-c search_path=S` for every session, the lock's and the cancelling one's included.
+        Some(schema) => {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            with_keepalives(&format!("{url}{sep}options=-csearch_path%3D{schema}"))
+        }
+        None => with_keepalives(url),
+    };
+    let mut first = PgConnection::establish(&session_url).map_err(|e| {
         // libpq repeats its message once per address tried, and adds a second line of advice
         // that the hint replaces; the first line says it. It may quote the URL, or a part of it
         // that holds the password, and so may the hint (a database name): both are scrubbed.
@@ -609,6 +622,13 @@ fn connect_pg(url: &str, options: DbOptions) -> Result<Backend, DbError> {
             reason: scrub(&reason, url),
         }
     })?;
+    if let Some(schema) = schema {
+        ensure_schema(&mut first, schema).map_err(|reason| DbError::Connect {
+            backend: "postgres",
+            reason: scrub(&reason, url),
+        })?;
+    }
+    drop(first);
     let url: Arc<str> = Arc::from(url);
     let pool = Pool::builder()
         .max_size(6)
@@ -626,6 +646,37 @@ fn connect_pg(url: &str, options: DbOptions) -> Result<Backend, DbError> {
         url,
         statement_timeout: options.statement_timeout,
     })
+}
+
+/// Creates `schema` unless it exists (checked first: `CREATE SCHEMA IF NOT EXISTS` needs the
+/// CREATE privilege on the database even when the schema is there, which a role that was given
+/// only its schema lacks).
+fn ensure_schema(conn: &mut PgConnection, schema: &str) -> Result<(), String> {
+    #[derive(QueryableByName)]
+    struct Found {
+        #[diesel(sql_type = diesel::sql_types::Bool)]
+        found: bool,
+    }
+    let exists = diesel::sql_query(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) AS found",
+    )
+    .bind::<diesel::sql_types::Text, _>(schema)
+    .get_result::<Found>(conn)
+    .map_err(|e| format!("cannot look up schema `{schema}`: {e}"))?;
+    if exists.found {
+        return Ok(());
+    }
+    // A plain name (database.schema is validated): no quoting needed.
+    diesel::sql_query(format!("CREATE SCHEMA {schema}"))
+        .execute(conn)
+        .map(|_| ())
+        .map_err(|e| {
+            format!(
+                "cannot create schema `{schema}` (database.schema): {e}; create it as a role that \
+                 may, owned by jobsync's role: `CREATE SCHEMA {schema} AUTHORIZATION <jobsync \
+                 role>`, or `GRANT CREATE ON DATABASE <db> TO <jobsync role>`"
+            )
+        })
 }
 
 /// What to do about a libpq connection error (its first line), when the cause is one a user
