@@ -1,13 +1,14 @@
 //! Control routes under `/_sim/` for tests and demos (no token, never faulted): look at every
 //! job, seed or delete jobs, move the clock, change faults, make the dialer or a person act now,
-//! read the request log, see how many slow commits are still to land, hold and release requests.
+//! read the request log, see how many slow commits are still to land, hold and release requests,
+//! count the requests served and the faults injected since the start (`GET /_sim/stats`).
 //!
 //! Each control is one method of `Sim` below; the routes and `SimHandle` (for a simulator in the
 //! same process) both call them, so that the two never differ.
 
 use super::body::{bad_request, error, job, job_array};
 use super::clock::MAX_OFFSET_HOURS;
-use super::faults::{FaultSettings, FaultUpdate, RequestRecord, fault_ranges};
+use super::faults::{FaultSettings, FaultUpdate, RequestRecord, SimStats, fault_ranges};
 use super::gate::{Hold, HoldStatus};
 use super::{Sim, dialer, lock};
 use crate::api::models::Job;
@@ -152,6 +153,11 @@ impl Sim {
             late_applies: self.late_applies.load(Ordering::SeqCst),
         }
     }
+
+    /// Requests served and faults injected since the start (cumulative; see [`SimStats`]).
+    pub(super) fn stats(&self) -> SimStats {
+        lock(&self.log).stats()
+    }
 }
 
 fn refused(Refused(message): Refused) -> Response {
@@ -172,6 +178,7 @@ pub fn control_router(sim: Arc<Sim>) -> Router {
         .route("/requests", get(requests))
         .route("/reset-log", post(reset_log))
         .route("/pending", get(pending))
+        .route("/stats", get(stats))
         .layer(DefaultBodyLimit::disable())
         .with_state(sim)
 }
@@ -305,4 +312,8 @@ async fn reset_log(State(sim): State<Arc<Sim>>) -> Response {
 
 async fn pending(State(sim): State<Arc<Sim>>) -> Response {
     Json(sim.pending()).into_response()
+}
+
+async fn stats(State(sim): State<Arc<Sim>>) -> Response {
+    Json(sim.stats()).into_response()
 }

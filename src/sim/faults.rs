@@ -236,11 +236,26 @@ pub struct RequestRecord {
     pub references: Vec<String>,
 }
 
-/// The most recent requests (bounded, so a long demo does not grow without end).
+/// The most recent requests (bounded, so a long demo does not grow without end), and the
+/// cumulative counts of [`SimStats`], which neither the bound nor a reset of the log forgets.
 #[derive(Debug, Default)]
 pub struct RequestLog {
     entries: VecDeque<RequestRecord>,
     next_seq: u64,
+    /// Faults injected since the simulator started, by `InjectedFault::as_str`.
+    faults: std::collections::BTreeMap<&'static str, u64>,
+}
+
+/// What the simulator has served since it started (`GET /_sim/stats`, `SimHandle::stats`):
+/// every `/j/` request counted once when it was answered (or dropped), and the faults injected
+/// into them by kind — cumulative, unlike the request log, which keeps only the last 100,000
+/// entries and which `POST /_sim/reset-log` empties. A soak that runs for hours reads its totals
+/// here. Kinds never injected are absent.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SimStats {
+    pub requests: u64,
+    /// `fail`, `throttle`, `drop`, `applied_drop`, `applied_fail`, `late_apply` → count.
+    pub faults: std::collections::BTreeMap<String, u64>,
 }
 
 const LOG_CAPACITY: usize = 100_000;
@@ -248,6 +263,9 @@ const LOG_CAPACITY: usize = 100_000;
 impl RequestLog {
     fn push(&mut self, mut entry: RequestRecord) {
         self.next_seq += 1;
+        if let Some(fault) = entry.fault {
+            *self.faults.entry(fault.as_str()).or_default() += 1;
+        }
         entry.seq = self.next_seq;
         if self.entries.len() == LOG_CAPACITY {
             self.entries.pop_front();
@@ -259,7 +277,19 @@ impl RequestLog {
         self.entries.iter().cloned().collect()
     }
 
-    /// Forgets every entry; answers how many there were.
+    /// The cumulative counts (not reset by [`RequestLog::clear`]).
+    pub fn stats(&self) -> SimStats {
+        SimStats {
+            requests: self.next_seq,
+            faults: self
+                .faults
+                .iter()
+                .map(|(kind, n)| ((*kind).to_string(), *n))
+                .collect(),
+        }
+    }
+
+    /// Forgets every entry (the cumulative counts stay); answers how many there were.
     pub fn clear(&mut self) -> usize {
         let cleared = self.entries.len();
         self.entries.clear();
@@ -632,5 +662,34 @@ mod tests {
         assert_eq!(entries.len(), LOG_CAPACITY);
         assert_eq!(entries[0].seq, 4);
         assert_eq!(entries.last().unwrap().seq, LOG_CAPACITY as u64 + 3);
+    }
+
+    #[test]
+    fn stats_are_cumulative_beyond_the_log_and_its_reset() {
+        let mut log = RequestLog::default();
+        let entry = |fault| RequestRecord {
+            seq: 0,
+            at: Utc::now(),
+            method: "POST".into(),
+            path: "/j/jobs/bulk/create".into(),
+            query: None,
+            status: 502,
+            dropped: false,
+            fault,
+            references: Vec::new(),
+        };
+        log.push(entry(None));
+        log.push(entry(Some(InjectedFault::AppliedFail)));
+        log.push(entry(Some(InjectedFault::AppliedFail)));
+        log.push(entry(Some(InjectedFault::Drop)));
+        assert_eq!(log.clear(), 4);
+        log.push(entry(Some(InjectedFault::LateApply)));
+        let stats = log.stats();
+        assert_eq!(stats.requests, 5);
+        let faults: Vec<(&str, u64)> = stats.faults.iter().map(|(k, n)| (k.as_str(), *n)).collect();
+        assert_eq!(
+            faults,
+            [("applied_fail", 2), ("drop", 1), ("late_apply", 1)]
+        );
     }
 }

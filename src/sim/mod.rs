@@ -26,7 +26,7 @@ mod validate;
 
 pub use cli::{SimulateArgs, SimulateError, run_cli};
 pub use control::{ClockReading, Pending, Refused};
-pub use faults::{FaultSettings, FaultUpdate, Faults, InjectedFault, RequestRecord};
+pub use faults::{FaultSettings, FaultUpdate, Faults, InjectedFault, RequestRecord, SimStats};
 pub use gate::{Hold, HoldStatus};
 
 use crate::api::models::Job;
@@ -344,6 +344,12 @@ impl SimHandle {
     /// Work started and not yet done (`GET /_sim/pending`).
     pub fn pending(&self) -> Pending {
         self.sim.pending()
+    }
+
+    /// Requests served and faults injected by kind since the simulator started (`GET
+    /// /_sim/stats`): cumulative, beyond the request log's bound and its resets.
+    pub fn stats(&self) -> SimStats {
+        self.sim.stats()
     }
 
     /// Stops accepting, closes open connections and the dialer, and waits until they are gone.
