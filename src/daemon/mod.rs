@@ -279,7 +279,9 @@ async fn verify_tick(
                 s.verify_last_at = Some(report.finished_at);
             });
         }
-        Err(e) => tracing::warn!(error = %e, "verify could not complete; it runs again at its next tick"),
+        Err(e) => {
+            tracing::warn!(error = %e, "verify could not complete; it runs again at its next tick")
+        }
     }
 }
 
