@@ -49,7 +49,12 @@ pub enum Command {
         once: bool,
     },
     /// Apply pending database migrations and exit
-    Migrate,
+    Migrate {
+        /// List the applied and pending migrations instead, changing nothing (a SQLite file
+        /// that does not exist is not created)
+        #[arg(long)]
+        status: bool,
+    },
     /// Validate the configuration and reach the database and the API; exit 0 only if all pass
     Check,
     /// Append CRM changes to the outbox, validating every row first
@@ -86,6 +91,9 @@ pub enum Command {
         #[arg(long = "campaign", value_name = "N")]
         campaigns: Vec<i64>,
     },
+    /// Inspect the configuration
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Run a faithful local stand-in for the Jobs API
     Simulate(crate::sim::SimulateArgs),
     /// A one-command tour: the simulator in-process, sync cycles into a local SQLite file
@@ -113,6 +121,13 @@ pub struct ImportArgs {
 pub enum ImportFormat {
     Ndjson,
     Csv,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// The effective configuration: every key, its value (secrets masked) and the layer it came
+    /// from (default, file, env, flag)
+    Show,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,5 +1,7 @@
 //! `jobsync check`: configuration, database, API — one line per check with what to fix; exit 0
-//! only when all pass. For operators, init containers and CI.
+//! only when all pass, 2 when the configuration is wrong (no token, both token settings, an
+//! invalid key: the contract's exit-code table), 1 when only the database or the API failed.
+//! For operators, init containers and CI.
 
 use super::{CliError, CliResult, context};
 use crate::config::{self, Overrides};
@@ -17,6 +19,8 @@ pub async fn run(overrides: &Overrides) -> CliResult {
         }
     };
     let mut failed = 0;
+    // Still checks the database: one run tells everything there is to fix.
+    let mut configuration_failed = false;
     let client = match context::check_client(&config) {
         Ok(client) => {
             outln!("ok   configuration");
@@ -24,7 +28,7 @@ pub async fn run(overrides: &Overrides) -> CliResult {
         }
         Err(e) => {
             outln!("FAIL configuration: {}", e.message);
-            failed += 1;
+            configuration_failed = true;
             None
         }
     };
@@ -66,7 +70,11 @@ pub async fn run(overrides: &Overrides) -> CliResult {
         },
         None => outln!("skip api: no usable token (see the configuration line above)"),
     }
-    if failed == 0 {
+    if configuration_failed {
+        Err(CliError::usage(
+            "configuration check failed: fix the configuration line above",
+        ))
+    } else if failed == 0 {
         Ok(())
     } else {
         Err(CliError::failed(format!("{failed} check(s) failed")))

@@ -20,10 +20,12 @@ macro_rules! out {
 mod args;
 mod changes;
 mod check;
+mod config_show;
 mod context;
 mod daemon;
 mod demo;
 mod import;
+mod migrate;
 mod once;
 mod outbox;
 mod progress;
@@ -32,7 +34,7 @@ mod resync;
 mod status;
 mod verify;
 
-pub use args::{Cli, Command, GlobalArgs, ImportArgs, ImportFormat, OutboxCommand};
+pub use args::{Cli, Command, ConfigCommand, GlobalArgs, ImportArgs, ImportFormat, OutboxCommand};
 
 use crate::config::{self, Config, ConfigError, Overrides};
 use crate::db::{Db, DbError, DbOptions};
@@ -101,7 +103,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         api_base_url: cli.global.api_base_url.clone(),
     };
     let cli_database_url = cli.global.database_url.is_some();
-    let command = cli.command.unwrap_or(Command::Run { once: cli.once });
+    let command = command_of(cli.command, cli.once, cli_database_url)?;
     if let Command::Simulate(args) = command {
         // The simulator needs no database; it only borrows the token when one is configured.
         let token = config::load(&overrides)
@@ -112,8 +114,13 @@ async fn dispatch(cli: Cli) -> CliResult {
             failed @ crate::sim::SimulateError::Failed(_) => CliError::failed(failed.to_string()),
         });
     }
-    if let Command::Check = command {
-        return check::run(&overrides).await;
+    match command {
+        Command::Check => return check::run(&overrides).await,
+        Command::Config(ConfigCommand::Show) => return config_show::run(&overrides),
+        Command::Migrate { status: true } => {
+            return migrate::status(&config::load(&overrides)?).await;
+        }
+        _ => {}
     }
     let config = config::load(&overrides)?;
     // The demo is a printed tour: only warnings unless RUST_LOG asks for more.
@@ -124,7 +131,7 @@ async fn dispatch(cli: Cli) -> CliResult {
     };
     let _traces = crate::telemetry::init_logging(&config.log, &config.telemetry, default_level);
     match command {
-        Command::Migrate => migrate(&config).await,
+        Command::Migrate { .. } => migrate::run(&config).await,
         Command::Status => status::print(&open_db(&config).await?).await,
         Command::Run { once: true } => once::run(&config).await,
         Command::Run { once: false } => daemon::run(&config).await,
@@ -137,7 +144,34 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Verify { campaigns, json } => verify::run(&config, campaigns, json).await,
         Command::Resync { campaigns } => resync::run(&config, campaigns).await,
         Command::Demo { force } => demo::run(&config, cli_database_url, force).await,
-        Command::Simulate(_) | Command::Check => unreachable!("handled above"),
+        Command::Simulate(_) | Command::Check | Command::Config(_) => {
+            unreachable!("handled above")
+        }
+    }
+}
+
+/// The command to run. Flags that would mean nothing for it are refused rather than ignored:
+/// `--once` belongs to `run` (`jobsync --once status` would otherwise just print the status), and
+/// `demo --force` only matters for a database named with `--database-url`.
+fn command_of(
+    command: Option<Command>,
+    once: bool,
+    database_url: bool,
+) -> Result<Command, CliError> {
+    match command {
+        None => Ok(Command::Run { once }),
+        Some(Command::Run { once: run_once }) => Ok(Command::Run {
+            once: once || run_once,
+        }),
+        Some(_) if once => Err(CliError::usage(
+            "--once applies to the sync only: run `jobsync --once` (or `jobsync run --once`) on \
+             its own",
+        )),
+        Some(Command::Demo { force: true }) if !database_url => Err(CliError::usage(
+            "demo --force only matters with --database-url (it lets the demo write into a \
+             database holding other data); without it the demo recreates ./jobsync-demo.db anyway",
+        )),
+        Some(command) => Ok(command),
     }
 }
 
@@ -236,17 +270,4 @@ pub async fn open_db(config: &Config) -> Result<Db, CliError> {
         .await
         .map_err(|e| CliError::failed(format!("database task failed: {e}")))?
         .map_err(CliError::from)
-}
-
-async fn migrate(config: &Config) -> CliResult {
-    let url = config.database.url.clone();
-    let options = db_options(config);
-    let applied = tokio::task::spawn_blocking(move || Db::connect_with(&url, options)?.migrate())
-        .await
-        .map_err(|e| CliError::failed(format!("database task failed: {e}")))??;
-    outln!(
-        "migrations: {applied} applied, database {} is up to date",
-        crate::db::redact(&config.database.url)
-    );
-    Ok(())
 }

@@ -30,8 +30,13 @@ const SECTIONS: [&str; 9] = [
 pub(crate) const SECRET_KEYS: [&str; 3] = ["api.token", "database.url", "api.base_url"];
 const SHIPPED_FILES: [&str; 2] = ["config/default.toml", "/etc/jobsync/config.toml"];
 /// Names of the layers built here, as figment's metadata reports them.
-const DEFAULTS: &str = "built-in defaults";
-const FLAGS: &str = "command-line flags";
+pub(super) const DEFAULTS: &str = "built-in defaults";
+pub(super) const FLAGS: &str = "command-line flags";
+/// The keys the command-line layer sets, and the flag that sets each.
+pub(super) const FLAG_KEYS: [(&str, &str); 2] = [
+    ("database.url", "--database-url"),
+    ("api.base_url", "--api-base-url"),
+];
 
 /// The command-line layer: flags that every command accepts.
 #[derive(Debug, Clone, Default)]
@@ -72,6 +77,14 @@ pub enum ConfigError {
     TokenConflict,
     #[error("missing configuration: {0}")]
     Missing(String),
+    /// A `JOBSYNC_*` variable that sets nothing but looks meant to (its value is not shown: it
+    /// may be a secret).
+    #[error(
+        "environment variable {name} sets no configuration key: did you mean {meant}? (a key's \
+         variable is JOBSYNC_<SECTION>__<KEY>, two underscores between section and key); rename \
+         it, or unset it"
+    )]
+    UnknownVariable { name: String, meant: String },
     /// Anything else the layers could not be read for.
     #[error("invalid configuration: {0}")]
     Other(String),
@@ -82,13 +95,18 @@ pub enum ConfigError {
 /// about the secret's own type) can show one — and again once the configuration is complete
 /// (`database.url_file`'s URL).
 pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+    load_layered(overrides).map(|(config, _)| config)
+}
+
+/// [`load`], with the layers it read (for `config show`, which tells each key's layer).
+pub(super) fn load_layered(overrides: &Overrides) -> Result<(Config, Figment), ConfigError> {
     let figment = layers(overrides)?;
     register_raw_secrets(&figment);
     let mut config: Config = figment.extract().map_err(|e| from_figment(&figment, e))?;
     read_url_file(&figment, &mut config)?;
     super::register_secrets(&config);
     validate(&config).map_err(|(key, reason)| invalid(&figment, key, reason))?;
-    Ok(config)
+    Ok((config, figment))
 }
 
 /// Registers the secret keys' values as the layers give them, whatever their type (an all-digit
@@ -194,6 +212,7 @@ fn layers(overrides: &Overrides) -> Result<Figment, ConfigError> {
         figment = figment.merge(Toml::file_exact(path));
     }
     let env = Env::prefixed(ENV_PREFIX).ignore(&["config"]);
+    refuse_misnamed_variables(&env)?;
     let parsed = env
         .clone()
         .filter(|key| in_a_section(key.as_str()) && !is_secret_key(key.as_str()))
@@ -201,6 +220,16 @@ fn layers(overrides: &Overrides) -> Result<Figment, ConfigError> {
     let raw = env.filter(|key| is_secret_key(key.as_str())).split("__");
     figment = figment.merge(parsed).merge(RawEnv(raw));
     Ok(figment.merge(Named::new(FLAGS, flags_dict(overrides))))
+}
+
+/// A `JOBSYNC_DATABASE_URL` (one underscore) or a `JOBSYNC_APITOKEN` would otherwise be ignored
+/// without a word, like the variables Kubernetes injects, and the default used instead.
+fn refuse_misnamed_variables(env: &Env) -> Result<(), ConfigError> {
+    let names = env.iter().map(|(name, _)| name.as_str().to_string());
+    match super::hints::misnamed_variable(names) {
+        Some((name, meant)) => Err(ConfigError::UnknownVariable { name, meant }),
+        None => Ok(()),
+    }
 }
 
 /// Whether an environment variable (its name after the prefix) names a key of a section.
@@ -310,18 +339,25 @@ fn from_figment(figment: &Figment, err: figment::Error) -> ConfigError {
         .map(|v| shown_value(&key, &v))
         .unwrap_or_else(|| "(unset)".into());
     let reason = match &err.kind {
-        figment::error::Kind::UnknownField(field, _) => {
+        figment::error::Kind::UnknownField(field, expected) => {
+            let parent = match err.path.split_last() {
+                Some((last, parent)) if last == field => parent,
+                _ => &err.path[..],
+            };
+            let from_env = err
+                .metadata
+                .as_ref()
+                .is_some_and(|m| m.name.contains("environment"));
             return ConfigError::Invalid {
-                key: if err.path.last() == Some(field) {
-                    key
-                } else if key.is_empty() {
-                    field.clone()
-                } else {
-                    format!("{key}.{field}")
-                },
+                key: parent
+                    .iter()
+                    .chain([field])
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("."),
                 value: "…".into(),
                 origin: source,
-                reason: "unknown key; check its spelling against the configuration reference in the README".into(),
+                reason: unknown_key_reason(parent, field, expected, from_env),
             };
         }
         kind if SECRET_KEYS.contains(&key.as_str()) => {
@@ -357,6 +393,30 @@ fn from_figment(figment: &Figment, err: figment::Error) -> ConfigError {
             origin: source,
             reason,
         },
+    }
+}
+
+/// "unknown key", with the key most likely meant when one is spelt nearly the same, written as
+/// the layer it came from writes it (a file's key or section, an environment variable).
+fn unknown_key_reason(parent: &[String], field: &str, siblings: &[&str], from_env: bool) -> String {
+    const REFERENCE: &str = "the configuration reference in the README lists every key";
+    let meant = super::hints::meant_key(parent, field, siblings);
+    match meant {
+        Some(key) if from_env => format!(
+            "unknown key; did you mean {}? ({REFERENCE})",
+            super::hints::env_name(&key)
+        ),
+        Some(section) if section.ends_with('.') => format!(
+            "unknown section; did you mean `[{}]`? ({REFERENCE})",
+            section.trim_end_matches('.')
+        ),
+        Some(key) => match key.split_once('.') {
+            Some((section, leaf)) if parent.is_empty() => format!(
+                "unknown key; did you mean `{key}` (`{leaf}` under `[{section}]`)? ({REFERENCE})"
+            ),
+            _ => format!("unknown key; did you mean `{key}`? ({REFERENCE})"),
+        },
+        None => format!("unknown key; check its spelling: {REFERENCE}"),
     }
 }
 
@@ -427,7 +487,7 @@ fn toml_syntax_error(msg: &str) -> Option<(usize, Option<usize>, String)> {
 
 /// Never shows the token, nor a database password; strings are quoted so an empty value is
 /// visible.
-fn shown_value(key: &str, value: &figment::value::Value) -> String {
+pub(super) fn shown_value(key: &str, value: &figment::value::Value) -> String {
     if key == "api.token" {
         return "***".into();
     }

@@ -6,11 +6,14 @@
 //! The result is validated once at start ([`validate`]) and handed down as typed values.
 
 pub mod conninfo;
+mod hints;
 mod load;
+mod show;
 mod types;
 mod validate;
 
 pub use load::{ConfigError, Overrides, load};
+pub use show::{Setting, effective};
 pub use types::*;
 
 /// Tells [`crate::secret`] the secrets of this configuration (the token, the database password

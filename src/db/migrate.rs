@@ -126,3 +126,150 @@ where
         .map(|done| done.len())
         .map_err(|e| DbError::Migration(e.to_string()))
 }
+
+/// One embedded migration (or one the database records and this binary does not know) and
+/// whether the database has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationState {
+    /// The migration's directory name, `2026-11-27-000001_create_tables`; for one this binary
+    /// does not know, its version as the database records it.
+    pub name: String,
+    pub applied: bool,
+}
+
+/// What `jobsync migrate --status` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStatus {
+    /// What does not exist yet, and was not created: `no SQLite database at PATH`, `no schema
+    /// `S` in the database`. Every migration is then pending.
+    pub missing: Option<String>,
+    /// In version order.
+    pub migrations: Vec<MigrationState>,
+}
+
+impl Db {
+    /// The applied and pending migrations of the database `url` names, changing nothing: a
+    /// SQLite file that does not exist is not created, and the harness (whose first call creates
+    /// its table) is asked only when its table exists.
+    pub fn migration_status(
+        url: &str,
+        options: super::DbOptions,
+    ) -> Result<MigrationStatus, DbError> {
+        use crate::config::DatabaseUrl;
+        let missing = match DatabaseUrl::parse(url) {
+            Ok(DatabaseUrl::Sqlite(path)) if !path.exists() => Some((
+                format!("no SQLite database at {}", path.display()),
+                embedded::<diesel::sqlite::Sqlite>()?,
+            )),
+            Ok(DatabaseUrl::Postgres(_)) => missing_schema(url, &options)?
+                .map(|missing| embedded::<diesel::pg::Pg>().map(|all| (missing, all)))
+                .transpose()?,
+            _ => None,
+        };
+        if let Some((missing, all)) = missing {
+            return Ok(MigrationStatus {
+                missing: Some(missing),
+                migrations: all_pending(&all),
+            });
+        }
+        let db = Db::connect_with(url, options)?;
+        let mut conn = db.conn()?;
+        let exists = has_migrations_table(&mut conn).map_err(|e| db.name_file(e))?;
+        let migrations =
+            with_conn!(&mut conn, |c| listed(c, exists)).map_err(|e| db.name_file(e))?;
+        Ok(MigrationStatus {
+            missing: None,
+            migrations,
+        })
+    }
+}
+
+/// `database.schema`, when it is not `public` and does not exist: connecting with it would
+/// create it, so it is looked up on a connection without it first.
+fn missing_schema(url: &str, options: &super::DbOptions) -> Result<Option<String>, DbError> {
+    let Some(schema) = options.schema.as_deref().filter(|s| *s != "public") else {
+        return Ok(None);
+    };
+    let plain = super::DbOptions {
+        schema: None,
+        ..options.clone()
+    };
+    let db = Db::connect_with(url, plain)?;
+    let Conn::Pg(conn) = &mut db.conn()? else {
+        return Ok(None);
+    };
+    let exists = diesel::select(
+        diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = ",
+        )
+        .bind::<diesel::sql_types::Text, _>(schema)
+        .sql(")"),
+    )
+    .get_result::<bool>(&mut **conn)?;
+    Ok((!exists).then(|| format!("no schema `{schema}` (database.schema) in the database")))
+}
+
+fn listed<C>(conn: &mut C, has_table: bool) -> Result<Vec<MigrationState>, DbError>
+where
+    C: MigrationHarness<C::Backend> + diesel::Connection,
+    C::Backend: PendingSet,
+{
+    let all = embedded::<C::Backend>()?;
+    if !has_table {
+        return Ok(all_pending(&all));
+    }
+    let applied: Vec<String> = conn
+        .applied_migrations()
+        .map_err(|e| DbError::Migration(e.to_string()))?
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let pending: Vec<String> = conn
+        .pending_migrations(<C::Backend as PendingSet>::SET)
+        .map_err(|e| DbError::Migration(e.to_string()))?
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    let mut found: Vec<MigrationState> = all
+        .iter()
+        .map(|(name, _)| MigrationState {
+            name: name.clone(),
+            applied: !pending.contains(name),
+        })
+        .collect();
+    // Applied by a newer jobsync: the database is ahead of this binary.
+    for version in &applied {
+        if !all.iter().any(|(_, v)| v == version) {
+            found.push(MigrationState {
+                name: version.clone(),
+                applied: true,
+            });
+        }
+    }
+    Ok(found)
+}
+
+/// The embedded migrations of a backend: each one's name and version, in version order.
+fn embedded<B>() -> Result<Vec<(String, String)>, DbError>
+where
+    B: PendingSet + diesel::backend::Backend,
+{
+    use diesel::migration::MigrationSource;
+    let migrations =
+        MigrationSource::<B>::migrations(&B::SET).map_err(|e| DbError::Migration(e.to_string()))?;
+    let mut named: Vec<(String, String)> = migrations
+        .iter()
+        .map(|m| (m.name().to_string(), m.name().version().to_string()))
+        .collect();
+    named.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(named)
+}
+
+fn all_pending(all: &[(String, String)]) -> Vec<MigrationState> {
+    all.iter()
+        .map(|(name, _)| MigrationState {
+            name: name.clone(),
+            applied: false,
+        })
+        .collect()
+}
