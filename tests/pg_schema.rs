@@ -24,7 +24,10 @@ fn count(url: &str, query: &str) -> i64 {
         n: i64,
     }
     let mut conn = PgConnection::establish(url).unwrap();
-    diesel::sql_query(query).get_result::<N>(&mut conn).unwrap().n
+    diesel::sql_query(query)
+        .get_result::<N>(&mut conn)
+        .unwrap()
+        .n
 }
 
 /// `admin`'s URL with another user and database.
@@ -87,7 +90,10 @@ fn jobsync_in_its_own_schema_beside_a_crm_with_jobs_and_campaigns_tables() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(count(&admin_db, "SELECT count(*) AS n FROM jobsync.jobs"), 12);
+    assert_eq!(
+        count(&admin_db, "SELECT count(*) AS n FROM jobsync.jobs"),
+        12
+    );
     assert_eq!(
         count(&admin_db, "SELECT count(*) AS n FROM public.jobs"),
         1,
@@ -129,7 +135,10 @@ fn jobsync_in_its_own_schema_beside_a_crm_with_jobs_and_campaigns_tables() {
         "CREATE TABLE jobsync.crm_scratch (x int)",
     ] {
         let refused = sql(&crm_url, forbidden).unwrap_err();
-        assert!(refused.contains("permission denied"), "{forbidden}: {refused}");
+        assert!(
+            refused.contains("permission denied"),
+            "{forbidden}: {refused}"
+        );
     }
     let out = once();
     assert!(

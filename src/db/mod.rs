@@ -657,12 +657,11 @@ fn ensure_schema(conn: &mut PgConnection, schema: &str) -> Result<(), String> {
         #[diesel(sql_type = diesel::sql_types::Bool)]
         found: bool,
     }
-    let exists = diesel::sql_query(
-        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) AS found",
-    )
-    .bind::<diesel::sql_types::Text, _>(schema)
-    .get_result::<Found>(conn)
-    .map_err(|e| format!("cannot look up schema `{schema}`: {e}"))?;
+    let exists =
+        diesel::sql_query("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1) AS found")
+            .bind::<diesel::sql_types::Text, _>(schema)
+            .get_result::<Found>(conn)
+            .map_err(|e| format!("cannot look up schema `{schema}`: {e}"))?;
     if exists.found {
         return Ok(());
     }
