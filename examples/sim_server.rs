@@ -1,5 +1,6 @@
-//! The simulator as a stand-alone process (`jobsync simulate` is not wired into the CLI yet), so
-//! that a client under measurement does not share its memory:
+//! The simulator as a stand-alone process, as `jobsync simulate` runs it, built as an example so
+//! that a client under measurement does not share its memory and a benchmark needs no jobsync
+//! binary to serve the API:
 //! `cargo run --example sim_server -- --listen 127.0.0.1:0 --jobs-per-campaign 1000`.
 
 use clap::Parser;

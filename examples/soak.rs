@@ -9,7 +9,7 @@
 //!
 //! Other flags: `--kill-every MIN-MAX` (seconds, default 30-90), `--postgres-url URL`, `--keep`,
 //! `--jobsync PATH`, and `--late-apply-ms` / `--settle-secs` (3000 / 10), whose defaults keep the
-//! slowest commit within the bound the README gives for exactly-once creation: `--late-apply-ms
+//! slowest commit within the bound docs/crm-integration.md gives for exactly-once creation: `--late-apply-ms
 //! 15000 --settle-secs 0` breaks it, and the soak reports the duplicates that follow.
 //!
 //! During the chaos (`--minutes`):
@@ -23,8 +23,8 @@
 //!   work, and started again; each SIGTERM must end the process with exit 0 within
 //!   `server.shutdown_grace_secs`; any other exit is a violation;
 //! - a CRM writes creates, patches (of `email` and `value`, by reference or by the job id it
-//!   learnt) and unqueues into `outbox`, a few rows per transaction of its own, as the README's
-//!   "Writing to the outbox" says;
+//!   learnt) and unqueues into `outbox`, a few rows per transaction of its own, as
+//!   docs/crm-integration.md's "Writing to the outbox" says;
 //! - the platform moves jobs through their states (the dialer), edits them in its UI (name,
 //!   label, city, numbers: never a field the CRM writes), deletes some (at most a fifth of a
 //!   campaign, below `sync.mass_delete_ratio`) and creates jobs in campaigns nobody configured.
@@ -115,7 +115,7 @@ struct Args {
     #[arg(long, default_value_t = 3_000)]
     late_apply_ms: u64,
     /// `push.settle_secs`: longer than the slowest commit, so that an API without a uniqueness
-    /// check can never be made to hold a reference twice (README, "Exactly once"). To see the
+    /// check can never be made to hold a reference twice (docs/crm-integration.md, "Exactly once"). To see the
     /// soak catch duplicates, break that bound: `--late-apply-ms 15000 --settle-secs 0`.
     #[arg(long, default_value_t = 10)]
     settle_secs: u64,

@@ -1,7 +1,8 @@
-//! The direction of imports between the top-level modules of `src/` (README, "Design notes"):
+//! The direction of imports between the top-level modules of `src/` (ARCHITECTURE.md, "Design
+//! notes"):
 //! every `crate::X` path in `src/**/*.rs` (in `use` lines, in paths, inside `use crate::{…}`
 //! groups, `super::` chains that climb to the crate root) is an edge from the file's top-level
-//! module to `X`. The graph must have no cycle and stay within [`ALLOWED`], which the README
+//! module to `X`. The graph must have no cycle and stay within [`ALLOWED`], which ARCHITECTURE.md
 //! mirrors line for line.
 //!
 //! Read from the source text, not the compiler: comments are skipped, and an inline module
@@ -378,7 +379,7 @@ fn imports_follow_the_allowed_directions() {
         .collect();
     assert!(
         missing.is_empty(),
-        "top-level modules without a row in ALLOWED (tests/architecture.rs) and in the README's \
+        "top-level modules without a row in ALLOWED (tests/architecture.rs) and in ARCHITECTURE.md's \
          design notes: {missing:?}"
     );
     let edges = graph();
@@ -391,7 +392,7 @@ fn imports_follow_the_allowed_directions() {
         .collect();
     assert!(
         forbidden.is_empty(),
-        "imports against the allowed directions (README, \"Design notes\"):\n{}",
+        "imports against the allowed directions (ARCHITECTURE.md, \"Design notes\"):\n{}",
         describe(&forbidden)
     );
 }
@@ -441,14 +442,14 @@ fn only_the_cli_draws_on_the_terminal() {
     }
 }
 
-/// The README's design notes list the same directions, one line per module:
+/// ARCHITECTURE.md's design notes list the same directions, one line per module:
 /// ``- `daemon` → `config`, `db`, …`` (`nothing` for none; words after a name are comments).
 #[test]
-fn the_readme_mirrors_the_allowed_directions() {
-    let readme = std::fs::read_to_string(src().parent().unwrap().join("README.md")).unwrap();
-    let notes = readme
+fn the_architecture_doc_mirrors_the_allowed_directions() {
+    let doc = std::fs::read_to_string(src().parent().unwrap().join("ARCHITECTURE.md")).unwrap();
+    let notes = doc
         .split_once("## Design notes")
-        .expect("the README has design notes")
+        .expect("ARCHITECTURE.md has design notes")
         .1;
     let notes = notes.split("\n## ").next().unwrap();
     let mut listed: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -474,6 +475,6 @@ fn the_readme_mirrors_the_allowed_directions() {
         .collect();
     assert_eq!(
         listed, expected,
-        "the README's allowed directions differ from ALLOWED in tests/architecture.rs"
+        "ARCHITECTURE.md's allowed directions differ from ALLOWED in tests/architecture.rs"
     );
 }

@@ -16,8 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// The documented header-read timeout, connection limit and bound of a stop (README, "Health
-/// endpoints").
+/// The documented header-read timeout, connection limit and bound of a stop (docs/operations.md,
+/// "Health endpoints").
 const HEADER_TIMEOUT: Duration = server::HEADER_READ_TIMEOUT;
 const MAX_CONNECTIONS: usize = server::MAX_CONNECTIONS;
 const STOP_GRACE: Duration = server::STOP_GRACE;

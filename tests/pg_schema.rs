@@ -109,7 +109,7 @@ fn jobsync_in_its_own_schema_beside_a_crm_with_jobs_and_campaigns_tables() {
         "no migrations table left in public"
     );
 
-    // The CRM's least-privilege role, as the README gives it.
+    // The CRM's least-privilege role, as docs/crm-integration.md gives it.
     sql(
         &admin_db,
         &format!(

@@ -417,8 +417,9 @@ impl Fence {
     }
 }
 
-/// Where the README says which poolers keep session locks.
-const POOLER_HINT: &str = "see the README's PostgreSQL section on connection poolers";
+/// Where the documentation says which poolers keep session locks.
+const POOLER_HINT: &str =
+    "see docs/crm-integration.md, \"PostgreSQL sessions and connection poolers\"";
 
 /// Whether the session answering `conn` holds the sync lock (of this database and schema): the
 /// check between chunks, which also keeps the lock's session from idling out.

@@ -6,7 +6,7 @@
 //! depends on the other. The mirror's rows (`db::models::JobContent`, the `COPY` row, the upsert's
 //! columns), the simulator's JSON writer and its validation expand the same table with their own
 //! macros, so adding a field is a row here, a migration per backend and a column in
-//! `src/db/schema.rs` (README, "Adding a job field").
+//! `src/db/schema.rs` (CONTRIBUTING.md, "Adding a job field").
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};

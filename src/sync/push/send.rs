@@ -69,8 +69,8 @@ pub struct Pipeline {
     client: ApiClient,
     limits: Limits,
     stop: StopFlag,
-    // One writer at a time: the chunks' writes are short, and interleaved they would only wait
-    // for each other in the database.
+    // On SQLite one writer at a time (`one_writer`): the chunks' writes are short, and interleaved
+    // they would only wait for each other in the database. PostgreSQL's run concurrently.
     writer: Arc<Mutex<()>>,
     tasks: JoinSet<Result<Sent, SyncError>>,
     width: usize,
