@@ -700,34 +700,13 @@ async fn malformed_jobs_are_quarantined_and_the_sync_goes_on(t: &TestDb) {
 
 async fn a_listing_that_loops_fails_and_the_push_still_runs(t: &TestDb) {
     let (_sim, gateway, engine) = setup(t).await;
-    cycle(&engine).await;
-    let watermark = stamps(t)[0];
-    gateway.looping(true);
-    insert(
-        &t.db,
-        &[create(
-            CAMPAIGN,
-            "crm-l",
-            serde_json::json!({"name": "Looping"}),
-        )],
-    );
-    let run = tokio::time::timeout(
-        std::time::Duration::from_secs(60),
-        jobsync::sync::cycle::run_cycle(&engine, jobsync::sync::cycle::Trigger::Once),
+    a_listing_that_never_ends(
+        t,
+        &engine,
+        |on| gateway.looping(on),
+        &["again", "repeats itself"],
     )
-    .await
-    .expect("the cycle ends although the listing never does")
-    .unwrap();
-    gateway.looping(false);
-    let error = run.error.clone().unwrap_or_default();
-    assert!(
-        !run.ok && error.contains("again") && error.contains("repeats itself"),
-        "the run fails naming the loop: {run:?}"
-    );
-    let rows = all_rows(&t.db);
-    assert_eq!(count_status(&rows, "done"), 1, "the push ran: {rows:?}");
-    assert_eq!(stamps(t)[0], watermark, "the watermark stays");
-    cycle(&engine).await;
+    .await;
 }
 
 async fn a_listing_of_ever_new_jobs_ends_at_its_deadline_and_the_push_still_runs(t: &TestDb) {
@@ -736,35 +715,52 @@ async fn a_listing_of_ever_new_jobs_ends_at_its_deadline_and_the_push_still_runs
     opts.base_url = gateway.base.parse().unwrap();
     opts.listing_deadline = std::time::Duration::from_secs(3);
     engine.client = ApiClient::new(opts).unwrap();
-    cycle(&engine).await;
+    a_listing_that_never_ends(
+        t,
+        &engine,
+        |on| gateway.endless(on),
+        &["sync.listing_deadline_secs"],
+    )
+    .await;
+}
+
+/// A good cycle, then one whose listings never end (`never_ending(true)`) while a CRM create
+/// waits: the cycle ends anyway, failed with an error holding each of `words`, the create is
+/// pushed and the watermark stays; with the API honest again, the next cycle completes.
+async fn a_listing_that_never_ends(
+    t: &TestDb,
+    engine: &jobsync::sync::cycle::Engine,
+    never_ending: impl Fn(bool),
+    words: &[&str],
+) {
+    cycle(engine).await;
     let watermark = stamps(t)[0];
-    gateway.endless(true);
+    never_ending(true);
     insert(
         &t.db,
         &[create(
             CAMPAIGN,
-            "crm-e",
-            serde_json::json!({"name": "Endless"}),
+            "crm-never-ending",
+            serde_json::json!({"name": "Never ending"}),
         )],
     );
     let run = tokio::time::timeout(
         std::time::Duration::from_secs(60),
-        jobsync::sync::cycle::run_cycle(&engine, jobsync::sync::cycle::Trigger::Once),
+        jobsync::sync::cycle::run_cycle(engine, jobsync::sync::cycle::Trigger::Once),
     )
     .await
     .expect("the cycle ends although the listing never does")
     .unwrap();
-    gateway.endless(false);
+    never_ending(false);
     let error = run.error.clone().unwrap_or_default();
     assert!(
-        !run.ok && error.contains("sync.listing_deadline_secs"),
-        "the run fails naming the deadline and its key: {run:?}"
+        !run.ok && words.iter().all(|w| error.contains(w)),
+        "the run fails naming why ({words:?}): {run:?}"
     );
     let rows = all_rows(&t.db);
     assert_eq!(count_status(&rows, "done"), 1, "the push ran: {rows:?}");
     assert_eq!(stamps(t)[0], watermark, "the watermark stays");
-    // With the API honest again, the next cycle completes.
-    cycle(&engine).await;
+    cycle(engine).await;
 }
 
 async fn a_create_too_large_for_the_pull_is_refused_not_sent(t: &TestDb) {
