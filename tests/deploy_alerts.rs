@@ -676,15 +676,10 @@ fn state_drift() -> [Scrape; 2] {
     });
     let db = Db::open(&sqlite_url(&path)).unwrap();
     let id = sim.state()[0].id;
-    let mut c = db.conn().unwrap();
-    jobsync::with_conn!(&mut c, |raw| {
-        use diesel::RunQueryDsl;
-        diesel::sql_query(format!(
-            "UPDATE jobs SET city = 'Elsewhere' WHERE id = {id}"
-        ))
-        .execute(raw)
-        .unwrap()
-    });
+    execute_sql(
+        &db,
+        &format!("UPDATE jobs SET city = 'Elsewhere' WHERE id = {id}"),
+    );
     daemon.wait_until("/metrics", |_, b| {
         metric(b, "jobsync_verify_findings{kind=\"stale\"}") >= 1.0
     });

@@ -98,11 +98,7 @@ fn found(report: &Report) -> Vec<(Kind, u64)> {
 }
 
 fn exec(t: &TestDb, sql: &str) -> usize {
-    let mut c = t.db.conn().unwrap();
-    jobsync::with_conn!(&mut c, |raw| {
-        use diesel::RunQueryDsl;
-        diesel::sql_query(sql).execute(raw).unwrap()
-    })
+    execute_sql(&t.db, sql)
 }
 
 /// A job of `campaign` upstream (from the fixture's, not the CRM's).
@@ -521,15 +517,10 @@ fn the_daemon_runs_verify_on_its_schedule_and_exports_the_findings() {
     });
     let db = jobsync::db::Db::open(&format!("sqlite://{}", db_path.display())).unwrap();
     let id = sim.state()[3].id;
-    let mut c = db.conn().unwrap();
-    let edited = jobsync::with_conn!(&mut c, |raw| {
-        use diesel::RunQueryDsl;
-        diesel::sql_query(format!(
-            "UPDATE jobs SET city = 'Elsewhere' WHERE id = {id}"
-        ))
-        .execute(raw)
-        .unwrap()
-    });
+    let edited = execute_sql(
+        &db,
+        &format!("UPDATE jobs SET city = 'Elsewhere' WHERE id = {id}"),
+    );
     assert_eq!(edited, 1);
     let (_, metrics) = daemon.wait_until("/metrics", |_, body| {
         metric(body, "jobsync_verify_findings{kind=\"stale\"}") >= 1.0

@@ -90,6 +90,16 @@ pub fn postgres_url() -> Option<String> {
     }
 }
 
+/// Runs one SQL statement on `db` (either backend), as a CRM or an operator would behind
+/// jobsync's back; the rows it touched.
+pub fn execute_sql(db: &Db, sql: &str) -> usize {
+    let mut c = db.conn().unwrap();
+    jobsync::with_conn!(&mut c, |raw| {
+        use diesel::RunQueryDsl;
+        diesel::sql_query(sql).execute(raw).expect(sql)
+    })
+}
+
 fn run_sql(url: &str, sql: &str) {
     use diesel::{Connection, PgConnection, RunQueryDsl};
     let mut conn = PgConnection::establish(url).expect("connect to the test PostgreSQL");
