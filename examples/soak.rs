@@ -319,19 +319,24 @@ const RUNS_SQL: &str = "SELECT id, CAST(started_at AS TEXT) AS started_at, \
      CAST(finished_at AS TEXT) AS finished_at, status FROM sync_runs ORDER BY id DESC LIMIT 50";
 
 async fn all_rows(db: &Db) -> Result<Vec<RowView>> {
-    Ok(db
-        .run(|c| {
-            jobsync::with_conn!(c, |c| diesel::sql_query(ROWS_SQL).load::<RowView>(c))
-                .map_err(DbError::from)
-        })
-        .await?)
+    load(db, ROWS_SQL).await
 }
 
 async fn recent_runs(db: &Db) -> Result<Vec<RunView>> {
+    load(db, RUNS_SQL).await
+}
+
+/// The rows `sql` selects, on either backend.
+async fn load<T>(db: &Db, sql: &'static str) -> Result<Vec<T>>
+where
+    T: diesel::QueryableByName<diesel::sqlite::Sqlite>
+        + diesel::QueryableByName<diesel::pg::Pg>
+        + Send
+        + 'static,
+{
     Ok(db
-        .run(|c| {
-            jobsync::with_conn!(c, |c| diesel::sql_query(RUNS_SQL).load::<RunView>(c))
-                .map_err(DbError::from)
+        .run(move |c| {
+            jobsync::with_conn!(c, |c| diesel::sql_query(sql).load::<T>(c)).map_err(DbError::from)
         })
         .await?)
 }
