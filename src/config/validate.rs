@@ -58,26 +58,20 @@ pub(super) fn validate(c: &Config) -> Result<(), Failure> {
         1,
     )?;
     at_least("sync.max_staleness_secs", c.sync.max_staleness_secs, 1)?;
-    // Below the API timeout, one slow but healthy request would count as a stall.
-    if c.sync.stall_secs <= c.api.timeout_secs {
-        return Err((
-            "sync.stall_secs",
-            format!(
-                "must be greater than api.timeout_secs ({}): a request may take that long and still be progress",
-                c.api.timeout_secs
-            ),
-        ));
-    }
-    // Below the API timeout, a listing could be cut off before its first job may arrive.
-    if c.sync.listing_deadline_secs <= c.api.timeout_secs {
-        return Err((
-            "sync.listing_deadline_secs",
-            format!(
-                "must be greater than api.timeout_secs ({}): a listing's first job may take that long",
-                c.api.timeout_secs
-            ),
-        ));
-    }
+    // Below the API timeout, one slow but healthy request would count as a stall, and a listing
+    // could be cut off before its first job may arrive.
+    above_api_timeout(
+        "sync.stall_secs",
+        c.sync.stall_secs,
+        c.api.timeout_secs,
+        "a request may take that long and still be progress",
+    )?;
+    above_api_timeout(
+        "sync.listing_deadline_secs",
+        c.sync.listing_deadline_secs,
+        c.api.timeout_secs,
+        "a listing's first job may take that long",
+    )?;
     if c.sync.overlap_secs > 24 * 3600 {
         return Err((
             "sync.overlap_secs",
@@ -194,6 +188,22 @@ fn check_schedule(key: &'static str, expr: &str) -> Result<(), Failure> {
         .parse(expr)
         .map(|_| ())
         .map_err(|e| (key, format!("not a valid cron expression: {e}")))
+}
+
+/// `value` must exceed `api.timeout_secs` (`timeout`), for the reason `why`.
+fn above_api_timeout(
+    key: &'static str,
+    value: u64,
+    timeout: u64,
+    why: &str,
+) -> Result<(), Failure> {
+    if value <= timeout {
+        return Err((
+            key,
+            format!("must be greater than api.timeout_secs ({timeout}): {why}"),
+        ));
+    }
+    Ok(())
 }
 
 fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), Failure> {
