@@ -82,6 +82,13 @@ EOF
   "$kubectl" kustomize "$site" >"$out/$name-monitoring.yaml"
   rendered+=("$out/$name-monitoring.yaml")
 done
+# The operator's site exactly as docs/operations.md's step 3 writes it (outside the clone),
+# rendered and validated with the rest, so the documented recipe cannot drift.
+step3=$(sed -n '/^# 3\. Your site/,/^# 4\./p' docs/operations.md | sed "s|^SITE=.*|SITE=$out/docs-site|")
+[[ $step3 == *kustomization.yaml* ]] || { echo "docs/operations.md: deploy step 3 not found" >&2; exit 1; }
+EDITOR=true bash -euc "$step3"
+"$kubectl" kustomize "$out/docs-site" >"$out/docs-site.yaml"
+rendered+=("$out/docs-site.yaml")
 # The newest schema kubernetes-validate ships (its default), and a check that it has the oldest.
 newest=$(python3 - "$KUBERNETES_OLDEST" <<'PY'
 import sys
