@@ -2,10 +2,11 @@
 //! extracted from README.md and run with `bash -e` in an empty directory, so a command that stops
 //! working (or a step that stops exiting 0) fails this test instead of a newcomer.
 //!
-//! Two substitutions only, both about the test's environment, not the commands: the release
-//! build is replaced by the binary this test run built (`cargo build --release` is skipped and
-//! `target/release` points at it), and the simulator listens on a free port instead of 8080
-//! (with `api.base_url` set to match), so parallel runs do not collide.
+//! One substitution only, about the test's environment, not the commands: the release build is
+//! replaced by the binary this test run built (`cargo build --release` is skipped and
+//! `target/release` points at it). The block runs from a fresh git repository holding the
+//! clone's `.gitignore`, with 127.0.0.1:8080 held by the test where it is free (the port a
+//! newcomer most often has taken), and afterwards `git status --porcelain` must show nothing new.
 //!
 //! Also: the documentation's relative links resolve (README.md, ARCHITECTURE.md, CONTRIBUTING.md
 //! and docs/*.md: each target file exists, each `#anchor` is a heading of its target), and the
@@ -40,43 +41,59 @@ fn the_readme_quick_start_runs_as_written() {
     assert!(script.contains("jobsync --once") && script.contains("jobsync import"));
     let bin = Path::new(env!("CARGO_BIN_EXE_jobsync"));
     let bin_dir = bin.parent().unwrap().to_str().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let script: String = script
         .lines()
         .filter(|line| !line.trim_start().starts_with("cargo build"))
-        .map(|line| {
-            line.replace("$PWD/target/release", bin_dir).replace(
-                "jobsync simulate",
-                &format!("jobsync simulate --listen 127.0.0.1:{port}"),
-            )
-        })
+        .map(|line| line.replace("$PWD/target/release", bin_dir))
         .collect::<Vec<_>>()
         .join("\n");
-    let dir = tempfile::tempdir().unwrap();
+    // Whoever has 8080 (this test, or another program on the machine), the quick start must not
+    // need it.
+    let _port_8080 = std::net::TcpListener::bind("127.0.0.1:8080").ok();
+    // The "clone": a git repository with the project's .gitignore, committed, so anything the
+    // quick start leaves behind shows in `git status --porcelain`.
+    let clone = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::copy(root().join(".gitignore"), clone.path().join(".gitignore")).unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .current_dir(clone.path())
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    git(&["init", "-q"]);
+    git(&["add", ".gitignore"]);
+    git(&["commit", "-qm", "clone"]);
+
     let mut cmd = Command::new("bash");
-    cmd.arg("-e").arg("-c").arg(&script).current_dir(dir.path());
+    cmd.arg("-e")
+        .arg("-c")
+        .arg(&script)
+        .current_dir(clone.path());
     for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("JOBSYNC_")) {
         cmd.env_remove(key);
     }
-    cmd.env("JOBSYNC_API__BASE_URL", format!("http://127.0.0.1:{port}"))
+    // `mktemp -d` makes the scratch folder in here, removed with the test.
+    cmd.env("TMPDIR", scratch.path())
         .env("JOBSYNC_SERVER__LISTEN", "")
         .env("JOBSYNC_LOG__FORMAT", "json");
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // A step that hangs (the simulator never listening) fails the test, bounded.
+    // A step that hangs (the simulator never listening) fails the test, bounded; the whole
+    // process group goes, the simulator with it.
     let deadline = Instant::now() + Duration::from_secs(120);
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = Command::new("pkill")
-                .args(["-f", &format!("127.0.0.1:{port}")])
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
                 .status();
             panic!("the quick start had not finished after 120 s");
         }
@@ -100,6 +117,15 @@ fn the_readme_quick_start_runs_as_written() {
         .find(|l| l.contains("quickstart-1"))
         .unwrap_or_else(|| panic!("outbox list shows the row: {stdout}"));
     assert!(done_row.contains("done"), "{done_row}");
+    assert_eq!(
+        git(&["status", "--porcelain", "--untracked-files=all"]),
+        "",
+        "the quick start left files in the clone"
+    );
+    assert!(
+        std::fs::read_dir(scratch.path()).unwrap().next().is_some(),
+        "the quick start worked in a scratch folder of its own"
+    );
 }
 
 fn root() -> &'static Path {
