@@ -5,6 +5,10 @@
 
 mod common;
 
+// Hints grouped by where the mistake shows: talking to the API, the database, the command line.
+#[path = "first_hour_hints/api.rs"]
+mod api;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -85,7 +89,7 @@ fn kubernetes_service_variables_stay_ignored() {
     let url = sqlite_url(dir.path());
     let out = jobsync(
         dir.path(),
-        &["--database-url", &url, "status"],
+        &["--database-url", &url, "migrate", "--status"],
         &[
             ("JOBSYNC_SERVICE_HOST", "10.0.0.7"),
             ("JOBSYNC_SERVICE_PORT", "9090"),

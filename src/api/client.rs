@@ -1,7 +1,7 @@
 //! The Jobs API client: one place where requests are built, authenticated, rate-limited, retried,
 //! counted and traced. The bulk helpers live in `bulk.rs`, the streaming listing in `listing.rs`.
 
-use super::error::{ApiError, body_message, looks_like_html};
+use super::error::{ApiError, CrossOrigin, body_message, looks_like_html};
 use super::limit::RateLimiter;
 use super::listing::Listing;
 use super::models::{Job, JobFields};
@@ -171,6 +171,7 @@ impl ApiClient {
             .user_agent(concat!("jobsync/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(opts.timeout)
             .read_timeout(opts.timeout)
+            .redirect(redirect_policy(&opts.base_url))
             .build()
             .map_err(|e| ApiError::Config(format!("cannot build the HTTP client: {e}")))?;
         let policy = RetryPolicy::new(
@@ -583,6 +584,48 @@ impl ApiClient {
     }
 }
 
+/// Same-origin redirects followed at most, as reqwest's default policy.
+const MAX_REDIRECTS: usize = 10;
+
+/// Follows a redirect within the origin of the request (at most [`MAX_REDIRECTS`]), and refuses
+/// one to another origin with a [`CrossOrigin`] error that names both and the `api.base_url` to
+/// set: the token is for `api.base_url`'s origin only (reqwest drops `Authorization` on a hop to
+/// another host, so the other origin would answer 401 and the error would blame the token).
+fn redirect_policy(base_url: &Url) -> reqwest::redirect::Policy {
+    let base_path = base_url.path().trim_end_matches('/').to_owned();
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let Some(first) = attempt.previous().first() else {
+            return attempt.follow();
+        };
+        let (from, to) = (first.origin(), attempt.url().origin());
+        if from != to {
+            let refused = CrossOrigin {
+                status: attempt.status().as_u16(),
+                from: from.ascii_serialization(),
+                to: to.ascii_serialization(),
+                suggested: suggested_base_url(&base_path, first, attempt.url()),
+            };
+            return attempt.error(refused);
+        }
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(format!("more than {MAX_REDIRECTS} redirects"));
+        }
+        attempt.follow()
+    })
+}
+
+/// The `api.base_url` a request to `first` redirected to `next` suggests: `next`'s origin and
+/// its path without the endpoint's own (`/j/jobs`), when it ends with it — the API's root at
+/// the other origin. Never credentials nor a query.
+fn suggested_base_url(base_path: &str, first: &Url, next: &Url) -> String {
+    let origin = next.origin().ascii_serialization();
+    let endpoint = first.path().strip_prefix(base_path).unwrap_or_default();
+    match next.path().strip_suffix(endpoint) {
+        Some(root) if !endpoint.is_empty() => format!("{origin}{}", root.trim_end_matches('/')),
+        _ => origin,
+    }
+}
+
 /// The largest answer read whole (a bulk answer, one job): a thousand jobs of 32 KiB each, far
 /// above real ones; beyond it the request fails rather than take the memory.
 pub const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
@@ -831,6 +874,38 @@ mod tests {
         assert_eq!(
             client.url("/j/jobs/3").as_str(),
             "http://127.0.0.1:1/api/j/jobs/3"
+        );
+    }
+
+    #[test]
+    fn a_cross_origin_redirect_suggests_the_api_root_at_the_other_origin() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        let first = url("http://old.example:8080/api/j/jobs?modified_since=x");
+        for (next, suggested) in [
+            (
+                "https://new.example/api/j/jobs?modified_since=x",
+                "https://new.example/api",
+            ),
+            (
+                "https://new.example:8443/v2/j/jobs",
+                "https://new.example:8443/v2",
+            ),
+            ("https://new.example/j/jobs", "https://new.example"),
+            (
+                "https://u:p@new.example/login?next=/j",
+                "https://new.example",
+            ),
+        ] {
+            assert_eq!(
+                suggested_base_url("/api", &first, &url(next)),
+                suggested,
+                "{next}"
+            );
+        }
+        let first = url("http://old.example/j/jobs/42");
+        assert_eq!(
+            suggested_base_url("", &first, &url("https://old.example/j/jobs/42")),
+            "https://old.example"
         );
     }
 

@@ -32,16 +32,42 @@ pub enum ApiError {
          `api.base_url` and that the API is up and reachable"
     )]
     Connect { endpoint: String, message: String },
-    #[error(
-        "the connection broke during {endpoint}: {message}; the API may or may not have applied \
-         the request"
-    )]
+    /// The request may have reached the API: for one that changes something (a POST), the API
+    /// may have applied it; a read (a GET) changed nothing.
+    #[error("the connection broke during {endpoint}: {message}; {}", outcome(.endpoint))]
     Network { endpoint: String, message: String },
     #[error(
-        "{endpoint} did not answer within {}s; the API may or may not have applied the request \
-         (raise `api.timeout_secs` if the API is slow)", .timeout.as_secs_f64()
+        "{endpoint} did not answer within {}s; {} (raise `api.timeout_secs` if the API is slow)",
+        .timeout.as_secs_f64(), outcome(.endpoint)
     )]
     Timeout { endpoint: String, timeout: Duration },
+    /// `api.base_url` says `https://` but the server there answered the TLS handshake in plain
+    /// HTTP: nothing was sent, and retrying will not heal it. `origin` is the address tried,
+    /// `suggested` the same with `http://` (and the port kept).
+    #[error(
+        "{endpoint} was not sent: the server at {origin} answered plain HTTP to a TLS handshake; \
+         use http:// in `api.base_url` ({suggested}) or put TLS in front of the API"
+    )]
+    PlainHttp {
+        endpoint: String,
+        origin: String,
+        suggested: String,
+    },
+    /// The API answered with a redirect to another origin, which jobsync does not follow: its
+    /// token is for `api.base_url`'s origin only (and reqwest would drop it, so the other origin
+    /// would answer 401). Retrying will not heal it.
+    #[error(
+        "{endpoint} was redirected (HTTP {status}) from {from} to another origin, {to}; jobsync \
+         does not send its token to another origin: set `api.base_url` to {suggested} if the API \
+         lives there"
+    )]
+    CrossOriginRedirect {
+        endpoint: String,
+        status: u16,
+        from: String,
+        to: String,
+        suggested: String,
+    },
     #[error("could not decode the answer of {endpoint}: {detail}")]
     Decode { endpoint: String, detail: String },
     #[error("{endpoint} gave an answer jobsync cannot use: {detail}")]
@@ -50,12 +76,9 @@ pub enum ApiError {
     #[error("{endpoint} was not sent: jobsync is stopping")]
     Stopped { endpoint: String },
     /// The stop's deadline passed while the request was in flight.
-    #[error(
-        "{endpoint} was abandoned at the shutdown deadline; the API may or may not have applied \
-         the request"
-    )]
+    #[error("{endpoint} was abandoned at the shutdown deadline; {}", outcome(.endpoint))]
     Abandoned { endpoint: String },
-    #[error("the API token could not be read: {0}")]
+    #[error("the API token cannot be used: {0}")]
     Token(String),
     #[error("invalid API client settings: {0}")]
     Config(String),
@@ -80,6 +103,7 @@ impl ApiError {
         match self {
             ApiError::Http { status, .. } => *status == 429,
             ApiError::Connect { .. } | ApiError::Auth { .. } | ApiError::Token(_) => true,
+            ApiError::PlainHttp { .. } => true,
             ApiError::Config(_) | ApiError::Stopped { .. } => true,
             _ => false,
         }
@@ -129,6 +153,29 @@ impl ApiError {
     /// Classifies a transport error from reqwest.
     pub(crate) fn from_reqwest(endpoint: &str, err: &reqwest::Error, timeout: Duration) -> Self {
         let endpoint = endpoint.to_owned();
+        let causes = || std::iter::successors(err.source(), |&e| e.source());
+        if let Some(redirect) = causes().find_map(|e| e.downcast_ref::<CrossOrigin>()) {
+            return ApiError::CrossOriginRedirect {
+                endpoint,
+                status: redirect.status,
+                from: redirect.from.clone(),
+                to: redirect.to.clone(),
+                suggested: redirect.suggested.clone(),
+            };
+        }
+        if let Some(url) = err.url().filter(|url| url.scheme() == "https")
+            && causes().any(|e| e.to_string().contains(PLAIN_HTTP_TO_TLS))
+        {
+            let host = url.host_str().unwrap_or_default();
+            return ApiError::PlainHttp {
+                endpoint,
+                origin: url.origin().ascii_serialization(),
+                suggested: match url.port_or_known_default() {
+                    Some(port) => format!("http://{host}:{port}"),
+                    None => format!("http://{host}"),
+                },
+            };
+        }
         if err.is_connect() {
             let cause = connect_cause(err);
             ApiError::Connect {
@@ -148,6 +195,52 @@ impl ApiError {
         }
     }
 }
+
+/// rustls's words (`Error::InvalidMessage(InvalidContentType)`) for a first answer to its
+/// handshake that is no TLS record at all — the `H` of `HTTP/1.1 400 Bad Request`, a server
+/// speaking plain HTTP on that port.
+const PLAIN_HTTP_TO_TLS: &str = "received corrupt message of type InvalidContentType";
+
+/// Whether a request to `endpoint` ("POST /j/jobs/bulk/create") may change something at the
+/// API. Only a read (GET, HEAD, OPTIONS) certainly does not; an endpoint without a method is
+/// taken as a write.
+fn changes_something(endpoint: &str) -> bool {
+    let method = endpoint.split_once(' ').map_or("", |(method, _)| method);
+    !matches!(method, "GET" | "HEAD" | "OPTIONS")
+}
+
+/// What a request cut short may have done: a write may or may not have been applied; a read
+/// changed nothing.
+fn outcome(endpoint: &str) -> &'static str {
+    if changes_something(endpoint) {
+        "the API may or may not have applied the request"
+    } else {
+        "nothing was changed by it (a read), so retrying it is safe"
+    }
+}
+
+/// The redirect policy's refusal of a hop to another origin (see the client's redirect policy),
+/// found again in reqwest's error by [`ApiError::from_reqwest`]. Origins and URLs as shown to
+/// the operator: never with credentials.
+#[derive(Debug, Clone)]
+pub(crate) struct CrossOrigin {
+    pub(crate) status: u16,
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) suggested: String,
+}
+
+impl std::fmt::Display for CrossOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "redirected (HTTP {}) from {} to another origin, {}",
+            self.status, self.from, self.to
+        )
+    }
+}
+
+impl std::error::Error for CrossOrigin {}
 
 /// The error and its causes in one line ("error sending request: connection closed before message
 /// completed"). reqwest's own message names the URL, never a header, so no token can appear.
@@ -287,6 +380,90 @@ mod tests {
             detail: "bad".into(),
         };
         assert!(!decode.is_retryable() && !decode.surely_not_applied());
+    }
+
+    #[test]
+    fn only_a_request_that_changes_something_may_or_may_not_have_been_applied() {
+        let cut_short = |endpoint: &str| {
+            let endpoint = endpoint.to_string();
+            [
+                ApiError::Network {
+                    endpoint: endpoint.clone(),
+                    message: "connection closed before message completed".into(),
+                },
+                ApiError::Timeout {
+                    endpoint: endpoint.clone(),
+                    timeout: Duration::from_secs(30),
+                },
+                ApiError::Abandoned { endpoint },
+            ]
+        };
+        for endpoint in [
+            "POST /j/jobs/bulk/create",
+            "PATCH /j/jobs/42",
+            "DELETE /j/jobs/42",
+            "POST /j/jobs/42/unqueue",
+        ] {
+            for err in cut_short(endpoint) {
+                let text = err.to_string();
+                assert!(
+                    text.contains(endpoint)
+                        && text.contains("the API may or may not have applied the request")
+                        && !text.contains("nothing was changed"),
+                    "{text}"
+                );
+            }
+        }
+        for endpoint in ["GET /j/jobs", "GET /j/jobs/42"] {
+            for err in cut_short(endpoint) {
+                let text = err.to_string();
+                assert!(
+                    text.contains(endpoint)
+                        && text.contains("nothing was changed by it (a read)")
+                        && !text.contains("may or may not"),
+                    "{text}"
+                );
+                assert_eq!(text.lines().count(), 1, "{text}");
+            }
+        }
+        let network = &cut_short("GET /j/jobs")[0];
+        assert_eq!(
+            network.to_string(),
+            "the connection broke during GET /j/jobs: connection closed before message \
+             completed; nothing was changed by it (a read), so retrying it is safe"
+        );
+        assert!(network.is_retryable(), "still retried");
+        let timeout = &cut_short("GET /j/jobs")[1];
+        assert!(
+            timeout.to_string().contains("raise `api.timeout_secs`"),
+            "{timeout}"
+        );
+    }
+
+    #[test]
+    fn a_plain_http_answer_to_tls_and_a_cross_origin_redirect_are_not_retried() {
+        let plain = ApiError::PlainHttp {
+            endpoint: "POST /j/jobs".into(),
+            origin: "https://api.internal".into(),
+            suggested: "http://api.internal:443".into(),
+        };
+        assert!(!plain.is_retryable() && plain.surely_not_applied());
+        assert!(plain.unreachable_cause().is_none(), "check shows the hint");
+        let moved = ApiError::CrossOriginRedirect {
+            endpoint: "POST /j/jobs".into(),
+            status: 307,
+            from: "http://old".into(),
+            to: "https://new".into(),
+            suggested: "https://new/api".into(),
+        };
+        assert!(!moved.is_retryable() && !moved.is_auth());
+        assert!(
+            !moved.surely_not_applied(),
+            "a create answered so stays in doubt"
+        );
+        for err in [plain, moved] {
+            assert_eq!(err.to_string().lines().count(), 1, "{err}");
+        }
     }
 
     #[test]
