@@ -14,10 +14,12 @@ fn jobsync(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run jobsync")
 }
 
-/// Runs `status` on a fresh SQLite file with the given environment.
+/// Runs `status` on a fresh (migrated) SQLite file with the given environment.
 fn status_with(env: &[(&str, &str)]) -> (i32, String) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("j.db").display());
+    // `status` creates no database (issue 27).
+    jobsync(dir.path(), &["--database-url", &url, "migrate"], &[]);
     let out = jobsync(dir.path(), &["--database-url", &url, "status"], env);
     (
         out.status.code().unwrap(),
@@ -161,6 +163,7 @@ fn the_token_never_appears_in_errors_or_status() {
     assert!(!stderr.contains(secret), "{stderr}");
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("j.db").display());
+    jobsync(dir.path(), &["--database-url", &url, "migrate"], &[]);
     let out = jobsync(
         dir.path(),
         &["--database-url", &url, "status"],

@@ -320,7 +320,7 @@ fn url_file_names_the_database() {
     let file_arg = file.display().to_string();
     let out = jobsync(
         dir.path(),
-        &["status"],
+        &["migrate"],
         &[("JOBSYNC_DATABASE__URL_FILE", &file_arg)],
     );
     assert_eq!(out.status.code(), Some(0), "{}", everything(&out));
@@ -345,7 +345,7 @@ fn the_database_url_flag_wins_over_url_file() {
     let flagged = dir.path().join("flag.db");
     let out = jobsync(
         dir.path(),
-        &["--database-url", &sqlite_url(&flagged), "status"],
+        &["--database-url", &sqlite_url(&flagged), "migrate"],
         &[("JOBSYNC_DATABASE__URL_FILE", "/nonexistent/secret/url")],
     );
     assert_eq!(out.status.code(), Some(0), "{}", everything(&out));

@@ -5,6 +5,16 @@
 //! Pointed at a database with `--database-url`, it first makes sure that database is its own (a
 //! marker it writes when it starts on an empty one) or empty: it would otherwise write its demo
 //! jobs and outbox rows among real ones, and push them. `--force` overrides.
+//!
+//! **One tour of `./jobsync-demo.db` at a time.** A tour of the demo's own file starts by
+//! deleting it (and its WAL and lock files), so a second `jobsync demo` in the same directory
+//! used to delete the first one's database under it. Each such tour holds a kernel file lock on
+//! `./jobsync-demo.lock` from before that deletion until after its last step; a second tour
+//! that finds it held refuses at once (exit 1) naming the lock file and its holder: wait for
+//! the first, or give the second a database of its own with `--database-url`. The lock file is
+//! removed when the tour ends; one left by a tour that was killed is free (the kernel released
+//! its lock) and taken over. A tour given `--database-url` takes no such lock: its database is
+//! not deleted, and its cycles take the sync lock as every syncer does.
 
 use super::{CliError, CliResult, context, once};
 use crate::config::Config;
@@ -25,11 +35,15 @@ const CAMPAIGNS: [i64; 2] = [28, 29];
 /// The demo's own file, and the lock files beside it that the tour removes when it ends.
 const DEMO_FILE: &str = "jobsync-demo.db";
 const DEMO_LOCKS: [&str; 2] = [".lock", ".migrate.lock"];
+/// Held by the one tour of [`DEMO_FILE`] running in this directory (see the module's doc).
+const TOUR_LOCK: &str = "jobsync-demo.lock";
 
 pub async fn run(config: &Config, database_url_given: bool, force: bool) -> CliResult {
     if database_url_given {
         return tour(config, config.database.url.clone(), true, force).await;
     }
+    // Before anything is deleted: the file may be another tour's, in use.
+    let _tour = TourLock::acquire()?;
     // The demo's own file: every tour starts from an empty mirror.
     for suffix in ["", "-wal", "-shm", ".lock", ".migrate.lock"] {
         let _ = std::fs::remove_file(format!("{DEMO_FILE}{suffix}"));
@@ -41,6 +55,79 @@ pub async fn run(config: &Config, database_url_given: bool, force: bool) -> CliR
         let _ = std::fs::remove_file(format!("{DEMO_FILE}{suffix}"));
     }
     toured
+}
+
+/// The kernel lock on [`TOUR_LOCK`]; the file is removed (then the lock released) on drop.
+struct TourLock {
+    file: std::fs::File,
+}
+
+impl TourLock {
+    /// Takes the lock, or refuses at once naming the tour that holds it.
+    fn acquire() -> Result<TourLock, CliError> {
+        use std::io::Write;
+        let shown = std::env::current_dir()
+            .map(|dir| dir.join(TOUR_LOCK))
+            .unwrap_or_else(|_| TOUR_LOCK.into());
+        let cannot = |e: std::io::Error| {
+            CliError::failed(format!(
+                "cannot lock {}: {e}; the demo writes its files into the current directory: run \
+                 it from a writable one, or pass --database-url",
+                shown.display()
+            ))
+        };
+        // A tour that ends removes the file while it holds the lock: one locked here after that
+        // is no longer the file at the path, and the path is tried again.
+        loop {
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(TOUR_LOCK)
+                .map_err(cannot)?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let holder = std::fs::read_to_string(TOUR_LOCK)
+                        .ok()
+                        .map(|text| text.trim().to_string())
+                        .filter(|text| !text.is_empty())
+                        .unwrap_or_else(|| "a tour that has not written its pid yet".into());
+                    return Err(CliError::failed(format!(
+                        "another demo is running here (its lock file {} is held by {holder}); \
+                         wait for it to end, or pass --database-url sqlite://OTHER.db to give \
+                         this one a database of its own",
+                        shown.display()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => return Err(cannot(e)),
+            }
+            if !Self::still_at_path(&file) {
+                continue;
+            }
+            let _ = file.set_len(0);
+            let _ = writeln!(file, "{}", crate::db::lock::holder_description());
+            return Ok(TourLock { file });
+        }
+    }
+
+    fn still_at_path(file: &std::fs::File) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(TOUR_LOCK)) {
+            (Ok(mine), Ok(now)) => mine.dev() == now.dev() && mine.ino() == now.ino(),
+            _ => false,
+        }
+    }
+}
+
+impl Drop for TourLock {
+    fn drop(&mut self) {
+        // Removed while still held, so no other tour can hold the file at the path meanwhile.
+        if Self::still_at_path(&self.file) {
+            let _ = std::fs::remove_file(TOUR_LOCK);
+        }
+    }
 }
 
 async fn tour(config: &Config, url: String, database_url_given: bool, force: bool) -> CliResult {

@@ -132,7 +132,7 @@ async fn dispatch(cli: Cli) -> CliResult {
     let _traces = crate::telemetry::init_logging(&config.log, &config.telemetry, default_level);
     match command {
         Command::Migrate { .. } => migrate::run(&config).await,
-        Command::Status => status::print(&open_db(&config).await?).await,
+        Command::Status => status::run(&config).await,
         Command::Run { once: true } => once::run(&config).await,
         Command::Run { once: false } => daemon::run(&config).await,
         Command::Import(args) => import::run(&config, args).await,

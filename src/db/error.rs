@@ -16,6 +16,12 @@ pub enum DbError {
     Query(#[from] diesel::result::Error),
     #[error("database migration failed: {0}")]
     Migration(String),
+    /// The database is not one jobsync can use as it is, found before anything was written: a
+    /// role that may not create jobsync's tables, tables of the same names that are not
+    /// jobsync's, a database a read-only command finds absent or not migrated. The message
+    /// names the cause and the fix, in one line.
+    #[error("{0}")]
+    NotReady(String),
     #[error("{0}")]
     Locked(String),
     /// This process held the sync lock and no longer does (contract §8, Fencing).

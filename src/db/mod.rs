@@ -158,6 +158,101 @@ impl Db {
         })
     }
 
+    /// Reads the database with `read`, creating, migrating and writing nothing: for commands
+    /// that only look (`status`). The database must exist and be migrated up to this binary,
+    /// else [`DbError::NotReady`] says to run `jobsync migrate` (a SQLite file that does not
+    /// exist is not created; a PostgreSQL `database.schema` that does not exist is not created).
+    ///
+    /// A SQLite file is opened read-only (`mode=ro`). SQLite shares a WAL database's log through
+    /// `PATH-wal` and `PATH-shm`, and a read-only connection that finds them absent creates them
+    /// and cannot remove them. So when they are absent — no process has the file open, and the
+    /// file holds every commit — it is read as `immutable` (no log, no lock, no file created),
+    /// and the read counts only if the file did not change meanwhile and no log appeared: a
+    /// process that opened it during the read (a daemon's next cycle) has it read again, through
+    /// the log that process keeps. When they exist (a daemon is writing), they are shared as any
+    /// reader shares them: the read sees every commit and waits for no writer.
+    pub fn read_only<T>(
+        url: &str,
+        options: DbOptions,
+        mut read: impl FnMut(&mut Conn) -> Result<T, DbError>,
+    ) -> Result<T, DbError> {
+        let parsed = DatabaseUrl::parse(url).map_err(|reason| DbError::Url {
+            url: redact(url),
+            reason,
+        })?;
+        let path = match parsed {
+            DatabaseUrl::Sqlite(path) => path,
+            DatabaseUrl::Postgres(_) => {
+                if let Some(missing) = migrate::missing_schema(url, &options)? {
+                    return Err(DbError::NotReady(format!(
+                        "{missing}; run `jobsync migrate` or `jobsync --once` first"
+                    )));
+                }
+                let place = match options.schema.as_deref().filter(|s| *s != "public") {
+                    Some(schema) => format!(
+                        "schema `{schema}` of the PostgreSQL database {}",
+                        redact(url)
+                    ),
+                    None => format!("PostgreSQL database {}", redact(url)),
+                };
+                let db = Db::connect_with(url, options)?;
+                let mut conn = db.conn()?;
+                migrate::require_current(&mut conn, &place)?;
+                return read(&mut conn);
+            }
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            return Err(DbError::Connect {
+                backend: "sqlite",
+                reason: format!(
+                    "directory {} does not exist; create it or point database.url elsewhere",
+                    dir.display()
+                ),
+            });
+        }
+        if path.is_dir() {
+            return Err(DbError::Connect {
+                backend: "sqlite",
+                reason: is_a_directory(&path),
+            });
+        }
+        if !path.exists() {
+            return Err(DbError::NotReady(format!(
+                "no database at {}; run `jobsync migrate` or `jobsync --once` first",
+                path.display()
+            )));
+        }
+        // Immutable reads that met a writer are tried again; then the log is shared, whatever.
+        const IMMUTABLE_TRIES: usize = 3;
+        for attempt in 0.. {
+            let shared = attempt >= IMMUTABLE_TRIES || sqlite_in_use(&path);
+            let before = FileStamp::of(&path);
+            let db = Db {
+                backend: connect_sqlite_read_only(&path, shared)?,
+                fence: None,
+            };
+            let place = format!("SQLite database {}", path.display());
+            let value = db
+                .conn()
+                .and_then(|mut conn| {
+                    migrate::require_current(&mut conn, &place)?;
+                    read(&mut conn)
+                })
+                .map_err(|e| db.name_file(e));
+            drop(db);
+            if shared || (!sqlite_in_use(&path) && FileStamp::of(&path) == before) {
+                return value;
+            }
+            tracing::debug!(
+                database = %path.display(),
+                "the database changed during an immutable read; reading it again"
+            );
+        }
+        unreachable!("the last attempt returns")
+    }
+
     /// This handle, with its writes ([`Db::write`]) fenced by `fence`: each checks, in its own
     /// transaction, that the sync lock taken with `fence` is still this process's.
     pub fn fenced(&self, fence: Arc<lock::Fence>) -> Db {
@@ -219,6 +314,15 @@ impl Db {
                 source: Box::new(e),
             },
             (_, e) => e,
+        }
+    }
+
+    /// The database, as messages name it: `SQLite database PATH`, `PostgreSQL database URL`
+    /// (password masked).
+    fn place(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => format!("SQLite database {}", path.display()),
+            Backend::Pg { url, .. } => format!("PostgreSQL database {}", redact(url)),
         }
     }
 
@@ -498,17 +602,35 @@ fn connect_sqlite(path: PathBuf) -> Result<Backend, DbError> {
         )));
     }
     if path.is_dir() {
-        return Err(failed(format!(
-            "{} is a directory; point database.url at a file in it, e.g. sqlite://{}",
-            path.display(),
-            path.join("jobsync.db").display()
-        )));
+        return Err(failed(is_a_directory(&path)));
     }
     let url = path.to_string_lossy().to_string();
     // Open and read once before the pool exists: the real error (permissions, not a database),
     // by file name, and before the pool's PRAGMAs switch a file to WAL or migrations take their
     // lock beside it. SQLite opens files lazily, so only a read tells a database from a text file.
-    let mut probe = SqliteConnection::establish(&url).map_err(|e| {
+    probe_sqlite(&path, &url)?;
+    let pool = Pool::builder()
+        .max_size(4)
+        .min_idle(Some(0))
+        .connection_timeout(Duration::from_secs(30))
+        .connection_customizer(Box::new(SqlitePragmas))
+        .error_handler(Box::new(PoolErrorLog::Sqlite(path.clone())))
+        .build_unchecked(ConnectionManager::new(url));
+    Ok(Backend::Sqlite {
+        pool,
+        path,
+        checkpointer: Arc::default(),
+    })
+}
+
+/// Opens `url` (the file at `path`) and reads it once: the real error, by file name — it cannot
+/// be opened, it is not a SQLite database — with the fix.
+fn probe_sqlite(path: &Path, url: &str) -> Result<(), DbError> {
+    let failed = |reason: String| DbError::Connect {
+        backend: "sqlite",
+        reason,
+    };
+    let mut probe = SqliteConnection::establish(url).map_err(|e| {
         failed(format!(
             "cannot open {}: {e}; check the path and its permissions",
             path.display()
@@ -536,19 +658,89 @@ fn connect_sqlite(path: PathBuf) -> Result<Backend, DbError> {
                 )
             })
         })?;
-    drop(probe);
+    Ok(())
+}
+
+fn is_a_directory(path: &Path) -> String {
+    format!(
+        "{} is a directory; point database.url at a file in it, e.g. sqlite://{}",
+        path.display(),
+        path.join("jobsync.db").display()
+    )
+}
+
+/// A read-only pool on the SQLite file at `path`, for [`Db::read_only`]: `shared`, it shares the
+/// WAL files as any reader does (creating them when absent); else it reads the file alone, as
+/// `immutable`, and creates nothing. One connection, `query_only`.
+fn connect_sqlite_read_only(path: &Path, shared: bool) -> Result<Backend, DbError> {
+    let uri = sqlite_read_only_uri(path, shared);
+    probe_sqlite(path, &uri)?;
     let pool = Pool::builder()
-        .max_size(4)
+        .max_size(1)
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(30))
-        .connection_customizer(Box::new(SqlitePragmas))
-        .error_handler(Box::new(PoolErrorLog::Sqlite(path.clone())))
-        .build_unchecked(ConnectionManager::new(url));
+        .connection_customizer(Box::new(SqliteReadOnly))
+        .error_handler(Box::new(PoolErrorLog::Sqlite(path.to_path_buf())))
+        .build_unchecked(ConnectionManager::new(uri));
     Ok(Backend::Sqlite {
         pool,
-        path,
+        path: path.to_path_buf(),
         checkpointer: Arc::default(),
     })
+}
+
+/// `file:PATH?mode=ro` (and `&immutable=1` unless `shared`), the path percent-encoded as SQLite's
+/// URIs want (`?`, `#`, `%` and the rest are escaped).
+fn sqlite_read_only_uri(path: &Path, shared: bool) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut encoded = String::new();
+    for &byte in path.as_os_str().as_bytes() {
+        if byte.is_ascii_alphanumeric() || b"/._-~".contains(&byte) {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    // `file:///abs` (an empty authority) for an absolute path, `file:rel` for a relative one.
+    let authority = if encoded.starts_with('/') { "//" } else { "" };
+    let immutable = if shared { "" } else { "&immutable=1" };
+    format!("file:{authority}{encoded}?mode=ro{immutable}")
+}
+
+/// Whether a process may have the SQLite file at `path` open: its WAL files or a rollback
+/// journal exist beside it (SQLite removes them when the last connection closes).
+fn sqlite_in_use(path: &Path) -> bool {
+    ["-wal", "-shm", "-journal"].iter().any(|suffix| {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        Path::new(&name).exists()
+    })
+}
+
+/// What tells whether a file changed: its identity, size and modification time.
+#[derive(Debug, PartialEq, Eq)]
+struct FileStamp(Option<(u64, u64, u64, std::time::SystemTime)>);
+
+impl FileStamp {
+    fn of(path: &Path) -> FileStamp {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp(
+            std::fs::metadata(path)
+                .ok()
+                .and_then(|m| Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))),
+        )
+    }
+}
+
+/// The read-only pool's connections: wait for a writer as the others do, and refuse any write.
+#[derive(Debug)]
+struct SqliteReadOnly;
+
+impl CustomizeConnection<SqliteConnection, diesel::r2d2::Error> for SqliteReadOnly {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), diesel::r2d2::Error> {
+        conn.batch_execute("PRAGMA busy_timeout = 15000; PRAGMA query_only = ON;")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
 }
 
 /// `url` with libpq's TCP keepalives and user timeout, unless it sets them itself: a server that
@@ -852,6 +1044,70 @@ mod tests {
                 crate::config::SyncConfig::default().stall_secs
             ))
         );
+    }
+
+    #[test]
+    fn read_only_uris_escape_the_path() {
+        assert_eq!(
+            sqlite_read_only_uri(Path::new("/srv/a b/j?.db"), false),
+            "file:///srv/a%20b/j%3F.db?mode=ro&immutable=1"
+        );
+        assert_eq!(
+            sqlite_read_only_uri(Path::new("data/100%.db"), true),
+            "file:data/100%25.db?mode=ro"
+        );
+    }
+
+    #[test]
+    fn a_read_only_open_of_a_file_with_odd_characters_reads_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a b?#%.db");
+        let url = format!("sqlite://{}", path.display());
+        drop(Db::open(&url).unwrap());
+        let runs = Db::read_only(&url, DbOptions::default(), |c| {
+            repo::runs::recent(c, 5).map(|r| r.len())
+        })
+        .unwrap();
+        assert_eq!(runs, 0);
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(
+            left.len(),
+            2,
+            "the database and its .migrate.lock: {left:?}"
+        );
+    }
+
+    /// A process that opens the file, commits and closes it (its last connection copies the log
+    /// into the file and removes it) while `status` reads it as immutable: the read is made
+    /// again, and sees the commit.
+    #[test]
+    fn an_immutable_read_that_a_writer_met_is_made_again() {
+        use crate::db::models::NewOutboxRow;
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("j.db").display());
+        drop(Db::open(&url).unwrap());
+        let mut reads = 0;
+        let pending = Db::read_only(&url, DbOptions::default(), |c| {
+            reads += 1;
+            if reads == 1 {
+                let writer = Db::open(&url).unwrap();
+                let row = NewOutboxRow {
+                    op: "create".into(),
+                    campaign: Some(28),
+                    reference: Some("written meanwhile".into()),
+                    job_id: None,
+                    // Enough to grow the file: the change shows in its size, whatever the
+                    // clock's resolution.
+                    payload: format!("{{\"name\": \"{}\"}}", "x".repeat(200_000)),
+                };
+                repo::outbox::insert(&mut writer.conn().unwrap(), &[row]).unwrap();
+            }
+            let counts = repo::outbox::counts(c)?;
+            Ok(counts.iter().map(|(_, n)| n).sum::<i64>())
+        })
+        .unwrap();
+        assert_eq!((reads, pending), (2, 1));
+        assert!(!sqlite_in_use(&dir.path().join("j.db")));
     }
 
     #[test]
