@@ -8,6 +8,8 @@ mod common;
 // Hints grouped by where the mistake shows: talking to the API, the database, the command line.
 #[path = "first_hour_hints/api.rs"]
 mod api;
+#[path = "first_hour_hints/cli.rs"]
+mod cli;
 #[path = "first_hour_hints/db.rs"]
 mod db;
 

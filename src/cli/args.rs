@@ -115,6 +115,42 @@ pub struct ImportArgs {
     /// Validate every row and report, but insert nothing
     #[arg(long)]
     pub dry_run: bool,
+    /// CSV only: the character between cells (default `,`): one ASCII character, e.g. ';' for
+    /// a spreadsheet's export in a locale that writes decimal commas; `tab` (or `\t`) for tab
+    #[arg(long, value_name = "CHAR", value_parser = delimiter)]
+    pub delimiter: Option<u8>,
+}
+
+/// `--delimiter`: one ASCII character that can separate cells, `tab` or `\t` for tab.
+fn delimiter(text: &str) -> Result<u8, String> {
+    let byte = match text {
+        "tab" | "TAB" | "\\t" | "\t" => b'\t',
+        _ if text.len() == 1 && text.is_ascii() => text.as_bytes()[0],
+        _ => {
+            return Err(
+                "expected one ASCII character, e.g. ';' (or `tab` for tab); quote it for the \
+                 shell: --delimiter ';'"
+                    .into(),
+            );
+        }
+    };
+    let shown = if byte.is_ascii_graphic() {
+        (byte as char).to_string()
+    } else {
+        (byte as char).escape_default().to_string()
+    };
+    match byte {
+        b'"' | b'\n' | b'\r' => Err(format!(
+            "`{shown}` cannot separate cells (it quotes or ends them); expected e.g. ';', '|' or \
+             `tab`"
+        )),
+        _ if byte.is_ascii_alphanumeric() || (byte.is_ascii_control() && byte != b'\t') => {
+            Err(format!(
+                "`{shown}` cannot separate cells (cells hold it); expected e.g. ';', '|' or `tab`"
+            ))
+        }
+        _ => Ok(byte),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -1,4 +1,5 @@
-//! `jobsync import FILE [--format ndjson|csv] [--dry-run]`: appends CRM changes to the outbox.
+//! `jobsync import FILE [--format ndjson|csv] [--delimiter CHAR] [--dry-run]`: appends CRM
+//! changes to the outbox.
 //!
 //! The file is streamed: read, checked with the push's own validation, and inserted
 //! [`BATCH_ROWS`] rows at a time, so memory does not grow with the file. All of it goes in one
@@ -19,8 +20,10 @@ use crate::db::{Conn, Db};
 use crate::sync::push::{RowInput, check_payload_size, validate, validate_fields};
 use serde::Deserialize;
 use serde_json::Value;
+use std::cell::RefCell;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Bad lines printed in full; the rest are counted.
@@ -236,9 +239,11 @@ pub async fn run(config: &Config, args: ImportArgs) -> CliResult {
         Some(open_db(config).await?)
     };
     let name = source.clone();
-    let imported = tokio::task::spawn_blocking(move || import(input, format, &name, db.as_ref()))
-        .await
-        .map_err(|e| CliError::failed(format!("import task failed: {e}")))??;
+    let delimiter = args.delimiter.unwrap_or(b',');
+    let imported =
+        tokio::task::spawn_blocking(move || import(input, format, delimiter, &name, db.as_ref()))
+            .await
+            .map_err(|e| CliError::failed(format!("import task failed: {e}")))??;
     let count = imported.rows;
     if args.dry_run {
         outln!("dry run: {count} row(s) of {source} are valid; nothing was inserted");
@@ -260,6 +265,7 @@ pub async fn run(config: &Config, args: ImportArgs) -> CliResult {
 fn import(
     input: Box<dyn Read + Send>,
     format: ImportFormat,
+    delimiter: u8,
     source: &str,
     db: Option<&Db>,
 ) -> Result<Imported, CliError> {
@@ -267,7 +273,7 @@ fn import(
     let mut sink = Sink::new(conn.as_mut(), source);
     let read = match format {
         ImportFormat::Ndjson => read_ndjson(input, source, |n, row| sink.line(n, row)),
-        ImportFormat::Csv => read_csv(input, source, |n, row| sink.line(n, row)),
+        ImportFormat::Csv => read_csv(input, source, delimiter, |n, row| sink.line(n, row)),
     };
     let outcome = read.and_then(|()| sink.finish());
     if outcome.is_err() {
@@ -287,26 +293,53 @@ fn describe(file: &Path) -> String {
     }
 }
 
+/// The file's format: `--format`, else its extension; `--delimiter` means CSV where neither
+/// says otherwise (stdin, an unknown extension) and is refused where they say NDJSON.
 fn format_of(args: &ImportArgs) -> Result<ImportFormat, CliError> {
+    let format = format_named(args)?;
+    if args.delimiter.is_some() && format == Some(ImportFormat::Ndjson) {
+        let why = if args.format.is_some() {
+            "and --format ndjson reads NDJSON".to_string()
+        } else {
+            format!(
+                "and {} is read as NDJSON (from its extension)",
+                args.file.display()
+            )
+        };
+        return Err(CliError::usage(format!(
+            "--delimiter applies to CSV only, {why}; drop --delimiter, or pass --format csv if \
+             the file is CSV"
+        )));
+    }
+    match format {
+        Some(format) => Ok(format),
+        None if args.delimiter.is_some() => Ok(ImportFormat::Csv),
+        None if args.file.as_os_str() == "-" => Ok(ImportFormat::Ndjson),
+        None => Err(CliError::usage(format!(
+            "cannot tell the format of {} from its extension; pass --format ndjson or --format csv",
+            args.file.display()
+        ))),
+    }
+}
+
+/// The format `--format` or the file's extension names, if any.
+fn format_named(args: &ImportArgs) -> Result<Option<ImportFormat>, CliError> {
     if let Some(format) = args.format {
-        return Ok(format);
+        return Ok(Some(format));
     }
     if args.file.as_os_str() == "-" {
-        return Ok(ImportFormat::Ndjson);
+        return Ok(None);
     }
     let extension = args
         .file
         .extension()
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
-    match extension.as_deref() {
-        Some("csv") => Ok(ImportFormat::Csv),
-        Some("ndjson" | "jsonl" | "json") => Ok(ImportFormat::Ndjson),
-        _ => Err(CliError::usage(format!(
-            "cannot tell the format of {} from its extension; pass --format ndjson or --format csv",
-            args.file.display()
-        ))),
-    }
+    Ok(match extension.as_deref() {
+        Some("csv") => Some(ImportFormat::Csv),
+        Some("ndjson" | "jsonl" | "json") => Some(ImportFormat::Ndjson),
+        _ => None,
+    })
 }
 
 /// The one-line error for bytes that are not UTF-8 at `line` (`bytes[..valid]` are).
@@ -383,16 +416,51 @@ fn read_ndjson(
     }
 }
 
-/// A CSV input that refuses to hand out more than [`MAX_LINE_BYTES`] (and a buffer) between two
-/// records: the reader resets `since_record` after each one.
-struct RecordCapped<R> {
-    inner: R,
-    since_record: std::rc::Rc<std::cell::Cell<usize>>,
+/// The CSV reader's buffer: the most it holds of the input that it has not yet parsed.
+const CSV_BUFFER: usize = 8 * 1024;
+
+/// What [`Tracked`] knows of the input it has handed to the CSV reader.
+struct Stream {
+    /// Bytes handed out since the last record ended: at most about one row's worth is read
+    /// between two records, as an unterminated quote (or `/dev/zero`) would otherwise make one
+    /// record of the whole rest of the file.
+    since_record: usize,
+    /// Bytes handed out in all.
+    handed: u64,
+    /// The last bytes handed out, byte `i` at `i % len`: enough to hold all the reader has not
+    /// parsed yet, and the last byte it did.
+    recent: Box<[u8]>,
 }
 
-impl<R: Read> Read for RecordCapped<R> {
+impl Stream {
+    fn new() -> Self {
+        Stream {
+            since_record: 0,
+            handed: 0,
+            recent: vec![0; 2 * CSV_BUFFER].into_boxed_slice(),
+        }
+    }
+
+    /// The byte at `offset`, if it is still held.
+    fn byte_at(&self, offset: u64) -> Option<u8> {
+        let len = self.recent.len() as u64;
+        (offset < self.handed && self.handed - offset <= len)
+            .then(|| self.recent[(offset % len) as usize])
+    }
+}
+
+/// A CSV input that refuses to hand out more than [`MAX_LINE_BYTES`] (and a buffer) between two
+/// records (the reader resets `since_record` after each one), and keeps the last bytes it handed
+/// out, for line numbers.
+struct Tracked<R> {
+    inner: R,
+    stream: Rc<RefCell<Stream>>,
+}
+
+impl<R: Read> Read for Tracked<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.since_record.get() > MAX_LINE_BYTES + 64 * 1024 {
+        let mut stream = self.stream.borrow_mut();
+        if stream.since_record > MAX_LINE_BYTES + 64 * 1024 {
             return Err(std::io::Error::other(format!(
                 "a record longer than {} KiB, more than any row can be (an unterminated quote?); \
                  nothing of the file is imported",
@@ -400,8 +468,49 @@ impl<R: Read> Read for RecordCapped<R> {
             )));
         }
         let n = self.inner.read(buf)?;
-        self.since_record.set(self.since_record.get() + n);
+        let len = stream.recent.len();
+        // Only the last `len` bytes of a larger read can still be asked for.
+        let kept = &buf[n.saturating_sub(len)..n];
+        let at = ((stream.handed + (n - kept.len()) as u64) % len as u64) as usize;
+        let first = kept.len().min(len - at);
+        stream.recent[at..at + first].copy_from_slice(&kept[..first]);
+        stream.recent[..kept.len() - first].copy_from_slice(&kept[first..]);
+        stream.since_record += n;
+        stream.handed += n as u64;
         Ok(n)
+    }
+}
+
+/// Where a CSV record is, in the lines an editor shows. The CSV reader's own line numbers count
+/// the newlines it has parsed when a record begins, which is one short after a CRLF line (it
+/// ends a record at the `\r`, and its `\n` opens the next one) or a blank line.
+struct Lines {
+    stream: Rc<RefCell<Stream>>,
+    /// The line the next record is expected on (blank lines before it aside).
+    next: u64,
+}
+
+impl Lines {
+    /// The line where `record`, just read, begins: the lines parsed up to its end, less the
+    /// line breaks inside its cells (a quoted cell spanning lines) and the `\n` that ended it.
+    fn of(&mut self, record: &csv::ByteRecord, end: &csv::Position) -> u64 {
+        let inside: u64 = record
+            .iter()
+            .map(|cell| cell.iter().filter(|&&b| b == b'\n').count() as u64)
+            .sum();
+        let last = end
+            .byte()
+            .checked_sub(1)
+            .and_then(|at| self.stream.borrow().byte_at(at));
+        let (ended_by_lf, next) = match last {
+            Some(b'\n') => (1, end.line()),
+            // A CRLF line: the `\n` is still to be parsed.
+            Some(b'\r') => (0, end.line() + 1),
+            _ => (0, end.line()),
+        };
+        self.next = next;
+        self.stream.borrow_mut().since_record = 0;
+        end.line().saturating_sub(inside + ended_by_lf).max(1)
     }
 }
 
@@ -413,30 +522,45 @@ fn looks_like_csv(line: &str) -> bool {
 /// The columns of an import CSV, in their usual order.
 const COLUMNS: [&str; 5] = ["op", "campaign", "reference", "job_id", "payload"];
 
-/// Reads CSV records, passing each one's line number and checked row to `emit`.
+/// Reads CSV records, cells separated by `delimiter`, passing each one's line number (where it
+/// begins, as an editor counts lines) and checked row to `emit`.
 fn read_csv(
     input: impl Read,
     source: &str,
+    delimiter: u8,
     mut emit: impl FnMut(u64, Result<NewOutboxRow, String>) -> CliResult,
 ) -> CliResult {
-    // csv-core skips a UTF-8 byte order mark at the start. At most about one row's worth is read
-    // between two records: an unterminated quote (or `/dev/zero`) would otherwise make one
-    // record of the whole rest of the file.
-    let since_record = std::rc::Rc::new(std::cell::Cell::new(0usize));
-    let input = RecordCapped {
+    // csv-core skips a UTF-8 byte order mark at the start.
+    let stream = Rc::new(RefCell::new(Stream::new()));
+    let input = Tracked {
         inner: input,
-        since_record: since_record.clone(),
+        stream: stream.clone(),
     };
-    let mut reader = csv::ReaderBuilder::new().flexible(false).from_reader(input);
+    let mut lines = Lines { stream, next: 1 };
+    let mut reader = csv::ReaderBuilder::new()
+        .flexible(false)
+        .delimiter(delimiter)
+        .buffer_capacity(CSV_BUFFER)
+        .from_reader(input);
     let raw = reader
         .byte_headers()
         .map_err(|e| CliError::usage(format!("cannot read the CSV header of {source}: {e}")))?
         .clone();
+    let header_line = lines.of(&raw, reader.position());
     let mut headers = Vec::with_capacity(raw.len());
     for field in &raw {
         let name = std::str::from_utf8(field)
-            .map_err(|e| not_utf8(source, 1, "the header: ", field, e.valid_up_to()))?;
+            .map_err(|e| not_utf8(source, header_line, "the header: ", field, e.valid_up_to()))?;
         headers.push(name.trim());
+    }
+    if let [single] = headers[..]
+        && !COLUMNS.contains(&single)
+        && let Some(hint) = other_delimiter(single, delimiter)
+    {
+        return Err(CliError::usage(format!(
+            "{source}:{header_line}: the CSV header is one column, `{single}`: it looks \
+             {hint}"
+        )));
     }
     if let Some(unknown) = headers.iter().find(|h| !COLUMNS.contains(h)) {
         return Err(CliError::usage(format!(
@@ -461,17 +585,17 @@ fn read_csv(
     let columns = COLUMNS.map(column);
     let mut record = csv::ByteRecord::new();
     loop {
-        let number;
         let read = reader.read_byte_record(&mut record);
-        since_record.set(0);
-        let checked = match read {
+        let number = match &read {
             Ok(false) => return Ok(()),
             Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => {
-                let line = e.position().map_or(0, |p| p.line());
-                return Err(CliError::usage(format!("{source}:{line}: {e}")));
+                return Err(CliError::usage(format!("{source}:{}: {e}", lines.next)));
             }
-            Ok(true) => {
-                number = record.position().map_or(0, |p| p.line());
+            // A record read whole, even one with the wrong number of cells.
+            Ok(true) | Err(_) => lines.of(&record, reader.position()),
+        };
+        let checked = match read {
+            Ok(_) => {
                 let mut cells: [Option<&str>; 5] = [None; 5];
                 for (cell, (index, name)) in cells.iter_mut().zip(columns.iter().zip(COLUMNS)) {
                     let Some(bytes) = index.and_then(|i| record.get(i)) else {
@@ -485,13 +609,44 @@ fn read_csv(
                 }
                 csv_line(cells).and_then(Line::check)
             }
-            Err(e) => {
-                number = e.position().map_or(0, |p| p.line());
-                Err(format!("not a valid CSV row: {e}"))
-            }
+            Err(e) => Err(format!("not a valid CSV row: {}", without_position(&e))),
         };
         emit(number, checked)?;
     }
+}
+
+/// A CSV error's text without the position the CSV reader gives (its line is one short after a
+/// CRLF line; the caller names the line).
+fn without_position(e: &csv::Error) -> String {
+    match e.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!(
+            "found record with {len} fields, but the previous record has {expected_len} fields"
+        ),
+        _ => e.to_string(),
+    }
+}
+
+/// For a one-column CSV header read with `delimiter`: the separator it seems to use instead, and
+/// the flag that reads it (`None` if it holds none).
+fn other_delimiter(header: &str, delimiter: u8) -> Option<String> {
+    let (sep, _) = [b',', b';', b'\t', b'|']
+        .into_iter()
+        .filter(|&c| c != delimiter)
+        .map(|c| (c, header.bytes().filter(|&b| b == c).count()))
+        .filter(|&(_, n)| n > 0)
+        .max_by_key(|&(_, n)| n)?;
+    Some(match sep {
+        b',' => {
+            "comma-separated; drop `--delimiter` (cells are separated by `,` by default)".into()
+        }
+        b'\t' => "tab-separated; pass `--delimiter tab`".into(),
+        c => format!(
+            "`{}`-separated; pass `--delimiter '{}'`",
+            c as char, c as char
+        ),
+    })
 }
 
 /// A CSV record's cells, in the order of [`COLUMNS`], blank cells `None`.
@@ -543,11 +698,11 @@ mod tests {
     }
 
     fn csv_text(text: &str) -> Parsed {
-        collect(|emit| read_csv(text.as_bytes(), "t.csv", emit))
+        collect(|emit| read_csv(text.as_bytes(), "t.csv", b',', emit))
     }
 
     fn csv_error(bytes: &[u8]) -> String {
-        let err = read_csv(bytes, "t.csv", |_, _| Ok(())).unwrap_err();
+        let err = read_csv(bytes, "t.csv", b',', |_, _| Ok(())).unwrap_err();
         assert_eq!(err.code, 2);
         err.message
     }
@@ -589,7 +744,10 @@ mod tests {
     fn an_unterminated_csv_quote_stops_the_file_after_one_row_of_it() {
         let head = std::io::Cursor::new(b"op,campaign,reference,payload\ncreate,28,a,\"{".to_vec());
         let rest = std::io::Read::take(std::io::repeat(b'x'), 1 << 40);
-        let err = read_csv(std::io::Read::chain(head, rest), "t.csv", |_, _| Ok(())).unwrap_err();
+        let err = read_csv(std::io::Read::chain(head, rest), "t.csv", b',', |_, _| {
+            Ok(())
+        })
+        .unwrap_err();
         assert_eq!(err.code, 2);
         assert!(err.message.contains("1024 KiB"), "{}", err.message);
     }
@@ -701,6 +859,75 @@ mod tests {
         assert_eq!(parsed.bad.len(), 1);
         assert_eq!(parsed.bad[0].0, 4);
         assert!(parsed.bad[0].1.contains("job_id `x`"));
+    }
+
+    #[test]
+    fn csv_bad_lines_are_numbered_as_an_editor_shows_them() {
+        let rows = [
+            "op,campaign,reference,job_id,payload",
+            "unqueue,,,7,",
+            "patch,,,x,",
+            "",
+            "patch,,,y,",
+            "patch,,,8,\"{\"\"city\"\": ",
+            "\"\"Lyon\"\"}\"",
+            "patch,,,z,",
+            "unqueue,,,9",
+            "patch,,,w,",
+        ];
+        for end in ["\n", "\r\n"] {
+            let parsed = csv_text(&rows.join(end));
+            let lines: Vec<u64> = parsed.bad.iter().map(|b| b.0).collect();
+            assert_eq!(lines, [3, 5, 8, 9, 10], "{end:?}: {:?}", parsed.bad);
+            assert_eq!(parsed.rows.len(), 2, "{end:?}");
+            assert!(
+                !parsed.bad[3].1.contains("line"),
+                "no line number of the CSV reader's own: {}",
+                parsed.bad[3].1
+            );
+        }
+        // Lines beyond the reader's buffer.
+        let mut text = String::from("op,job_id\r\n");
+        for n in 0..5000 {
+            text.push_str(&format!("unqueue,{}\r\n", n + 1));
+        }
+        text.push_str("unqueue,x\r\n");
+        assert_eq!(csv_text(&text).bad[0].0, 5002);
+    }
+
+    #[test]
+    fn a_one_column_header_names_the_delimiter_it_seems_to_use() {
+        let err = csv_error(b"op;campaign;reference;job_id;payload\r\nunqueue;;;5;\r\n");
+        assert_eq!(
+            err,
+            "t.csv:1: the CSV header is one column, `op;campaign;reference;job_id;payload`: it \
+             looks `;`-separated; pass `--delimiter ';'`"
+        );
+        assert!(csv_error(b"op\tjob_id\n").ends_with("tab-separated; pass `--delimiter tab`"));
+        assert!(csv_error(b"op|job_id\n").ends_with("pass `--delimiter '|'`"));
+        let err = read_csv(&b"op,job_id\n"[..], "t.csv", b';', |_, _| Ok(()))
+            .unwrap_err()
+            .message;
+        assert!(err.contains("comma-separated; drop `--delimiter`"), "{err}");
+        let mut parsed = Parsed::default();
+        read_csv(
+            &b"op;job_id;payload\nunqueue;5;\npatch;6;\"{\"\"city\"\": \"\"Lyon; Rhone\"\"}\"\n"[..],
+            "t.csv",
+            b';',
+            |line, checked| {
+                match checked {
+                    Ok(row) => parsed.rows.push(row),
+                    Err(reason) => parsed.bad.push((line, reason)),
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert_eq!((parsed.rows.len(), parsed.bad.len()), (2, 0), "{parsed:?}");
+        assert_eq!(parsed.rows[1].payload, r#"{"city": "Lyon; Rhone"}"#);
+        // One column that is a known one, or holds no separator: the usual answers.
+        assert!(csv_error(b"job_id\n5\n").contains("no `op` column"));
+        assert!(csv_error(b"colour\n").contains("unknown CSV column `colour`"));
     }
 
     #[test]

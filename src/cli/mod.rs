@@ -103,7 +103,7 @@ async fn dispatch(cli: Cli) -> CliResult {
         api_base_url: cli.global.api_base_url.clone(),
     };
     let cli_database_url = cli.global.database_url.is_some();
-    let command = command_of(cli.command, cli.once, cli_database_url)?;
+    let command = command_of(cli.command, cli.once, &cli.global)?;
     if let Command::Simulate(args) = command {
         // The simulator needs no database; it only borrows the token when one is configured.
         let token = config::load(&overrides)
@@ -151,13 +151,16 @@ async fn dispatch(cli: Cli) -> CliResult {
 }
 
 /// The command to run. Flags that would mean nothing for it are refused rather than ignored:
-/// `--once` belongs to `run` (`jobsync --once status` would otherwise just print the status), and
-/// `demo --force` only matters for a database named with `--database-url`.
+/// `--once` belongs to `run` (`jobsync --once status` would otherwise just print the status),
+/// `demo --force` only matters for a database named with `--database-url`, the simulator has no
+/// database and is no client of an API, and the demo syncs from a simulator of its own.
 fn command_of(
     command: Option<Command>,
     once: bool,
-    database_url: bool,
+    global: &GlobalArgs,
 ) -> Result<Command, CliError> {
+    let database_url = global.database_url.is_some();
+    let api_base_url = global.api_base_url.is_some();
     match command {
         None => Ok(Command::Run { once }),
         Some(Command::Run { once: run_once }) => Ok(Command::Run {
@@ -170,6 +173,18 @@ fn command_of(
         Some(Command::Demo { force: true }) if !database_url => Err(CliError::usage(
             "demo --force only matters with --database-url (it lets the demo write into a \
              database holding other data); without it the demo recreates ./jobsync-demo.db anyway",
+        )),
+        Some(Command::Demo { .. }) if api_base_url => Err(CliError::usage(
+            "--api-base-url means nothing to `jobsync demo` (it syncs from a simulator of its \
+             own); drop it, or run `jobsync --once --api-base-url URL` to sync from that API",
+        )),
+        Some(Command::Simulate(_)) if database_url => Err(CliError::usage(
+            "--database-url means nothing to `jobsync simulate` (it keeps its jobs in memory); \
+             drop it",
+        )),
+        Some(Command::Simulate(_)) if api_base_url => Err(CliError::usage(
+            "--api-base-url means nothing to `jobsync simulate` (it is the API: it serves on \
+             --listen, default 127.0.0.1:8080); drop it, or pass --listen ADDR",
         )),
         Some(command) => Ok(command),
     }

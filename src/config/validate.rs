@@ -182,12 +182,31 @@ fn check_schedule(key: &'static str, expr: &str) -> Result<(), Failure> {
             ),
         ));
     }
-    croner::parser::CronParser::builder()
+    let cron = croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
         .build()
         .parse(expr)
-        .map(|_| ())
-        .map_err(|e| (key, format!("not a valid cron expression: {e}")))
+        .map_err(|e| (key, format!("not a valid cron expression: {e}")))?;
+    // croner searches up to the year 5000: an expression it finds no time for never fires, and
+    // the scheduler would take it and wait for ever.
+    if cron
+        .find_next_occurrence(&chrono::Utc::now(), false)
+        .is_err()
+    {
+        let what = match key {
+            "verify.schedule" => "no verify would ever run",
+            _ => "the daemon would never sync",
+        };
+        return Err((
+            key,
+            format!(
+                "never fires (no time from now on matches it: a day its months do not have, such \
+                 as 30 February or 31 April, or a year that has passed); {what}: name days that \
+                 exist, e.g. \"0 0 3 28 2 *\" for 28 February at 03:00 UTC"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `value` must exceed `api.timeout_secs` (`timeout`), for the reason `why`.
