@@ -330,6 +330,21 @@ impl Db {
         matches!(self.backend, Backend::Sqlite { .. })
     }
 
+    /// Whether this database takes one writer at a time (SQLite). Its writers queue on the
+    /// database lock anyway, and its busy handler polls, so callers that would write
+    /// concurrently wait better on a mutex of their own. PostgreSQL takes concurrent writes to
+    /// distinct rows (the changefeed's append is serialised by its own lock).
+    pub fn serialises_writers(&self) -> bool {
+        self.is_sqlite()
+    }
+
+    /// How many campaign listings a pull should store at once: each takes a connection and
+    /// keeps one writer busy. PostgreSQL's server works on two at once (both of a small
+    /// machine's cores); SQLite has one writer, so one listing at a time.
+    pub fn max_parallel_listings(&self) -> usize {
+        if self.serialises_writers() { 1 } else { 2 }
+    }
+
     /// The SQLite file, for the kernel file lock that keeps a second syncer out.
     pub fn sqlite_path(&self) -> Option<&Path> {
         match &self.backend {

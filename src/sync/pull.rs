@@ -33,8 +33,6 @@ const WINDOW_MARGIN: Duration = Duration::hours(2);
 const CLOCK_SKEW_MARGIN: Duration = Duration::seconds(60);
 /// A campaign whose listing the API refused is tried again after this long (on the API's clock).
 const REFUSED_RETRY_AFTER: Duration = Duration::hours(1);
-/// Full listings stored at once on PostgreSQL.
-const PG_LISTINGS_AT_ONCE: usize = 2;
 /// Jobs per database transaction while streaming a listing.
 pub const BATCH_SIZE: usize = 2000;
 
@@ -357,14 +355,8 @@ async fn list_campaigns(
         stats.full = true;
         db.run(runs::mark_current_full).await?;
     }
-    // PostgreSQL stores two listings at once, one connection each, so that its server works on
-    // both of a small machine's cores (a listing's writes keep one busy); the changefeed's
-    // appends still take turns under its lock. SQLite has one writer: one listing at a time.
-    let width = if db.is_sqlite() {
-        1
-    } else {
-        PG_LISTINGS_AT_ONCE
-    };
+    // The changefeed's appends still take turns under its lock, whatever the width.
+    let width = db.max_parallel_listings();
     let first_new = stats.campaigns_listed.len();
     let mut waiting = campaigns.iter().copied();
     let mut running = FuturesUnordered::new();

@@ -87,7 +87,7 @@ impl Default for PushTuning {
 
 /// What a push remembers between its rounds.
 #[derive(Debug, Default)]
-struct RunState {
+struct PushMemory {
     /// Rows not to touch again in this run: sent in it (with any outcome but a settled one), or
     /// whose lookup failed. They hold back the later rows of their target.
     blocked: RowSet,
@@ -149,7 +149,7 @@ pub async fn run_counted(
     stats: &mut PushStats,
 ) -> Result<(), SyncError> {
     let started = std::time::Instant::now();
-    let mut st = RunState::default();
+    let mut st = PushMemory::default();
     let result = push_windows(db, client, config, tuning, stop, &mut st).await;
     *stats = st.stats;
     tracing::info!(
@@ -180,7 +180,7 @@ async fn push_windows(
     config: &PushConfig,
     tuning: PushTuning,
     stop: &StopFlag,
-    st: &mut RunState,
+    st: &mut PushMemory,
 ) -> Result<(), SyncError> {
     let limits = send::Limits {
         max_row_attempts: config.max_row_attempts.max(1),
@@ -219,7 +219,7 @@ async fn push_pass(
     (ceiling, window): (i64, i64),
     limits: send::Limits,
     stop: &StopFlag,
-    st: &mut RunState,
+    st: &mut PushMemory,
 ) -> Result<bool, SyncError> {
     let started = std::time::Instant::now();
     let mut pipeline = send::Pipeline::new(db, client, limits, stop);
@@ -352,7 +352,7 @@ async fn plan_with_mirror(
 async fn plan_groups(
     plan: RoundPlan,
     db: &Db,
-    st: &mut RunState,
+    st: &mut PushMemory,
 ) -> Result<Vec<plan::Group>, SyncError> {
     let mut updates: Vec<(i64, RowUpdate)> = Vec::new();
     let counts = RunCounts {

@@ -25,7 +25,7 @@
 
 use super::plan::{fields_that_differ, intent_of};
 use super::send::{Limits, row_backoff};
-use super::{PushTuning, RunState};
+use super::{PushMemory, PushTuning};
 use crate::api::models::{Job, JobFields};
 use crate::api::{ApiClient, ApiError, ListQuery};
 use crate::db::models::{ChangeSource, JobContent, MirrorRow, OpenRow};
@@ -77,7 +77,7 @@ pub async fn resolve_in_doubt(
     db: &Db,
     client: &ApiClient,
     rows: &[OpenRow],
-    st: &mut RunState,
+    st: &mut PushMemory,
     limits: Limits,
 ) -> Result<bool, SyncError> {
     let Limits {
@@ -239,7 +239,7 @@ fn found_verdict(create: &InDoubt, job: Job) -> Verdict {
 async fn record(
     db: &Db,
     verdicts: Vec<(&OpenRow, Verdict)>,
-    st: &mut RunState,
+    st: &mut PushMemory,
     max_row_attempts: u32,
     tuning: PushTuning,
 ) -> Result<(), SyncError> {

@@ -304,11 +304,10 @@ pub fn lock_lost(db: &Db) -> SyncError {
     SyncError::Db(crate::db::DbError::LockLost(why))
 }
 
-/// On SQLite, one writer at a time: its writers queue on the database lock anyway, and its busy
-/// handler polls, so they wait better here. PostgreSQL takes the chunks' writes concurrently (each
-/// touches its own rows; the changefeed's append is serialised by its own lock).
+/// The chunks' writes take turns here when the database serialises its writers anyway (see
+/// [`Db::serialises_writers`]); otherwise they go concurrently, each touching its own rows.
 async fn one_writer<'a>(db: &Db, writer: &'a Mutex<()>) -> Option<tokio::sync::MutexGuard<'a, ()>> {
-    if db.is_sqlite() {
+    if db.serialises_writers() {
         Some(writer.lock().await)
     } else {
         None
