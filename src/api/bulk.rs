@@ -1,7 +1,7 @@
 //! The bulk endpoints: inputs of any length are cut into calls of at most `bulk_size` items, sent
 //! `concurrency` at a time, and answered with one [`ItemOutcome`] per input, in input order.
 //!
-//! Rules (SPEC §4 Push):
+//! Rules (docs/contract.md §4 Push):
 //! - a whole request answered 400/413/422 is split in halves until the bad items are isolated; a
 //!   single item answered so is `Rejected`;
 //! - a create whose request may have reached the server (timeout, broken connection, undecodable

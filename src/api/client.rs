@@ -50,7 +50,7 @@ pub struct ClientOptions {
 }
 
 impl ClientOptions {
-    /// The options with SPEC §2's defaults.
+    /// The options with docs/contract.md §2's defaults.
     pub fn new(base_url: Url, token: TokenSource) -> Self {
         ClientOptions {
             base_url,

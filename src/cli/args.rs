@@ -1,4 +1,4 @@
-//! The command line of SPEC §1.
+//! The command line of docs/contract.md §1.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! Configuration (SPEC §2), layered with figment; later layers win:
+//! Configuration (docs/contract.md §2), layered with figment; later layers win:
 //! built-in defaults → `config/default.toml` (or `/etc/jobsync/config.toml`) → the file named by
 //! `--config` / `JOBSYNC_CONFIG` → `JOBSYNC_*` environment variables (nesting with `__`, e.g.
 //! `JOBSYNC_API__TOKEN`, `JOBSYNC_DATABASE__URL`, `JOBSYNC_SYNC__CAMPAIGNS=28,29`) → flags.

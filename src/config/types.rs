@@ -1,4 +1,4 @@
-//! The typed configuration, with the built-in defaults of SPEC §2.
+//! The typed configuration, with the built-in defaults of docs/contract.md §2.
 
 use crate::secret::Secret;
 use serde::{Deserialize, Deserializer, Serialize};

@@ -1,5 +1,5 @@
-//! The outbox row's `status`, typed: the contract's five words (SPEC §3) exist only here, and
-//! every transition between them is a named function of [`crate::db::repo::outbox`].
+//! The outbox row's `status`, typed: the contract's five words (docs/contract.md §3) exist only
+//! here, and every transition between them is a named function of [`crate::db::repo::outbox`].
 //!
 //! ```text
 //! pending ──send──> in_flight ──answer──> done | failed | superseded

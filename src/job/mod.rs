@@ -104,8 +104,8 @@ macro_rules! define_job {
 
         impl Job {
             /// The job with its datetimes truncated to microseconds, the precision both
-            /// database backends keep (SPEC §3), so that a stored row and a fresh answer
-            /// compare equal.
+            /// database backends keep (docs/contract.md §3), so that a stored row and a fresh
+            /// answer compare equal.
             pub fn truncated_to_micros(self) -> Self {
                 Job {
                     $id: self.$id,

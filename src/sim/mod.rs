@@ -1,6 +1,6 @@
-//! A faithful local stand-in for the Jobs API (SPEC §6): the eight documented endpoints under
-//! `/j/` with bearer-token auth, control routes under `/_sim/` for tests, a dialer that moves
-//! jobs through their states, injectable faults, and a clock that can be shifted.
+//! A faithful local stand-in for the Jobs API (docs/contract.md §6): the eight documented
+//! endpoints under `/j/` with bearer-token auth, control routes under `/_sim/` for tests, a dialer
+//! that moves jobs through their states, injectable faults, and a clock that can be shifted.
 //!
 //! Everything lives in memory. `spawn` serves in a background task; `run_cli` is the
 //! `jobsync simulate` command.

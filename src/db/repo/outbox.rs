@@ -55,8 +55,8 @@ pub fn list(
     Ok(rows)
 }
 
-/// The highest row id now: a push works on the rows that existed when it started (SPEC §4), so
-/// a CRM that keeps writing never keeps a cycle from ending.
+/// The highest row id now: a push works on the rows that existed when it started (docs/contract.md
+/// §4), so a CRM that keeps writing never keeps a cycle from ending.
 pub fn ceiling(conn: &mut Conn) -> Result<i64, DbError> {
     let max: Option<i64> = with_conn!(conn, |c| outbox::table
         .select(diesel::dsl::max(outbox::id))

@@ -1,5 +1,6 @@
-//! Retention (SPEC §2 `retention.*`): old changefeed rows, settled outbox rows, run history and
-//! mirror rows deleted upstream long ago. `failed` outbox rows are kept until someone acts.
+//! Retention (docs/contract.md §2 `retention.*`): old changefeed rows, settled outbox rows, run
+//! history and mirror rows deleted upstream long ago. `failed` outbox rows are kept until someone
+//! acts.
 
 use crate::config::RetentionConfig;
 use crate::db::models::OutboxStatus;

@@ -1,4 +1,5 @@
-//! Push: drains the outbox to the API through the bulk endpoints, exactly once (SPEC §4).
+//! Push: drains the outbox to the API through the bulk endpoints, exactly once (docs/contract.md
+//! §4).
 //!
 //! A push works on the rows that existed when it started (`id <=` the highest id then), in
 //! passes over the outbox. A pass reads it in windows of `push.window_rows` rows (3,000 by

@@ -1,6 +1,6 @@
-//! One push round, planned from the open outbox rows and the mirror (SPEC §4): invalid rows fail
-//! alone; per target, the longest prefix of its rows (in id order) that coalesces into one
-//! operation is taken; rows behind it wait for the next round.
+//! One push round, planned from the open outbox rows and the mirror (docs/contract.md §4): invalid
+//! rows fail alone; per target, the longest prefix of its rows (in id order) that coalesces into
+//! one operation is taken; rows behind it wait for the next round.
 //!
 //! Coalescing rules:
 //! - create + patch… → one create with the merged fields (later fields win);

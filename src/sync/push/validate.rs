@@ -1,5 +1,6 @@
-//! What makes an outbox row valid on its own (SPEC §3), independent of the mirror: the push and
-//! `jobsync import` share this one check, so a file that imports cleanly never fails here.
+//! What makes an outbox row valid on its own (docs/contract.md §3), independent of the mirror:
+//! the push and `jobsync import` share this one check, so a file that imports cleanly never fails
+//! here.
 
 use crate::api::models::{JobFields, check_writable_fields};
 use crate::db::models::{NewOutboxRow, OpenRow};
