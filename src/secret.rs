@@ -16,12 +16,43 @@ use std::sync::RwLock;
 
 /// Secrets [`scrub`] masks wherever they appear.
 static KNOWN: RwLock<Vec<String>> = RwLock::new(Vec::new());
-/// Shorter secrets are not masked in free text: masking every `abc` would garble messages, and
-/// such a secret protects nothing anyway.
-const MIN_SECRET_CHARS: usize = 4;
+/// Shorter secrets are masked only where they stand as a whole word ([`mask`]), and are not
+/// registered for the log sink at all: masking every `abc` would garble messages, and such a
+/// secret protects nothing anyway.
+pub const MIN_SECRET_CHARS: usize = 4;
 /// The longest text [`scrub`] lets through.
 pub const MAX_TEXT_CHARS: usize = 1000;
-const MASK: &str = "***";
+/// What a secret is shown as, wherever jobsync shows text.
+pub const MASK: &str = "***";
+
+/// `text` with `secret` replaced by [`MASK`]: everywhere when it has [`MIN_SECRET_CHARS`] or
+/// more characters, otherwise only where it is not part of a longer alphanumeric run. The one
+/// masking rule, used by the log sink, [`scrub`] and the database URL's scrubber alike.
+pub fn mask(text: &str, secret: &str) -> String {
+    if secret.is_empty() {
+        return text.to_string();
+    }
+    if secret.chars().count() >= MIN_SECRET_CHARS {
+        return text.replace(secret, MASK);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (i, _) in text.match_indices(secret) {
+        if i < at {
+            continue;
+        }
+        let before = text[..i].chars().next_back();
+        let after = text[i + secret.len()..].chars().next();
+        let alone = |c: Option<char>| !c.is_some_and(char::is_alphanumeric);
+        if alone(before) && alone(after) {
+            out.push_str(&text[at..i]);
+            out.push_str(MASK);
+            at = i + secret.len();
+        }
+    }
+    out.push_str(&text[at..]);
+    out
+}
 
 /// Makes [`scrub`] and the log sink ([`mask_known`]) mask `secret` from now on (the token, each
 /// time it is read; the database password; credentials in `api.base_url`). Its JSON-escaped
@@ -52,7 +83,7 @@ pub fn mask_known(text: &str) -> Option<String> {
     for secret in known.iter() {
         let current = masked.as_deref().unwrap_or(text);
         if current.contains(secret.as_str()) {
-            masked = Some(current.replace(secret.as_str(), MASK));
+            masked = Some(mask(current, secret));
         }
     }
     masked

@@ -8,15 +8,14 @@
 //! without a scheme. A URL whose structure is unclear is shown as `scheme://*** (unparseable)`:
 //! guessing which part is the password could echo it.
 //!
-//! It lives in `config`, where the URL is read and validated, and `db` re-exports it: the two
-//! modules must not import each other.
+//! It lives in `config`, where the URL is read and validated, and `db` re-exports it (`db` may
+//! import `config`, never the other way). The mask and its rule for short secrets are
+//! `secret`'s, as everywhere.
 
-const MASK: &str = "***";
+use crate::secret::{MASK, mask};
+
 /// Parameters whose value is a secret (libpq: `password`, and `sslpassword` for the client key).
 const SECRET_KEYS: [&str; 2] = ["password", "sslpassword"];
-/// Secrets shorter than this are masked in free text only where they stand as a whole word;
-/// masking every `a` of a message would garble it.
-const SHORT_SECRET: usize = 4;
 
 /// A database URL or connection string with every password replaced by `***`, for messages.
 pub fn redact(input: &str) -> String {
@@ -352,37 +351,11 @@ pub fn secrets(input: &str) -> Vec<String> {
 fn mask_secrets(text: &str, secrets: &[String]) -> String {
     let mut text = text.to_string();
     for secret in secrets {
-        if secret == MASK {
-            continue;
+        if secret != MASK {
+            text = mask(&text, secret);
         }
-        text = if secret.chars().count() >= SHORT_SECRET {
-            text.replace(secret.as_str(), MASK)
-        } else {
-            replace_words(&text, secret)
-        };
     }
     text
-}
-
-/// Replaces `word` where it is not part of a longer alphanumeric run.
-fn replace_words(text: &str, word: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut at = 0;
-    for (i, _) in text.match_indices(word) {
-        if i < at {
-            continue;
-        }
-        let before = text[..i].chars().next_back();
-        let after = text[i + word.len()..].chars().next();
-        let alone = |c: Option<char>| !c.is_some_and(char::is_alphanumeric);
-        if alone(before) && alone(after) {
-            out.push_str(&text[at..i]);
-            out.push_str(MASK);
-            at = i + word.len();
-        }
-    }
-    out.push_str(&text[at..]);
-    out
 }
 
 #[cfg(test)]
