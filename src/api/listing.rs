@@ -41,7 +41,7 @@ pub struct Listing {
     /// [`Listing::set_deadline`]).
     deadline: Option<(Instant, Duration)>,
     /// Beaten at each job received: a long listing is progress, however slowly its batches fill.
-    heartbeat: crate::shutdown::Heartbeat,
+    heartbeat: crate::telemetry::Heartbeat,
     /// Campaigns whose jobs are only counted, not decoded (see [`Listing::skip_campaigns`]).
     skip: BTreeSet<i64>,
     skipped: usize,
@@ -105,7 +105,7 @@ impl Listing {
         response: reqwest::Response,
         stop: crate::shutdown::StopFlag,
         item_timeout: Duration,
-        heartbeat: crate::shutdown::Heartbeat,
+        heartbeat: crate::telemetry::Heartbeat,
     ) -> Self {
         Listing {
             server_date,
@@ -408,7 +408,7 @@ mod tests {
             reqwest::Response::from(response),
             crate::shutdown::StopFlag::new(),
             Duration::from_secs(5),
-            crate::shutdown::Heartbeat::default(),
+            crate::telemetry::Heartbeat::default(),
         )
     }
 

@@ -18,7 +18,7 @@ use crate::db::models::{ChangeSource, JobContent};
 use crate::db::repo::runs::{self, RunCounts};
 use crate::db::repo::{jobs, quarantine, state, transaction, with_relaxed_durability};
 use crate::db::{Db, Ts};
-use crate::shutdown::Heartbeat;
+use crate::telemetry::Heartbeat;
 use crate::telemetry::progress::{LogProgress, ProgressSink, Tracker, Work};
 use chrono::{DateTime, Duration, Utc};
 use std::collections::BTreeSet;

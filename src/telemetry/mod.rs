@@ -5,11 +5,13 @@
 //! simulator's `listening on` line).
 
 mod api_stats;
+mod heartbeat;
 pub mod progress;
 mod run_state;
 pub mod traces;
 
 pub use api_stats::ApiStats;
+pub use heartbeat::Heartbeat;
 pub use run_state::{CycleOutcome, RunState, Snapshot};
 
 use crate::config::{LogConfig, LogFormat, TelemetryConfig};
