@@ -35,11 +35,8 @@ pub async fn run(overrides: &Overrides) -> CliResult {
     let url = config.database.url.clone();
     let shown = crate::db::redact(&url);
     let options = super::db_options(&config);
-    let db = tokio::task::spawn_blocking(move || {
-        Db::connect_with(&url, options).and_then(|db| db.ping())
-    })
-    .await
-    .map_err(|e| CliError::failed(e.to_string()))?;
+    let db =
+        crate::db::blocking(move || Db::connect_with(&url, options).and_then(|db| db.ping())).await;
     match db {
         Ok(()) => outln!("ok   database {shown}"),
         Err(e) => {

@@ -315,13 +315,12 @@ fn crm_changes() -> Vec<NewOutboxRow> {
 async fn inspect(config: &Config, url: &str) -> Result<Holdings, CliError> {
     let url = url.to_string();
     let options = super::db_options(config);
-    tokio::task::spawn_blocking(move || {
+    crate::db::blocking(move || {
         let db = Db::connect_with(&url, options)?;
         let mut conn = db.conn()?;
         report::holdings(&mut conn)
     })
     .await
-    .map_err(|e| CliError::failed(format!("database task failed: {e}")))?
     .map_err(CliError::from)
 }
 

@@ -241,9 +241,7 @@ pub async fn run(config: &Config, args: ImportArgs) -> CliResult {
     let name = source.clone();
     let delimiter = args.delimiter.unwrap_or(b',');
     let imported =
-        tokio::task::spawn_blocking(move || import(input, format, delimiter, &name, db.as_ref()))
-            .await
-            .map_err(|e| CliError::failed(format!("import task failed: {e}")))??;
+        crate::db::blocking(move || import(input, format, delimiter, &name, db.as_ref())).await?;
     let count = imported.rows;
     if args.dry_run {
         outln!("dry run: {count} row(s) of {source} are valid; nothing was inserted");

@@ -1,16 +1,14 @@
 //! `jobsync migrate`: applies pending migrations; `jobsync migrate --status` lists the applied
 //! and pending ones and changes nothing.
 
-use super::{CliError, CliResult, db_options};
+use super::{CliResult, db_options};
 use crate::config::Config;
 use crate::db::Db;
 
 pub async fn run(config: &Config) -> CliResult {
     let url = config.database.url.clone();
     let options = db_options(config);
-    let applied = tokio::task::spawn_blocking(move || Db::connect_with(&url, options)?.migrate())
-        .await
-        .map_err(|e| CliError::failed(format!("database task failed: {e}")))??;
+    let applied = crate::db::blocking(move || Db::connect_with(&url, options)?.migrate()).await?;
     outln!(
         "migrations: {applied} applied, database {} is up to date",
         crate::db::redact(&config.database.url)
@@ -21,9 +19,7 @@ pub async fn run(config: &Config) -> CliResult {
 pub async fn status(config: &Config) -> CliResult {
     let url = config.database.url.clone();
     let options = db_options(config);
-    let status = tokio::task::spawn_blocking(move || Db::migration_status(&url, options))
-        .await
-        .map_err(|e| CliError::failed(format!("database task failed: {e}")))??;
+    let status = crate::db::blocking(move || Db::migration_status(&url, options)).await?;
     let shown = crate::db::redact(&config.database.url);
     let pending = status.migrations.iter().filter(|m| !m.applied).count();
     let applied = status.migrations.len() - pending;

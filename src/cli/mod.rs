@@ -281,8 +281,7 @@ pub fn db_options(config: &Config) -> DbOptions {
 pub async fn open_db(config: &Config) -> Result<Db, CliError> {
     let url = config.database.url.clone();
     let options = db_options(config);
-    tokio::task::spawn_blocking(move || Db::open_with(&url, options))
+    crate::db::blocking(move || Db::open_with(&url, options))
         .await
-        .map_err(|e| CliError::failed(format!("database task failed: {e}")))?
         .map_err(CliError::from)
 }

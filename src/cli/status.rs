@@ -11,11 +11,9 @@ use crate::db::repo::report::{self, Report};
 pub async fn run(config: &Config) -> CliResult {
     let url = config.database.url.clone();
     let options = db_options(config);
-    let report =
-        tokio::task::spawn_blocking(move || Db::read_only(&url, options, |c| report::read(c, 5)))
-            .await
-            .map_err(|e| CliError::failed(format!("database task failed: {e}")))?
-            .map_err(CliError::from)?;
+    let report = crate::db::blocking(move || Db::read_only(&url, options, |c| report::read(c, 5)))
+        .await
+        .map_err(CliError::from)?;
     out!("{}", render(report));
     Ok(())
 }

@@ -209,9 +209,7 @@ async fn tick(engine: &Engine, state: &RunState, lock: &Mutex<()>) {
 async fn prove_as_follower(engine: &Engine, state: &RunState) {
     let api = engine.client.check().await;
     let db = engine.db.clone();
-    let database = tokio::task::spawn_blocking(move || db.ping())
-        .await
-        .unwrap_or_else(|e| Err(crate::db::DbError::Task(e.to_string())));
+    let database = crate::db::blocking(move || db.ping()).await;
     match (api, database) {
         (Ok(()), Ok(())) => {
             tracing::info!("follower ready: its API token and database both answered");

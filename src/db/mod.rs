@@ -119,6 +119,23 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// The one bridge from async code to the database's blocking calls: `work` runs on tokio's
+/// blocking pool. A panic in it is raised again in the caller, as if the call had been made
+/// there (a bug stays a bug, with its message and backtrace, rather than becoming a database
+/// error); only a task the runtime cancelled while shutting down becomes `DbError::Task`.
+pub async fn blocking<T, E, F>(work: F) -> Result<T, E>
+where
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: From<DbError> + Send + 'static,
+{
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(DbError::Task(format!("the database task did not run: {e}")).into()),
+    }
+}
+
 impl Db {
     /// Connects (reporting the real cause of a failure), then applies pending migrations. With
     /// the default [`DbOptions`].
@@ -422,12 +439,11 @@ impl Db {
         T: Send + 'static,
     {
         let db = self.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let mut conn = db.conn()?;
             work(&mut conn).map_err(|e| db.name_file(e))
         })
         .await
-        .map_err(|e| DbError::Task(e.to_string()))?
     }
 
     /// Cancels the statements this process's PostgreSQL sessions are running or waiting in (a
@@ -951,6 +967,12 @@ fn pg_hint(message: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    #[should_panic(expected = "a bug in a database closure")]
+    async fn a_panic_in_blocking_work_is_raised_in_the_caller_not_turned_into_an_error() {
+        let _ = blocking(|| -> Result<(), DbError> { panic!("a bug in a database closure") }).await;
+    }
 
     #[test]
     fn sessions_get_keepalives_unless_the_url_sets_them() {

@@ -115,7 +115,7 @@ async fn cycle_in_span(
     on_locked: impl FnOnce(),
 ) -> Result<CycleSummary, CycleError> {
     let db = engine.db.clone();
-    let (lock, run_id) = tokio::task::spawn_blocking(move || {
+    let (lock, run_id) = crate::db::blocking(move || {
         let lock = match SyncLock::try_acquire(&db) {
             Ok(lock) => lock,
             Err(DbError::Locked(msg)) => return Ok(Err(msg)),
@@ -134,8 +134,7 @@ async fn cycle_in_span(
             runs::start(&mut c, trigger.as_str(), Ts::now())?,
         )))
     })
-    .await
-    .map_err(|e| DbError::Task(e.to_string()))??
+    .await?
     .map_err(CycleError::Busy)?;
     tracing::Span::current().record("run_id", run_id);
     on_locked();
@@ -247,9 +246,10 @@ async fn keep_lock(lock: Arc<Mutex<SyncLock>>, mut end: tokio::sync::oneshot::Re
             _ = &mut end => return,
         }
         let lock = Arc::clone(&lock);
-        let checked = tokio::task::spawn_blocking(move || {
+        let checked = crate::db::blocking(move || {
             let mut lock = lock.lock().unwrap_or_else(|p| p.into_inner());
             lock.check_alive();
+            Ok::<(), DbError>(())
         })
         .await;
         if checked.is_err() {
@@ -270,17 +270,16 @@ pub fn stop_within(engine: &Engine, drain: Duration, grace: Duration) {
     let db = engine.db.clone();
     tokio::spawn(async move {
         tokio::time::sleep(drain).await;
-        match tokio::task::spawn_blocking(move || db.cancel_statements()).await {
-            Ok(Ok(0)) => {}
-            Ok(Ok(n)) => tracing::warn!(
+        match crate::db::blocking(move || db.cancel_statements()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
                 statements = n,
                 "stop deadline reached: cancelled the database statements still waiting"
             ),
-            Ok(Err(e)) => tracing::warn!(
+            Err(e) => tracing::warn!(
                 error = %e,
                 "stop deadline reached: could not cancel the database statements still waiting"
             ),
-            Err(_) => {}
         }
     });
     let last_moment = grace.saturating_sub(Duration::from_secs(1)).max(drain);
