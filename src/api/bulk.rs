@@ -17,7 +17,8 @@ use super::client::{
     ApiClient, Endpoint, decode_json, describe_decode_error, retry_create, to_body,
 };
 use super::error::ApiError;
-use super::models::{BulkItemResult, Job, JobFields, JobId};
+use super::models::{BulkItemResult, JobFields, JobId};
+use crate::job::Job;
 use futures_util::future::{BoxFuture, join, join_all};
 use reqwest::Method;
 use serde::Serialize;

@@ -4,9 +4,10 @@
 use super::error::{ApiError, CrossOrigin, body_message, looks_like_html};
 use super::limit::RateLimiter;
 use super::listing::Listing;
-use super::models::{Job, JobFields};
+use super::models::JobFields;
 use super::retry::{RetryPolicy, parse_retry_after};
 use super::token::{TokenProvider, TokenSource};
+use crate::job::Job;
 use crate::shutdown::StopFlag;
 use crate::telemetry::ApiStats;
 use crate::telemetry::Heartbeat;

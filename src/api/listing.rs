@@ -3,8 +3,8 @@
 
 use super::client::describe_decode_error;
 use super::error::ApiError;
-use super::models::Job;
 use super::split::ArraySplitter;
+use crate::job::Job;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use futures_util::stream::{BoxStream, StreamExt};

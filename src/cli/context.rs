@@ -3,7 +3,7 @@
 use super::{CliError, open_db};
 use crate::api::{ApiClient, ClientOptions, TokenSource};
 use crate::config::Config;
-use crate::sync::StopFlag;
+use crate::shutdown::StopFlag;
 use crate::sync::cycle::Engine;
 use std::time::Duration;
 

@@ -5,7 +5,7 @@ use super::{CliError, CliResult, context};
 use crate::config::Config;
 use crate::daemon::{self, DaemonSettings};
 use crate::server::{self, ServerContext};
-use crate::sync::StopFlag;
+use crate::shutdown::StopFlag;
 use crate::telemetry::RunState;
 use std::sync::Arc;
 

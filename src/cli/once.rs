@@ -3,7 +3,7 @@
 use super::progress::TerminalProgress;
 use super::{CliError, CliResult, context};
 use crate::config::Config;
-use crate::sync::StopFlag;
+use crate::shutdown::StopFlag;
 use crate::sync::cycle::{CycleError, CycleSummary, Trigger, run_cycle_reporting, stop_within};
 
 pub async fn run(config: &Config) -> CliResult {

@@ -6,7 +6,7 @@
 
 use super::{CliError, CliResult, context};
 use crate::config::Config;
-use crate::sync::StopFlag;
+use crate::shutdown::StopFlag;
 use crate::verify::{self, Finding, Kind, Report};
 
 /// Findings listed under the table (all of those kept go to `--json`).

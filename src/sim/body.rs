@@ -63,7 +63,7 @@ fn array_chunk(jobs: &[Bytes], chunk: usize, chunks: usize) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::models::Job;
+    use crate::job::Job;
 
     fn job(id: i64) -> Bytes {
         serde_json::to_vec(&serde_json::json!({"id": id, "campaign": 28, "state": 0}))

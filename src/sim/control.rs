@@ -11,7 +11,7 @@ use super::clock::MAX_OFFSET_HOURS;
 use super::faults::{FaultSettings, FaultUpdate, RequestRecord, SimStats, fault_ranges};
 use super::gate::{Hold, HoldStatus};
 use super::{Sim, dialer, lock};
-use crate::api::models::Job;
+use crate::job::Job;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};

@@ -3,7 +3,7 @@
 
 use super::Sim;
 use super::seed::{CITIES, LABELS, LAST_NAMES, random_number};
-use crate::api::models::{Job, state};
+use crate::job::{Job, state};
 use rand::Rng;
 use rand::seq::SliceRandom;
 use std::sync::Arc;

@@ -29,7 +29,7 @@ pub use control::{ClockReading, Pending, Refused};
 pub use faults::{FaultSettings, FaultUpdate, Faults, InjectedFault, RequestRecord, SimStats};
 pub use gate::{Hold, HoldStatus};
 
-use crate::api::models::Job;
+use crate::job::Job;
 use clock::SimClock;
 use faults::RequestLog;
 use gate::Gate;

@@ -2,7 +2,7 @@
 //! (`seed-<campaign>-<n>`), states and dates relative to the start.
 
 use super::state::Store;
-use crate::api::models::{Job, state};
+use crate::job::{Job, state};
 use chrono::{DateTime, Duration, SubsecRound, Utc};
 use rand::Rng;
 use serde_json::{Map, Value, json};

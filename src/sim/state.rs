@@ -6,7 +6,7 @@
 
 use super::json::job_to_json;
 use super::validate::{CreateItem, PatchItem};
-use crate::api::models::{Job, state};
+use crate::job::{Job, state};
 use axum::body::Bytes;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::{Map, Value};

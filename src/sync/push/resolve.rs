@@ -26,13 +26,14 @@
 use super::plan::{fields_that_differ, intent_of};
 use super::send::{Limits, row_backoff};
 use super::{PushMemory, PushTuning};
-use crate::api::models::{Job, JobFields};
+use crate::api::models::JobFields;
 use crate::api::{ApiClient, ApiError, ListQuery};
 use crate::db::models::{ChangeSource, JobContent, MirrorRow, OpenRow};
 use crate::db::repo::jobs;
 use crate::db::repo::outbox::{self, RowUpdate};
 use crate::db::repo::runs::{self, RunCounts};
 use crate::db::{Db, Ts};
+use crate::job::Job;
 use crate::sync::SyncError;
 use chrono::{DateTime, Duration, Utc};
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -14,13 +14,14 @@
 use super::plan::Group;
 use super::validate::Op;
 use super::{PushStats, PushTuning};
-use crate::api::models::{Job, JobFields};
+use crate::api::models::JobFields;
 use crate::api::{ApiClient, ApiError, ItemOutcome};
 use crate::db::models::{ChangeSource, JobContent};
 use crate::db::repo::jobs;
 use crate::db::repo::outbox::{self, CreateSend, RowUpdate, Sending};
 use crate::db::repo::runs::{self, RunCounts};
 use crate::db::{Db, Ts};
+use crate::job::Job;
 use crate::sync::{StopFlag, SyncError};
 use chrono::Utc;
 use rand::Rng;
