@@ -52,7 +52,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     ("sim", &["api", "job"]),
     ("api", &["job", "secret", "shutdown", "telemetry"]),
-    ("db", &["config", "job", "secret"]),
+    ("db", &["config", "job", "secret", "telemetry"]),
     ("job", &[]),
     ("telemetry", &["config", "secret"]),
     ("config", &["secret"]),

@@ -151,9 +151,6 @@ macro_rules! job_content {
 }
 job_fields!(job_content);
 
-/// Jobs stored with a NUL character replaced (see [`JobContent::from_job`]), for `/metrics`.
-pub static NUL_REPLACED_JOBS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
 impl JobContent {
     /// The job in stored form. PostgreSQL text cannot hold the NUL character (U+0000), so in the
     /// plain text columns it is stored as U+FFFD (the replacement character) — on both backends,
@@ -164,7 +161,7 @@ impl JobContent {
         let mut replaced: Vec<&'static str> = Vec::new();
         let content = JobContent::stored(job, &mut replaced);
         if !replaced.is_empty() {
-            NUL_REPLACED_JOBS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            crate::telemetry::count_nul_replaced_job();
             tracing::warn!(
                 job_id = job.id,
                 fields = ?replaced,

@@ -88,10 +88,7 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
     out.counter(
         "jobsync_jobs_nul_replaced_total",
         "Jobs the API sent with a NUL character in a text field, stored with U+FFFD in its place.",
-        [(
-            vec![],
-            crate::db::models::NUL_REPLACED_JOBS.load(std::sync::atomic::Ordering::Relaxed) as f64,
-        )],
+        [(vec![], crate::telemetry::nul_replaced_jobs() as f64)],
     );
     out.gauge(
         "jobsync_active_syncer",

@@ -5,12 +5,14 @@
 //! simulator's `listening on` line).
 
 mod api_stats;
+mod counters;
 mod heartbeat;
 pub mod progress;
 mod run_state;
 pub mod traces;
 
 pub use api_stats::ApiStats;
+pub use counters::{count_nul_replaced_job, nul_replaced_jobs};
 pub use heartbeat::Heartbeat;
 pub use run_state::{CycleOutcome, RunState, Snapshot};
 
