@@ -113,7 +113,7 @@ async fn pull_within(
     limit: Duration,
 ) -> Result<pull::PullStats, SyncError> {
     let stop = StopFlag::new();
-    tokio::time::timeout(limit, pull::run(&t.db, client, &campaign_28(), &stop))
+    tokio::time::timeout(limit, pull_alone(&t.db, client, &campaign_28(), &stop))
         .await
         .unwrap_or_else(|_| panic!("the pull had not ended after {limit:?}"))
 }

@@ -8,7 +8,7 @@ use jobsync::api::models::Job;
 use jobsync::db::models::ChangeRow;
 use jobsync::db::repo::{changes, jobs, runs, state};
 use jobsync::sim::{SimConfig, SimHandle};
-use jobsync::sync::cycle::{Trigger, run_cycle};
+use jobsync::sync::cycle::Trigger;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -384,7 +384,7 @@ async fn a_failed_listing_marks_nothing_deleted_and_keeps_the_watermark(t: &Test
         options.max_attempts = 2;
         jobsync::api::ApiClient::new(options).unwrap()
     };
-    let summary = run_cycle(&e, Trigger::Once).await.unwrap();
+    let summary = e.cycle(Trigger::Once).run().await.unwrap();
     assert!(!summary.ok);
     assert!(
         summary.error.as_deref().unwrap().contains("500"),

@@ -472,7 +472,9 @@ async fn campaign_refused_with(t: &TestDb, status: u16) {
             serde_json::json!({"name": "From the CRM"}),
         )],
     );
-    let run = jobsync::sync::cycle::run_cycle(&engine, jobsync::sync::cycle::Trigger::Once)
+    let run = engine
+        .cycle(jobsync::sync::cycle::Trigger::Once)
+        .run()
         .await
         .unwrap();
     assert!(
@@ -746,7 +748,7 @@ async fn a_listing_that_never_ends(
     );
     let run = tokio::time::timeout(
         std::time::Duration::from_secs(60),
-        jobsync::sync::cycle::run_cycle(engine, jobsync::sync::cycle::Trigger::Once),
+        engine.cycle(jobsync::sync::cycle::Trigger::Once).run(),
     )
     .await
     .expect("the cycle ends although the listing never does")
@@ -804,7 +806,9 @@ async fn a_create_too_large_for_the_pull_is_refused_not_sent(t: &TestDb) {
 async fn a_compressed_answer_is_refused_naming_the_encoding(t: &TestDb) {
     let (_sim, gateway, engine) = setup(t).await;
     gateway.gzip(true);
-    let run = jobsync::sync::cycle::run_cycle(&engine, jobsync::sync::cycle::Trigger::Once)
+    let run = engine
+        .cycle(jobsync::sync::cycle::Trigger::Once)
+        .run()
         .await
         .unwrap();
     let error = run.error.unwrap_or_default();

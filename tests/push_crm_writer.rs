@@ -13,7 +13,7 @@ use jobsync::api::ApiClient;
 use jobsync::config::SyncConfig;
 use jobsync::db::repo::runs;
 use jobsync::sim::SimConfig;
-use jobsync::sync::cycle::{Trigger, run_cycle};
+use jobsync::sync::cycle::Trigger;
 use serde_json::json;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,7 +61,9 @@ fn a_cycle_pushes_while_a_crm_writes_to_the_outbox() {
         };
 
         let started = Instant::now();
-        let summary = run_cycle(&engine, Trigger::Once)
+        let summary = engine
+            .cycle(Trigger::Once)
+            .run()
             .await
             .expect("a cycle runs");
         let cycle_time = started.elapsed();
@@ -105,7 +107,9 @@ fn a_cycle_pushes_while_a_crm_writes_to_the_outbox() {
                 Instant::now() < deadline,
                 "rows still pending after 60 s of cycles"
             );
-            let summary = run_cycle(&engine, Trigger::Once)
+            let summary = engine
+                .cycle(Trigger::Once)
+                .run()
                 .await
                 .expect("a cycle runs");
             assert!(summary.ok, "follow-up cycle failed: {:?}", summary.error);

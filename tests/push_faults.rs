@@ -232,10 +232,11 @@ async fn a_refused_token_stops_the_push_and_leaves_rows_untouched(t: &TestDb) {
     let sim = start_sim(SimConfig::default()).await;
     let refused = ApiClient::new(options(&sim, "wrong-token")).unwrap();
     insert(&t.db, &[create(28, "t-1", json!({"name": "T"}))]);
-    let err = jobsync::sync::push::run(
+    let err = push_alone(
         &t.db,
         &refused,
         &jobsync::config::PushConfig::default(),
+        jobsync::sync::push::PushTuning::default(),
         &jobsync::sync::StopFlag::new(),
     )
     .await
@@ -253,9 +254,15 @@ async fn a_stop_request_is_honoured_before_the_next_round(t: &TestDb) {
     let stop = jobsync::sync::StopFlag::new();
     stop.stop();
     let config = jobsync::config::PushConfig::default();
-    let err = jobsync::sync::push::run(&t.db, &client(&sim), &config, &stop)
-        .await
-        .unwrap_err();
+    let err = push_alone(
+        &t.db,
+        &client(&sim),
+        &config,
+        jobsync::sync::push::PushTuning::default(),
+        &stop,
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(err, jobsync::sync::SyncError::Stopped), "{err}");
     assert!(requests(&sim.base_url()).await.is_empty());
     assert_eq!(all_rows(&t.db)[0].status, "pending");

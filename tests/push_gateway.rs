@@ -18,7 +18,7 @@ use jobsync::db::Db;
 use jobsync::db::models::{NewOutboxRow, OutboxRow};
 use jobsync::sim::{SimConfig, SimHandle};
 use jobsync::sync::StopFlag;
-use jobsync::sync::push::{self, PushTuning};
+use jobsync::sync::push::PushTuning;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -506,7 +506,7 @@ async fn an_api_resetting_every_connection_gets_each_reference_once_per_run(t: &
                     .map(|(r, n)| format!("{r} ×{n} during the outage")),
             );
         }
-        push::run_tuned(
+        push_alone(
             &t.db,
             &client,
             // A create not found 2 s after its first send was never applied (the outage

@@ -263,7 +263,7 @@ async fn a_lookup_that_keeps_failing_ends_the_row_failed(t: &TestDb) {
     };
     for cycle in 1..=3 {
         let stop = StopFlag::new();
-        push::run_tuned(&t.db, &client, &config, quick_tuning(), &stop)
+        push_alone(&t.db, &client, &config, quick_tuning(), &stop)
             .await
             .unwrap();
         let row = &all_rows(&t.db)[0];

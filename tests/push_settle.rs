@@ -205,7 +205,7 @@ async fn a_create_whose_commit_outlasts_the_lookup_delay_is_not_sent_twice(t: &T
     };
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        push::run_tuned(&t.db, &client, &config, quick_tuning(), &StopFlag::new())
+        push_alone(&t.db, &client, &config, quick_tuning(), &StopFlag::new())
             .await
             .expect("push runs");
         if open_rows(&t.db) == 0 {
@@ -332,8 +332,7 @@ async fn lookups_and_chunk_commits_at_once_never_deadlock(t: &TestDb) {
         ..PushConfig::default()
     };
     for cycle in 1..=3 {
-        let pushed =
-            push::run_tuned(&t.db, &client, &config, quick_tuning(), &StopFlag::new()).await;
+        let pushed = push_alone(&t.db, &client, &config, quick_tuning(), &StopFlag::new()).await;
         if let Err(e) = &pushed {
             panic!("push {cycle} failed: {e}");
         }

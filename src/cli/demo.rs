@@ -25,7 +25,7 @@ use crate::db::{Db, redact};
 use crate::secret::Secret;
 use crate::shutdown::StopFlag;
 use crate::sim::SimConfig;
-use crate::sync::cycle::{Engine, Trigger, run_cycle};
+use crate::sync::cycle::{Engine, Trigger};
 use serde_json::json;
 use std::path::Path;
 
@@ -270,7 +270,9 @@ fn shell_word(word: &str) -> String {
 
 async fn cycle(engine: &Engine, title: &str) -> CliResult {
     outln!("\n{title}");
-    let summary = run_cycle(engine, Trigger::Once)
+    let summary = engine
+        .cycle(Trigger::Once)
+        .run()
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
     outln!("   {}", once::describe(&summary));

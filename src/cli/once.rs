@@ -4,7 +4,7 @@ use super::progress::TerminalProgress;
 use super::{CliError, CliResult, context};
 use crate::config::Config;
 use crate::shutdown::StopFlag;
-use crate::sync::cycle::{CycleError, CycleSummary, Trigger, run_cycle_reporting, stop_within};
+use crate::sync::cycle::{CycleError, CycleSummary, Trigger, stop_within};
 
 pub async fn run(config: &Config) -> CliResult {
     let engine = super::unless_stopped(
@@ -26,7 +26,11 @@ pub async fn run(config: &Config) -> CliResult {
         stop_within(&stopping, drain, grace);
     });
     // A backfill's listings draw bars on a terminal with human logs (log lines otherwise).
-    let summary = run_cycle_reporting(&engine, Trigger::Once, &TerminalProgress::default())
+    let progress = TerminalProgress::default();
+    let summary = engine
+        .cycle(Trigger::Once)
+        .progress(&progress)
+        .run()
         .await
         .map_err(|e| match e {
             CycleError::Busy(msg) => CliError::failed(msg),

@@ -7,8 +7,7 @@
 
 use crate::config::RetentionConfig;
 use crate::db::repo::{retention, state as sync_state};
-use crate::sync::cycle::{CycleError, CycleSummary, Engine, Trigger, run_cycle_then};
-use crate::telemetry::progress::LogProgress;
+use crate::sync::cycle::{CycleError, CycleSummary, Engine, Trigger};
 use crate::telemetry::{CycleOutcome, RunState};
 use std::future::Future;
 use std::sync::Arc;
@@ -177,7 +176,12 @@ async fn tick(engine: &Engine, state: &RunState, lock: &Mutex<()>) {
     // Active from the moment this process holds the sync lock: a replica that took over and is
     // pushing a backlog is the active syncer, not a follower until its cycle ends.
     let holding = || state.update(|s| s.active_syncer = Some(true));
-    match run_cycle_then(engine, Trigger::Schedule, &LogProgress, holding).await {
+    match engine
+        .cycle(Trigger::Schedule)
+        .on_locked(holding)
+        .run()
+        .await
+    {
         Ok(summary) => state.record_cycle(&outcome(&summary)),
         Err(CycleError::Busy(message)) => {
             // A follower replica on PostgreSQL says this every tick: INFO, not a warning.

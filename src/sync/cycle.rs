@@ -1,7 +1,10 @@
 //! One sync cycle: take the sync lock, record the run, pull, push, record the outcome.
-//! The daemon's scheduler and `jobsync --once` both call [`run_cycle`].
+//! The daemon's scheduler and `jobsync --once` both run [`Engine::cycle`]; the cycle composes
+//! the engine's [`Pull`] and [`Push`], each with one `run(&mut stats)`.
 
-use super::{StopFlag, SyncError, pull, push};
+use super::pull::{self, Pull};
+use super::push::{self, Push};
+use super::{StopFlag, SyncError};
 use crate::api::{ApiClient, ApiError};
 use crate::config::{PushConfig, SyncConfig};
 use crate::db::lock::{LOCK_CHECK_EVERY, SyncLock};
@@ -68,44 +71,71 @@ pub enum CycleError {
     Db(#[from] DbError),
 }
 
-/// Runs one cycle. A cycle that starts but fails (API down, undecodable answer) returns `Ok` with
-/// `ok: false`: the failure is recorded in `sync_runs` like any outcome. Progress goes to the
-/// log ([`LogProgress`]).
-pub async fn run_cycle(engine: &Engine, trigger: Trigger) -> Result<CycleSummary, CycleError> {
-    run_cycle_reporting(engine, trigger, &LogProgress).await
+impl Engine {
+    /// One pull with this engine's database, client, settings and stop flag.
+    pub fn pull(&self) -> Pull<'_> {
+        Pull::new(&self.db, &self.client, &self.sync, &self.stop)
+    }
+
+    /// One push with this engine's database, client, settings and stop flag.
+    pub fn push(&self) -> Push<'_> {
+        Push::new(&self.db, &self.client, &self.push, &self.stop)
+    }
+
+    /// One cycle (lock, pull, push, record), run with [`Cycle::run`].
+    pub fn cycle(&self, trigger: Trigger) -> Cycle<'_> {
+        Cycle {
+            engine: self,
+            trigger,
+            progress: &LogProgress,
+            on_locked: None,
+        }
+    }
 }
 
-/// [`run_cycle`], reporting the progress of long work (a backfill's listings) to `progress`.
-pub async fn run_cycle_reporting(
-    engine: &Engine,
+/// One sync cycle: built by [`Engine::cycle`], with its progress going to the log unless
+/// [`Cycle::progress`] names another sink.
+pub struct Cycle<'a> {
+    engine: &'a Engine,
     trigger: Trigger,
-    progress: &dyn ProgressSink,
-) -> Result<CycleSummary, CycleError> {
-    run_cycle_then(engine, trigger, progress, || {}).await
+    progress: &'a dyn ProgressSink,
+    on_locked: Option<Box<dyn FnOnce() + Send + 'a>>,
 }
 
-/// [`run_cycle_reporting`], calling `on_locked` as soon as this process holds the sync lock and
-/// has recorded its run, before any pull or push: the daemon reports itself the active syncer
-/// from there, not only once the cycle (a long push, a backfill) has ended.
-///
-/// The whole cycle runs in a `cycle` span (`trigger`, and `run_id` once recorded): every log
-/// line of the cycle carries it, and with `telemetry.otlp_endpoint` set it is the root of the
-/// run's trace (`pull`, each `listing`, `push`, each `bulk_call` under it).
-pub async fn run_cycle_then(
-    engine: &Engine,
-    trigger: Trigger,
-    progress: &dyn ProgressSink,
-    on_locked: impl FnOnce(),
-) -> Result<CycleSummary, CycleError> {
-    use tracing::Instrument;
-    let span = tracing::info_span!(
-        "cycle",
-        trigger = trigger.as_str(),
-        run_id = tracing::field::Empty
-    );
-    cycle_in_span(engine, trigger, progress, on_locked)
-        .instrument(span)
-        .await
+impl<'a> Cycle<'a> {
+    /// Where the progress of long work (a backfill's listings) goes.
+    pub fn progress(self, progress: &'a dyn ProgressSink) -> Self {
+        Cycle { progress, ..self }
+    }
+
+    /// Called as soon as this process holds the sync lock and has recorded its run, before any
+    /// pull or push: the daemon reports itself the active syncer from there, not only once the
+    /// cycle (a long push, a backfill) has ended.
+    pub fn on_locked(self, on_locked: impl FnOnce() + Send + 'a) -> Self {
+        Cycle {
+            on_locked: Some(Box::new(on_locked)),
+            ..self
+        }
+    }
+
+    /// Runs the cycle. A cycle that starts but fails (API down, undecodable answer) returns `Ok`
+    /// with `ok: false`: the failure is recorded in `sync_runs` like any outcome.
+    ///
+    /// The whole cycle runs in a `cycle` span (`trigger`, and `run_id` once recorded): every log
+    /// line of the cycle carries it, and with `telemetry.otlp_endpoint` set it is the root of the
+    /// run's trace (`pull`, each `listing`, `push`, each `bulk_call` under it).
+    pub async fn run(self) -> Result<CycleSummary, CycleError> {
+        use tracing::Instrument;
+        let span = tracing::info_span!(
+            "cycle",
+            trigger = self.trigger.as_str(),
+            run_id = tracing::field::Empty
+        );
+        let on_locked = self.on_locked.unwrap_or_else(|| Box::new(|| {}));
+        cycle_in_span(self.engine, self.trigger, self.progress, on_locked)
+            .instrument(span)
+            .await
+    }
 }
 
 async fn cycle_in_span(
@@ -158,8 +188,7 @@ async fn cycle_in_span(
     let mut pushed = push::PushStats::default();
     let mut pull_done = false;
     let result: Result<(), SyncError> = async {
-        let (db, client, stop) = (&fenced.db, &fenced.client, &fenced.stop);
-        let pull = pull::run_counted(db, client, &fenced.sync, stop, progress, &mut pulled).await;
+        let pull = fenced.pull().progress(progress).run(&mut pulled).await;
         // An answer of the pull the sync cannot use (an undecodable or looping listing) fails
         // the run, but the API is up and the CRM's rows do not wait for it: the push runs. Any
         // other failure (unreachable API, refused token, database, lost lock, stop) ends here.
@@ -174,8 +203,7 @@ async fn cycle_in_span(
             }
             Err(e) => return Err(e),
         };
-        let tuning = push::PushTuning::default();
-        push::run_counted(db, client, &fenced.push, tuning, stop, &mut pushed).await?;
+        fenced.push().run(&mut pushed).await?;
         pull_failure.map_or(Ok(()), Err)
     }
     .await;

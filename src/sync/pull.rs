@@ -58,23 +58,56 @@ pub struct PullStats {
     pub unreadable: i64,
 }
 
-/// Runs one pull, reporting its progress as log lines.
-pub async fn run(
-    db: &Db,
-    client: &ApiClient,
-    config: &SyncConfig,
-    stop: &StopFlag,
-) -> Result<PullStats, SyncError> {
-    let mut stats = PullStats::default();
-    run_counted(db, client, config, stop, &LogProgress, &mut stats).await?;
-    Ok(stats)
+/// One pull: the API's changes into the mirror. Built from the engine's parts
+/// (`Engine::pull`, or [`Pull::new`]); its progress goes to the log unless [`Pull::progress`]
+/// names another sink.
+pub struct Pull<'a> {
+    db: &'a Db,
+    client: &'a ApiClient,
+    config: &'a SyncConfig,
+    stop: &'a StopFlag,
+    progress: &'a dyn ProgressSink,
 }
 
-/// Runs one pull, counting into `stats` as batches commit: when the pull fails or is stopped,
-/// `stats` holds what it committed. Each batch also adds its counts to the run in progress in
-/// `sync_runs`, in the batch's own transaction. Each listing reports its progress to `progress`.
+impl<'a> Pull<'a> {
+    pub fn new(
+        db: &'a Db,
+        client: &'a ApiClient,
+        config: &'a SyncConfig,
+        stop: &'a StopFlag,
+    ) -> Self {
+        Pull {
+            db,
+            client,
+            config,
+            stop,
+            progress: &LogProgress,
+        }
+    }
+
+    /// Where each listing reports its progress (a terminal bar, say).
+    pub fn progress(self, progress: &'a dyn ProgressSink) -> Self {
+        Pull { progress, ..self }
+    }
+
+    /// Runs the pull, counting into `stats` as batches commit: when the pull fails or is
+    /// stopped, `stats` holds what it committed. Each batch also adds its counts to the run in
+    /// progress in `sync_runs`, in the batch's own transaction.
+    pub async fn run(&self, stats: &mut PullStats) -> Result<(), SyncError> {
+        pull(
+            self.db,
+            self.client,
+            self.config,
+            self.stop,
+            self.progress,
+            stats,
+        )
+        .await
+    }
+}
+
 #[tracing::instrument(name = "pull", skip_all)]
-pub async fn run_counted(
+async fn pull(
     db: &Db,
     client: &ApiClient,
     config: &SyncConfig,

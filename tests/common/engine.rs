@@ -6,7 +6,7 @@ use jobsync::config::{PushConfig, SyncConfig};
 use jobsync::db::Db;
 use jobsync::sim::SimHandle;
 use jobsync::sync::StopFlag;
-use jobsync::sync::cycle::{CycleSummary, Engine, Trigger, run_cycle};
+use jobsync::sync::cycle::{CycleSummary, Engine, Trigger};
 use std::time::Duration;
 
 /// An engine on `db` with `client`, the given sync settings and the default push settings.
@@ -35,7 +35,9 @@ pub fn engine(t: &TestDb, sim: &SimHandle, campaigns: &[i64], overlap_secs: u64)
 
 /// One cycle, which must succeed.
 pub async fn cycle(engine: &Engine) -> CycleSummary {
-    let summary = run_cycle(engine, Trigger::Once)
+    let summary = engine
+        .cycle(Trigger::Once)
+        .run()
         .await
         .expect("a cycle runs");
     assert!(summary.ok, "cycle failed: {:?}", summary.error);

@@ -9,7 +9,9 @@ use jobsync::db::Db;
 use jobsync::db::models::{NewOutboxRow, OutboxRow};
 use jobsync::db::repo::{jobs, outbox};
 use jobsync::sim::SimHandle;
-use jobsync::sync::push::{self, PushStats, PushTuning};
+use jobsync::sync::SyncError;
+use jobsync::sync::pull::{Pull, PullStats};
+use jobsync::sync::push::{Push, PushStats, PushTuning};
 use jobsync::sync::{StopFlag, pull};
 use serde_json::Value;
 use std::collections::HashMap;
@@ -97,9 +99,41 @@ pub async fn push_with(db: &Db, client: &ApiClient, tuning: PushTuning) -> PushS
         settle_secs: 2,
         ..PushConfig::default()
     };
-    push::run_tuned(db, client, &config, tuning, &StopFlag::new())
+    push_alone(db, client, &config, tuning, &StopFlag::new())
         .await
         .expect("push runs")
+}
+
+/// One push on its own, counted as `jobsync --once` counts it: calls that could not reach the
+/// API are an outcome (their rows are recorded and wait), not the push's failure.
+pub async fn push_alone(
+    db: &Db,
+    client: &ApiClient,
+    config: &PushConfig,
+    tuning: PushTuning,
+    stop: &StopFlag,
+) -> Result<PushStats, SyncError> {
+    let mut stats = PushStats::default();
+    match Push::new(db, client, config, stop)
+        .tuning(tuning)
+        .run(&mut stats)
+        .await
+    {
+        Ok(()) | Err(SyncError::PushUnreachable { .. }) => Ok(stats),
+        Err(e) => Err(e),
+    }
+}
+
+/// One pull on its own; progress to the log.
+pub async fn pull_alone(
+    db: &Db,
+    client: &ApiClient,
+    config: &SyncConfig,
+    stop: &StopFlag,
+) -> Result<PullStats, SyncError> {
+    let mut stats = PullStats::default();
+    Pull::new(db, client, config, stop).run(&mut stats).await?;
+    Ok(stats)
 }
 
 /// A pull of campaigns 28 and 29, so that the mirror knows the simulator's seeded jobs.
@@ -108,7 +142,7 @@ pub async fn pull(db: &Db, client: &ApiClient) {
         campaigns: vec![28, 29],
         ..SyncConfig::default()
     };
-    pull::run(db, client, &config, &StopFlag::new())
+    pull_alone(db, client, &config, &StopFlag::new())
         .await
         .expect("pull runs");
 }

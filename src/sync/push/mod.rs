@@ -107,41 +107,57 @@ struct PushMemory {
 /// per row of the longest chain of one target that cannot merge, so real pushes end long before).
 const MAX_PASSES: usize = 1_000;
 
-/// Pushes every due outbox row. Fails only when the run cannot go on (authentication refused,
-/// database error, a stop request); item-level outcomes are recorded in the rows.
-pub async fn run(
-    db: &Db,
-    client: &ApiClient,
-    config: &PushConfig,
-    stop: &StopFlag,
-) -> Result<PushStats, SyncError> {
-    run_tuned(db, client, config, PushTuning::default(), stop).await
-}
-
-/// [`run`] with chosen internal knobs.
-pub async fn run_tuned(
-    db: &Db,
-    client: &ApiClient,
-    config: &PushConfig,
+/// One push: every due outbox row to the API. Built from the engine's parts (`Engine::push`, or
+/// [`Push::new`]), with the default [`PushTuning`] unless [`Push::tuning`] sets another.
+pub struct Push<'a> {
+    db: &'a Db,
+    client: &'a ApiClient,
+    config: &'a PushConfig,
+    stop: &'a StopFlag,
     tuning: PushTuning,
-    stop: &StopFlag,
-) -> Result<PushStats, SyncError> {
-    let mut stats = PushStats::default();
-    // The rows of calls that could not reach the API are recorded: for a push on its own, that
-    // is an outcome like any other (a cycle makes it its run's failure).
-    run_counted(db, client, config, tuning, stop, &mut stats)
-        .await
-        .or_else(|e| match e {
-            SyncError::PushUnreachable { .. } => Ok(()),
-            e => Err(e),
-        })?;
-    Ok(stats)
 }
 
-/// [`run_tuned`], counting into `stats` as rows settle, so that a run that fails or is stopped
-/// still reports what it did.
+impl<'a> Push<'a> {
+    pub fn new(
+        db: &'a Db,
+        client: &'a ApiClient,
+        config: &'a PushConfig,
+        stop: &'a StopFlag,
+    ) -> Self {
+        Push {
+            db,
+            client,
+            config,
+            stop,
+            tuning: PushTuning::default(),
+        }
+    }
+
+    /// Internal knobs (backoff, lookup margin, window size): tests and benchmarks.
+    pub fn tuning(self, tuning: PushTuning) -> Self {
+        Push { tuning, ..self }
+    }
+
+    /// Runs the push, counting into `stats` as rows settle, so that a run that fails or is
+    /// stopped still reports what it did. Fails when the run cannot go on (authentication
+    /// refused, database error, a stop request) and, once every ready row had its turn, with
+    /// [`SyncError::PushUnreachable`] when some calls could not reach the API (their rows are
+    /// recorded and wait for a later cycle); item-level outcomes are recorded in the rows.
+    pub async fn run(&self, stats: &mut PushStats) -> Result<(), SyncError> {
+        push(
+            self.db,
+            self.client,
+            self.config,
+            self.tuning,
+            self.stop,
+            stats,
+        )
+        .await
+    }
+}
+
 #[tracing::instrument(name = "push", skip_all)]
-pub async fn run_counted(
+async fn push(
     db: &Db,
     client: &ApiClient,
     config: &PushConfig,
