@@ -49,8 +49,8 @@ use chrono::{DateTime, NaiveDateTime, Utc};
 use clap::{Parser, ValueEnum};
 use diesel::sql_types::{BigInt, Integer, Nullable, Text};
 use diesel::{QueryableByName, RunQueryDsl};
-use jobsync::api::models::Job;
 use jobsync::db::{Conn, Db, DbError};
+use jobsync::job::Job;
 use jobsync::sim::{FaultUpdate, SimConfig, SimHandle};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -1638,7 +1638,7 @@ fn exactly_once(shared: &Shared, rows: &[RowView]) -> Upstream {
                 ),
             );
         }
-        if r.unqueued && !jobsync::api::models::state::is_finished(job.state) {
+        if r.unqueued && !jobsync::job::state::is_finished(job.state) {
             up.not_unqueued += 1;
             note(
                 &mut examples,

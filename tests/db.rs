@@ -4,10 +4,10 @@ mod common;
 
 use chrono::{TimeZone, Utc};
 use common::{TestDb, sample_job};
-use jobsync::api::models::JOB_FIELDS;
 use jobsync::db::models::{ChangeSource, NewOutboxRow, OutboxStatus};
 use jobsync::db::repo::{changes, jobs, outbox, runs, state};
 use jobsync::db::{Conn, Ts};
+use jobsync::job::JOB_FIELDS;
 use serde_json::json;
 
 on_both_backends!(

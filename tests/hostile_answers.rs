@@ -16,7 +16,8 @@ use jobsync::api::{ApiClient, ClientOptions, TokenSource};
 use jobsync::config::SyncConfig;
 use jobsync::db::repo::jobs;
 use jobsync::secret::Secret;
-use jobsync::sync::{StopFlag, SyncError, pull};
+use jobsync::shutdown::StopFlag;
+use jobsync::sync::{SyncError, pull};
 use std::convert::Infallible;
 use std::time::Duration;
 

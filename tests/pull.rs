@@ -4,9 +4,9 @@ mod common;
 
 use chrono::{DateTime, Duration, Utc};
 use common::*;
-use jobsync::api::models::Job;
 use jobsync::db::models::ChangeRow;
 use jobsync::db::repo::{changes, jobs, runs, state};
+use jobsync::job::Job;
 use jobsync::sim::{SimConfig, SimHandle};
 use jobsync::sync::cycle::Trigger;
 use serde_json::{Value, json};

@@ -98,7 +98,7 @@ async fn a_killed_backfill_resumes_from_its_checkpoints() {
         .await
         .into_iter()
         .map(|v| {
-            serde_json::from_value::<jobsync::api::models::Job>(v)
+            serde_json::from_value::<jobsync::job::Job>(v)
                 .unwrap()
                 .truncated_to_micros()
         })

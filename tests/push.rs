@@ -97,7 +97,7 @@ async fn creates_patches_and_unqueues_reach_the_api_in_the_fewest_bulk_calls(t: 
         assert_eq!(now[&job.id].label, Some(format!("patched {}", job.id)));
     }
     for job in to_unqueue {
-        let expected = if jobsync::api::models::state::is_finished(job.state) {
+        let expected = if jobsync::job::state::is_finished(job.state) {
             job.state
         } else {
             3

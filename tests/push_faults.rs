@@ -237,7 +237,7 @@ async fn a_refused_token_stops_the_push_and_leaves_rows_untouched(t: &TestDb) {
         &refused,
         &jobsync::config::PushConfig::default(),
         jobsync::sync::push::PushTuning::default(),
-        &jobsync::sync::StopFlag::new(),
+        &jobsync::shutdown::StopFlag::new(),
     )
     .await
     .unwrap_err();
@@ -251,7 +251,7 @@ async fn a_refused_token_stops_the_push_and_leaves_rows_untouched(t: &TestDb) {
 async fn a_stop_request_is_honoured_before_the_next_round(t: &TestDb) {
     let sim = start_sim(SimConfig::default()).await;
     insert(&t.db, &[create(28, "s-1", json!({"name": "S"}))]);
-    let stop = jobsync::sync::StopFlag::new();
+    let stop = jobsync::shutdown::StopFlag::new();
     stop.stop();
     let config = jobsync::config::PushConfig::default();
     let err = push_alone(

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use jobsync::api::models::Job;
 use jobsync::db::models::NewOutboxRow;
+use jobsync::job::Job;
 use jobsync::sim::{Hold, SimConfig, SimHandle};
 use serde_json::json;
 use std::collections::BTreeMap;

@@ -11,8 +11,9 @@ use jobsync::config::PushConfig;
 use jobsync::db::Ts;
 use jobsync::db::repo::outbox;
 use jobsync::db::schema::outbox as outbox_table;
+use jobsync::shutdown::StopFlag;
 use jobsync::sim::SimConfig;
-use jobsync::sync::{StopFlag, push};
+use jobsync::sync::push;
 use serde_json::json;
 use std::time::{Duration, Instant};
 

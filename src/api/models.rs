@@ -11,7 +11,7 @@ use chrono::DateTime;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use crate::job::{JOB_FIELDS, Job, state};
+use crate::job::Job;
 
 /// One item of a bulk create (`campaign` and the writable fields) or a bulk patch (`id` and the
 /// writable fields). Kept as a JSON object so that PATCH semantics survive: a field absent is left

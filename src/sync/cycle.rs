@@ -2,14 +2,15 @@
 //! The daemon's scheduler and `jobsync --once` both run [`Engine::cycle`]; the cycle composes
 //! the engine's [`Pull`] and [`Push`], each with one `run(&mut stats)`.
 
+use super::SyncError;
 use super::pull::{self, Pull};
 use super::push::{self, Push};
-use super::{StopFlag, SyncError};
 use crate::api::{ApiClient, ApiError};
 use crate::config::{PushConfig, SyncConfig};
 use crate::db::lock::{LOCK_CHECK_EVERY, SyncLock};
 use crate::db::repo::runs::{self, RunOutcome};
 use crate::db::{Db, DbError, Ts};
+use crate::shutdown::StopFlag;
 use crate::telemetry::progress::{LogProgress, ProgressSink};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

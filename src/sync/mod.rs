@@ -8,7 +8,3 @@ pub mod pull;
 pub mod push;
 
 pub use error::SyncError;
-
-/// The stop request every layer reads (defined outside `sync`, since the API client reads it
-/// too).
-pub use crate::shutdown::StopFlag;

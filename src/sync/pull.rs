@@ -10,7 +10,7 @@
 //! are marked deleted only after a complete, error-free listing of it; each completed listing is
 //! a checkpoint, so a killed backfill resumes where it stopped.
 
-use super::{StopFlag, SyncError};
+use super::SyncError;
 use crate::api::{ApiClient, ApiError, ListQuery};
 use crate::config::SyncConfig;
 use crate::db::lock::check_fence;
@@ -18,6 +18,7 @@ use crate::db::models::{ChangeSource, JobContent};
 use crate::db::repo::runs::{self, RunCounts};
 use crate::db::repo::{jobs, quarantine, state, transaction, with_relaxed_durability};
 use crate::db::{Db, Ts};
+use crate::shutdown::StopFlag;
 use crate::telemetry::Heartbeat;
 use crate::telemetry::progress::{LogProgress, ProgressSink, Tracker, Work};
 use chrono::{DateTime, Duration, Utc};

@@ -3,8 +3,8 @@
 //! PostgreSQL tests need `JOBSYNC_TEST_POSTGRES_URL` (CI exports it). Without it they skip with a
 //! visible message — except under CI (`CI` set), where a missing PostgreSQL fails the test.
 
-use jobsync::api::models::Job;
 use jobsync::db::Db;
+use jobsync::job::Job;
 use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 

@@ -4,8 +4,8 @@ use super::{TestDb, client, options};
 use jobsync::api::ApiClient;
 use jobsync::config::{PushConfig, SyncConfig};
 use jobsync::db::Db;
+use jobsync::shutdown::StopFlag;
 use jobsync::sim::SimHandle;
-use jobsync::sync::StopFlag;
 use jobsync::sync::cycle::{CycleSummary, Engine, Trigger};
 use std::time::Duration;
 

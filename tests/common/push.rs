@@ -3,16 +3,17 @@
 
 use super::{matching, requests, sim_state};
 use jobsync::api::ApiClient;
-use jobsync::api::models::Job;
 use jobsync::config::{PushConfig, SyncConfig};
 use jobsync::db::Db;
 use jobsync::db::models::{NewOutboxRow, OutboxRow};
 use jobsync::db::repo::{jobs, outbox};
+use jobsync::job::Job;
+use jobsync::shutdown::StopFlag;
 use jobsync::sim::SimHandle;
 use jobsync::sync::SyncError;
+use jobsync::sync::pull;
 use jobsync::sync::pull::{Pull, PullStats};
 use jobsync::sync::push::{Push, PushStats, PushTuning};
-use jobsync::sync::{StopFlag, pull};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::time::Duration;

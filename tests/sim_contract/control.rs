@@ -102,7 +102,7 @@ async fn seeded_jobs_are_deterministic() {
     assert_eq!(ja[0]["reference"], "seed-28-1");
     let listed = a.expect(a.get("/j/jobs?campaign=29"), StatusCode::OK).await;
     assert_eq!(listed.as_array().unwrap().len(), 30);
-    let decoded: Vec<jobsync::api::models::Job> = serde_json::from_value(listed).unwrap();
+    let decoded: Vec<jobsync::job::Job> = serde_json::from_value(listed).unwrap();
     assert!(decoded.iter().all(|j| {
         j.numbers
             .as_ref()

@@ -19,7 +19,7 @@ async fn serves_100k_jobs_listing() {
         let response = api.get("/j/jobs?campaign=28").send().await.unwrap();
         let bytes = response.bytes().await.unwrap();
         let elapsed = started.elapsed();
-        let jobs: Vec<jobsync::api::models::Job> = serde_json::from_slice(&bytes).unwrap();
+        let jobs: Vec<jobsync::job::Job> = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(jobs.len(), 100_000);
         println!(
             "100,000 jobs ({} MB) served in {elapsed:?}",

@@ -27,7 +27,7 @@ pub use validate::{
     Intent, MAX_PAYLOAD_BYTES, Op, RowInput, Target, check_payload_size, validate, validate_fields,
 };
 
-use super::{StopFlag, SyncError};
+use super::SyncError;
 use crate::api::ApiClient;
 use crate::config::PushConfig;
 use crate::db::models::OpenRow;
@@ -35,6 +35,7 @@ use crate::db::repo::jobs;
 use crate::db::repo::outbox::{self, RowUpdate};
 use crate::db::repo::runs::{self, RunCounts};
 use crate::db::{Db, DbError, Ts};
+use crate::shutdown::StopFlag;
 use plan::{Held, Mirror, RoundPlan, RowSet, plan_validated, targets_named, validate_all};
 use std::collections::HashSet;
 use std::time::Duration;
