@@ -13,11 +13,11 @@ mod error;
 pub mod lock;
 mod migrate;
 pub mod models;
+mod outbox_status;
 mod postgres;
 pub mod repo;
 pub mod schema;
 mod sqlite;
-mod status;
 mod time;
 
 pub use crate::config::conninfo::{check_url, redact, scrub, secrets as url_secrets};

@@ -4,8 +4,8 @@
 //! field's column holds its wire value in the stored form [`StoredField`] gives its wire type.
 
 use super::Ts;
+pub use super::outbox_status::OutboxStatus;
 use super::schema::{job_changes, jobs, outbox, sync_runs};
-pub use super::status::OutboxStatus;
 use crate::job::{Job, Object, Time, job_fields};
 use diesel::prelude::*;
 use serde_json::Value;
