@@ -8,6 +8,7 @@
 //! file itself would drop SQLite's own POSIX locks.
 
 use super::DbError;
+use crate::with_conn;
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -396,16 +397,17 @@ impl Fence {
         if self.is_lost() {
             return Err(self.lost_error());
         }
-        let current = match conn {
-            super::Conn::Sqlite(c) => {
-                diesel::sql_query("SELECT epoch FROM sync_fence WHERE id = 1")
-                    .get_result::<Epoch>(&mut **c)?
-            }
-            super::Conn::Pg(c) => {
-                diesel::sql_query("SELECT epoch FROM sync_fence WHERE id = 1 FOR SHARE")
-                    .get_result::<Epoch>(&mut **c)?
-            }
-        };
+        let current = with_conn!(
+            conn,
+            sqlite
+                | c
+                | diesel::sql_query("SELECT epoch FROM sync_fence WHERE id = 1")
+                    .get_result::<Epoch>(c)?,
+            postgres
+                | c
+                | diesel::sql_query("SELECT epoch FROM sync_fence WHERE id = 1 FOR SHARE")
+                    .get_result::<Epoch>(c)?,
+        );
         if current.epoch != self.epoch {
             self.mark_lost(format!(
                 "another process took it (fence epoch {} since, this process's {})",

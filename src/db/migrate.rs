@@ -54,35 +54,36 @@ pub(super) fn run(db: &Db) -> Result<usize, DbError> {
         Some(conn) => conn,
         None => db.conn()?,
     };
-    match &mut conn {
-        Conn::Sqlite(c) => {
+    with_conn!(
+        &mut conn,
+        sqlite | c | {
             let path = db.sqlite_path().expect("a SQLite database has a path");
             let _lock = lock::FileLock::acquire_blocking(path, lock::LockPurpose::Migration)?;
             // Another process may have applied them while this one waited for the lock.
             apply_sqlite(c)
-        }
-        Conn::Pg(c) => {
+        },
+        postgres | c | {
             // Migrations may rewrite large tables: no statement timeout for them (the pool sets
             // one on every connection), restored afterwards.
             let timeout = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
                 "current_setting('statement_timeout')",
             ))
-            .get_result::<String>(&mut **c)?;
+            .get_result::<String>(c)?;
             diesel::sql_query(format!(
                 "SELECT {}",
                 PgLock::Migration.call("pg_advisory_lock")
             ))
-            .execute(&mut **c)?;
-            diesel::sql_query("SET statement_timeout = 0").execute(&mut **c)?;
-            let applied = apply(&mut **c, POSTGRES);
+            .execute(c)?;
+            diesel::sql_query("SET statement_timeout = 0").execute(c)?;
+            let applied = apply(c, POSTGRES);
             diesel::sql_query("SELECT set_config('statement_timeout', $1, false)")
                 .bind::<diesel::sql_types::Text, _>(&timeout)
-                .execute(&mut **c)?;
+                .execute(c)?;
             diesel::sql_query(format!(
                 "SELECT {}",
                 PgLock::Migration.call("pg_advisory_unlock")
             ))
-            .execute(&mut **c)?;
+            .execute(c)?;
             // A later migration refused a CREATE (the privilege taken after the first one ran).
             applied.map_err(|e| match e {
                 DbError::Migration(m) if m.contains("permission denied for schema") => {
@@ -96,8 +97,8 @@ pub(super) fn run(db: &Db) -> Result<usize, DbError> {
                 }
                 e => e,
             })
-        }
-    }
+        },
+    )
 }
 
 /// [`look`] at a SQLite file, on a plain connection that changes nothing (no PRAGMA but the

@@ -62,6 +62,20 @@ macro_rules! with_conn {
             }
         }
     };
+    // The per-backend form, for the exceptions that need different SQL on each: each body gets
+    // its backend's concrete connection.
+    ($conn:expr, sqlite |$s:ident| $sqlite:expr, postgres |$p:ident| $pg:expr $(,)?) => {
+        match $conn {
+            $crate::db::Conn::Sqlite(pooled) => {
+                let $s: &mut ::diesel::SqliteConnection = &mut *pooled;
+                $sqlite
+            }
+            $crate::db::Conn::Pg(pooled) => {
+                let $p: &mut ::diesel::PgConnection = &mut *pooled;
+                $pg
+            }
+        }
+    };
 }
 
 #[derive(Clone)]
@@ -419,10 +433,15 @@ impl Db {
         let db = self.clone();
         let log_frames = Arc::clone(checkpointer);
         let next = tokio::task::spawn_blocking(move || {
-            let checked = db.conn().and_then(|mut conn| match &mut conn {
-                Conn::Sqlite(c) => Ok(diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)")
-                    .get_result::<CheckpointResult>(&mut **c)?),
-                Conn::Pg(_) => Ok(CheckpointResult::default()),
+            let checked = db.conn().and_then(|mut conn| {
+                with_conn!(
+                    &mut conn,
+                    sqlite
+                        | c
+                        | Ok(diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)")
+                            .get_result::<CheckpointResult>(c)?),
+                    postgres | _c | Ok(CheckpointResult::default()),
+                )
             });
             match checked {
                 Ok(result) => log_frames.log_frames.store(result.log, Ordering::Release),

@@ -114,9 +114,9 @@ pub fn begin(conn: &mut Conn) -> Result<(), DbError> {
     // The closure needs the enum (repository functions take `&mut Conn`), so the transaction is
     // driven through the connection's transaction manager rather than `Connection::transaction`.
     use diesel::connection::{AnsiTransactionManager, TransactionManager};
-    match conn {
-        Conn::Sqlite(c) => {
-            let c: &mut diesel::SqliteConnection = c;
+    with_conn!(
+        conn,
+        sqlite | c | {
             let outermost = AnsiTransactionManager::transaction_manager_status_mut(c)
                 .transaction_depth()?
                 .is_none();
@@ -125,12 +125,9 @@ pub fn begin(conn: &mut Conn) -> Result<(), DbError> {
             } else {
                 AnsiTransactionManager::begin_transaction(c)?;
             }
-        }
-        Conn::Pg(c) => {
-            let c: &mut diesel::PgConnection = c;
-            AnsiTransactionManager::begin_transaction(c)?;
-        }
-    }
+        },
+        postgres | c | AnsiTransactionManager::begin_transaction(c)?,
+    );
     Ok(())
 }
 

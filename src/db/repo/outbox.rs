@@ -99,36 +99,41 @@ pub fn open_window(
         .filter(outbox::id.le(ceiling))
         .order(outbox::id.asc())
         .limit(limit);
-    let mut rows: Vec<OpenRow> = match conn {
-        // The `outbox_open` partial index holds exactly the open rows in id order: a window is
-        // a range scan of it that stops at `limit`.
-        Conn::Sqlite(c) => window
-            .filter(is_open())
-            .select((
-                outbox::id,
-                outbox::op,
-                outbox::campaign,
-                outbox::reference,
-                outbox::job_id,
-                lossy_payload(),
-                outbox::status,
-                outbox::attempts,
-                outbox::last_error,
-                outbox::next_attempt_at,
-                outbox::first_sent_at,
-                outbox::in_doubt,
-                outbox::sent_payload,
-                outbox::result_job_id,
-            ))
-            .load::<OpenRowBytes>(&mut **c)?
-            .into_iter()
-            .map(OpenRow::from)
-            .collect(),
-        Conn::Pg(c) => window
-            .filter(is_open())
-            .select(OpenRow::as_select())
-            .load(&mut **c)?,
-    };
+    // The `outbox_open` partial index holds exactly the open rows in id order: a window is a
+    // range scan of it that stops at `limit`.
+    let mut rows: Vec<OpenRow> = with_conn!(
+        conn,
+        sqlite
+            | c
+            | window
+                .filter(is_open())
+                .select((
+                    outbox::id,
+                    outbox::op,
+                    outbox::campaign,
+                    outbox::reference,
+                    outbox::job_id,
+                    lossy_payload(),
+                    outbox::status,
+                    outbox::attempts,
+                    outbox::last_error,
+                    outbox::next_attempt_at,
+                    outbox::first_sent_at,
+                    outbox::in_doubt,
+                    outbox::sent_payload,
+                    outbox::result_job_id,
+                ))
+                .load::<OpenRowBytes>(c)?
+                .into_iter()
+                .map(OpenRow::from)
+                .collect(),
+        postgres
+            | c
+            | window
+                .filter(is_open())
+                .select(OpenRow::as_select())
+                .load(c)?,
+    );
     // The payload was read as bytes made text, with U+FFFD in place of bytes that are not
     // UTF-8: only such rows are read again to tell a real U+FFFD from a broken payload.
     let suspects: Vec<i64> = rows
@@ -717,38 +722,41 @@ pub fn get_many(conn: &mut Conn, ids: &[i64]) -> Result<Vec<OutboxRow>, DbError>
         let query = outbox::table
             .filter(outbox::id.eq_any(chunk))
             .order(outbox::id.asc());
-        let part: Vec<OutboxRow> = match conn {
-            // A payload that is not UTF-8 is shown with U+FFFD in place of its bad bytes.
-            Conn::Sqlite(c) => query
-                .select((
-                    (
-                        outbox::id,
-                        outbox::op,
-                        outbox::campaign,
-                        outbox::reference,
-                        outbox::job_id,
-                        lossy_payload(),
-                        outbox::status,
-                        outbox::attempts,
-                        outbox::last_error,
-                    ),
-                    (
-                        outbox::http_status,
-                        outbox::result_job_id,
-                        outbox::created_at,
-                        outbox::updated_at,
-                        outbox::next_attempt_at,
-                        outbox::first_sent_at,
-                        outbox::in_doubt,
-                        outbox::merged_into,
-                    ),
-                ))
-                .load::<(OutboxHead, OutboxTail)>(&mut **c)?
-                .into_iter()
-                .map(OutboxRow::from)
-                .collect(),
-            Conn::Pg(c) => query.select(OutboxRow::as_select()).load(&mut **c)?,
-        };
+        // A payload that is not UTF-8 is shown with U+FFFD in place of its bad bytes.
+        let part: Vec<OutboxRow> = with_conn!(
+            &mut *conn,
+            sqlite
+                | c
+                | query
+                    .select((
+                        (
+                            outbox::id,
+                            outbox::op,
+                            outbox::campaign,
+                            outbox::reference,
+                            outbox::job_id,
+                            lossy_payload(),
+                            outbox::status,
+                            outbox::attempts,
+                            outbox::last_error,
+                        ),
+                        (
+                            outbox::http_status,
+                            outbox::result_job_id,
+                            outbox::created_at,
+                            outbox::updated_at,
+                            outbox::next_attempt_at,
+                            outbox::first_sent_at,
+                            outbox::in_doubt,
+                            outbox::merged_into,
+                        ),
+                    ))
+                    .load::<(OutboxHead, OutboxTail)>(c)?
+                    .into_iter()
+                    .map(OutboxRow::from)
+                    .collect(),
+            postgres | c | query.select(OutboxRow::as_select()).load(c)?,
+        );
         rows.extend(part);
     }
     rows.sort_unstable_by_key(|r| r.id);

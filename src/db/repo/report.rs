@@ -4,6 +4,7 @@
 use super::{jobs, outbox, runs, state};
 use crate::db::models::RunRow;
 use crate::db::{Conn, DbError};
+use crate::with_conn;
 use serde::{Serialize, Serializer};
 
 #[derive(Debug, Clone, Serialize)]
@@ -100,19 +101,20 @@ pub fn holdings(conn: &mut Conn) -> Result<Holdings, DbError> {
         n: i64,
     }
     let mut exists = |table: &str| -> Result<bool, DbError> {
-        let found = match conn {
-            Conn::Sqlite(c) => diesel::sql_query(
+        let found =
+            with_conn!(&mut *conn,
+            sqlite |c| diesel::sql_query(
                 "SELECT count(*) AS n FROM sqlite_master WHERE type = 'table' AND name = ?",
             )
             .bind::<Text, _>(table)
-            .get_result::<Count>(&mut **c)?,
+            .get_result::<Count>(c)?,
             // `to_regclass` follows the search path, as the unqualified queries below do.
-            Conn::Pg(c) => diesel::sql_query(
+            postgres |c| diesel::sql_query(
                 "SELECT count(*) AS n FROM (SELECT to_regclass($1) AS t) r WHERE t IS NOT NULL",
             )
             .bind::<Text, _>(table)
-            .get_result::<Count>(&mut **c)?,
-        };
+            .get_result::<Count>(c)?,
+        );
         Ok(found.n > 0)
     };
     let present: Vec<bool> = ["jobs", "outbox", "sync_runs", "sync_state"]
