@@ -203,6 +203,10 @@ fn migrate_works_from_the_command_line_and_twice_is_a_no_op() {
 }
 
 #[test]
+#[cfg_attr(
+    not(pg),
+    ignore = "set JOBSYNC_TEST_POSTGRES_URL to run the PostgreSQL tests"
+)]
 fn migrate_works_against_postgres_from_the_command_line() {
     let Ok(url) = std::env::var("JOBSYNC_TEST_POSTGRES_URL") else {
         assert!(

@@ -1,7 +1,10 @@
 //! A fresh, migrated database on each backend.
 //!
-//! PostgreSQL tests need `JOBSYNC_TEST_POSTGRES_URL` (CI exports it). Without it they skip with a
-//! visible message — except under CI (`CI` set), where a missing PostgreSQL fails the test.
+//! PostgreSQL tests need `JOBSYNC_TEST_POSTGRES_URL` (CI exports it). Without it `build.rs` does
+//! not set `cfg(pg)` and each PostgreSQL test is ignored: a test that needs PostgreSQL carries
+//! `#[cfg_attr(not(pg), ignore = "set JOBSYNC_TEST_POSTGRES_URL to run the PostgreSQL tests")]`
+//! (`on_both_backends!` puts it on its `postgres` half). Run anyway (`--ignored`), it returns
+//! early with a message — except under CI (`CI` set), where a missing PostgreSQL fails the test.
 
 use jobsync::api::models::Job;
 use jobsync::db::Db;
