@@ -10,7 +10,7 @@
 #  4. check_rendered.py: restricted pods, no placeholder Secret, alerts that parse as PromQL and
 #     have a runbook_url to a heading of docs/operations.md, the namespace on every object, NetworkPolicies for every pod, the
 #     podFailurePolicy statuses, one image version source.
-# The metric names the alerts use are checked against a live /metrics by tests/deploy_alerts.rs.
+# The metric names the alerts use are checked against a live /metrics by tests/it/deploy_alerts.rs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -31,7 +31,7 @@
 //!
 //! Then: the faults stop (the clock back to 0), the CRM and the platform stop, and the daemon
 //! must settle every open row by the first cycle that begins after the row was due (as
-//! `tests/push_chaos.rs` checks); it is stopped with SIGTERM; `jobsync resync` and `jobsync
+//! `tests/it/push_chaos.rs` checks); it is stopped with SIGTERM; `jobsync resync` and `jobsync
 //! --once` list every tracked campaign in full; `jobsync verify --json` must find nothing but
 //! `lost` creates of jobs the platform deleted; and upstream every reference the CRM created
 //! exists exactly once (at most once if the platform deleted it; zero or once if the CRM
