@@ -4,6 +4,9 @@
 //! error per test, each asserting its hint.
 
 use crate::common;
+use crate::common::{
+    clean_command as command, run_clean as jobsync, stderr_of as stderr, stdout_of as stdout,
+};
 use jobsync::db::Db;
 use jobsync::db::repo::outbox;
 use jobsync::sim::SimConfig;
@@ -14,32 +17,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "N0tThePassw0rd";
-
-/// The real binary in `dir` with a clean environment: only `env`, no health server, JSON logs.
-fn jobsync(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    command(dir, args, env).output().expect("run jobsync")
-}
-
-fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobsync"));
-    cmd.current_dir(dir).args(args);
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("JOBSYNC_")) {
-        cmd.env_remove(key);
-    }
-    cmd.env_remove("RUST_LOG")
-        .env("JOBSYNC_SERVER__LISTEN", "")
-        .env("JOBSYNC_LOG__FORMAT", "json")
-        .envs(env.iter().copied());
-    cmd
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// The `error: …` line the command ended with (there must be exactly one).
 fn error_line(out: &Output) -> String {

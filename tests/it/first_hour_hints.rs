@@ -4,6 +4,7 @@
 //! nothing changed). The real binary; each test starts from the user's mistake.
 
 use crate::common;
+use crate::common::{run_clean as jobsync, stderr_of as stderr, stdout_of as stdout};
 // Hints grouped by where the mistake shows: talking to the API, the database, the command line.
 mod api;
 mod cli;
@@ -11,28 +12,6 @@ mod db;
 
 use std::path::Path;
 use std::process::{Command, Output};
-
-/// The real binary in `dir` with no `JOBSYNC_*` variable but `env`.
-fn jobsync(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobsync"));
-    cmd.current_dir(dir).args(args);
-    for (key, _) in std::env::vars().filter(|(k, _)| k.starts_with("JOBSYNC_")) {
-        cmd.env_remove(key);
-    }
-    cmd.env_remove("RUST_LOG")
-        .env("JOBSYNC_SERVER__LISTEN", "")
-        .env("JOBSYNC_LOG__FORMAT", "json")
-        .envs(env.iter().copied());
-    cmd.output().expect("run jobsync")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 /// Asserts exit code 2 and one `error: …` line holding each of `expected`; returns the line.
 fn usage_error(out: &Output, expected: &[&str]) -> String {

@@ -5,35 +5,7 @@
 //! Before, jobsync's migrations ran in `public` ("relation "campaigns" already exists").
 
 use crate::common::*;
-use diesel::{Connection, PgConnection, RunQueryDsl};
 use jobsync::sim::SimConfig;
-
-/// Runs `statements` (separated by `;`) as one batch.
-fn sql(url: &str, statements: &str) -> Result<(), String> {
-    use diesel::connection::SimpleConnection;
-    let mut conn = PgConnection::establish(url).map_err(|e| e.to_string())?;
-    conn.batch_execute(statements).map_err(|e| e.to_string())
-}
-
-fn count(url: &str, query: &str) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut conn = PgConnection::establish(url).unwrap();
-    diesel::sql_query(query)
-        .get_result::<N>(&mut conn)
-        .unwrap()
-        .n
-}
-
-/// `admin`'s URL with another user and database.
-fn as_user(admin: &str, user: &str, database: &str) -> String {
-    let rest = &admin[admin.find('@').unwrap()..];
-    let host = &rest[..rest.rfind('/').unwrap()];
-    format!("postgres://{user}:pw{host}/{database}")
-}
 
 #[test]
 #[cfg_attr(
@@ -50,15 +22,15 @@ fn jobsync_in_its_own_schema_beside_a_crm_with_jobs_and_campaigns_tables() {
         format!("jobsync_owner_{n}"),
         format!("crm_writer_{n}"),
     );
-    sql(&admin, &format!("DROP DATABASE IF EXISTS {database}")).unwrap();
-    sql(&admin, &format!("CREATE DATABASE {database}")).unwrap();
+    pg_sql(&admin, &format!("DROP DATABASE IF EXISTS {database}")).unwrap();
+    pg_sql(&admin, &format!("CREATE DATABASE {database}")).unwrap();
     for role in [&owner, &crm] {
-        let _ = sql(&admin, &format!("DROP ROLE IF EXISTS {role}"));
-        sql(&admin, &format!("CREATE ROLE {role} LOGIN PASSWORD 'pw'")).unwrap();
+        let _ = pg_sql(&admin, &format!("DROP ROLE IF EXISTS {role}"));
+        pg_sql(&admin, &format!("CREATE ROLE {role} LOGIN PASSWORD 'pw'")).unwrap();
     }
-    let admin_db = as_user(&admin, "jobsync", &database).replace(":pw@", ":jobsync@");
+    let admin_db = pg_url_as(&admin, "jobsync", &database).replace(":pw@", ":jobsync@");
     // The CRM's own tables, named as jobsync's are; jobsync's role owns only its schema.
-    sql(
+    pg_sql(
         &admin_db,
         &format!(
             "CREATE TABLE public.jobs (crm_id int); CREATE TABLE public.campaigns (crm_name text); \
@@ -77,7 +49,7 @@ fn jobsync_in_its_own_schema_beside_a_crm_with_jobs_and_campaigns_tables() {
         ..SimConfig::default()
     }));
     let dir = tempfile::tempdir().unwrap();
-    let jobsync_url = as_user(&admin, &owner, &database);
+    let jobsync_url = pg_url_as(&admin, &owner, &database);
     let once = || {
         jobsync_command_with_url(&sim.base_url(), &jobsync_url, dir.path())
             .arg("--once")
@@ -93,16 +65,16 @@ fn jobsync_in_its_own_schema_beside_a_crm_with_jobs_and_campaigns_tables() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(
-        count(&admin_db, "SELECT count(*) AS n FROM jobsync.jobs"),
+        pg_count(&admin_db, "SELECT count(*) AS n FROM jobsync.jobs"),
         12
     );
     assert_eq!(
-        count(&admin_db, "SELECT count(*) AS n FROM public.jobs"),
+        pg_count(&admin_db, "SELECT count(*) AS n FROM public.jobs"),
         1,
         "the CRM's own table untouched"
     );
     assert_eq!(
-        count(
+        pg_count(
             &admin_db,
             "SELECT count(*) AS n FROM information_schema.tables \
              WHERE table_schema = 'public' AND table_name LIKE '%diesel%'"
@@ -112,7 +84,7 @@ fn jobsync_in_its_own_schema_beside_a_crm_with_jobs_and_campaigns_tables() {
     );
 
     // The CRM's least-privilege role, as docs/crm-integration.md gives it.
-    sql(
+    pg_sql(
         &admin_db,
         &format!(
             "GRANT USAGE ON SCHEMA jobsync TO {crm}; \
@@ -122,21 +94,21 @@ fn jobsync_in_its_own_schema_beside_a_crm_with_jobs_and_campaigns_tables() {
         ),
     )
     .unwrap();
-    let crm_url = as_user(&admin, &crm, &database);
-    sql(
+    let crm_url = pg_url_as(&admin, &crm, &database);
+    pg_sql(
         &crm_url,
         "INSERT INTO jobsync.outbox (op, campaign, reference, payload) \
          VALUES ('create', 28, 'crm-schema-1', '{\"name\": \"In a schema\"}')",
     )
     .expect("the CRM writes the outbox");
-    assert!(count(&crm_url, "SELECT count(*) AS n FROM jobsync.job_changes") >= 12);
+    assert!(pg_count(&crm_url, "SELECT count(*) AS n FROM jobsync.job_changes") >= 12);
     for forbidden in [
         "DELETE FROM jobsync.jobs",
         "UPDATE jobsync.outbox SET status = 'done'",
         "SELECT count(*) FROM jobsync.sync_runs",
         "CREATE TABLE jobsync.crm_scratch (x int)",
     ] {
-        let refused = sql(&crm_url, forbidden).unwrap_err();
+        let refused = pg_sql(&crm_url, forbidden).unwrap_err();
         assert!(
             refused.contains("permission denied"),
             "{forbidden}: {refused}"
@@ -156,8 +128,8 @@ fn jobsync_in_its_own_schema_beside_a_crm_with_jobs_and_campaigns_tables() {
     assert_eq!(upstream, 1, "the CRM's create reached the API");
 
     drop(sim);
-    sql(&admin, &format!("DROP DATABASE {database} WITH (FORCE)")).unwrap();
+    pg_sql(&admin, &format!("DROP DATABASE {database} WITH (FORCE)")).unwrap();
     for role in [&owner, &crm] {
-        sql(&admin, &format!("DROP ROLE {role}")).unwrap();
+        pg_sql(&admin, &format!("DROP ROLE {role}")).unwrap();
     }
 }

@@ -5,6 +5,7 @@
 pub mod daemon;
 pub mod db;
 pub mod engine;
+pub mod pg;
 pub mod process;
 pub mod proxy;
 pub mod push;
@@ -14,6 +15,7 @@ pub mod sim;
 pub use daemon::*;
 pub use db::*;
 pub use engine::*;
+pub use pg::*;
 pub use process::*;
 pub use proxy::*;
 pub use push::*;

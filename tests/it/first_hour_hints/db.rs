@@ -5,6 +5,7 @@
 //! database it must not write to, and two demos run at once in one directory.
 
 use super::*;
+use crate::common::{pg_count, pg_sql, pg_url_as};
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection, RunQueryDsl, SqliteConnection};
 use std::collections::BTreeMap;
@@ -60,30 +61,7 @@ fn unique(prefix: &str) -> String {
 }
 
 fn pg(url: &str, statements: &str) {
-    let mut conn = PgConnection::establish(url).expect("connect to the test PostgreSQL");
-    conn.batch_execute(statements).expect(statements);
-}
-
-fn pg_count(url: &str, query: &str) -> i64 {
-    #[derive(diesel::QueryableByName)]
-    struct N {
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        n: i64,
-    }
-    let mut conn = PgConnection::establish(url).unwrap();
-    diesel::sql_query(query)
-        .get_result::<N>(&mut conn)
-        .unwrap()
-        .n
-}
-
-/// `admin`'s URL (`postgres://USER:PASSWORD@HOST/DB?…`) as `user` with password `pw`, on
-/// `database`. A password of fewer than 4 characters, so that jobsync's masking of passwords
-/// wherever they occur leaves the messages whole.
-fn url_as(admin: &str, user: &str, database: &str) -> String {
-    let rest = &admin[admin.find('@').unwrap()..];
-    let host = &rest[..rest.find('/').unwrap()];
-    format!("postgres://{user}:pw{host}/{database}")
+    pg_sql(url, statements).unwrap_or_else(|e| panic!("{statements}: {e}"));
 }
 
 /// `admin`'s URL on `database`, as `admin`'s own user.
@@ -132,7 +110,7 @@ impl Scratch {
 
     /// The database, as the scratch role.
     fn role_url(&self) -> String {
-        url_as(&self.admin, &self.role, &self.database)
+        pg_url_as(&self.admin, &self.role, &self.database)
     }
 }
 
