@@ -167,17 +167,13 @@ fn an_https_base_url_to_a_plain_http_api_says_to_use_http_and_is_not_retried() {
     );
 
     // The fix named works.
-    let fixed = [
-        ("JOBSYNC_API__TOKEN", "dev-token"),
-        ("JOBSYNC_API__BASE_URL", plain.as_str()),
-    ];
-    let out = jobsync(dir.path(), &["--database-url", &db, "check"], &fixed);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
+    check_passes(
+        dir.path(),
+        &db,
+        &[
+            ("JOBSYNC_API__TOKEN", "dev-token"),
+            ("JOBSYNC_API__BASE_URL", plain.as_str()),
+        ],
     );
 }
 
@@ -277,17 +273,13 @@ fn a_redirect_to_another_origin_names_both_origins_and_the_base_url_to_set() {
     );
 
     // The fix named works.
-    let fixed = [
-        ("JOBSYNC_API__TOKEN", "dev-token"),
-        ("JOBSYNC_API__BASE_URL", api.as_str()),
-    ];
-    let out = jobsync(dir.path(), &["--database-url", &db, "check"], &fixed);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        stdout(&out),
-        stderr(&out)
+    check_passes(
+        dir.path(),
+        &db,
+        &[
+            ("JOBSYNC_API__TOKEN", "dev-token"),
+            ("JOBSYNC_API__BASE_URL", api.as_str()),
+        ],
     );
 }
 
@@ -359,7 +351,12 @@ fn a_token_file_of_two_lines_is_refused_at_once_naming_the_file() {
         ("JOBSYNC_API__TOKEN_FILE", path.as_str()),
         ("JOBSYNC_API__BASE_URL", api.as_str()),
     ];
-    let out = jobsync(dir.path(), &["--database-url", &db, "check"], &env);
+    check_passes(dir.path(), &db, &env);
+}
+
+/// `jobsync check` with `env` on the database `db` exits 0: the fix a hint named works.
+fn check_passes(dir: &Path, db: &str, env: &[(&str, &str)]) {
+    let out = jobsync(dir, &["--database-url", db, "check"], env);
     assert_eq!(
         out.status.code(),
         Some(0),
