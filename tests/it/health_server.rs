@@ -156,19 +156,26 @@ fn a_request_whose_headers_never_end_is_closed_after_the_header_timeout() {
 
 /// 300 slow-loris clients (each sends half its headers, is closed at the header timeout, and
 /// connects again at once) used to make `/healthz` take 12–13 s: every slot was held and a probe
-/// waited for one. Now the oldest connection makes room: every probe is answered within 1 s,
-/// across more than one header timeout.
+/// waited for a slow client's header timeout to free one. Now the oldest connection makes room.
+///
+/// The one bound here separates the two behaviours, not a speed: a probe must be answered within
+/// `HEADER_TIMEOUT - 1 s` of being sent, which a probe waiting for a slot to free cannot be. (The
+/// answer takes milliseconds on an idle machine; the test prints the slowest.) Probing goes on
+/// until past the attackers' first header timeout, however long each probe takes, so the count
+/// of probes is not a speed either.
 #[test]
-fn probes_answer_within_a_second_while_300_slow_clients_hold_connections() {
+fn probes_are_served_at_once_while_300_slow_clients_hold_connections() {
     let rt = runtime();
     let (_sim, _dir, daemon) = start_daemon(&rt);
     let addr: std::net::SocketAddr = daemon.health_addr().parse().unwrap();
     daemon.wait_until("/readyz", |status, _| status == 200);
-    let until = Instant::now() + HEADER_TIMEOUT + Duration::from_secs(3);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacked = Instant::now();
     let attackers: Vec<_> = (0..300)
         .map(|_| {
+            let stop = stop.clone();
             rt.spawn(async move {
-                while Instant::now() < until {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
                         continue;
                     };
@@ -176,26 +183,37 @@ fn probes_answer_within_a_second_while_300_slow_clients_hold_connections() {
                         continue;
                     }
                     // Held until the server closes it (header timeout, or to make room).
-                    let mut sink = [0u8; 256];
-                    let _ = tokio::time::timeout_at(until.into(), stream.read(&mut sink)).await;
+                    let held = Instant::now() + HEADER_TIMEOUT + MARGIN;
+                    let _ = read_until_closed_async(&mut stream, held).await;
                 }
             })
         })
         .collect();
-    let mut probes = 0;
-    while Instant::now() < until {
+    let bound = HEADER_TIMEOUT - Duration::from_secs(1);
+    let (mut probes, mut slowest) = (0, Duration::ZERO);
+    let probe_until = attacked + HEADER_TIMEOUT + Duration::from_secs(2);
+    while probes == 0 || Instant::now() < probe_until {
         for path in ["/healthz", "/readyz"] {
             let request =
                 format!("GET {path} HTTP/1.1\r\nHost: jobsync\r\nConnection: close\r\n\r\n");
             let asked = Instant::now();
             let mut probe = connect_and_send(&addr.to_string(), request.as_bytes());
-            let ending = read_until_closed(&mut probe, asked + Duration::from_secs(1));
-            assert_answered_200(ending, &format!("{path} within 1 s, probe #{probes}"));
+            let ending = read_until_closed(&mut probe, asked + bound);
+            assert_answered_200(
+                ending,
+                &format!(
+                    "{path} probe #{probes}, sent {:?} into the attack, within {bound:?}",
+                    asked - attacked
+                ),
+            );
+            slowest = slowest.max(asked.elapsed());
             probes += 1;
         }
+        // A kubelet's pace, not a synchronisation: nothing waits on this.
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(probes >= 20, "{probes} probes");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    eprintln!("{probes} probes under 300 slow clients; the slowest answered in {slowest:?}");
     for attacker in attackers {
         rt.block_on(attacker).unwrap();
     }
