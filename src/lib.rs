@@ -14,3 +14,4 @@ pub mod sim;
 pub mod sync;
 pub mod telemetry;
 pub mod verify;
+pub mod webhook;

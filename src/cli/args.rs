@@ -64,12 +64,22 @@ pub enum Command {
     Outbox(OutboxCommand),
     /// Print the changefeed as NDJSON, rows with seq > SINCE in seq order
     Changes {
-        /// Print rows after this sequence number
-        #[arg(long, default_value_t = 0, value_name = "SEQ")]
-        since: i64,
+        /// Print rows after this sequence number (with --consumer: where a new consumer starts)
+        #[arg(long, value_name = "SEQ")]
+        since: Option<i64>,
+        /// Resume after this consumer's committed seq, and commit after each page is printed
+        /// (at least once; table changefeed_consumers)
+        #[arg(long, value_name = "NAME")]
+        consumer: Option<String>,
         /// Keep printing new rows as they arrive
         #[arg(long)]
         follow: bool,
+        /// Print at most this many rows, then exit
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// Only this campaign's rows (a consumer's position still passes the others)
+        #[arg(long, value_name = "N")]
+        campaign: Option<i64>,
     },
     /// Last runs, watermark, outbox and mirror counts, from the database (no API call)
     Status,
@@ -94,6 +104,9 @@ pub enum Command {
     /// Inspect the configuration
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The webhook sink: re-deliver from a seq, or resume a paused sink
+    #[command(subcommand)]
+    Webhook(WebhookCommand),
     /// Run a faithful local stand-in for the Jobs API
     Simulate(crate::sim::SimulateArgs),
     /// A one-command tour: the simulator in-process, sync cycles into a local SQLite file
@@ -164,6 +177,19 @@ pub enum ConfigCommand {
     /// The effective configuration: every key, its value (secrets masked) and the layer it came
     /// from (default, file, env, flag)
     Show,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Re-deliver the changefeed from SEQ: sets the sink's position (consumer `webhook`) so the
+    /// running daemon's sink delivers the rows with seq >= SEQ again, in order
+    Replay {
+        /// The first seq to deliver again
+        #[arg(long, value_name = "SEQ")]
+        from: i64,
+    },
+    /// Resume a paused sink now, from the same seq
+    Resume,
 }
 
 #[derive(Debug, Subcommand)]

@@ -10,6 +10,10 @@ use crate::telemetry::RunState;
 use std::sync::Arc;
 
 pub async fn run(config: &Config) -> CliResult {
+    // A sink that could not sign is refused before anything starts, naming the file.
+    if !config.webhook.url.trim().is_empty() {
+        crate::webhook::check(&config.webhook).map_err(CliError::usage)?;
+    }
     let engine = super::unless_stopped(
         "while connecting and migrating",
         context::engine(config, "run", StopFlag::new()),
@@ -31,6 +35,16 @@ pub async fn run(config: &Config) -> CliResult {
     let daemon = daemon::start(engine, settings, run_state.clone())
         .await
         .map_err(|e| CliError::failed(e.to_string()))?;
+    // The webhook sink: a task of its own beside the cycles, never in their way.
+    let sink_stop = tokio_util::sync::CancellationToken::new();
+    let sink = if config.webhook.url.trim().is_empty() {
+        None
+    } else {
+        Some(
+            crate::webhook::start(&db, &config.webhook, run_state.clone(), sink_stop.clone())
+                .map_err(CliError::usage)?,
+        )
+    };
     // The server starts after the scheduler, so its first answer to /healthz is already true.
     let listen = &config.server.listen;
     let server = if listen.is_empty() {
@@ -38,7 +52,7 @@ pub async fn run(config: &Config) -> CliResult {
     } else {
         let context = ServerContext {
             db,
-            run: run_state,
+            run: run_state.clone(),
             api,
             max_staleness_secs: config.sync.max_staleness_secs,
             stall_secs: config.sync.stall_secs,
@@ -49,7 +63,15 @@ pub async fn run(config: &Config) -> CliResult {
             ))
         })?)
     };
-    daemon.run(listen, super::shutdown_signal()).await;
+    let signal = async {
+        super::shutdown_signal().await;
+        // A POST in flight is abandoned: its batch is delivered again, same id, at the next start.
+        sink_stop.cancel();
+    };
+    daemon.run(listen, signal).await;
+    if let Some(sink) = sink {
+        let _ = sink.await;
+    }
     if let Some(server) = server {
         server.stop().await;
     }

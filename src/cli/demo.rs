@@ -211,7 +211,7 @@ async fn tour(config: &Config, url: String, database_url_given: bool, force: boo
     let new = db.run(move |c| changes::since(c, seq_mid, 5)).await?;
     outln!("\n5. the changefeed the CRM reads (`jobsync changes --since {seq_mid}`), first rows:");
     for row in &new {
-        outln!("   {}", super::changes::to_json(row));
+        outln!("   {}", crate::db::repo::changes::to_json(row));
     }
     let (live, deleted) = db.run(jobs::counts).await?;
     let total = last_seq(&db).await? - seq_before;

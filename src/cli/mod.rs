@@ -33,6 +33,7 @@ mod prune;
 mod resync;
 mod status;
 mod verify;
+mod webhook;
 
 pub use args::{Cli, Command, ConfigCommand, GlobalArgs, ImportArgs, ImportFormat, OutboxCommand};
 
@@ -137,9 +138,23 @@ async fn dispatch(cli: Cli) -> CliResult {
         Command::Run { once: false } => daemon::run(&config).await,
         Command::Import(args) => import::run(&config, args).await,
         Command::Outbox(cmd) => outbox::run(&config, cmd).await,
-        Command::Changes { since, follow } => {
-            changes::run(&open_db(&config).await?, since, follow).await
+        Command::Changes {
+            since,
+            consumer,
+            follow,
+            limit,
+            campaign,
+        } => {
+            let request = changes::Request {
+                since,
+                consumer,
+                follow,
+                limit,
+                campaign,
+            };
+            changes::run(&open_db(&config).await?, request).await
         }
+        Command::Webhook(cmd) => webhook::run(&config, cmd).await,
         Command::Prune => prune::run(&config).await,
         Command::Verify { campaigns, json } => verify::run(&config, campaigns, json).await,
         Command::Resync { campaigns } => resync::run(&config, campaigns).await,

@@ -15,5 +15,8 @@ pub async fn run(config: &Config) -> CliResult {
         pruned.runs,
         pruned.deleted_jobs
     );
+    for (consumer, rows) in &pruned.unread {
+        outln!("warning: consumer {consumer} had not read {rows} of the pruned changefeed rows");
+    }
     Ok(())
 }

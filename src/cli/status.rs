@@ -62,6 +62,19 @@ fn render(r: Report) -> String {
             resync.requested_by, resync.requested_at
         );
     }
+    for c in &r.changefeed_consumers {
+        let paused = match (&c.paused_until, &c.paused_reason) {
+            (Some(until), reason) => format!(
+                "; PAUSED until {until}: {} (`jobsync webhook resume` resumes now)",
+                reason.as_deref().unwrap_or("no reason recorded")
+            ),
+            _ => String::new(),
+        };
+        out += &format!(
+            "consumer:         {} at seq {}, {} behind, updated {}{paused}\n",
+            c.name, c.last_seq, c.lag, c.updated_at
+        );
+    }
     out += "last runs:\n";
     if r.last_runs.is_empty() {
         out += "  none yet\n";

@@ -14,7 +14,7 @@ const ENV_PREFIX: &str = "JOBSYNC_";
 /// Top-level sections an environment variable may set. Anything else with the prefix (such as
 /// the `JOBSYNC_SERVICE_HOST` / `JOBSYNC_PORT` variables Kubernetes injects for a Service named
 /// `jobsync`) is not configuration and is ignored.
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "api",
     "database",
     "sync",
@@ -24,10 +24,12 @@ const SECTIONS: [&str; 9] = [
     "log",
     "telemetry",
     "verify",
+    "webhook",
 ];
 /// Keys whose value is, or may hold, a secret: a configuration error never shows their value,
 /// and the environment gives them as the variable's text (see [`RawEnv`]).
-pub(crate) const SECRET_KEYS: [&str; 3] = ["api.token", "database.url", "api.base_url"];
+pub(crate) const SECRET_KEYS: [&str; 4] =
+    ["api.token", "database.url", "api.base_url", "webhook.url"];
 const SHIPPED_FILES: [&str; 2] = ["config/default.toml", "/etc/jobsync/config.toml"];
 /// Names of the layers built here, as figment's metadata reports them.
 pub(super) const DEFAULTS: &str = "built-in defaults";

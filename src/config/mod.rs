@@ -29,4 +29,7 @@ pub fn register_secrets(config: &Config) {
     for secret in crate::secret::api_url::secrets(&config.api.base_url) {
         crate::secret::register(&secret);
     }
+    for secret in crate::secret::api_url::secrets(&config.webhook.url) {
+        crate::secret::register(&secret);
+    }
 }

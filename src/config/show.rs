@@ -38,7 +38,10 @@ pub fn effective(overrides: &Overrides) -> Result<Vec<Setting>, ConfigError> {
                     "(unset)".to_string()
                 }
                 // As written when there is nothing to mask (`redact` normalises the URL).
-                ("api.base_url" | "telemetry.otlp_endpoint", Some(Value::String(_, url))) => {
+                (
+                    "api.base_url" | "telemetry.otlp_endpoint" | "webhook.url",
+                    Some(Value::String(_, url)),
+                ) => {
                     if crate::secret::api_url::secrets(url).is_empty() {
                         format!("{url:?}")
                     } else {

@@ -16,6 +16,7 @@ pub struct Config {
     pub log: LogConfig,
     pub telemetry: TelemetryConfig,
     pub verify: VerifyConfig,
+    pub webhook: WebhookConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -211,6 +212,38 @@ pub struct VerifyConfig {
     /// When the daemon runs `verify` (cron with seconds, UTC), beside the sync and never
     /// blocking it; its counts go to `/metrics`. Empty: never.
     pub schedule: String,
+}
+
+/// The webhook sink (contract §8): the changefeed POSTed in `seq` order to `url`, signed per
+/// Standard Webhooks with the secret in `secret_file`. Empty `url`: no sink.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// A file holding the `whsec_`-prefixed base64 secret; re-read when it changes.
+    pub secret_file: Option<PathBuf>,
+    /// Changefeed rows per POST.
+    pub batch_size: u32,
+    /// How long one POST may take, connecting included.
+    pub timeout_secs: u64,
+    /// Tries of one batch before the sink pauses.
+    pub max_attempts: u32,
+    /// The first pause after a refusal or exhausted attempts; each pause in a row doubles it, up
+    /// to an hour. The sink then resumes on its own (or at `jobsync webhook resume`).
+    pub pause_secs: u64,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        WebhookConfig {
+            url: String::new(),
+            secret_file: None,
+            batch_size: 100,
+            timeout_secs: 10,
+            max_attempts: 8,
+            pause_secs: 60,
+        }
+    }
 }
 
 /// Traces (contract §8): spans of each cycle exported over OTLP/HTTP (JSON) when

@@ -145,6 +145,7 @@ fn check_api(c: &Config) -> Result<(), Failure> {
             ));
         }
     }
+    check_webhook(&c.webhook)?;
     let ratio = c.sync.mass_delete_ratio;
     if !(ratio.is_finite() && ratio > 0.0 && ratio <= 1.0) {
         return Err((
@@ -231,4 +232,38 @@ fn at_least(key: &'static str, value: u64, min: u64) -> Result<(), Failure> {
     } else {
         Ok(())
     }
+}
+
+/// `webhook.*`: a URL the sink can POST to, and a secret file when it is set.
+fn check_webhook(w: &super::types::WebhookConfig) -> Result<(), Failure> {
+    let url = w.url.trim();
+    if url.is_empty() {
+        return Ok(());
+    }
+    let ok = reqwest::Url::parse(url)
+        .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+    if !ok {
+        return Err((
+            "webhook.url",
+            "must be the receiver's http:// or https:// URL, e.g. https://crm.example.com/hooks/jobsync, or empty for no webhook".into(),
+        ));
+    }
+    if w.secret_file.is_none() {
+        return Err((
+            "webhook.url",
+            "is set but webhook.secret_file is not: every delivery is signed; write the \
+             receiver's `whsec_…` secret into a file and set webhook.secret_file to its path"
+                .into(),
+        ));
+    }
+    if !(1..=10_000).contains(&w.batch_size) {
+        return Err((
+            "webhook.batch_size",
+            "must be from 1 to 10000 changefeed rows per POST".into(),
+        ));
+    }
+    at_least("webhook.timeout_secs", w.timeout_secs, 1)?;
+    at_least("webhook.max_attempts", w.max_attempts.into(), 1)?;
+    at_least("webhook.pause_secs", w.pause_secs, 1)?;
+    Ok(())
 }

@@ -65,7 +65,7 @@ pub async fn start(
         let keep = keep.clone();
         Box::pin(async move {
             tick(&engine, &state, &lock).await;
-            prune_daily(&engine, &keep).await;
+            prune_daily(&engine, &state, &keep).await;
         })
     })
     .map_err(scheduler_error)?;
@@ -132,7 +132,7 @@ impl Daemon {
 }
 
 /// Applies the retention settings when the last prune is a day old (or never happened).
-async fn prune_daily(engine: &Engine, keep: &RetentionConfig) {
+async fn prune_daily(engine: &Engine, state: &RunState, keep: &RetentionConfig) {
     const LAST_PRUNE: &str = "last_prune_at";
     let keep = keep.clone();
     let pruned = engine
@@ -148,13 +148,23 @@ async fn prune_daily(engine: &Engine, keep: &RetentionConfig) {
         })
         .await;
     match pruned {
-        Ok(Some(p)) => tracing::info!(
-            changes = p.changes,
-            outbox = p.outbox,
-            runs = p.runs,
-            deleted_jobs = p.deleted_jobs,
-            "daily prune"
-        ),
+        Ok(Some(p)) => {
+            tracing::info!(
+                changes = p.changes,
+                outbox = p.outbox,
+                runs = p.runs,
+                deleted_jobs = p.deleted_jobs,
+                "daily prune"
+            );
+            state.update(|s| {
+                for (consumer, rows) in &p.unread {
+                    match s.pruned_unread.iter_mut().find(|(c, _)| c == consumer) {
+                        Some((_, n)) => *n += *rows as u64,
+                        None => s.pruned_unread.push((consumer.clone(), *rows as u64)),
+                    }
+                }
+            });
+        }
         Ok(None) => {}
         Err(e) => {
             tracing::warn!(error = %e, "daily prune failed; it is tried again at the next tick")

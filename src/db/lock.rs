@@ -27,6 +27,8 @@ pub enum LockPurpose {
     Sync,
     /// `PATH.migrate.lock`: held only while pending migrations are applied.
     Migration,
+    /// `PATH.webhook.lock`: held by the one process whose webhook sink delivers.
+    Webhook,
 }
 
 impl LockPurpose {
@@ -34,6 +36,7 @@ impl LockPurpose {
         match self {
             LockPurpose::Sync => ".lock",
             LockPurpose::Migration => ".migrate.lock",
+            LockPurpose::Webhook => ".webhook.lock",
         }
     }
 }
@@ -149,6 +152,7 @@ pub enum PgLock {
     Migration = 0x6a6f_6201,
     Changes = 0x6a6f_6202,
     Sync = 0x6a6f_6203,
+    Webhook = 0x6a6f_6204,
 }
 
 impl PgLock {
@@ -426,6 +430,11 @@ const POOLER_HINT: &str =
 /// Whether the session answering `conn` holds the sync lock (of this database and schema): the
 /// check between chunks, which also keeps the lock's session from idling out.
 fn holds_sync_lock(conn: &mut diesel::PgConnection) -> diesel::QueryResult<bool> {
+    holds(conn, PgLock::Sync)
+}
+
+/// Whether the session answering `conn` holds `lock` (of this database and schema).
+fn holds(conn: &mut diesel::PgConnection, lock: PgLock) -> diesel::QueryResult<bool> {
     use diesel::prelude::*;
     #[derive(diesel::QueryableByName)]
     struct Held {
@@ -438,7 +447,7 @@ fn holds_sync_lock(conn: &mut diesel::PgConnection) -> diesel::QueryResult<bool>
          AND l.objid = hashtext(current_schema())::oid \
          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())) \
          AS held",
-        PgLock::Sync as i32
+        lock as i32
     ))
     .get_result(conn)?;
     Ok(held.held)
@@ -482,6 +491,77 @@ impl Drop for SyncLock {
             ))
             .execute(&mut **c);
             let _ = diesel::sql_query("RESET application_name").execute(&mut **c);
+            let _ = diesel::sql_query("RESET idle_session_timeout").execute(&mut **c);
+        }
+    }
+}
+
+/// The right to deliver the webhook (contract §8: one sink delivers at a time): a kernel file
+/// lock on `PATH.webhook.lock` (SQLite), or a session advisory lock on a connection of its own
+/// (PostgreSQL). Held for as long as the sink runs; replicas that do not hold it wait. The
+/// cursor's compare-and-set ([`crate::db::repo::consumers::commit`]) fences a holder that lost
+/// it: its next commit is refused once another holder has moved the position.
+pub struct SinkLock {
+    held: Held,
+}
+
+impl SinkLock {
+    /// Takes the lock, or `Ok(None)` when another process holds it.
+    pub fn try_acquire(db: &super::Db) -> Result<Option<SinkLock>, DbError> {
+        use diesel::prelude::*;
+        if let Some(path) = db.sqlite_path() {
+            return match FileLock::try_acquire(path, LockPurpose::Webhook) {
+                Ok(lock) => Ok(Some(SinkLock {
+                    held: Held::File {
+                        lock,
+                        path: FileLock::path_for(path, LockPurpose::Webhook),
+                    },
+                })),
+                Err(DbError::Locked(message)) if message.starts_with("another") => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
+        let mut conn = db.conn()?;
+        let super::Conn::Pg(c) = &mut conn else {
+            unreachable!("a database without a SQLite path is PostgreSQL")
+        };
+        let taken = diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            &PgLock::Webhook.call("pg_try_advisory_lock"),
+        ))
+        .get_result::<bool>(&mut **c)?;
+        if !taken {
+            return Ok(None);
+        }
+        let _ = diesel::sql_query(format!(
+            "SET idle_session_timeout = {}",
+            LOCK_IDLE_LIMIT.as_millis()
+        ))
+        .execute(&mut **c);
+        Ok(Some(SinkLock {
+            held: Held::Pg(conn),
+        }))
+    }
+
+    /// Whether this process still holds it (and, on PostgreSQL, keeps its session from idling
+    /// out). Blocking.
+    pub fn is_held(&mut self) -> bool {
+        match &mut self.held {
+            Held::Pg(super::Conn::Pg(c)) => holds(c, PgLock::Webhook).unwrap_or(false),
+            Held::Pg(super::Conn::Sqlite(_)) => true,
+            Held::File { lock, path } => !lock.replaced(path),
+        }
+    }
+}
+
+impl Drop for SinkLock {
+    fn drop(&mut self) {
+        use diesel::prelude::*;
+        if let Held::Pg(super::Conn::Pg(c)) = &mut self.held {
+            let _ = diesel::sql_query(format!(
+                "SELECT {}",
+                PgLock::Webhook.call("pg_advisory_unlock")
+            ))
+            .execute(&mut **c);
             let _ = diesel::sql_query("RESET idle_session_timeout").execute(&mut **c);
         }
     }

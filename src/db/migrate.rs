@@ -23,7 +23,7 @@ const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 /// Every table jobsync's migrations create, on both backends (a test holds this list to the
 /// migrations' `CREATE TABLE`s): one of these names already taken, before jobsync's first
 /// migration, is another application's table.
-const TABLES: [&str; 8] = [
+const TABLES: [&str; 9] = [
     "jobs",
     "outbox",
     "job_changes",
@@ -32,6 +32,7 @@ const TABLES: [&str; 8] = [
     "campaigns",
     "sync_fence",
     "quarantine",
+    "changefeed_consumers",
 ];
 
 pub(super) fn run(db: &Db) -> Result<usize, DbError> {

@@ -10,6 +10,7 @@
 //! executor threads.
 
 mod error;
+pub mod listen;
 pub mod lock;
 mod migrate;
 pub mod models;

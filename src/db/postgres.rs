@@ -123,7 +123,7 @@ pub(super) fn connect_pg(url: &str, options: DbOptions) -> Result<Backend, DbErr
     drop(first);
     let url: Arc<str> = Arc::from(url);
     let pool = Pool::builder()
-        .max_size(6)
+        .max_size(8)
         .min_idle(Some(0))
         .connection_timeout(Duration::from_secs(30))
         .connection_customizer(Box::new(PgSession {

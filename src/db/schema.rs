@@ -49,6 +49,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    changefeed_consumers (name) {
+        name -> Text,
+        last_seq -> BigInt,
+        updated_at -> Timestamp,
+        pending_last_seq -> Nullable<BigInt>,
+        paused_until -> Nullable<Timestamp>,
+        paused_reason -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     job_changes (seq) {
         seq -> BigInt,
         job_id -> BigInt,
@@ -122,5 +133,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     sync_runs,
     sync_state,
     campaigns,
-    quarantine
+    quarantine,
+    changefeed_consumers
 );

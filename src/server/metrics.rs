@@ -33,6 +33,7 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
                 state::held_deletes(c)?.len(),
                 crate::db::repo::quarantine::count(c)?,
             ),
+            crate::db::repo::consumers::all_with_lag(c)?,
         ))
     });
     // Bounded well within a scrape's timeout (Prometheus: 10 s): a database that hangs rather
@@ -167,7 +168,53 @@ pub(super) async fn handler(State(ctx): State<ServerContext>) -> Response {
         "Jobs API answers whose Date header was further than api.max_date_skew_secs from both the local clock and the API's last good Date, and so not used for any stamp.",
         [(vec![], ctx.api.stats().implausible_dates() as f64)],
     );
-    if let Ok((counts, oldest, last_pull, (set_aside, deletes_held, quarantined))) = from_db {
+    let snapshot = ctx.run.snapshot();
+    out.counter(
+        "jobsync_changefeed_pruned_unread_total",
+        "Changefeed rows the daily prune deleted (retention.changes_days) before a consumer had read them.",
+        snapshot
+            .pruned_unread
+            .iter()
+            .map(|(c, n)| (vec![("consumer", c.as_str())], *n as f64)),
+    );
+    let webhook = snapshot.webhook;
+    out.counter(
+        "jobsync_webhook_changes_delivered_total",
+        "Changefeed rows this process's webhook sink delivered (acknowledged with a 2xx).",
+        [(vec![], webhook.changes_delivered as f64)],
+    );
+    out.counter(
+        "jobsync_webhook_batches_delivered_total",
+        "Webhook batches this process's sink delivered.",
+        [(vec![], webhook.batches_delivered as f64)],
+    );
+    out.counter(
+        "jobsync_webhook_failed_attempts_total",
+        "Webhook POSTs that failed (retried, or ending in a pause).",
+        [(vec![], webhook.failed_attempts as f64)],
+    );
+    if let Ok((counts, oldest, last_pull, (set_aside, deletes_held, quarantined), consumers)) =
+        from_db
+    {
+        out.gauge(
+            "jobsync_changefeed_consumer_lag",
+            "Changefeed rows after a consumer's committed position (changes --consumer, the webhook sink).",
+            consumers
+                .iter()
+                .map(|c| (vec![("consumer", c.name.as_str())], c.lag as f64)),
+        );
+        let now = crate::db::Ts::now().to_string();
+        let paused = consumers.iter().any(|c| {
+            c.name == crate::db::repo::consumers::WEBHOOK
+                && c.paused_until
+                    .as_deref()
+                    .is_some_and(|until| until > now.as_str())
+        });
+        out.gauge(
+            "jobsync_webhook_paused",
+            "1 while the webhook sink is paused (a refusal, or tries exhausted): see /status for the receiver's answer.",
+            [(vec![], if paused { 1.0 } else { 0.0 })],
+        );
         out.gauge(
             "jobsync_campaigns_set_aside",
             "Tracked campaigns whose listing the API refused (404, 403, 400, ...): not listed in full, tried again hourly.",

@@ -14,7 +14,7 @@ pub mod traces;
 pub use api_stats::ApiStats;
 pub use counters::{count_nul_replaced_job, nul_replaced_jobs};
 pub use heartbeat::Heartbeat;
-pub use run_state::{CycleOutcome, RunState, Snapshot};
+pub use run_state::{CycleOutcome, RunState, Snapshot, WebhookSnapshot};
 
 use crate::config::{LogConfig, LogFormat, TelemetryConfig};
 use std::io::{IsTerminal, Write};

@@ -39,6 +39,26 @@ pub struct Snapshot {
     pub verify_counts: Vec<(String, u64)>,
     /// When that verify finished.
     pub verify_last_at: Option<DateTime<Utc>>,
+    /// Changefeed rows the daily prune deleted before a consumer read them, per consumer.
+    pub pruned_unread: Vec<(String, u64)>,
+    /// The webhook sink of this process (when `webhook.url` is set).
+    pub webhook: WebhookSnapshot,
+}
+
+/// What this process's webhook sink did.
+#[derive(Debug, Default, Clone)]
+pub struct WebhookSnapshot {
+    /// It holds the webhook lock (the one deliverer).
+    pub delivering: bool,
+    /// It paused (a refusal, or tries exhausted) and has not delivered since.
+    pub paused: bool,
+    pub batches_delivered: u64,
+    pub changes_delivered: u64,
+    /// POSTs that failed (and were retried, or ended in a pause).
+    pub failed_attempts: u64,
+    pub last_delivered_at: Option<DateTime<Utc>>,
+    /// The last failure, scrubbed.
+    pub last_error: Option<String>,
 }
 
 impl Snapshot {

@@ -7,12 +7,22 @@ use crate::db::{Conn, DbError, Ts};
 use crate::job::JOB_FIELDS;
 use crate::with_conn;
 use diesel::prelude::*;
+use serde::Serialize;
+use serde_json::Value;
 
 /// PostgreSQL hands out sequence numbers before commit; two transactions appending at once could
 /// commit out of `seq` order and a reader polling `seq > last` would skip a row. This
 /// transaction-scoped advisory lock makes appends one writer at a time. (SQLite writers are
 /// serialised by the database itself.)
 const PG_CHANGES_LOCK: PgLock = PgLock::Changes;
+
+/// The PostgreSQL channel a notification goes to when changefeed rows commit; its payload is
+/// JSON `{"schema": "<jobsync's schema>", "last_seq": N}`, N the highest `seq` committed with it.
+/// `jobsync changes --follow` and the webhook sink wait on it; a CRM may `LISTEN` too.
+pub const NOTIFY_CHANNEL: &str = "jobsync_changes";
+
+const NOTIFY: &str = "SELECT pg_notify('jobsync_changes', json_build_object('schema', \
+     current_schema(), 'last_seq', (SELECT max(seq) FROM job_changes))::text)";
 
 /// Appends changes; call inside the transaction that changed the mirror.
 pub fn append(conn: &mut Conn, changes: &[ChangeRow]) -> Result<(), DbError> {
@@ -30,6 +40,8 @@ pub fn append(conn: &mut Conn, changes: &[ChangeRow]) -> Result<(), DbError> {
             diesel::copy_from(job_changes::table)
                 .from_insertable(changes)
                 .execute(&mut **c)?;
+            // Delivered at commit, to every session listening (contract §8: instant wake-ups).
+            diesel::sql_query(NOTIFY).execute(&mut **c)?;
             Ok(())
         }
         Conn::Sqlite(_) => super::insert_in_fixed_batches!(conn, job_changes::table, changes),
@@ -52,6 +64,32 @@ pub fn since(conn: &mut Conn, since: i64, limit: i64) -> Result<Vec<ChangeRow>, 
         .limit(limit)
         .select(ChangeRow::as_select())
         .load(c)?))
+}
+
+/// Rows with `after < seq <= until` (no upper bound when `None`), only `campaign`'s when given,
+/// oldest first, at most `limit`.
+pub fn page(
+    conn: &mut Conn,
+    after: i64,
+    until: Option<i64>,
+    campaign: Option<i64>,
+    limit: i64,
+) -> Result<Vec<ChangeRow>, DbError> {
+    with_conn!(conn, |c| {
+        let mut query = job_changes::table
+            .filter(job_changes::seq.gt(after))
+            .order(job_changes::seq.asc())
+            .limit(limit)
+            .select(ChangeRow::as_select())
+            .into_boxed();
+        if let Some(until) = until {
+            query = query.filter(job_changes::seq.le(until));
+        }
+        if let Some(campaign) = campaign {
+            query = query.filter(job_changes::campaign.eq(campaign));
+        }
+        Ok(query.load(c)?)
+    })
 }
 
 /// `changed_fields` of a `created` change: every field, computed once.
@@ -146,4 +184,36 @@ pub fn feed_mismatches(
         let rows = diesel::sql_query(&rows_sql).load::<FeedMismatch>(c)?;
         Ok((count, rows))
     })
+}
+
+/// One changefeed row as NDJSON, keys in the table's column order, `changed_fields` as a JSON
+/// array, times in RFC 3339.
+#[derive(Serialize)]
+struct ChangeLine<'a> {
+    seq: i64,
+    job_id: i64,
+    campaign: i64,
+    reference: Option<&'a str>,
+    kind: &'a str,
+    old_state: Option<i32>,
+    new_state: Option<i32>,
+    changed_fields: Value,
+    source: &'a str,
+    observed_at: String,
+}
+
+pub fn to_json(row: &ChangeRow) -> String {
+    let line = ChangeLine {
+        seq: row.seq,
+        job_id: row.job_id,
+        campaign: row.campaign,
+        reference: row.reference.as_deref(),
+        kind: &row.kind,
+        old_state: row.old_state,
+        new_state: row.new_state,
+        changed_fields: serde_json::from_str(&row.changed_fields).unwrap_or(Value::Null),
+        source: &row.source,
+        observed_at: row.observed_at.to_string(),
+    };
+    serde_json::to_string(&line).expect("a change line serialises")
 }

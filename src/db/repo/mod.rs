@@ -2,6 +2,7 @@
 //! Every function takes a [`Conn`](super::Conn) and works on both backends.
 
 pub mod changes;
+pub mod consumers;
 pub mod jobs;
 pub mod outbox;
 pub mod quarantine;

@@ -24,6 +24,9 @@ pub struct Report {
     pub deletes_held: Vec<state::HeldDeletes>,
     /// A `jobsync resync` waiting for the next cycle's full listings.
     pub resync_pending: Option<PendingResync>,
+    /// Changefeed readers jobsync keeps a position for (`changes --consumer`, the webhook sink),
+    /// with their lag and any pause.
+    pub changefeed_consumers: Vec<super::consumers::ConsumerStatus>,
     pub last_runs: Vec<RunRow>,
 }
 
@@ -64,6 +67,7 @@ pub fn read(conn: &mut Conn, recent: i64) -> Result<Report, DbError> {
             requested_at: r.requested_at,
             campaigns: r.campaigns,
         }),
+        changefeed_consumers: super::consumers::all_with_lag(conn)?,
         last_runs: runs::recent(conn, recent)?,
     })
 }

@@ -11,9 +11,11 @@ use chrono::{Duration, Utc};
 use diesel::prelude::*;
 
 /// Rows removed by one prune.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pruned {
     pub changes: usize,
+    /// Changefeed consumers that had not read some of the pruned rows: each with how many.
+    pub unread: Vec<(String, i64)>,
     pub outbox: usize,
     pub runs: usize,
     pub deleted_jobs: usize,
@@ -24,7 +26,20 @@ pub fn prune(conn: &mut Conn, keep: &RetentionConfig) -> Result<Pruned, DbError>
     let before = |days: u32| Ts::from(Utc::now() - Duration::days(days.into()));
     let (changes_cut, outbox_cut) = (before(keep.changes_days), before(keep.outbox_days));
     let (runs_cut, jobs_cut) = (before(keep.runs_days), before(keep.deleted_jobs_days));
+    // Said, not silent: a consumer that has not read rows about to go loses them.
+    let unread = super::consumers::unread_before(conn, changes_cut)?;
+    for (consumer, rows) in &unread {
+        tracing::warn!(
+            consumer = %consumer,
+            rows,
+            "pruning {rows} changefeed rows consumer {consumer} has not read (older than \
+             retention.changes_days = {}): it will not see them; raise retention.changes_days, \
+             or keep the consumer reading",
+            keep.changes_days
+        );
+    }
     with_conn!(conn, |c| Ok(Pruned {
+        unread: unread.clone(),
         changes: diesel::delete(
             job_changes::table.filter(job_changes::observed_at.lt(changes_cut))
         )
