@@ -7,6 +7,7 @@ mod common;
 
 mod architecture;
 mod bulk_split;
+mod changefeed_consumers;
 mod cli_config;
 mod client;
 mod daemon;
@@ -42,3 +43,4 @@ mod sim_contract;
 mod sim_limits;
 mod traces;
 mod verify;
+mod webhook;

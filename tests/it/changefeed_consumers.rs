@@ -1,0 +1,1 @@
+//! Changefeed consumers (issue 29): `changes --consumer`, NOTIFY wake-ups, retention.

@@ -1,0 +1,1 @@
+//! The webhook sink against a receiver that misbehaves (issue 29).
