@@ -30,6 +30,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "sync",
             "telemetry",
             "verify",
+            "webhook",
         ],
     ),
     (
@@ -37,6 +38,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
         &["config", "db", "shutdown", "sync", "telemetry", "verify"],
     ),
     ("verify", &["api", "db", "job"]),
+    ("webhook", &["config", "db", "secret", "telemetry"]),
     ("server", &["api", "config", "db", "telemetry"]),
     (
         "sync",

@@ -5,7 +5,7 @@
 //! - every `jobsync_*` / `process_*` name an expression uses is a served metric, and every exact
 //!   label matcher (`status="failed"`) a served label value;
 //! - every alert fires in the state it is about and in no other: the daemon is run against the
-//!   simulator into each state (healthy, token refused, database stopped, failed outbox rows,
+//!   simulator into each state (healthy, webhook receiver refusing, token refused, database stopped, failed outbox rows,
 //!   pulls failing after a success with a row pending, the sync lock held elsewhere, a cycle
 //!   outlasting the schedule, metrics gone), its `/metrics` scraped twice, and `promtool test
 //!   rules` evaluates the rules (expressions, `for`, labels as shipped) on series built from those
@@ -684,6 +684,39 @@ fn state_drift() -> [Scrape; 2] {
     scrape_pair(&daemon)
 }
 
+/// The webhook sink on, and its receiver answering 400 to every batch: paused.
+fn state_webhook_paused() -> [Scrape; 2] {
+    let rt = runtime();
+    let sim = rt.block_on(start_sim(small_sim()));
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let refuse = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(|| async { (axum::http::StatusCode::BAD_REQUEST, "no") }),
+        );
+        tokio::spawn(async move { axum::serve(listener, refuse).await });
+        format!("http://{addr}/hook")
+    });
+    let secret = dir.path().join("webhook-secret");
+    std::fs::write(&secret, "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n").unwrap();
+    let daemon = Daemon::start(
+        &rt,
+        &sim.base_url(),
+        &dir.path().join("jobsync.db"),
+        &[
+            ("JOBSYNC_WEBHOOK__URL", receiver.as_str()),
+            ("JOBSYNC_WEBHOOK__SECRET_FILE", secret.to_str().unwrap()),
+            ("JOBSYNC_WEBHOOK__PAUSE_SECS", "3600"),
+        ],
+    );
+    daemon.wait_until("/metrics", |_, b| {
+        metric(b, "jobsync_webhook_paused") == 1.0
+    });
+    scrape_pair(&daemon)
+}
+
 /// The API refuses the token from the first cycle on.
 fn state_token_refused() -> [Scrape; 2] {
     let rt = runtime();
@@ -818,6 +851,7 @@ fn each_alert_fires_in_its_state_and_not_in_the_others() {
     let overrun = std::thread::spawn(state_cycle_overruns);
     let database = std::thread::spawn(state_database_stopped);
     let drift = std::thread::spawn(state_drift);
+    let webhook_paused = std::thread::spawn(state_webhook_paused);
     let healthy = healthy.join().unwrap();
     let token = token.join().unwrap();
     let failed_rows = failed_rows.join().unwrap();
@@ -826,6 +860,7 @@ fn each_alert_fires_in_its_state_and_not_in_the_others() {
     let overrun = overrun.join().unwrap();
     let database = database.join().unwrap();
     let drift = drift.join().unwrap();
+    let webhook_paused = webhook_paused.join().unwrap();
     eprintln!("states scraped in {:.1?}", started.elapsed());
 
     // This test's schedule ticks every second (the shipped one every 5 min): where a cycle takes
@@ -845,6 +880,14 @@ fn each_alert_fires_in_its_state_and_not_in_the_others() {
             &["JobsyncDrift"],
         ),
         daemon_case("healthy", Some(&healthy), None, 180, &[]),
+        daemon_case("webhook refused", Some(&webhook_paused), None, 10, &[]),
+        daemon_case(
+            "webhook refused",
+            Some(&webhook_paused),
+            None,
+            20,
+            &["JobsyncWebhookPaused"],
+        ),
         daemon_case("token refused", Some(&token), None, 5, &[]),
         daemon_case(
             "token refused",
