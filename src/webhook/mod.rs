@@ -48,6 +48,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How often an idle or paused sink looks again (new rows on SQLite, a resume, the lock).
 const POLL: Duration = Duration::from_secs(1);
+/// How often the holder checks that it still holds the webhook lock.
+const LOCK_CHECK: Duration = Duration::from_secs(2);
 /// How long a sink without the lock waits before trying it again.
 const LOCK_RETRY: Duration = Duration::from_secs(5);
 /// The most of a receiver's answer kept, for a refusal's reason.
@@ -175,46 +177,50 @@ impl Sink {
         }
     }
 
-    /// Delivers batch after batch while this process holds `lock`.
+    /// Delivers batch after batch while this process holds `lock`. A task beside it checks the
+    /// lock every [`LOCK_CHECK`] (which also keeps its PostgreSQL session from idling out while a
+    /// POST waits on a slow receiver); once it is lost, no new batch or retry starts.
     async fn deliver_while_held(&mut self, lock: SinkLock, stop: &CancellationToken) {
-        let lock = Arc::new(std::sync::Mutex::new(lock));
+        let lost = CancellationToken::new();
+        let keeper = tokio::spawn(keep_checking(lock, lost.clone(), stop.clone()));
         let mut listener = ChangeListener::new(&self.db, crate::db::listen::fallback(&self.db));
-        while !stop.is_cancelled() {
-            let held = {
-                let lock = lock.clone();
-                crate::db::blocking(move || {
-                    Ok::<_, DbError>(lock.lock().unwrap_or_else(|p| p.into_inner()).is_held())
-                })
-                .await
-                .unwrap_or(false)
-            };
-            if !held {
-                tracing::error!(
-                    "webhook sink: lost the webhook lock (its database session ended, or its \
-                     lock file was replaced); stops delivering and competes for it again"
-                );
-                return;
-            }
+        // Stop delivering at the stop, or once the lock is lost.
+        let end = stop.child_token();
+        let end_on_loss = {
+            let (end, lost) = (end.clone(), lost.clone());
+            tokio::spawn(async move {
+                lost.cancelled().await;
+                end.cancel();
+            })
+        };
+        while !end.is_cancelled() {
             listener.listen().await;
             match self.next_batch().await {
                 Err(e) => {
                     tracing::warn!(error = %e, "webhook sink: the database did not answer; trying again");
                     self.run
                         .update(|s| s.webhook.last_error = Some(e.to_string()));
-                    idle(stop, POLL).await;
+                    idle(&end, POLL).await;
                 }
                 Ok(Next::Paused) => {
-                    idle(stop, POLL).await;
+                    idle(&end, POLL).await;
                 }
                 Ok(Next::Empty) => {
-                    if !listener.wait(stop.cancelled()).await {
-                        return;
-                    }
+                    listener.wait(end.cancelled()).await;
                 }
                 Ok(Next::Moved) => {}
-                Ok(Next::Batch(batch)) => self.deliver_batch(batch, stop).await,
+                Ok(Next::Batch(batch)) => self.deliver_batch(batch, &end).await,
             }
         }
+        if lost.is_cancelled() && !stop.is_cancelled() {
+            tracing::error!(
+                "webhook sink: lost the webhook lock (its database session ended, or its lock \
+                 file was replaced); stopped delivering, and competes for it again"
+            );
+        }
+        end_on_loss.abort();
+        keeper.abort();
+        let _ = keeper.await;
     }
 
     /// Reads the sink's position and the batch to deliver next, recording its range first.
@@ -549,6 +555,23 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     (at.with_timezone(&chrono::Utc) - chrono::Utc::now())
         .to_std()
         .ok()
+}
+
+/// Checks the lock every [`LOCK_CHECK`] until it is lost (then cancels `lost`) or `stop`.
+async fn keep_checking(lock: SinkLock, lost: CancellationToken, stop: CancellationToken) {
+    let lock = Arc::new(std::sync::Mutex::new(lock));
+    while idle(&stop, LOCK_CHECK).await {
+        let lock = lock.clone();
+        let held = crate::db::blocking(move || {
+            Ok::<_, DbError>(lock.lock().unwrap_or_else(|p| p.into_inner()).is_held())
+        })
+        .await
+        .unwrap_or(false);
+        if !held {
+            lost.cancel();
+            return;
+        }
+    }
 }
 
 /// Waits `wait` unless `stop` comes first (then `false`).
