@@ -1,4 +1,5 @@
-//! `jobsync check`: configuration, database, API — one line per check with what to fix; exit 0
+//! `jobsync check`: configuration, database, API (and the webhook's secret when `webhook.url`
+//! is set) — one line per check with what to fix; exit 0
 //! only when all pass, 2 when the configuration is wrong (no token, both token settings, an
 //! invalid key: the contract's exit-code table), 1 when only the database or the API failed.
 //! For operators, init containers and CI.
@@ -66,6 +67,19 @@ pub async fn run(overrides: &Overrides) -> CliResult {
             }
         },
         None => outln!("skip api: no usable token (see the configuration line above)"),
+    }
+    // The webhook's secret (no request is sent: a POST to the receiver would be a delivery).
+    if !config.webhook.url.trim().is_empty() {
+        match crate::webhook::check(&config.webhook) {
+            Ok(()) => outln!(
+                "ok   webhook {} (secret file readable; no request sent)",
+                crate::secret::api_url::redact(&config.webhook.url)
+            ),
+            Err(e) => {
+                outln!("FAIL webhook: {e}");
+                configuration_failed = true;
+            }
+        }
     }
     if configuration_failed {
         Err(CliError::usage(

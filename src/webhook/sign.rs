@@ -94,8 +94,8 @@ fn read_key(path: &Path) -> Result<ring::hmac::Key, String> {
     let Some(encoded) = text.strip_prefix("whsec_") else {
         return Err(format!(
             "{} does not hold a Standard Webhooks secret: expected one line `whsec_` followed by \
-             base64 (e.g. whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw), as the receiver's library \
-             generates it",
+             base64, as the receiver's library generates it (or make one: echo \
+             \"whsec_$(head -c 32 /dev/urandom | base64)\" > FILE, and give the receiver the same)",
             path.display()
         ));
     };
