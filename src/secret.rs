@@ -233,6 +233,33 @@ impl<'de> serde::de::Visitor<'de> for SecretVisitor {
     }
 }
 
+/// What tells one version of a secret file (the token's, the webhook's) from another: its modification time, its length
+/// and, on Unix, the file itself (device and inode: a Kubernetes Secret swap, or an editor
+/// that writes a new file and renames it, makes a new inode even within the same second).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileVersion {
+    modified: std::time::SystemTime,
+    len: u64,
+    #[cfg(unix)]
+    identity: (u64, u64),
+}
+
+impl FileVersion {
+    pub fn of(path: &std::path::Path) -> std::io::Result<Self> {
+        // Follows symlinks: a Secret mount's `token` is a link to the current version's file.
+        let meta = std::fs::metadata(path)?;
+        Ok(FileVersion {
+            modified: meta.modified()?,
+            len: meta.len(),
+            #[cfg(unix)]
+            identity: {
+                use std::os::unix::fs::MetadataExt;
+                (meta.dev(), meta.ino())
+            },
+        })
+    }
+}
+
 /// The most a token file may hold: a token is a few hundred bytes at most.
 pub const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
 

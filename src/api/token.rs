@@ -7,42 +7,14 @@
 //! request as a broken connection.
 
 use super::error::ApiError;
-use crate::secret::Secret;
+use crate::secret::{FileVersion, Secret};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
 
 #[derive(Debug, Clone)]
 pub enum TokenSource {
     Static(Secret),
     File(PathBuf),
-}
-
-/// What tells one version of the token file from another: its modification time, its length
-/// and, on Unix, the file itself (device and inode: a Kubernetes Secret swap, or an editor
-/// that writes a new file and renames it, makes a new inode even within the same second).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileVersion {
-    modified: SystemTime,
-    len: u64,
-    #[cfg(unix)]
-    identity: (u64, u64),
-}
-
-impl FileVersion {
-    fn of(path: &Path) -> std::io::Result<Self> {
-        // Follows symlinks: a Secret mount's `token` is a link to the current version's file.
-        let meta = std::fs::metadata(path)?;
-        Ok(FileVersion {
-            modified: meta.modified()?,
-            len: meta.len(),
-            #[cfg(unix)]
-            identity: {
-                use std::os::unix::fs::MetadataExt;
-                (meta.dev(), meta.ino())
-            },
-        })
-    }
 }
 
 #[derive(Debug)]
@@ -153,7 +125,7 @@ fn read_error(path: &Path, err: &dyn std::fmt::Display) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
+    use std::time::{Duration, SystemTime};
 
     /// Sets `path`'s modification time to `at`.
     fn touch(path: &Path, at: SystemTime) {

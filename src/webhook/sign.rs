@@ -3,30 +3,10 @@
 //! picked up without a restart); a delivery's `webhook-signature` is `v1,` + base64 of
 //! HMAC-SHA256(key, `{webhook-id}.{webhook-timestamp}.{body}`).
 
+use crate::secret::FileVersion;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
-
-/// What tells one version of the secret file from another (see `api::token` for the token's).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileVersion {
-    modified: SystemTime,
-    len: u64,
-    identity: (u64, u64),
-}
-
-impl FileVersion {
-    fn of(path: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path)?;
-        Ok(FileVersion {
-            modified: meta.modified()?,
-            len: meta.len(),
-            identity: (meta.dev(), meta.ino()),
-        })
-    }
-}
 
 /// The signing key, from its file.
 pub struct Signer {
